@@ -1,0 +1,427 @@
+"""The peer transport: an aiohttp server and a pooled client over mutual TLS.
+
+Two ways to talk to a peer:
+
+* ``send(address, kind, body)``: one-way and queued. Messages to one address
+  wait in a bounded outbox; one sender task per address drains it into
+  frames of up to ``max_batch`` messages, so a busy link batches by itself
+  and a slow or dead peer costs a bounded amount of memory (a full outbox
+  drops the newest message and counts it; every protocol above tolerates
+  loss). Messages to one address are delivered in the order sent.
+* ``await request(address, kind, body)``: one call, one reply, with a
+  timeout; raises ``PeerError`` on failure.
+
+Handlers are registered per message kind with ``on(kind, handler)``; a
+handler gets ``(sender, body)`` and, for calls, returns the reply body.
+
+Every frame's sender must be an identity of the TLS client certificate and the
+certificate must carry the node role; otherwise the frame is refused (403)
+before any handler runs. Malformed, truncated, oversized and wrong-version
+frames get a 4xx with a JSON error and change nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import ssl
+
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from . import tls, wire
+
+log = logging.getLogger(__name__)
+
+Reply = dict[str, Any] | None
+Handler = Callable[[str, dict[str, Any]], Awaitable[Reply] | Reply]
+
+SEND_PATH = "/peer/v1/send"
+CALL_PATH = "/peer/v1/call"
+FRAME_CONTENT_TYPE = "application/x-msgpack"
+
+
+class PeerError(ConnectionError):
+    """A call to a peer failed: unreachable, timed out, refused or answered with an error."""
+
+    def __init__(self, address: str, message: str, *, status: int | None = None) -> None:
+        super().__init__(f"{address}: {message}")
+        self.address = address
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class TransportLimits:
+    max_frame_bytes: int = wire.DEFAULT_MAX_FRAME_BYTES
+    connect_timeout: float = 1.0  # seconds to open a TCP+TLS connection
+    request_timeout: float = 5.0  # seconds for a whole call, reply included
+    send_timeout: float = 5.0  # seconds for one batch POST
+    outbox_size: int = 10_000  # queued one-way messages per peer address
+    max_batch: int = 1024  # messages per frame
+    connections_per_peer: int = 8
+
+    def __post_init__(self) -> None:
+        if self.outbox_size < 1 or self.max_batch < 1 or self.connections_per_peer < 1:
+            raise ValueError("outbox_size, max_batch and connections_per_peer must be positive")
+        if min(self.connect_timeout, self.request_timeout, self.send_timeout) <= 0:
+            raise ValueError("timeouts must be positive")
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``"host:port"`` (or ``"[v6]:port"``) into host and port, with a clear error."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"address must be 'host:port', got {address!r}")
+    return host.strip("[]"), int(port)
+
+
+class _Outbox:
+    __slots__ = ("event", "queue", "task")
+
+    def __init__(self) -> None:
+        self.queue: deque[wire.Message] = deque()
+        self.event = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+
+class PeerTransport:
+    def __init__(
+        self,
+        node_id: str,
+        bind_address: str | None = None,
+        tls_files: tls.TLSFiles | None = None,
+        *,
+        peer_domain: str | None = None,
+        limits: TransportLimits | None = None,
+        insecure: bool = False,
+    ) -> None:
+        if not node_id:
+            raise ValueError("node_id must not be empty")
+        if tls_files is None and not insecure:
+            raise tls.TLSConfigError(
+                "TLS certificate, key and CA are required (insecure=True is for local benchmarks)"
+            )
+        if bind_address is not None:
+            split_address(bind_address)
+        self.node_id = node_id
+        self.bind_address = bind_address
+        self.tls_files = tls_files
+        self.peer_domain = peer_domain
+        self.limits = limits or TransportLimits()
+        self.insecure = tls_files is None
+        self._handlers: dict[str, Handler] = {}
+        self._server_ctx: ssl.SSLContext | None = None
+        self._client_ctx: ssl.SSLContext | None = None
+        if tls_files is not None:
+            self._server_ctx = tls.server_context(tls_files)
+            self._client_ctx = tls.client_context(tls_files)
+        self._session: aiohttp.ClientSession | None = None
+        self._runner: web.AppRunner | None = None
+        self._outboxes: dict[str, _Outbox] = {}
+        self._bound: str | None = None
+        self._closing = False
+        self.stats: dict[str, int] = {
+            "frames_sent": 0,
+            "messages_sent": 0,
+            "messages_dropped": 0,
+            "send_failures": 0,
+            "frames_received": 0,
+            "messages_received": 0,
+            "frames_rejected": 0,
+            "calls_sent": 0,
+            "calls_failed": 0,
+        }
+
+    # -- configuration -------------------------------------------------------------------
+
+    def on(self, kind: str, handler: Handler) -> None:
+        """Route messages of ``kind`` to ``handler(sender, body)``."""
+        if kind in self._handlers:
+            raise ValueError(f"a handler for {kind!r} is already registered")
+        self._handlers[kind] = handler
+
+    def mount(self, app: web.Application) -> None:
+        """Serve the peer routes from an existing application (one port for API and peers)."""
+        app.router.add_post(SEND_PATH, self._handle_send)
+        app.router.add_post(CALL_PATH, self._handle_call)
+
+    @property
+    def server_ssl_context(self) -> ssl.SSLContext | None:
+        return self._server_ctx
+
+    @property
+    def client_ssl_context(self) -> ssl.SSLContext | None:
+        return self._client_ctx
+
+    @property
+    def address(self) -> str | None:
+        """The address we listen on, with the real port once started."""
+        return self._bound or self.bind_address
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the client pool and, given a ``bind_address``, our own server."""
+        self._closing = False
+        if self._session is None:
+            self._session = self.new_session()
+        if self.bind_address is not None and self._runner is None:
+            app = web.Application(client_max_size=self.limits.max_frame_bytes)
+            self.mount(app)
+            self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            await self._runner.setup()
+            host, port = split_address(self.bind_address)
+            site = web.TCPSite(self._runner, host, port, ssl_context=self._server_ctx,
+                               reuse_address=True)
+            await site.start()
+            server = site._server
+            if server is not None and getattr(server, "sockets", None):
+                sock_host, sock_port = server.sockets[0].getsockname()[:2]
+                self._bound = f"{host}:{sock_port}"
+
+    def new_session(self) -> aiohttp.ClientSession:
+        """A client session over our mutual-TLS context (also used for API calls)."""
+        connector = aiohttp.TCPConnector(
+            ssl=self._client_ctx if self._client_ctx is not None else False,
+            limit=0,
+            limit_per_host=self.limits.connections_per_peer,
+            keepalive_timeout=60,
+        )
+        return aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(
+                total=self.limits.request_timeout,
+                sock_connect=self.limits.connect_timeout,
+            ),
+        )
+
+    async def stop(self) -> None:
+        self._closing = True
+        tasks = [o.task for o in self._outboxes.values() if o.task is not None]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._outboxes.clear()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def reload_tls(self) -> None:
+        """Pick up rotated certificate files for new connections."""
+        if self.tls_files is not None:
+            ctxs = [c for c in (self._server_ctx, self._client_ctx) if c is not None]
+            tls.reload_contexts(self.tls_files, ctxs)
+
+    # -- sending -------------------------------------------------------------------------
+
+    def send(self, address: str, kind: str, body: dict[str, Any]) -> bool:
+        """Queue a one-way message; False if the peer's outbox is full (dropped)."""
+        if self._closing:
+            return False
+        box = self._outboxes.get(address)
+        if box is None:
+            box = self._outboxes[address] = _Outbox()
+        if len(box.queue) >= self.limits.outbox_size:
+            self.stats["messages_dropped"] += 1
+            return False
+        box.queue.append(wire.Message(kind, body))
+        box.event.set()
+        if box.task is None or box.task.done():
+            box.task = asyncio.get_running_loop().create_task(self._drain(address, box))
+        return True
+
+    async def _drain(self, address: str, box: _Outbox) -> None:
+        url = self._url(address, SEND_PATH)
+        while not self._closing:
+            if not box.queue:
+                box.event.clear()
+                await box.event.wait()
+                continue
+            n = min(len(box.queue), self.limits.max_batch)
+            batch = tuple(box.queue.popleft() for _ in range(n))
+            data = wire.encode(wire.Frame(self.node_id, batch))
+            try:
+                session = self._require_session()
+                async with session.post(
+                    url, data=data, headers={"Content-Type": FRAME_CONTENT_TYPE},
+                    timeout=aiohttp.ClientTimeout(total=self.limits.send_timeout,
+                                                  sock_connect=self.limits.connect_timeout),
+                ) as resp:
+                    await resp.read()
+                    if resp.status >= 300:
+                        raise PeerError(address, f"HTTP {resp.status}", status=resp.status)
+                self.stats["frames_sent"] += 1
+                self.stats["messages_sent"] += n
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the batch is lost; protocols above retry
+                self.stats["send_failures"] += 1
+                self.stats["messages_dropped"] += n
+                log.debug("send to %s failed: %s", address, exc)
+                # Do not spin against a dead peer: drop what queued meanwhile too.
+                self.stats["messages_dropped"] += len(box.queue)
+                box.queue.clear()
+
+    async def request(
+        self,
+        address: str,
+        kind: str,
+        body: dict[str, Any],
+        *,
+        timeout: float | None = None,
+        expect: str | None = None,
+    ) -> dict[str, Any]:
+        """Call ``kind`` on the peer at ``address`` and return its reply body.
+
+        With ``expect``, the server's certificate must speak for that node id.
+        """
+        session = self._require_session()
+        data = wire.encode(wire.Frame(self.node_id, (wire.Message(kind, body),)))
+        self.stats["calls_sent"] += 1
+        total = timeout if timeout is not None else self.limits.request_timeout
+        try:
+            async with session.post(
+                self._url(address, CALL_PATH), data=data,
+                headers={"Content-Type": FRAME_CONTENT_TYPE},
+                timeout=aiohttp.ClientTimeout(total=total,
+                                              sock_connect=min(total, self.limits.connect_timeout)),
+            ) as resp:
+                server_ids = _peer_identities(resp.connection)
+                raw = await resp.content.read(self.limits.max_frame_bytes + 1)
+                status = resp.status
+        except PeerError:
+            self.stats["calls_failed"] += 1
+            raise
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            self.stats["calls_failed"] += 1
+            raise PeerError(address, f"{type(exc).__name__}: {exc}") from None
+        if status != 200:
+            self.stats["calls_failed"] += 1
+            raise PeerError(address, f"HTTP {status}: {raw[:300].decode('utf-8', 'replace')}",
+                            status=status)
+        try:
+            frame = wire.decode(raw, self.limits.max_frame_bytes)
+        except wire.WireError as exc:
+            self.stats["calls_failed"] += 1
+            raise PeerError(address, f"bad reply: {exc}") from None
+        if not self.insecure:
+            if server_ids is not None and not tls.authorizes(server_ids, frame.sender,
+                                                             self.peer_domain):
+                self.stats["calls_failed"] += 1
+                raise PeerError(address, f"reply claims to be {frame.sender!r} but its "
+                                         "certificate does not say so")
+            if expect is not None and frame.sender != expect:
+                self.stats["calls_failed"] += 1
+                raise PeerError(address, f"expected node {expect!r}, reached {frame.sender!r}")
+        return frame.messages[0].body
+
+    def _require_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("transport not started")
+        return self._session
+
+    def _url(self, address: str, path: str) -> str:
+        host, port = split_address(address)
+        if ":" in host:
+            host = f"[{host}]"
+        scheme = "http" if self.insecure else "https"
+        return f"{scheme}://{host}:{port}{path}"
+
+    # -- receiving -----------------------------------------------------------------------
+
+    async def _read_frame(self, request: web.Request) -> wire.Frame | web.Response:
+        if request.content_length is not None and request.content_length > self.limits.max_frame_bytes:
+            return self._reject(413, "too_large", "frame exceeds the size limit")
+        try:
+            data = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return self._reject(413, "too_large", "frame exceeds the size limit")
+        try:
+            frame = wire.decode(data, self.limits.max_frame_bytes)
+        except wire.WireError as exc:
+            status = 413 if exc.code == "too_large" else 400
+            return self._reject(status, exc.code, exc.message)
+        if not self.insecure:
+            ids = _request_identities(request)
+            if not tls.is_node(ids):
+                return self._reject(403, "not_a_node", "client certificate lacks the node role")
+            if not tls.authorizes(ids, frame.sender, self.peer_domain):
+                return self._reject(
+                    403, "forged_sender",
+                    f"sender {frame.sender!r} is not an identity of the client certificate",
+                )
+        self.stats["frames_received"] += 1
+        self.stats["messages_received"] += len(frame.messages)
+        return frame
+
+    def _reject(self, status: int, code: str, message: str) -> web.Response:
+        self.stats["frames_rejected"] += 1
+        return web.json_response({"error": code, "message": message}, status=status)
+
+    async def _dispatch(self, sender: str, msg: wire.Message) -> Reply:
+        handler = self._handlers.get(msg.kind)
+        if handler is None:
+            raise LookupError(msg.kind)
+        result = handler(sender, msg.body)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    async def _handle_send(self, request: web.Request) -> web.StreamResponse:
+        frame = await self._read_frame(request)
+        if isinstance(frame, web.Response):
+            return frame
+        for msg in frame.messages:
+            try:
+                await self._dispatch(frame.sender, msg)
+            except LookupError:
+                log.debug("no handler for %r from %s", msg.kind, frame.sender)
+            except Exception:
+                log.exception("handler for %r failed", msg.kind)
+        return web.Response(status=204)
+
+    async def _handle_call(self, request: web.Request) -> web.StreamResponse:
+        frame = await self._read_frame(request)
+        if isinstance(frame, web.Response):
+            return frame
+        if len(frame.messages) != 1:
+            return self._reject(400, "malformed", "a call carries exactly one message")
+        msg = frame.messages[0]
+        try:
+            reply = await self._dispatch(frame.sender, msg)
+        except LookupError:
+            return self._reject(404, "unknown_kind", f"no handler for {msg.kind!r}")
+        except ValueError as exc:
+            return self._reject(400, "invalid", str(exc))
+        out = wire.encode(wire.Frame(self.node_id, (wire.Message(msg.kind, reply or {}),)))
+        return web.Response(body=out, content_type=FRAME_CONTENT_TYPE)
+
+
+def _request_identities(request: web.Request) -> frozenset[str]:
+    transport = request.transport
+    if transport is None:
+        return frozenset()
+    return tls.identities_from_peercert(transport.get_extra_info("peercert"))
+
+
+def _peer_identities(connection: Any) -> frozenset[str] | None:
+    if connection is None or connection.transport is None:
+        return None
+    ssl_obj = connection.transport.get_extra_info("ssl_object")
+    if ssl_obj is None:
+        return None
+    return tls.identities_from_peercert(ssl_obj.getpeercert())
+
+
