@@ -116,7 +116,7 @@ class PeerTransport:
         self.peer_domain = peer_domain
         self.limits = limits or TransportLimits()
         self.insecure = tls_files is None
-        self._handlers: dict[str, Handler] = {}
+        self._handlers: dict[str, Handler] = {"peer.ping": self._on_ping}
         self._server_ctx: ssl.SSLContext | None = None
         self._client_ctx: ssl.SSLContext | None = None
         if tls_files is not None:
@@ -338,6 +338,9 @@ class PeerTransport:
             host = f"[{host}]"
         scheme = "http" if self.insecure else "https"
         return f"{scheme}://{host}:{port}{path}"
+
+    def _on_ping(self, sender: str, body: dict[str, Any]) -> Reply:
+        return {"node_id": self.node_id, "echo": body.get("echo")}
 
     # -- receiving -----------------------------------------------------------------------
 
