@@ -1,0 +1,188 @@
+"""Generate the FederationCluster CRD from the pydantic models in ``spec.py``.
+
+    python -m continuum_operator.crd                 # print the YAML
+    python -m continuum_operator.crd -o crds/federationclusters.continuum.dev.yaml
+    python -m continuum_operator.crd --check crds/federationclusters.continuum.dev.yaml
+
+pydantic emits JSON Schema; Kubernetes wants a *structural* OpenAPI v3
+schema: no ``$ref``, no ``null`` types, a type on every node, OpenAPI 3.0's
+boolean ``exclusiveMinimum``, and defaults written where the API server can
+apply them. ``structural`` does that conversion; defaults come from a
+default-constructed spec, so the CRD and the operator agree on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import spec
+
+HEADER = ("# Generated from operator/continuum_operator/spec.py by "
+          "`python -m continuum_operator.crd`. Do not edit by hand.\n")
+CRD_NAME = f"{spec.PLURAL}.{spec.GROUP}"
+FILENAME = f"{CRD_NAME}.yaml"
+
+_DROP = {"title"}
+
+
+def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    ref = node.get("$ref")
+    if ref is None:
+        return dict(node)
+    target = defs[ref.rsplit("/", 1)[-1]]
+    merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+    return _resolve(merged, defs)
+
+
+def _without_null(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    options = node.get("anyOf")
+    if options is None or node.get("x-kubernetes-int-or-string"):
+        return node
+    rest = {k: v for k, v in node.items() if k != "anyOf"}
+    non_null = [o for o in options if o.get("type") != "null"]
+    if "type" in rest:  # an explicit schema from json_schema_extra wins
+        return rest
+    if len(non_null) != 1:
+        raise ValueError(f"cannot express a union in a structural schema: {options}")
+    return {**_resolve(non_null[0], defs), **rest}
+
+
+def structural(node: dict[str, Any], defs: dict[str, Any], defaults: Any = None) -> dict[str, Any]:
+    """Convert one pydantic JSON-schema node (recursively) into a structural schema node."""
+    node = _without_null(_resolve(node, defs), defs)
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _DROP or (key == "default" and value is None):
+            continue
+        if key in ("exclusiveMinimum", "exclusiveMaximum") and not isinstance(value, bool):
+            out["minimum" if key == "exclusiveMinimum" else "maximum"] = value
+            out[key] = True
+        elif key == "properties":
+            sub = defaults if isinstance(defaults, dict) else {}
+            out[key] = {name: structural(prop, defs, sub.get(name)) for name, prop in value.items()}
+        elif key == "items" and isinstance(value, dict):
+            out[key] = structural(value, defs)
+        elif key == "additionalProperties" and isinstance(value, dict):
+            out[key] = structural(value, defs)
+        elif key == "additionalProperties" and value is True:
+            out["x-kubernetes-preserve-unknown-fields"] = True
+        elif key == "additionalProperties" and value is False:
+            continue  # not allowed in a structural schema; the API server prunes instead
+        else:
+            out[key] = value
+    if out.get("x-kubernetes-preserve-unknown-fields"):
+        out.pop("additionalProperties", None)
+    if defaults is not None and "default" not in out:
+        # Objects with their own properties default to {} so nested defaults apply.
+        out["default"] = {} if "properties" in out else defaults
+    return out
+
+
+def _schema(model: type[spec._Model], with_defaults: bool) -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    defs = raw.pop("$defs", {})
+    defaults = model().model_dump(by_alias=True, mode="json") if with_defaults else None
+    result = structural(raw, defs, defaults)
+    result.pop("default", None)
+    return result
+
+
+PRINTER_COLUMNS = [
+    {"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas"},
+    {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
+    {"name": "Leader", "type": "string", "jsonPath": ".status.leader"},
+    {"name": "Quorum", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Quorum")].status'},
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    {"name": "Term", "type": "integer", "jsonPath": ".status.term", "priority": 1},
+    {"name": "Operation", "type": "string", "jsonPath": ".status.operation.step", "priority": 1},
+    {"name": "Paused", "type": "boolean", "jsonPath": ".spec.paused", "priority": 1},
+]
+
+
+def build() -> dict[str, Any]:
+    spec_schema = _schema(spec.FederationClusterSpec, with_defaults=True)
+    spec_schema["default"] = {}
+    status_schema = _schema(spec.FederationClusterStatus, with_defaults=False)
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": CRD_NAME,
+            "labels": {"app.kubernetes.io/part-of": "continuum-federation"},
+        },
+        "spec": {
+            "group": spec.GROUP,
+            "names": {
+                "kind": spec.KIND,
+                "listKind": f"{spec.KIND}List",
+                "plural": spec.PLURAL,
+                "singular": spec.SINGULAR,
+                "shortNames": list(spec.SHORT_NAMES),
+                "categories": ["continuum"],
+            },
+            "scope": "Namespaced",
+            "versions": [{
+                "name": spec.VERSION,
+                "served": True,
+                "storage": True,
+                "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "description": "A Continuum federation cluster: a Raft/CRDT/gossip "
+                                   "StatefulSet managed by the continuum operator.",
+                    "properties": {
+                        "apiVersion": {"type": "string"},
+                        "kind": {"type": "string"},
+                        "metadata": {"type": "object"},
+                        "spec": spec_schema,
+                        "status": status_schema,
+                    },
+                }},
+                "subresources": {
+                    "status": {},
+                    "scale": {
+                        "specReplicasPath": ".spec.replicas",
+                        "statusReplicasPath": ".status.replicas",
+                        "labelSelectorPath": ".status.selector",
+                    },
+                },
+                "additionalPrinterColumns": PRINTER_COLUMNS,
+            }],
+        },
+    }
+
+
+def render() -> str:
+    return HEADER + yaml.safe_dump(build(), sort_keys=False, width=100)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m continuum_operator.crd", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-o", "--output", type=Path, help="write the CRD to this file")
+    group.add_argument("--check", type=Path, help="exit 1 if this file differs from the model")
+    args = parser.parse_args(argv)
+    text = render()
+    if args.check is not None:
+        current = args.check.read_text() if args.check.exists() else ""
+        if current != text:
+            print(f"{args.check} is out of date; run python -m continuum_operator.crd -o "
+                  f"{args.check}", file=sys.stderr)
+            return 1
+        return 0
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text)
+        return 0
+    sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
