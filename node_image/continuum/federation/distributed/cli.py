@@ -1,0 +1,237 @@
+"""``continuum-federation``: run nodes, a local cluster, talk to a cluster, make certificates.
+
+Errors are one clear line on stderr and a non-zero exit, never a traceback
+(set ``CONTINUUM_DEBUG=1`` for one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from . import client, config, local, pki
+from .transport import tls
+
+DEFAULT_LOCAL_DIR = ".data/local"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="continuum-federation",
+                                description="Continuum federation: nodes, local clusters, certs.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    node = sub.add_parser("node", help="run one federation node")
+    node_sub = node.add_subparsers(dest="node_command", required=True)
+    run = node_sub.add_parser("run", help="run a node (settings from CONTINUUM_* env and flags)")
+    run.add_argument("--node-id")
+    run.add_argument("--bind-address")
+    run.add_argument("--health-address")
+    run.add_argument("--data-dir")
+    run.add_argument("--tls-dir")
+    run.add_argument("--log-level", default=os.environ.get("CONTINUUM_LOG_LEVEL", "INFO"))
+
+    loc = sub.add_parser("local", help="a local cluster of node processes on 127.0.0.x")
+    loc_sub = loc.add_subparsers(dest="local_command", required=True)
+    up = loc_sub.add_parser("up", help="start N nodes and show their status until Ctrl-C")
+    up.add_argument("--nodes", type=int, default=3)
+    up.add_argument("--data-dir", default=DEFAULT_LOCAL_DIR)
+    up.add_argument("--first-ip", default="127.0.0.11")
+    up.add_argument("--port", type=int, default=7000)
+    up.add_argument("--health-port", type=int, default=8080)
+    up.add_argument("--ready-timeout", type=float, default=60.0)
+    up.add_argument("--exit-when-ready", action="store_true",
+                    help="stop the cluster once every node is ready (for scripts)")
+
+    for name, helptext in (("status", "show every node's status"),
+                           ("put", "write a concept"), ("get", "read a concept"),
+                           ("delete", "delete a concept")):
+        c = sub.add_parser(name, help=helptext)
+        c.add_argument("--data-dir", default=DEFAULT_LOCAL_DIR,
+                       help="a local cluster's directory (nodes.json, pki/)")
+        c.add_argument("--api", help="a node's API URL (default: the local cluster's first node)")
+        c.add_argument("--tls-dir", help="client tls.crt/tls.key/ca.crt (default: the local pki)")
+        if name in ("put", "get", "delete"):
+            c.add_argument("concept_id")
+        if name == "put":
+            c.add_argument("value", help="the concept as JSON, e.g. '{\"name\": \"Raft\"}'")
+            c.add_argument("--strong", action="store_true", help="commit through Raft")
+        if name == "status":
+            c.add_argument("--json", action="store_true")
+
+    certs = sub.add_parser("certs", help="a cluster CA and certificates (cert-manager layout)")
+    certs_sub = certs.add_subparsers(dest="certs_command", required=True)
+    init = certs_sub.add_parser("init", help="create a CA in DIR (ca.crt, ca.key)")
+    init.add_argument("--dir", required=True)
+    init.add_argument("--days", type=int, default=pki.DEFAULT_CA_DAYS)
+    init.add_argument("--name", default="continuum-federation-ca")
+    nodec = certs_sub.add_parser("node", help="issue a node certificate into OUT")
+    nodec.add_argument("--dir", required=True, help="the CA directory")
+    nodec.add_argument("--id", required=True)
+    nodec.add_argument("--dns", action="append", default=[])
+    nodec.add_argument("--ip", action="append", default=[])
+    nodec.add_argument("--days", type=int, default=pki.DEFAULT_CERT_DAYS)
+    nodec.add_argument("--out", required=True)
+    cl = certs_sub.add_parser("client", help="issue a client certificate into OUT")
+    cl.add_argument("--dir", required=True, help="the CA directory")
+    cl.add_argument("--name", required=True)
+    cl.add_argument("--days", type=int, default=pki.DEFAULT_CERT_DAYS)
+    cl.add_argument("--out", required=True)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if os.environ.get("CONTINUUM_DEBUG"):
+            raise
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, ValidationError):
+        errs = exc.errors()
+        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in errs)
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "node":
+        return _node_run(args)
+    if args.command == "local":
+        return _local_up(args)
+    if args.command == "certs":
+        return _certs(args)
+    return asyncio.run(_client_command(args))
+
+
+def _node_run(args: argparse.Namespace) -> int:
+    from . import node as node_mod  # imported late: the client commands need none of it
+
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides: dict[str, Any] = {k: v for k, v in {
+        "node_id": args.node_id, "bind_address": args.bind_address,
+        "health_address": args.health_address, "data_dir": args.data_dir,
+        "tls_dir": args.tls_dir}.items() if v is not None}
+    settings = config.NodeSettings(**overrides)
+    asyncio.run(node_mod.FederationNode(settings).run_until_signal())
+    return 0
+
+
+def _local_up(args: argparse.Namespace) -> int:
+    data_dir = Path(args.data_dir).resolve()
+    nodes = local.plan(args.nodes, args.first_ip, args.port, args.health_port)
+    cluster = local.LocalCluster(data_dir, nodes)
+    stop = {"flag": False}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop["flag"] = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    print(f"starting {len(nodes)} nodes (data and logs in {data_dir})")
+    for n in nodes:
+        print(f"  {n.node_id}: api+peers {n.api_url} (mTLS), health {n.health_url}")
+    t0 = time.monotonic()
+    cluster.start()
+    try:
+        asyncio.run(local.wait_ready(data_dir, args.ready_timeout,
+                                     sys.stdout if sys.stdout.isatty() else None))
+        print(f"cluster ready in {time.monotonic() - t0:.2f}s")
+        print(f"client certificate: {data_dir}/pki/client.crt (key client.key, CA ca.crt)")
+        print("try: continuum-federation put demo '{\"name\": \"Raft\"}' && "
+              "continuum-federation get demo")
+        if args.exit_when_ready:
+            print(local.render_table(asyncio.run(local.poll_status(data_dir))))
+            return 0
+        interactive = sys.stdout.isatty()
+        last = ""
+        while not stop["flag"]:
+            dead = cluster.exited()
+            if dead and len(dead) == len(nodes):
+                print(f"every node exited: {dead}; see {cluster.log_dir}", file=sys.stderr)
+                return 1
+            table = local.render_table(asyncio.run(local.poll_status(data_dir)))
+            if interactive:
+                sys.stdout.write("\x1b[H\x1b[2J" + time.strftime("%H:%M:%S ")
+                                 + "Ctrl-C stops the cluster\n" + table + "\n")
+                sys.stdout.flush()
+            elif table != last:
+                print(table, flush=True)
+            last = table
+            deadline = time.monotonic() + 1.0
+            while not stop["flag"] and time.monotonic() < deadline:
+                time.sleep(0.05)
+        return 0
+    finally:
+        print("\nstopping the cluster ...", flush=True)
+        cluster.stop()
+        print("stopped", flush=True)
+
+
+def _certs(args: argparse.Namespace) -> int:
+    if args.certs_command == "init":
+        pki.init_ca(args.dir, args.name, args.days)
+        print(f"CA in {args.dir} (ca.crt, ca.key: keep ca.key secret)")
+        return 0
+    ca = pki.load_ca(args.dir)
+    if args.certs_command == "node":
+        pair = pki.issue_node(ca, args.id, dns_names=args.dns, ip_addresses=args.ip, days=args.days)
+    else:
+        pair = pki.issue_client(ca, args.name, days=args.days)
+    out = pki.write_secret_dir(args.out, pair, ca.cert_pem)
+    print(f"wrote {out}/tls.crt, tls.key, ca.crt (valid until {pki.not_after(pair.cert_pem):%Y-%m-%d})")
+    return 0
+
+
+async def _client_command(args: argparse.Namespace) -> int:
+    if args.tls_dir:
+        files = tls.TLSFiles.from_dir(args.tls_dir)
+        nodes = [{"id": "?", "api": args.api}] if args.api else []
+    else:
+        nodes, files = client.local_cluster(args.data_dir)
+    if args.api:
+        nodes = [{"id": "?", "api": args.api}]
+    if not nodes:
+        raise ValueError("give --api URL with --tls-dir, or --data-dir of a local cluster")
+    if args.command == "status":
+        if args.api is None and not args.tls_dir:
+            rows = await local.poll_status(Path(args.data_dir))
+        else:
+            async with client.ApiClient(nodes[0]["api"], files) as c:
+                rows = [{"id": nodes[0]["id"], **(await c.status())}]
+        print(json.dumps(rows, indent=2) if args.json else local.render_table(rows))
+        return 0
+    async with client.ApiClient(nodes[0]["api"], files) as c:
+        if args.command == "put":
+            try:
+                value = json.loads(args.value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"value is not JSON: {exc}") from None
+            result = await c.put(args.concept_id, value, strong=args.strong)
+        elif args.command == "get":
+            result = await c.get(args.concept_id)
+        else:
+            result = await c.delete(args.concept_id)
+    print(json.dumps(result, indent=2, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""A small client for the node HTTP API over mutual TLS (used by the CLI, tests and examples)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from .transport import tls
+
+
+class ApiError(RuntimeError):
+    def __init__(self, status: int, code: str, message: str, body: dict[str, Any]) -> None:
+        super().__init__(f"{code}: {message}" if message else code)
+        self.status = status
+        self.code = code
+        self.body = body
+
+
+class ApiClient:
+    """Calls one node's API. Use as ``async with ApiClient(url, files) as c: await c.status()``."""
+
+    def __init__(self, base_url: str, tls_files: tls.TLSFiles, *, timeout: float = 10.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._ctx = tls.client_context(tls_files)
+        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 3.0))
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> ApiClient:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=self._ctx), timeout=self._timeout)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def call(self, method: str, path: str, body: Any = None,
+                   params: dict[str, str] | None = None) -> Any:
+        if self._session is None:
+            raise RuntimeError("use 'async with ApiClient(...)'")
+        data = None if body is None else json.dumps(body)
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        async with self._session.request(method, self.base_url + path, data=data,
+                                         headers=headers, params=params) as resp:
+            raw = await resp.read()
+            try:
+                payload = json.loads(raw) if raw else {}
+            except json.JSONDecodeError:
+                payload = {"error": "bad_response", "message": raw[:200].decode("utf-8", "replace")}
+            if resp.status >= 400:
+                if not isinstance(payload, dict):
+                    payload = {"error": "error", "message": str(payload)}
+                raise ApiError(resp.status, str(payload.get("error", resp.status)),
+                               str(payload.get("message", "")), payload)
+            return payload
+
+    async def status(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self.call("GET", "/v1/status")
+        return result
+
+    async def put(self, concept_id: str, value: Any, *, strong: bool = False) -> dict[str, Any]:
+        params = {"consistency": "strong"} if strong else None
+        result: dict[str, Any] = await self.call("PUT", f"/v1/concepts/{concept_id}", value, params)
+        return result
+
+    async def get(self, concept_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.call("GET", f"/v1/concepts/{concept_id}")
+        return result
+
+    async def delete(self, concept_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.call("DELETE", f"/v1/concepts/{concept_id}")
+        return result
+
+
+def local_cluster(data_dir: str | Path) -> tuple[list[dict[str, str]], tls.TLSFiles]:
+    """The nodes and the admin client certificate of a cluster started by ``local up``."""
+    d = Path(data_dir)
+    nodes_file = d / "nodes.json"
+    if not nodes_file.is_file():
+        raise FileNotFoundError(f"no local cluster at {d} (missing nodes.json); "
+                                "start one with 'continuum-federation local up'")
+    nodes: list[dict[str, str]] = json.loads(nodes_file.read_text())
+    pki_dir = d / "pki"
+    return nodes, tls.TLSFiles(str(pki_dir / "client.crt"), str(pki_dir / "client.key"),
+                               str(pki_dir / "ca.crt"))

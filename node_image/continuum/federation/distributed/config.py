@@ -1,0 +1,131 @@
+"""Node settings: one pydantic model read from flags, the environment and a YAML file.
+
+Precedence, highest first: explicit arguments (CLI flags), ``CONTINUUM_*``
+environment variables (nested with ``__``, e.g. ``CONTINUUM_RAFT__HEARTBEAT_INTERVAL_MS``),
+the YAML file named by ``CONTINUUM_CONFIG_FILE`` (the operator mounts one from a
+ConfigMap), then the defaults below. Invalid settings fail at start with a
+message that names the field.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from .transport import peer
+
+
+class RaftSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    election_timeout_ms: tuple[int, int] = (150, 300)  # randomized in [lo, hi)
+    heartbeat_interval_ms: int = Field(50, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> RaftSettings:
+        lo, hi = self.election_timeout_ms
+        if not 0 < lo < hi:
+            raise ValueError("election_timeout_ms must be (low, high) with 0 < low < high")
+        if self.heartbeat_interval_ms * 2 > lo:
+            raise ValueError("heartbeat_interval_ms must be at most half the election timeout")
+        return self
+
+
+class MeshSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    fanout: int = Field(3, ge=1)
+    gossip_interval_ms: int = Field(200, gt=0)
+    sync_interval_seconds: float = Field(30.0, gt=0)
+    message_buffer_size: int = Field(1000, ge=16)
+
+
+class LoadBalanceSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    algorithm: Literal["least_loaded", "latency", "round_robin", "random"] = "least_loaded"
+    health_check_interval: float = Field(5.0, gt=0)
+    unhealthy_threshold: int = Field(3, ge=1)
+
+
+class NodeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CONTINUUM_", env_nested_delimiter="__",
+                                      extra="forbid")
+
+    node_id: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    cluster_name: str = "continuum"
+    bind_address: str = "0.0.0.0:7000"  # mutual TLS: peers and the API
+    advertise_address: str | None = None  # what peers dial; default: bind_address
+    health_address: str = "0.0.0.0:8080"  # plain HTTP: /healthz /readyz /metrics
+    data_dir: Path = Path("/var/lib/continuum")
+    tls_dir: Path = Path("/etc/continuum/tls")
+    peer_domain: str | None = None  # wildcard certificates: sender ids are <id>.<peer_domain>
+    initial_members: dict[str, str] = Field(default_factory=dict)  # id -> host:port, static
+    discovery_srv: str | None = None  # DNS SRV name of the headless Service
+    dns_nameservers: list[str] = Field(default_factory=list)
+    bootstrap: list[str] = Field(default_factory=list)  # host:port of existing members
+    mdns: bool = False
+    formation_stable_seconds: float = Field(3.0, ge=0)
+    config_file: Path | None = None
+    conflict_strategy: Literal["last_write_wins", "highest_node_wins", "merge_union"] = (
+        "last_write_wins")
+    fsync: bool = True
+    raft: RaftSettings = Field(default_factory=RaftSettings)
+    mesh: MeshSettings = Field(default_factory=MeshSettings)
+    load_balance: LoadBalanceSettings = Field(default_factory=LoadBalanceSettings)
+
+    @field_validator("bind_address", "health_address", "advertise_address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None:
+            peer.split_address(value)
+        return value
+
+    @field_validator("bootstrap", "dns_nameservers", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @property
+    def peer_address(self) -> str:
+        return self.advertise_address or self.bind_address
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlSource(settings_cls))
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """Reads the file named by ``CONTINUUM_CONFIG_FILE`` (absent: nothing)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get("CONTINUUM_CONFIG_FILE")
+        if not path:
+            return {}
+        try:
+            data = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ValueError(f"cannot read config file {path}: {exc}") from None
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {path} must hold a mapping")
+        return data

@@ -1,0 +1,193 @@
+"""The peer transport over real TLS sockets on loopback: who gets in, what is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import msgpack
+import pytest
+
+from conftest import TestPKI
+from continuum.federation.distributed.transport import peer, tls, wire
+
+
+@pytest.fixture
+async def server(cluster_pki: TestPKI) -> AsyncIterator[peer.PeerTransport]:
+    t = peer.PeerTransport("n2", "127.0.0.1:0", cluster_pki.node("n2"),
+                           limits=peer.TransportLimits(max_frame_bytes=64 * 1024))
+    t.on("echo", lambda sender, body: {"sender": sender, **body})
+    await t.start()
+    yield t
+    await t.stop()
+
+
+@pytest.fixture
+async def client(cluster_pki: TestPKI) -> AsyncIterator[peer.PeerTransport]:
+    t = peer.PeerTransport("n1", None, cluster_pki.node("n1"))
+    await t.start()
+    yield t
+    await t.stop()
+
+
+def _raw_context(files: tls.TLSFiles | None, ca: str, *, max_version: ssl.TLSVersion | None = None
+                 ) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+    ctx.check_hostname = False
+    if max_version is not None:
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.maximum_version = max_version
+    if files is not None:
+        ctx.load_cert_chain(files.cert, files.key)
+    return ctx
+
+
+async def _post(server: peer.PeerTransport, ctx: ssl.SSLContext, data: bytes,
+                path: str = peer.CALL_PATH) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as session, session.post(
+        f"https://{server.address}{path}", data=data, ssl=ctx,
+        timeout=aiohttp.ClientTimeout(total=10),
+    ) as resp:
+        body = await resp.read()
+        return resp.status, body
+
+
+def _frame(sender: str, kind: str = "echo", body: dict[str, Any] | None = None) -> bytes:
+    return wire.encode(wire.Frame(sender, (wire.Message(kind, body or {"x": 1}),)))
+
+
+async def _still_serves(server: peer.PeerTransport, client: peer.PeerTransport) -> None:
+    reply = await client.request(server.address or "", "echo", {"x": 7}, expect="n2")
+    assert reply == {"sender": "n1", "x": 7}
+
+
+async def test_call_round_trip_binds_sender_to_certificate(server: peer.PeerTransport,
+                                                           client: peer.PeerTransport) -> None:
+    await _still_serves(server, client)
+
+
+async def test_one_way_messages_arrive_in_order_batched(server: peer.PeerTransport,
+                                                        client: peer.PeerTransport) -> None:
+    got: asyncio.Queue[int] = asyncio.Queue()
+    server.on("note", lambda sender, body: got.put_nowait(body["i"]))
+    for i in range(500):
+        assert client.send(server.address or "", "note", {"i": i})
+    received = [await asyncio.wait_for(got.get(), 10) for _ in range(500)]
+    assert received == list(range(500))
+    assert client.stats["frames_sent"] < 500  # batched, not one request per message
+
+
+@pytest.mark.parametrize("case", ["no_cert", "foreign_ca", "expired", "tls12"])
+async def test_refused_clients(case: str, server: peer.PeerTransport, client: peer.PeerTransport,
+                               cluster_pki: TestPKI, foreign_pki: TestPKI) -> None:
+    ca = cluster_pki.node("n1").ca
+    if case == "no_cert":
+        ctx = _raw_context(None, ca)
+    elif case == "foreign_ca":
+        ctx = _raw_context(foreign_pki.node("n1"), ca)
+    elif case == "expired":
+        ctx = _raw_context(cluster_pki.expired_node("n1"), ca)
+    else:
+        ctx = _raw_context(cluster_pki.node("n1"), ca, max_version=ssl.TLSVersion.TLSv1_2)
+    with pytest.raises((aiohttp.ClientError, ssl.SSLError, ConnectionError)):
+        await _post(server, ctx, _frame("n1"))
+    await _still_serves(server, client)
+
+
+async def test_forged_sender_refused(server: peer.PeerTransport, client: peer.PeerTransport,
+                                     cluster_pki: TestPKI) -> None:
+    files = cluster_pki.node("n1")
+    status, body = await _post(server, _raw_context(files, files.ca), _frame("n3"))
+    assert status == 403
+    assert b"forged_sender" in body
+    await _still_serves(server, client)
+
+
+async def test_client_certificate_cannot_speak_as_node(server: peer.PeerTransport,
+                                                       client: peer.PeerTransport,
+                                                       cluster_pki: TestPKI) -> None:
+    files = cluster_pki.client("admin")
+    status, body = await _post(server, _raw_context(files, files.ca), _frame("admin"))
+    assert status == 403
+    assert b"not_a_node" in body
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "code"),
+    [
+        (b"\xc1\xff garbage", 400, b"malformed"),
+        (_frame("n1")[:-3], 400, b"malformed"),
+        (msgpack.packb({"v": 99, "from": "n1", "msgs": [{"k": "echo", "b": {}}]}), 400,
+         b"bad_version"),
+        (msgpack.packb({"v": 1, "from": "n1", "msgs": []}), 400, b"malformed"),
+        (msgpack.packb({"v": 1, "from": "n1", "msgs": [{"k": "echo", "b": [1]}]}), 400,
+         b"malformed"),
+        (msgpack.packb([1, 2, 3]), 400, b"malformed"),
+        (b"", 400, b"malformed"),
+        (_frame("n1", body={"blob": b"x" * 100_000}), 413, b"too_large"),
+    ],
+    ids=["garbage", "truncated", "wrong_version", "no_messages", "body_not_map", "not_map",
+         "empty", "oversized"],
+)
+async def test_bad_frames_get_clear_errors_and_server_keeps_serving(
+    payload: bytes, status: int, code: bytes, server: peer.PeerTransport,
+    client: peer.PeerTransport, cluster_pki: TestPKI,
+) -> None:
+    files = cluster_pki.node("n1")
+    got_status, body = await _post(server, _raw_context(files, files.ca), payload)
+    assert got_status == status
+    assert code in body
+    await _still_serves(server, client)
+
+
+async def test_unknown_kind_is_404(server: peer.PeerTransport, client: peer.PeerTransport) -> None:
+    with pytest.raises(peer.PeerError) as err:
+        await client.request(server.address or "", "nope", {})
+    assert err.value.status == 404
+
+
+async def test_expect_checks_server_identity(server: peer.PeerTransport,
+                                             client: peer.PeerTransport) -> None:
+    with pytest.raises(peer.PeerError, match="expected node 'n9'"):
+        await client.request(server.address or "", "echo", {}, expect="n9")
+
+
+async def test_unreachable_peer_fails_fast_and_send_drops(client: peer.PeerTransport) -> None:
+    with pytest.raises(peer.PeerError):
+        await client.request("127.0.0.1:1", "echo", {}, timeout=2)
+    assert client.send("127.0.0.1:1", "note", {})
+
+
+async def test_outbox_is_bounded(cluster_pki: TestPKI) -> None:
+    t = peer.PeerTransport("n1", None, cluster_pki.node("n1"),
+                           limits=peer.TransportLimits(outbox_size=10))
+    await t.start()
+    try:
+        results = [t.send("127.0.0.1:1", "note", {"i": i}) for i in range(50)]
+        assert results.count(True) == 10
+        assert t.stats["messages_dropped"] >= 40
+    finally:
+        await t.stop()
+
+
+def test_tls_material_required() -> None:
+    with pytest.raises(tls.TLSConfigError):
+        peer.PeerTransport("n1", "127.0.0.1:0", None)
+    with pytest.raises(tls.TLSConfigError, match="together"):
+        tls.TLSFiles.optional("a", None, None)
+
+
+async def test_wildcard_certificate_binds_pod_ids(make_pki: Any) -> None:
+    p = make_pki("wild")
+    domain = "demo-peers.ns.svc.cluster.local"
+    pair_files = p.node("demo-any", dns=(f"*.{domain}",))
+    ids = tls.identities_from_peercert({"subjectAltName": (("DNS", f"*.{domain}"),
+                                                           ("URI", tls.NODE_ROLE_URI))})
+    assert tls.authorizes(ids, "demo-0", domain)
+    assert tls.authorizes(ids, f"demo-3.{domain}")
+    assert not tls.authorizes(ids, "demo-0")
+    assert not tls.authorizes(ids, "demo-0", "other-peers.ns.svc.cluster.local")
+    assert pair_files.cert.endswith("tls.crt")

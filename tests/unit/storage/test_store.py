@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from continuum.federation.distributed import storage
+
+
+async def test_group_commit_shares_fsyncs(tmp_path: Path) -> None:
+    store = storage.DurableStore(tmp_path / "s.db")
+    try:
+        await asyncio.gather(*(store.commit([storage.Put("log", i, b"x")]) for i in range(500)))
+        assert store.count("log") == 500
+        assert store.batches == 500
+        assert store.commits < 500  # many writes, fewer transactions
+    finally:
+        store.close()
+
+
+async def test_ops_and_ordering(tmp_path: Path) -> None:
+    store = storage.DurableStore(tmp_path / "s.db")
+    try:
+        await store.commit([storage.Put("log", i, str(i).encode()) for i in range(1, 11)])
+        await store.commit([storage.DeleteRange("log", 8), storage.Delete("log", 1),
+                            storage.Put("meta", "term", b"3")])
+        assert [k for k, _ in store.scan("log")] == [2, 3, 4, 5, 6, 7]
+        assert [k for k, _ in store.scan("log", 3, 5)] == [3, 4]
+        await store.commit([storage.DeleteRange("log", 3, 5)])
+        assert [k for k, _ in store.scan("log")] == [2, 5, 6, 7]
+        assert store.get("meta", "term") == b"3"
+        assert store.get("meta", "vote") is None
+    finally:
+        store.close()
+
+
+async def test_failed_batch_changes_nothing(tmp_path: Path) -> None:
+    store = storage.DurableStore(tmp_path / "s.db")
+    try:
+        await store.commit([storage.Put("a", 1, b"keep")])
+        bad = storage.Put("a", 2, "not bytes")  # type: ignore[arg-type]
+        with pytest.raises(storage.StorageError):
+            await store.commit([storage.Put("a", 3, b"x"), storage.Put("a", 4, None),  # type: ignore[arg-type]
+                                bad])
+        assert [k for k, _ in store.scan("a")] == [1]
+    finally:
+        store.close()
+
+
+async def test_closed_store_refuses(tmp_path: Path) -> None:
+    store = storage.DurableStore(tmp_path / "s.db")
+    store.close()
+    store.close()
+    with pytest.raises(storage.StorageError):
+        await store.commit([storage.Put("a", 1, b"x")])
+
+
+async def test_reopen_sees_everything(tmp_path: Path) -> None:
+    store = storage.DurableStore(tmp_path / "s.db", fsync=False)
+    await store.commit([storage.Put("a", "k", b"v")])
+    store.close()
+    again = storage.DurableStore(tmp_path / "s.db")
+    try:
+        assert again.get("a", "k") == b"v"
+    finally:
+        again.close()
