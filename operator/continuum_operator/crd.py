@@ -65,9 +65,7 @@ def structural(node: dict[str, Any], defs: dict[str, Any], defaults: Any = None)
         elif key == "properties":
             sub = defaults if isinstance(defaults, dict) else {}
             out[key] = {name: structural(prop, defs, sub.get(name)) for name, prop in value.items()}
-        elif key == "items" and isinstance(value, dict):
-            out[key] = structural(value, defs)
-        elif key == "additionalProperties" and isinstance(value, dict):
+        elif key in ("items", "additionalProperties") and isinstance(value, dict):
             out[key] = structural(value, defs)
         elif key == "additionalProperties" and value is True:
             out["x-kubernetes-preserve-unknown-fields"] = True
@@ -96,7 +94,8 @@ PRINTER_COLUMNS = [
     {"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas"},
     {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
     {"name": "Leader", "type": "string", "jsonPath": ".status.leader"},
-    {"name": "Quorum", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Quorum")].status'},
+    {"name": "Quorum", "type": "string",
+     "jsonPath": '.status.conditions[?(@.type=="Quorum")].status'},
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     {"name": "Term", "type": "integer", "jsonPath": ".status.term", "priority": 1},

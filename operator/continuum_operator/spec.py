@@ -35,9 +35,9 @@ RESTART = f"{PREFIX}/restart"
 QUANTITY = r"^([+]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
 DURATION = r"^([0-9]+(\.[0-9]+)?(h|m|s|ms))+$"
 
-INT_OR_STRING = {"x-kubernetes-int-or-string": True,
+INT_OR_STRING: dict[str, Any] = {"x-kubernetes-int-or-string": True,
                  "anyOf": [{"type": "integer"}, {"type": "string"}]}
-FREE_OBJECT = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+FREE_OBJECT: dict[str, Any] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
 
 
 def free_list(description: str) -> dict[str, Any]:
@@ -50,8 +50,8 @@ class _Model(BaseModel):
 
 
 class Image(_Model):
-    repository: str = Field("ghcr.io/continuum/federation-node", min_length=1)
-    tag: str = Field("0.1.0", min_length=1)
+    repository: str = Field(default="ghcr.io/continuum/federation-node", min_length=1)
+    tag: str = Field(default="0.1.0", min_length=1)
     pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
 
     @property
@@ -60,14 +60,22 @@ class Image(_Model):
         return f"{self.repository}{sep}{self.tag}"
 
 
+def _requests() -> dict[str, int | str]:
+    return {"cpu": "250m", "memory": "256Mi"}
+
+
+def _limits() -> dict[str, int | str]:
+    return {"memory": "512Mi"}
+
+
 class Resources(_Model):
     """Container resources of each node (Kubernetes quantities)."""
 
     requests: dict[str, int | str] = Field(
-        default_factory=lambda: {"cpu": "250m", "memory": "256Mi"},
+        default_factory=_requests,
         json_schema_extra={"type": "object", "additionalProperties": INT_OR_STRING})
     limits: dict[str, int | str] = Field(
-        default_factory=lambda: {"memory": "512Mi"},
+        default_factory=_limits,
         json_schema_extra={"type": "object", "additionalProperties": INT_OR_STRING})
 
 
@@ -87,8 +95,9 @@ class Storage(_Model):
          "message": "storage.storageClassName is immutable"},
     ]})
 
-    size: str = Field("10Gi", pattern=QUANTITY, description="PVC size per member; may only grow.")
-    storage_class_name: str | None = Field(None, description="Immutable once set.")
+    size: str = Field(default="10Gi", pattern=QUANTITY,
+                      description="PVC size per member; may only grow.")
+    storage_class_name: str | None = Field(default=None, description="Immutable once set.")
     retention: Retention = Field(default_factory=Retention)
 
 
@@ -100,9 +109,9 @@ class Consensus(_Model):
          "message": "electionTimeoutMinMs must not exceed electionTimeoutMaxMs"},
     ]})
 
-    election_timeout_min_ms: int = Field(150, ge=10, le=60000)
-    election_timeout_max_ms: int = Field(300, ge=10, le=120000)
-    heartbeat_interval_ms: int = Field(50, ge=1, le=30000)
+    election_timeout_min_ms: int = Field(default=150, ge=10, le=60000)
+    election_timeout_max_ms: int = Field(default=300, ge=10, le=120000)
+    heartbeat_interval_ms: int = Field(default=50, ge=1, le=30000)
 
     @model_validator(mode="after")
     def _ordered(self) -> Consensus:
@@ -114,15 +123,15 @@ class Consensus(_Model):
 
 
 class Mesh(_Model):
-    fanout: int = Field(3, ge=1, le=32)
-    gossip_interval_ms: int = Field(100, ge=10, le=60000)
-    sync_interval_seconds: float = Field(30.0, gt=0, le=3600)
+    fanout: int = Field(default=3, ge=1, le=32)
+    gossip_interval_ms: int = Field(default=100, ge=10, le=60000)
+    sync_interval_seconds: float = Field(default=30.0, gt=0, le=3600)
 
 
 class LoadBalance(_Model):
     algorithm: Literal["least_loaded", "latency", "round_robin", "random"] = "least_loaded"
-    health_check_interval_seconds: float = Field(10.0, gt=0, le=3600)
-    unhealthy_threshold: int = Field(3, ge=1, le=100)
+    health_check_interval_seconds: float = Field(default=10.0, gt=0, le=3600)
+    unhealthy_threshold: int = Field(default=3, ge=1, le=100)
 
 
 class Replication(_Model):
@@ -146,8 +155,8 @@ class TLS(_Model):
 
     mode: Literal["SelfSigned", "CertManager"] = "SelfSigned"
     issuer_ref: IssuerRef | None = None
-    duration: str = Field("2160h", pattern=DURATION)
-    renew_before: str = Field("360h", pattern=DURATION)
+    duration: str = Field(default="2160h", pattern=DURATION)
+    renew_before: str = Field(default="360h", pattern=DURATION)
 
     @model_validator(mode="after")
     def _issuer(self) -> TLS:
@@ -159,7 +168,7 @@ class TLS(_Model):
 
 
 class Scheduling(_Model):
-    affinity: dict[str, Any] | None = Field(None, json_schema_extra=FREE_OBJECT)
+    affinity: dict[str, Any] | None = Field(default=None, json_schema_extra=FREE_OBJECT)
     topology_spread_constraints: list[dict[str, Any]] = Field(
         default_factory=list, json_schema_extra=free_list("Passed to the pod spec as is."))
     tolerations: list[dict[str, Any]] = Field(
@@ -172,11 +181,12 @@ class Disruption(_Model):
     """The PodDisruptionBudget. By default maxUnavailable keeps a voting majority up."""
 
     enabled: bool = True
-    max_unavailable: int | None = Field(None, ge=0, description="Default: replicas - quorum.")
+    max_unavailable: int | None = Field(default=None, ge=0,
+                                        description="Default: replicas - quorum.")
 
 
 class FederationClusterSpec(_Model):
-    replicas: int = Field(3, ge=1, le=99, description="Members; changed one at a time.")
+    replicas: int = Field(default=3, ge=1, le=99, description="Members; changed one at a time.")
     image: Image = Field(default_factory=Image)
     resources: Resources = Field(default_factory=Resources)
     storage: Storage = Field(default_factory=Storage)
@@ -188,9 +198,10 @@ class FederationClusterSpec(_Model):
     scheduling: Scheduling = Field(default_factory=Scheduling)
     disruption: Disruption = Field(default_factory=Disruption)
     termination_grace_period_seconds: int = Field(
-        60, ge=10, le=3600,
+        default=60, ge=10, le=3600,
         description="Time for a graceful leave: leadership transfer, mesh leave, flush.")
-    paused: bool = Field(False, description="Stop changing children; status keeps updating.")
+    paused: bool = Field(default=False,
+                         description="Stop changing children; status keeps updating.")
 
 
 # ---- status -----------------------------------------------------------------------------------
@@ -248,8 +259,9 @@ class FederationClusterStatus(_Model):
     certificates: Certificates | None = None
     current_version: str | None = None
     blocked_reason: str | None = None
-    recovery_handled: str | None = Field(None, description="Last recover-quorum value acted on.")
-    restart_handled: str | None = Field(None, description="Last restart value acted on.")
+    recovery_handled: str | None = Field(default=None,
+                                         description="Last recover-quorum value acted on.")
+    restart_handled: str | None = Field(default=None, description="Last restart value acted on.")
     conditions: list[Condition] = Field(default_factory=list, json_schema_extra={
         "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
 
