@@ -16,8 +16,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def _run_and_kill(db: Path, acks_wanted: int) -> list[int]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(ROOT / "node_image"), str(ROOT / "tests" / "integration")])}
-    proc = subprocess.Popen([sys.executable, "-u", str(ROOT / "tests/integration/storage_writer.py"),
-                             str(db)], stdout=subprocess.PIPE, env=env, text=True)
+    script = str(ROOT / "tests/integration/storage_writer.py")
+    proc = subprocess.Popen([sys.executable, "-u", script, str(db)], stdout=subprocess.PIPE,
+                            env=env, text=True)
     acked: list[int] = []
     try:
         assert proc.stdout is not None

@@ -196,7 +196,8 @@ def _certs(args: argparse.Namespace) -> int:
     else:
         pair = pki.issue_client(ca, args.name, days=args.days)
     out = pki.write_secret_dir(args.out, pair, ca.cert_pem)
-    print(f"wrote {out}/tls.crt, tls.key, ca.crt (valid until {pki.not_after(pair.cert_pem):%Y-%m-%d})")
+    until = pki.not_after(pair.cert_pem)
+    print(f"wrote {out}/tls.crt, tls.key, ca.crt (valid until {until:%Y-%m-%d})")
     return 0
 
 

@@ -140,7 +140,7 @@ def issue_node(
 
 
 def issue_client(ca: KeyPair, name: str, *, days: int = DEFAULT_CERT_DAYS) -> KeyPair:
-    """A client certificate for an admin or the operator: may call the API, never speak as a node."""
+    """A client certificate (admin, operator): may call the API, never speak as a node."""
     return issue(ca, name, uris=[f"{CLIENT_ROLE_URI_PREFIX}{name}"], days=days, server=False)
 
 
@@ -170,7 +170,8 @@ def load_ca(directory: str | os.PathLike[str]) -> KeyPair:
 
 
 def init_ca(directory: str | os.PathLike[str], common_name: str = "continuum-federation-ca",
-            days: int = DEFAULT_CA_DAYS) -> KeyPair:
+            days: int = DEFAULT_CA_DAYS,
+            ) -> KeyPair:
     """Create ``ca.crt`` and ``ca.key`` in ``directory`` unless they exist; return the CA."""
     d = Path(directory)
     if (d / "ca.crt").exists() and (d / "ca.key").exists():

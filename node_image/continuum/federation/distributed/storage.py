@@ -163,7 +163,8 @@ class DurableStore:
         row = self._reader.execute("SELECT v FROM kv WHERE ns = ? AND k = ?", (ns, key)).fetchone()
         return None if row is None else bytes(row[0])
 
-    def scan(self, ns: str, lo: Key | None = None, hi: Key | None = None) -> list[tuple[Key, bytes]]:
+    def scan(self, ns: str, lo: Key | None = None, hi: Key | None = None,
+             ) -> list[tuple[Key, bytes]]:
         """Rows of ``ns`` with ``lo <= key < hi``, in key order."""
         sql = "SELECT k, v FROM kv WHERE ns = ?"
         args: list[Key] = [ns]

@@ -27,7 +27,6 @@ import contextlib
 import inspect
 import logging
 import ssl
-
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -181,9 +180,9 @@ class PeerTransport:
             site = web.TCPSite(self._runner, host, port, ssl_context=self._server_ctx,
                                reuse_address=True)
             await site.start()
-            server = site._server
+            server: Any = site._server
             if server is not None and getattr(server, "sockets", None):
-                sock_host, sock_port = server.sockets[0].getsockname()[:2]
+                sock_port = server.sockets[0].getsockname()[1]
                 self._bound = f"{host}:{sock_port}"
 
     def new_session(self) -> aiohttp.ClientSession:
@@ -345,7 +344,8 @@ class PeerTransport:
     # -- receiving -----------------------------------------------------------------------
 
     async def _read_frame(self, request: web.Request) -> wire.Frame | web.Response:
-        if request.content_length is not None and request.content_length > self.limits.max_frame_bytes:
+        length = request.content_length
+        if length is not None and length > self.limits.max_frame_bytes:
             return self._reject(413, "too_large", "frame exceeds the size limit")
         try:
             data = await request.read()

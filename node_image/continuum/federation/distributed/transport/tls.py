@@ -66,7 +66,8 @@ def _base(purpose: ssl.Purpose, files: TLSFiles) -> ssl.SSLContext:
         ctx.load_cert_chain(files.cert, files.key)
         ctx.load_verify_locations(cafile=files.ca)
     except (ssl.SSLError, OSError) as exc:
-        raise TLSConfigError(f"cannot load TLS material ({exc.__class__.__name__}: {exc})") from None
+        kind = exc.__class__.__name__
+        raise TLSConfigError(f"cannot load TLS material ({kind}: {exc})") from None
     ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
 
