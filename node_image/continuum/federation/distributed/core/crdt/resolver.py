@@ -1,0 +1,130 @@
+"""Conflict resolution: pick or build one value from concurrent siblings, the same on every node.
+
+Every strategy first puts the siblings in a canonical order (HLC timestamp,
+then node id, then checksum), so the outcome depends only on the *set* of
+siblings, never on the order they arrived in:
+
+* ``LAST_WRITE_WINS``: the highest hybrid-logical timestamp; node id breaks ties.
+* ``HIGHEST_NODE_WINS``: the sibling written by the highest node id (then the latest).
+* ``MERGE_UNION``: dicts merge key by key (recursively), sets unite, lists
+  concatenate in canonical sibling order without duplicates; anything else
+  falls back to last-write-wins. Live values beat tombstones (add wins).
+* ``CUSTOM``: ``custom_fn(siblings)`` (canonically ordered live siblings) returns a
+  value or a ``ReplicatedValue``; it must itself be deterministic.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import clock, values
+
+CustomFn = Callable[[list[values.ReplicatedValue]], Any]
+
+
+class ConflictResolutionStrategy(enum.Enum):
+    LAST_WRITE_WINS = "last_write_wins"
+    HIGHEST_NODE_WINS = "highest_node_wins"
+    MERGE_UNION = "merge_union"
+    CUSTOM = "custom"
+
+
+def canonical_order(v: values.ReplicatedValue) -> tuple[clock.HLCTimestamp, str, str]:
+    return (v.timestamp, v.node_id, v.checksum)
+
+
+class ConflictResolver:
+    def __init__(
+        self,
+        strategy: ConflictResolutionStrategy = ConflictResolutionStrategy.LAST_WRITE_WINS,
+        custom_fn: CustomFn | None = None,
+    ) -> None:
+        if not isinstance(strategy, ConflictResolutionStrategy):
+            try:
+                strategy = ConflictResolutionStrategy(strategy)
+            except ValueError:
+                names = ", ".join(s.value for s in ConflictResolutionStrategy)
+                raise ValueError(
+                    f"unknown conflict strategy {strategy!r} (one of {names})") from None
+        if strategy is ConflictResolutionStrategy.CUSTOM and custom_fn is None:
+            raise ValueError("the CUSTOM strategy needs custom_fn")
+        self.strategy = strategy
+        self.custom_fn = custom_fn
+
+    def detect_conflicts(self, siblings: Sequence[values.ReplicatedValue]
+                         ) -> list[values.ReplicatedValue]:
+        """The values no other value causally supersedes, if more than one (else ``[]``)."""
+        distinct = {v.checksum: v for v in siblings}
+        frontier = [
+            v for v in distinct.values()
+            if not any(o is not v and o.version.compare(v.version) == "after"
+                       for o in distinct.values())
+        ]
+        frontier.sort(key=canonical_order)
+        return frontier if len(frontier) > 1 else []
+
+    def resolve(self, siblings: Sequence[values.ReplicatedValue]) -> values.ReplicatedValue:
+        """The single value the siblings resolve to; deterministic across nodes."""
+        if not siblings:
+            raise ValueError("nothing to resolve")
+        ordered = sorted({v.checksum: v for v in siblings}.values(), key=canonical_order)
+        # Causally superseded siblings never win a conflict.
+        frontier = [v for v in ordered
+                    if not any(o.version.compare(v.version) == "after" for o in ordered)]
+        if len(frontier) == 1:
+            return frontier[0]
+        s = self.strategy
+        if s is ConflictResolutionStrategy.LAST_WRITE_WINS:
+            return frontier[-1]
+        if s is ConflictResolutionStrategy.HIGHEST_NODE_WINS:
+            return max(frontier, key=lambda v: (v.node_id, canonical_order(v)))
+        live = [v for v in frontier if not v.deleted]
+        if not live:
+            return frontier[-1]
+        if s is ConflictResolutionStrategy.MERGE_UNION:
+            merged = merge_values([v.value for v in live])
+            return _synthesize(merged, live, frontier)
+        assert self.custom_fn is not None
+        out = self.custom_fn(list(live))
+        if isinstance(out, values.ReplicatedValue):
+            return out
+        return _synthesize(out, live, frontier)
+
+
+def _synthesize(value: Any, live: list[values.ReplicatedValue],
+                frontier: list[values.ReplicatedValue]) -> values.ReplicatedValue:
+    """A resolved value: the latest sibling's metadata, the union of the versions."""
+    latest = live[-1]
+    version = clock.VectorClock()
+    for v in frontier:
+        version.update(v.version)
+    return values.ReplicatedValue.create(value, latest.timestamp, latest.node_id, version)
+
+
+def merge_values(items: list[Any]) -> Any:
+    """Merge values listed in canonical sibling order (the last is the latest write)."""
+    if len(items) == 1:
+        return items[0]
+    if all(isinstance(x, dict) for x in items):
+        keys: dict[Any, None] = {}
+        for d in items:
+            keys.update(dict.fromkeys(d))
+        out = {}
+        for k in sorted(keys, key=values.encode):
+            out[k] = merge_values([d[k] for d in items if k in d])
+        return out
+    if all(isinstance(x, set | frozenset) for x in items):
+        return set().union(*items)
+    if all(isinstance(x, list) for x in items):
+        seen: set[bytes] = set()
+        merged = []
+        for lst in items:
+            for x in lst:
+                e = values.encode(x)
+                if e not in seen:
+                    seen.add(e)
+                    merged.append(x)
+        return merged
+    return items[-1]

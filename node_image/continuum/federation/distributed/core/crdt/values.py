@@ -1,0 +1,265 @@
+"""Replicated values and their canonical encoding.
+
+Checksums and digests hash the *canonical* encoding: dict items and set
+members are sorted by their own encoding, ``-0.0`` is ``0.0``, NaN is
+refused (it is not equal to itself), so equal values encode to equal bytes on
+every node whatever order they were built in. The encoding is also the form a
+value travels and rests in, so a value decodes to exactly what was hashed.
+
+Supported: None, bool, int, float, str, bytes, list, tuple, dict, set,
+frozenset, nested up to ``MAX_DEPTH``. Decoded sets are ``set`` (``frozenset``
+where they must be hashable: inside sets and as dict keys).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import clock
+
+MAX_DEPTH = 64
+MAX_VALUE_BYTES = 4 * 1024 * 1024
+
+
+class ChecksumError(ValueError):
+    """A replicated value whose checksum does not match its content."""
+
+
+class EncodingError(ValueError):
+    """A value that cannot be encoded canonically, or bytes that do not decode."""
+
+
+# -- canonical encoding ----------------------------------------------------------------------
+
+
+def encode(value: Any) -> bytes:
+    out: list[bytes] = []
+    _enc(value, out, 0)
+    return b"".join(out)
+
+
+def _enc(v: Any, out: list[bytes], depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise EncodingError(f"value nested deeper than {MAX_DEPTH}")
+    if v is None:
+        out.append(b"N")
+    elif v is True:
+        out.append(b"T")
+    elif v is False:
+        out.append(b"F")
+    elif isinstance(v, int):
+        s = str(v).encode()
+        out.append(b"i%d:%s" % (len(s), s))
+    elif isinstance(v, float):
+        if math.isnan(v):
+            raise EncodingError("NaN cannot be replicated: it is not equal to itself")
+        out.append(b"f" + struct.pack(">d", v + 0.0))  # + 0.0 turns -0.0 into 0.0
+    elif isinstance(v, str):
+        b = v.encode("utf-8")
+        out.append(b"s%d:%s" % (len(b), b))
+    elif isinstance(v, bytes | bytearray):
+        out.append(b"b%d:%s" % (len(v), bytes(v)))
+    elif isinstance(v, list | tuple):
+        out.append(b"%s%d:" % (b"l" if isinstance(v, list) else b"t", len(v)))
+        for item in v:
+            _enc(item, out, depth + 1)
+    elif isinstance(v, dict):
+        pairs = sorted((encode_at(k, depth + 1), encode_at(x, depth + 1)) for k, x in v.items())
+        out.append(b"d%d:" % len(pairs))
+        for k, x in pairs:
+            out.append(k)
+            out.append(x)
+    elif isinstance(v, set | frozenset):
+        items = sorted(encode_at(x, depth + 1) for x in v)
+        out.append(b"S%d:" % len(items))
+        out.extend(items)
+    else:
+        raise EncodingError(f"cannot replicate a value of type {type(v).__name__}")
+
+
+def encode_at(value: Any, depth: int) -> bytes:
+    out: list[bytes] = []
+    _enc(value, out, depth)
+    return b"".join(out)
+
+
+def decode(data: bytes) -> Any:
+    """Inverse of ``encode``; raises ``EncodingError`` on malformed input."""
+    if len(data) > MAX_VALUE_BYTES:
+        raise EncodingError(f"encoded value of {len(data)} bytes exceeds {MAX_VALUE_BYTES}")
+    try:
+        value, pos = _dec(data, 0, 0, False)
+    except (IndexError, ValueError, TypeError, UnicodeDecodeError, struct.error) as exc:
+        if isinstance(exc, EncodingError):
+            raise
+        raise EncodingError(f"malformed encoded value: {exc}") from None
+    if pos != len(data):
+        raise EncodingError("trailing bytes after encoded value")
+    return value
+
+
+def _count(data: bytes, pos: int) -> tuple[int, int]:
+    end = data.index(b":", pos, pos + 21)
+    digits = data[pos:end]
+    if not digits.isdigit():
+        raise EncodingError("bad length prefix")
+    return int(digits), end + 1
+
+
+def _dec(data: bytes, pos: int, depth: int, hashable: bool) -> tuple[Any, int]:
+    if depth > MAX_DEPTH:
+        raise EncodingError(f"value nested deeper than {MAX_DEPTH}")
+    tag = data[pos:pos + 1]
+    pos += 1
+    if tag == b"N":
+        return None, pos
+    if tag == b"T":
+        return True, pos
+    if tag == b"F":
+        return False, pos
+    if tag == b"f":
+        (x,) = struct.unpack(">d", data[pos:pos + 8])
+        return x, pos + 8
+    if tag in (b"i", b"s", b"b"):
+        n, pos = _count(data, pos)
+        raw = data[pos:pos + n]
+        if len(raw) != n:
+            raise EncodingError("truncated value")
+        if tag == b"i":
+            return int(raw), pos + n
+        return (raw.decode("utf-8") if tag == b"s" else bytes(raw)), pos + n
+    if tag in (b"l", b"t", b"S"):
+        n, pos = _count(data, pos)
+        items = []
+        # Set members must be hashable; tuples pass the need down; lists never are.
+        inner = True if tag == b"S" else (hashable if tag == b"t" else False)
+        for _ in range(n):
+            item, pos = _dec(data, pos, depth + 1, inner)
+            items.append(item)
+        if tag == b"S":
+            return (frozenset(items) if hashable else set(items)), pos
+        if tag == b"t":
+            return tuple(items), pos
+        if hashable:
+            raise EncodingError("a list cannot be a set member or dict key")
+        return items, pos
+    if tag == b"d":
+        if hashable:
+            raise EncodingError("a dict cannot be a set member or dict key")
+        n, pos = _count(data, pos)
+        d: dict[Any, Any] = {}
+        for _ in range(n):
+            k, pos = _dec(data, pos, depth + 1, True)
+            d[k], pos = _dec(data, pos, depth + 1, False)
+        return d, pos
+    raise EncodingError(f"unknown tag {tag!r}")
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# -- replicated values -----------------------------------------------------------------------
+
+
+def compute_checksum(value: Any, timestamp: clock.HLCTimestamp, node_id: str,
+                     version: clock.VectorClock, deleted: bool = False) -> str:
+    """SHA-256 over the canonical encoding of the value and all its metadata."""
+    return digest(encode((value, tuple(timestamp), node_id, version.to_dict(), deleted)))
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicatedValue:
+    """One write: the value, when (HLC), by whom, its causal context and a checksum.
+
+    ``version`` is the writer's version vector for the key at the time of the
+    write, including the write's own event ``(node_id, version[node_id])``
+    (its *dot*). ``deleted`` marks a tombstone (``value`` is then None).
+    """
+
+    value: Any
+    timestamp: clock.HLCTimestamp
+    node_id: str
+    version: clock.VectorClock
+    checksum: str
+    deleted: bool = False
+    _encoded: bytes = field(default=b"", repr=False, compare=False)
+
+    @classmethod
+    def create(cls, value: Any, timestamp: clock.HLCTimestamp, node_id: str,
+               version: clock.VectorClock, deleted: bool = False) -> ReplicatedValue:
+        data = encode(value)
+        if len(data) > MAX_VALUE_BYTES:
+            raise EncodingError(f"value of {len(data)} bytes exceeds {MAX_VALUE_BYTES}")
+        version = version.copy()
+        checksum = compute_checksum(value, timestamp, node_id, version, deleted)
+        return cls(decode(data), timestamp, node_id, version, checksum, deleted, data)
+
+    @property
+    def dot(self) -> tuple[str, int]:
+        """The write's own event: (author, its counter)."""
+        return self.node_id, self.version.get(self.node_id)
+
+    @property
+    def encoded_value(self) -> bytes:
+        return self._encoded or encode(self.value)
+
+    def verify(self) -> bool:
+        """True if the checksum matches the content."""
+        try:
+            expect = compute_checksum(self.value, self.timestamp, self.node_id, self.version,
+                                      self.deleted)
+        except (EncodingError, ValueError):
+            return False
+        return expect == self.checksum
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain form (the value as a Python object)."""
+        return {"value": self.value, "timestamp": list(self.timestamp), "node_id": self.node_id,
+                "version": self.version.to_dict(), "checksum": self.checksum,
+                "deleted": self.deleted}
+
+    def to_wire(self) -> dict[str, Any]:
+        """Wire and disk form: the value as its canonical bytes (sets survive msgpack)."""
+        return {"data": self.encoded_value, "timestamp": list(self.timestamp),
+                "node_id": self.node_id, "version": self.version.to_dict(),
+                "checksum": self.checksum, "deleted": self.deleted}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, verify: bool = True) -> ReplicatedValue:
+        """Parse either form; with ``verify`` raise ``ChecksumError`` if the checksum is off."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f"a replicated value is a mapping, got {type(d).__name__}")
+        try:
+            if "data" in d:
+                if not isinstance(d["data"], bytes):
+                    raise ValueError("'data' must be bytes")
+                data = d["data"]
+                value = decode(data)
+            else:
+                value = d["value"]
+                data = encode(value)
+            node_id = d["node_id"]
+            checksum = d["checksum"]
+            deleted = d.get("deleted", False)
+            ts = clock.HLCTimestamp.parse(d["timestamp"])
+            version = clock.VectorClock.from_dict(d["version"])
+        except KeyError as exc:
+            raise ValueError(f"replicated value lacks {exc.args[0]!r}") from None
+        if not isinstance(node_id, str) or not node_id:
+            raise ValueError("replicated value needs a non-empty node_id")
+        if not isinstance(checksum, str) or not isinstance(deleted, bool):
+            raise ValueError("checksum must be a string and deleted a bool")
+        if version.get(node_id) < 1:
+            raise ValueError(f"version {version!r} lacks the writer's own entry {node_id!r}")
+        rv = cls(value, ts, node_id, version, checksum, deleted, data)
+        if verify and not rv.verify():
+            raise ChecksumError(
+                f"checksum mismatch for a value written by {node_id!r} at {list(ts)}: "
+                "content corrupted or forged")
+        return rv
