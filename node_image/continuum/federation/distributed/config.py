@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
@@ -68,8 +69,8 @@ class NodeSettings(BaseSettings):
     peer_domain: str | None = None  # wildcard certificates: sender ids are <id>.<peer_domain>
     initial_members: dict[str, str] = Field(default_factory=dict)  # id -> host:port, static
     discovery_srv: str | None = None  # DNS SRV name of the headless Service
-    dns_nameservers: list[str] = Field(default_factory=list)
-    bootstrap: list[str] = Field(default_factory=list)  # host:port of existing members
+    dns_nameservers: Annotated[list[str], NoDecode] = Field(default_factory=list)  # host:port
+    bootstrap: Annotated[list[str], NoDecode] = Field(default_factory=list)  # host:port, comma list
     mdns: bool = False
     formation_stable_seconds: float = Field(3.0, ge=0)
     config_file: Path | None = None

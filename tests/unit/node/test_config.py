@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from continuum.federation.distributed import config
+
+
+def test_environment_and_yaml_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "node.yaml"
+    cfg.write_text("raft:\n  heartbeat_interval_ms: 40\nmesh:\n  fanout: 2\ncluster_name: from-file\n")
+    monkeypatch.setenv("CONTINUUM_CONFIG_FILE", str(cfg))
+    monkeypatch.setenv("CONTINUUM_NODE_ID", "demo-0")
+    monkeypatch.setenv("CONTINUUM_CLUSTER_NAME", "from-env")
+    monkeypatch.setenv("CONTINUUM_BOOTSTRAP", "a:1, b:2")
+    monkeypatch.setenv("CONTINUUM_INITIAL_MEMBERS", '{"demo-0": "127.0.0.1:7000"}')
+    s = config.NodeSettings()
+    assert s.node_id == "demo-0"
+    assert s.cluster_name == "from-env"  # env beats file
+    assert s.raft.heartbeat_interval_ms == 40
+    assert s.mesh.fanout == 2
+    assert s.bootstrap == ["a:1", "b:2"]
+    assert s.initial_members == {"demo-0": "127.0.0.1:7000"}
+    # explicit arguments beat everything
+    assert config.NodeSettings(cluster_name="flag").cluster_name == "flag"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"node_id": ""}, "node_id"),
+        ({"node_id": "a b"}, "node_id"),
+        ({"node_id": "n", "bind_address": "nohost"}, "host:port"),
+        ({"node_id": "n", "raft": {"election_timeout_ms": (300, 150)}}, "election_timeout_ms"),
+        ({"node_id": "n", "raft": {"heartbeat_interval_ms": 200}}, "half the election"),
+        ({"node_id": "n", "load_balance": {"algorithm": "fastest"}}, "algorithm"),
+        ({"node_id": "n", "typo_field": 1}, "typo_field"),
+    ],
+)
+def test_bad_settings_name_the_field(kwargs: dict[str, object], message: str,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CONTINUUM_CONFIG_FILE", raising=False)
+    with pytest.raises(ValidationError, match=message):
+        config.NodeSettings(**kwargs)  # type: ignore[arg-type]
+
+
+def test_bad_yaml_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "node.yaml"
+    cfg.write_text("- not\n- a mapping\n")
+    monkeypatch.setenv("CONTINUUM_CONFIG_FILE", str(cfg))
+    with pytest.raises(ValueError, match="mapping"):
+        config.NodeSettings(node_id="n")
