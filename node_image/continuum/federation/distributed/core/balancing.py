@@ -1,0 +1,206 @@
+"""Load-balanced selection over candidate nodes: pure functions, injected randomness.
+
+Algorithms (``LoadBalance.algorithm``):
+
+* ``least_loaded``: power of two choices (P2C) by ``load_score``. Loads come
+  from heartbeats and are always somewhat stale; picking the global minimum
+  sends every selection made between two heartbeats to the same node (herding),
+  while P2C (sample ``choices`` distinct nodes, take the least loaded) keeps the
+  max-load gap at O(ln ln n) and costs O(1). With two candidates it is exact;
+  ``choices=0`` compares every candidate.
+* ``latency``: the same, by ``latency_ms`` (Finagle and Linkerd pair P2C with a
+  latency estimate for the same reason).
+* ``round_robin``: the next candidate after a cursor, in node-id order.
+* ``random``: uniform.
+
+A node with no reported figure ranks after every node that reported one.
+``Criteria`` filter candidates before any algorithm runs.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+ALGORITHMS = ("least_loaded", "latency", "round_robin", "random")
+
+CRITERIA_KEYS = frozenset(
+    {"min_capacity", "metadata", "exclude", "include", "max_load", "max_latency_ms"}
+)
+
+
+class Candidate(Protocol):
+    @property
+    def node_id(self) -> str: ...
+    @property
+    def load_score(self) -> float | None: ...
+    @property
+    def latency_ms(self) -> float | None: ...
+    @property
+    def capacity(self) -> Mapping[str, float]: ...
+    @property
+    def metadata(self) -> Mapping[str, Any]: ...
+
+
+C = TypeVar("C", bound=Candidate)
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"criteria {name!r} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _ids(name: str, value: Any) -> frozenset[str]:
+    if isinstance(value, str):
+        return frozenset({value})
+    if not isinstance(value, Iterable) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"criteria {name!r} must be a node id or a list of node ids")
+    return frozenset(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Criteria:
+    """Which candidates qualify. Every given condition must hold.
+
+    ``min_capacity``: ``{"concepts": 1000}``, each reported capacity >= the value.
+    ``metadata``: ``{"region": "eu"}``, each metadata key equals the value.
+    ``exclude`` / ``include``: node ids to skip / the only ids allowed.
+    ``max_load`` / ``max_latency_ms``: upper bounds on reported figures (a node
+    that reported none does not qualify).
+    """
+
+    min_capacity: tuple[tuple[str, float], ...] = ()
+    metadata: tuple[tuple[str, Any], ...] = ()
+    exclude: frozenset[str] = frozenset()
+    include: frozenset[str] | None = None
+    max_load: float | None = None
+    max_latency_ms: float | None = None
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any] | None) -> Criteria | None:
+        """Validate a criteria dict; ``None`` or ``{}`` mean "no filter"."""
+        if not raw:
+            return None
+        if not isinstance(raw, Mapping):
+            raise ValueError(f"criteria must be a dict, got {type(raw).__name__}")
+        unknown = set(raw) - CRITERIA_KEYS
+        if unknown:
+            raise ValueError(f"unknown criteria {sorted(unknown)}; known: {sorted(CRITERIA_KEYS)}")
+        cap = raw.get("min_capacity") or {}
+        meta = raw.get("metadata") or {}
+        if not isinstance(cap, Mapping) or not isinstance(meta, Mapping):
+            raise ValueError("criteria 'min_capacity' and 'metadata' must be dicts")
+        return cls(
+            min_capacity=tuple((str(k), _number(f"min_capacity.{k}", v)) for k, v in cap.items()),
+            metadata=tuple((str(k), v) for k, v in meta.items()),
+            exclude=_ids("exclude", raw.get("exclude") or ()),
+            include=_ids("include", raw["include"]) if raw.get("include") is not None else None,
+            max_load=(_number("max_load", raw["max_load"])
+                      if raw.get("max_load") is not None else None),
+            max_latency_ms=(_number("max_latency_ms", raw["max_latency_ms"])
+                            if raw.get("max_latency_ms") is not None else None),
+        )
+
+    def admits(self, c: Candidate) -> bool:
+        if c.node_id in self.exclude:
+            return False
+        if self.include is not None and c.node_id not in self.include:
+            return False
+        if self.max_load is not None and (c.load_score is None or c.load_score > self.max_load):
+            return False
+        if self.max_latency_ms is not None and (
+            c.latency_ms is None or c.latency_ms > self.max_latency_ms
+        ):
+            return False
+        cap = c.capacity
+        for key, least in self.min_capacity:
+            have = cap.get(key)
+            if have is None or have < least:
+                return False
+        meta = c.metadata
+        return all(key in meta and meta[key] == want for key, want in self.metadata)
+
+
+def qualify(candidates: Sequence[C], criteria: Criteria | None) -> Sequence[C]:
+    if criteria is None:
+        return candidates
+    return [c for c in candidates if criteria.admits(c)]
+
+
+def _rank(value: float | None) -> float:
+    return math.inf if value is None else value
+
+
+def _p2c_indexes(n: int, rng: random.Random, choices: int) -> Iterable[int]:
+    if choices <= 0 or choices >= n:
+        return range(n)
+    if choices == 2:  # the hot path: two distinct indexes without building a sample
+        i = rng.randrange(n)
+        j = rng.randrange(n - 1)
+        return (i, j + 1 if j >= i else j)
+    return rng.sample(range(n), choices)
+
+
+def least_loaded(candidates: Sequence[C], rng: random.Random, choices: int = 2) -> C | None:
+    """P2C by ``load_score``; ties keep the first sampled (random) candidate."""
+    if not candidates:
+        return None
+    best: C | None = None
+    best_load = math.inf
+    for i in _p2c_indexes(len(candidates), rng, choices):
+        c = candidates[i]
+        load = _rank(c.load_score)
+        if best is None or load < best_load:
+            best, best_load = c, load
+    return best
+
+
+def lowest_latency(candidates: Sequence[C], rng: random.Random, choices: int = 2) -> C | None:
+    """P2C by ``latency_ms``."""
+    if not candidates:
+        return None
+    best: C | None = None
+    best_latency = math.inf
+    for i in _p2c_indexes(len(candidates), rng, choices):
+        c = candidates[i]
+        latency = _rank(c.latency_ms)
+        if best is None or latency < best_latency:
+            best, best_latency = c, latency
+    return best
+
+
+def round_robin(candidates: Sequence[C], cursor: int) -> tuple[C | None, int]:
+    """The candidate at ``cursor`` (mod len) and the next cursor."""
+    if not candidates:
+        return None, cursor
+    i = cursor % len(candidates)
+    return candidates[i], i + 1
+
+
+def pick_random(candidates: Sequence[C], rng: random.Random) -> C | None:
+    if not candidates:
+        return None
+    return candidates[rng.randrange(len(candidates))]
+
+
+def select(
+    algorithm: str,
+    candidates: Sequence[C],
+    rng: random.Random,
+    cursor: int = 0,
+    choices: int = 2,
+) -> tuple[C | None, int]:
+    """Run ``algorithm`` over ``candidates``; returns the choice and the next round-robin cursor."""
+    if algorithm == "least_loaded":
+        return least_loaded(candidates, rng, choices), cursor
+    if algorithm == "latency":
+        return lowest_latency(candidates, rng, choices), cursor
+    if algorithm == "round_robin":
+        return round_robin(candidates, cursor)
+    if algorithm == "random":
+        return pick_random(candidates, rng), cursor
+    raise ValueError(f"unknown algorithm {algorithm!r}; known: {', '.join(ALGORITHMS)}")
