@@ -1,0 +1,342 @@
+"""The Helm chart, rendered by a real helm binary and checked against the official schemas.
+
+`scripts/install-helm.sh` puts helm 4 into ./bin (CI runs it before the tests). Every object
+`helm template` renders, with default and non-default values, is validated with
+kubernetes-validate (built-in kinds) or against its CRD schema (FederationCluster); the
+values schema must reject bad values; the chart's CRD copy must equal crds/.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from continuum_operator import spec as fc_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "continuum-federation"
+HELM = ROOT / "bin" / "helm"
+CRDS = ROOT / "crds"
+CHART_CRDS = CHART / "files" / "crds"
+# A Kubernetes version kubernetes-validate ships schemas for (the chart needs >= 1.29).
+K8S_VERSION = "1.35.0"
+RELEASE, NAMESPACE = "cf", "ops"
+
+pytestmark = pytest.mark.skipif(
+    not HELM.exists(), reason=f"{HELM} missing: run scripts/install-helm.sh (CI does)")
+
+# Value sets the chart must render and validate with: every optional feature on, a
+# single-namespace install, and the most stripped-down install.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "everything": {
+        "image": {"digest": "sha256:" + "ab" * 32},
+        "imagePullSecrets": [{"name": "regcred"}],
+        "operator": {"logLevel": "debug", "extraArgs": ["--log-refkey=cr"],
+                     "extraEnv": [{"name": "EXTRA", "value": "1"}]},
+        "serviceAccount": {"name": "fed-operator", "annotations": {"a": "b"}},
+        "podAnnotations": {"example.com/note": "hello"}, "podLabels": {"team": "data"},
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+        "tolerations": [{"key": "k", "operator": "Exists", "effect": "NoSchedule"}],
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]}]}]}}},
+        "priorityClassName": "system-cluster-critical",
+        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+                    "podMonitor": {"enabled": True}},
+        "grafanaDashboard": {"namespace": "monitoring"},
+        "exampleCluster": {"enabled": True, "replicas": 5,
+                           "issuerRef": {"name": "cf-continuum-federation-ca"}},
+        "certManager": {"createCAIssuer": True},
+        "tests": {"clusterName": "demo"},
+    },
+    "namespaced": {"watchNamespace": "team-a", "exampleCluster": {"enabled": True}},
+    "minimal": {
+        "crds": {"install": False}, "rbac": {"create": False},
+        "serviceAccount": {"create": False, "name": "existing"},
+        "grafanaDashboard": {"enabled": False}, "tests": {"enabled": False},
+    },
+}
+
+
+def helm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(HELM), *args], capture_output=True, text=True, timeout=120,
+                          check=False)
+
+
+def values_args(tmp_dir: Path, values: dict[str, Any]) -> list[str]:
+    path = tmp_dir / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return ["-f", str(path)]
+
+
+@functools.cache
+def render(variant: str) -> tuple[dict[str, Any], ...]:
+    """Objects `helm template` renders for a variant (cached: rendering is deterministic)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = helm("template", RELEASE, str(CHART), "-n", NAMESPACE,
+                   *values_args(Path(tmp), VARIANTS[variant]))
+    assert out.returncode == 0, out.stderr
+    return tuple(doc for doc in yaml.safe_load_all(out.stdout) if doc)
+
+
+def by_kind(objs: tuple[dict[str, Any], ...], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objs if o["kind"] == kind]
+
+
+def one(objs: tuple[dict[str, Any], ...], kind: str) -> dict[str, Any]:
+    found = by_kind(objs, kind)
+    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+    return found[0]
+
+
+# ---- lint --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_helm_lint_strict_passes(variant: str, tmp_path: Path) -> None:
+    out = helm("lint", "--strict", str(CHART), *values_args(tmp_path, VARIANTS[variant]))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "0 chart(s) failed" in out.stdout
+
+
+# ---- every rendered object is valid --------------------------------------------------------
+
+def crd_schema() -> dict[str, Any]:
+    crd = yaml.safe_load((CRDS / "federationclusters.continuum.dev.yaml").read_text())
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == fc_spec.VERSION]
+    schema: dict[str, Any] = version["schema"]["openAPIV3Schema"]
+    return schema
+
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# Custom resources whose CRDs we do not vendor: checked for shape, not against a schema.
+FOREIGN_KINDS = {
+    ("cert-manager.io/v1", "Issuer"), ("cert-manager.io/v1", "Certificate"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PodMonitor"),
+}
+
+
+def validate(obj: dict[str, Any]) -> None:
+    kind, api_version = obj["kind"], obj["apiVersion"]
+    if api_version == fc_spec.API_VERSION:
+        assert kind == fc_spec.KIND
+        # A CRD schema is OpenAPI v3.0, i.e. JSON Schema draft 4 (boolean exclusiveMinimum).
+        jsonschema.Draft4Validator(crd_schema()).validate(obj)
+        fc_spec.parse_spec(obj["spec"])  # the operator's own model accepts it too
+    elif (api_version, kind) in FOREIGN_KINDS:
+        assert DNS_LABEL.match(obj["metadata"]["name"]), obj["metadata"]["name"]
+        assert isinstance(obj.get("spec"), dict) and obj["spec"], f"{kind} without a spec"
+    else:
+        try:
+            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            raise AssertionError(
+                f"{kind}/{obj['metadata']['name']}: {exc.message} at {list(exc.path)}") from None
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_rendered_object_is_valid_against_the_official_schemas(variant: str) -> None:
+    objs = render(variant)
+    assert objs
+    for obj in objs:
+        validate(obj)
+
+
+def test_validation_is_not_vacuous() -> None:
+    """A broken object must fail the same check the rendered objects pass."""
+    deployment = json.loads(json.dumps(one(render("default"), "Deployment")))
+    deployment["spec"]["replicas"] = "one"
+    with pytest.raises(AssertionError, match="replicas"):
+        validate(deployment)
+    example = json.loads(json.dumps(one(render("everything"), "FederationCluster")))
+    example["spec"]["replicas"] = 0
+    with pytest.raises(jsonschema.ValidationError):
+        validate(example)
+
+
+def test_optional_objects_follow_their_switches() -> None:
+    kinds = lambda v: sorted({o["kind"] for o in render(v)})  # noqa: E731
+    assert kinds("default") == ["ClusterRole", "ClusterRoleBinding", "ConfigMap",
+                                "CustomResourceDefinition", "Deployment", "Pod", "Service",
+                                "ServiceAccount"]
+    assert {"Certificate", "Issuer", "ServiceMonitor", "PodMonitor",
+            "FederationCluster"} <= set(kinds("everything"))
+    assert kinds("minimal") == ["Deployment", "Service"]
+
+
+def test_standard_labels_on_every_release_object() -> None:
+    for variant in VARIANTS:
+        for obj in render(variant):
+            if obj["kind"] == fc_spec.KIND:
+                continue  # the example is the user's object, not the release's
+            labels = obj["metadata"]["labels"]
+            name = f"{variant}: {obj['kind']}/{obj['metadata']['name']}"
+            assert labels["app.kubernetes.io/name"] == "continuum-federation", name
+            assert labels["app.kubernetes.io/instance"] == RELEASE, name
+            assert labels["app.kubernetes.io/managed-by"] == "Helm", name
+            assert labels["app.kubernetes.io/version"] == "0.1.0", name
+            assert labels["helm.sh/chart"] == "continuum-federation-0.1.0", name
+
+
+# ---- the operator Deployment ------------------------------------------------------------
+
+def test_operator_deployment_single_replica_recreate_restricted() -> None:
+    dep = one(render("default"), "Deployment")
+    spec = dep["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}  # kopf peering is not leader election
+    pod = spec["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+    assert container["image"] == "ghcr.io/continuum/federation-operator:0.1.0"
+    # The liveness probe reaches kopf's --liveness endpoint.
+    cmd = container["command"]
+    assert cmd[:3] == ["kopf", "run", "--module=continuum_operator"]
+    liveness = next(a for a in cmd if a.startswith("--liveness="))
+    assert liveness == "--liveness=http://0.0.0.0:8080/healthz"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert ports["health"] == 8080
+    assert "--all-namespaces" in cmd
+    assert selector_matches(dep["spec"]["selector"]["matchLabels"],
+                            dep["spec"]["template"]["metadata"]["labels"])
+    svc = one(render("default"), "Service")
+    assert selector_matches(svc["spec"]["selector"], dep["spec"]["template"]["metadata"]["labels"])
+
+
+def selector_matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def test_namespaced_install_watches_only_that_namespace() -> None:
+    objs = render("namespaced")
+    cmd = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert "--namespace=team-a" in cmd and "--all-namespaces" not in cmd
+    role, binding = one(objs, "Role"), one(objs, "RoleBinding")
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "team-a"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "cf-continuum-federation",
+                                    "namespace": NAMESPACE}]
+    # Only the discovery grant stays cluster-wide, and it reads CRDs only.
+    (cluster_role,) = by_kind(objs, "ClusterRole")
+    assert [r["resources"] for r in cluster_role["rules"]] == [["customresourcedefinitions"]]
+    assert set(cluster_role["rules"][0]["verbs"]) <= {"get", "list", "watch"}
+
+
+def test_image_digest_and_extra_settings_reach_the_pod() -> None:
+    dep = one(render("everything"), "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"] == "ghcr.io/continuum/federation-operator@sha256:" + "ab" * 32
+    assert "--debug" in container["command"] and "--log-refkey=cr" in container["command"]
+    assert {"name": "EXTRA", "value": "1"} in container["env"]
+    assert pod["serviceAccountName"] == "fed-operator"
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["tolerations"][0]["key"] == "k"
+    assert dep["spec"]["template"]["metadata"]["labels"]["team"] == "data"
+
+
+# ---- CRDs: the chart's copy, and how upgrades update it ---------------------------------
+
+def test_chart_crd_copy_equals_repository_crds() -> None:
+    """files/crds/ must be byte-for-byte crds/ (to fix: `cp crds/*.yaml` into it)."""
+    repo = {p.name: p.read_bytes() for p in CRDS.glob("*.yaml")}
+    chart = {p.name: p.read_bytes() for p in CHART_CRDS.glob("*.yaml")}
+    assert sorted(chart) == sorted(repo), "chart CRD files differ from crds/"
+    for name, content in repo.items():
+        assert chart[name] == content, (
+            f"{name} is stale: cp crds/{name} helm/continuum-federation/files/crds/")
+
+
+def test_rendered_crd_is_the_repository_crd_plus_keep_policy() -> None:
+    (crd,) = by_kind(render("default"), "CustomResourceDefinition")
+    source = yaml.safe_load((CRDS / "federationclusters.continuum.dev.yaml").read_text())
+    assert crd["spec"] == source["spec"]  # the YAML round trip inside the template is lossless
+    assert crd["metadata"]["name"] == source["metadata"]["name"]
+    assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    for key, value in source["metadata"].get("labels", {}).items():
+        assert crd["metadata"]["labels"][key] == value
+
+
+def test_crd_keep_policy_and_install_switches(tmp_path: Path) -> None:
+    out = helm("template", RELEASE, str(CHART), "--set", "crds.keep=false",
+               "--show-only", "templates/crds.yaml")
+    assert out.returncode == 0, out.stderr
+    (crd,) = [d for d in yaml.safe_load_all(out.stdout) if d]
+    assert "helm.sh/resource-policy" not in crd["metadata"].get("annotations", {})
+    assert not by_kind(render("minimal"), "CustomResourceDefinition")
+
+
+# ---- values.schema.json rejects bad values ------------------------------------------------
+
+BAD_VALUES = [
+    (["--set", "image.pullPolicy=Sometimes"], "/image/pullPolicy"),
+    (["--set", "watchNamespace=Team_A"], "/watchNamespace"),
+    (["--set", "operator.logLevel=loud"], "/operator/logLevel"),
+    (["--set", "operator.healthPort=70000"], "/operator/healthPort"),
+    (["--set", "operator.metricsPort=8080"], "must differ"),
+    (["--set", "image.digest=latest"], "/image/digest"),
+    (["--set", "exampleCluster.replicas=0"], "/exampleCluster/replicas"),
+    (["--set", "exampleCluster.storageSize=lots"], "/exampleCluster/storageSize"),
+    (["--set", "exampleCluster.issuerRef.kind=Vault"], "/exampleCluster/issuerRef/kind"),
+    (["--set", "metrics.serviceMonitor.interval=soon"], "/metrics/serviceMonitor/interval"),
+    (["--set", "crds.install=maybe"], "/crds/install"),
+    (["--set", "replicaCount=2"], "replicaCount"),  # unknown keys are typos, not ignored
+    (["--set", "serviceAccount.create=false"], "serviceAccount.name is required"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_VALUES, ids=[m for _, m in BAD_VALUES])
+def test_bad_values_are_rejected_with_a_clear_message(args: list[str], message: str) -> None:
+    out = helm("template", RELEASE, str(CHART), *args)
+    assert out.returncode != 0, f"{args} was accepted"
+    assert message in out.stderr, out.stderr
+
+
+def test_lint_rejects_bad_values_too() -> None:
+    out = helm("lint", "--strict", str(CHART), "--set", "image.pullPolicy=Sometimes")
+    assert out.returncode != 0
+    assert "pullPolicy" in out.stdout + out.stderr
+
+
+# ---- NOTES and the helm test hook --------------------------------------------------------
+
+def test_notes_tell_the_user_what_to_do_next() -> None:
+    out = helm("install", RELEASE, str(CHART), "-n", NAMESPACE, "--dry-run=client")
+    assert out.returncode == 0, out.stderr
+    notes = out.stdout.split("NOTES:", 1)[1]
+    assert "kind: FederationCluster" in notes
+    assert f"kubectl -n {NAMESPACE} get fc demo" in notes
+    assert "scale fc/demo --replicas=5" in notes
+    # The sample in the notes is a valid FederationCluster.
+    sample = notes.split("<<'YAML'", 1)[1].split("\n     YAML\n", 1)[0]
+    obj = yaml.safe_load("\n".join(line[5:] for line in sample.splitlines()[1:]))
+    validate(obj | {"metadata": {"name": "demo", "namespace": NAMESPACE}})
+
+
+def test_helm_test_hook_checks_the_operator_and_the_cluster() -> None:
+    pods = [o for o in render("everything") if o["kind"] == "Pod"]
+    (pod,) = pods
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert pod["spec"]["restartPolicy"] == "Never"
+    (container,) = pod["spec"]["containers"]
+    script = container["args"][0]
+    compile(script, "helm-test", "exec")  # the embedded check is valid Python
+    assert f"http://cf-continuum-federation.{NAMESPACE}.svc:8080/healthz" in script
+    assert f"http://demo-0.demo-peers.{NAMESPACE}.svc:8080/readyz" in script
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
