@@ -1,0 +1,179 @@
+"""Pure builders: each owned object, validated against the official Kubernetes schemas."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+from builders import cluster, validate
+
+from continuum_operator import manifests
+
+
+def _env(sts: dict[str, Any]) -> dict[str, Any]:
+    env = sts["spec"]["template"]["spec"]["containers"][0]["env"]
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in env}
+
+
+@pytest.mark.parametrize("raw", [
+    {},
+    {"replicas": 5, "tls": {"mode": "CertManager", "issuerRef": {"name": "ca",
+                                                                  "kind": "ClusterIssuer"}}},
+    {"storage": {"size": "50Gi", "storageClassName": "fast",
+                 "retention": {"whenDeleted": "Delete"}},
+     "scheduling": {
+         "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+             "weight": 100, "podAffinityTerm": {
+                 "topologyKey": "kubernetes.io/hostname",
+                 "labelSelector": {"matchLabels": {"app.kubernetes.io/instance": "demo"}}}}]}},
+         "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                                        "whenUnsatisfiable": "ScheduleAnyway"}],
+         "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "db",
+                          "effect": "NoSchedule"}],
+         "nodeSelector": {"disk": "ssd"}, "priorityClassName": "high"}},
+    {"replicas": 1, "disruption": {"maxUnavailable": 0}},
+])
+def test_every_child_is_valid_kubernetes(raw: dict[str, Any]) -> None:
+    c = cluster(**raw)
+    for obj in manifests.children(c, voters=c.spec.replicas):
+        if obj["apiVersion"].startswith("cert-manager.io"):
+            continue  # not an official schema; checked below
+        validate(obj)
+
+
+def test_children_are_owned_by_the_cluster() -> None:
+    c = cluster()
+    for obj in manifests.children(c, voters=3):
+        (ref,) = obj["metadata"]["ownerReferences"]
+        assert ref == {"apiVersion": "continuum.dev/v1alpha1", "kind": "FederationCluster",
+                       "name": "demo", "uid": "uid-demo", "controller": True,
+                       "blockOwnerDeletion": True}
+        assert obj["metadata"]["namespace"] == "prod"
+        assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "continuum-operator"
+
+
+def test_headless_peers_service_publishes_not_ready_addresses() -> None:
+    svc = manifests.peers_service(cluster())
+    assert svc["metadata"]["name"] == "demo-peers"
+    assert svc["spec"]["clusterIP"] == "None"
+    assert svc["spec"]["publishNotReadyAddresses"] is True
+    assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == {"peer": 7000, "health": 8080}
+
+
+def test_statefulset_shape() -> None:
+    sts = manifests.statefulset(cluster(terminationGracePeriodSeconds=90))
+    s = sts["spec"]
+    assert "replicas" not in s  # the planner owns the count
+    assert s["podManagementPolicy"] == "Parallel"
+    assert s["updateStrategy"] == {"type": "OnDelete"}
+    assert s["serviceName"] == "demo-peers"
+    assert s["persistentVolumeClaimRetentionPolicy"]["whenScaled"] == "Retain"
+    pod = s["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == 90
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    (ctr,) = pod["containers"]
+    assert ctr["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health",
+                                                "scheme": "HTTP"}
+    assert ctr["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert ctr["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert ctr["securityContext"]["allowPrivilegeEscalation"] is False
+    mounts = {m["name"]: m["mountPath"] for m in ctr["volumeMounts"]}
+    assert mounts["tls"] == "/etc/continuum/tls"
+    tls_volume = next(v for v in pod["volumes"] if v["name"] == "tls")
+    assert tls_volume["secret"]["secretName"] == "demo-tls"
+    (claim,) = s["volumeClaimTemplates"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "10Gi"
+
+
+def test_node_contract_environment() -> None:
+    env = _env(manifests.statefulset(cluster()))
+    assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert next(iter(env)) == "POD_NAME"  # defined before the variables that expand it
+    domain = "demo-peers.prod.svc.cluster.local"
+    assert env["CONTINUUM_NODE_ID"] == "$(POD_NAME)"
+    assert env["CONTINUUM_ADVERTISE_ADDRESS"] == f"$(POD_NAME).{domain}:7000"
+    assert env["CONTINUUM_PEER_DOMAIN"] == domain
+    assert env["CONTINUUM_DISCOVERY_SRV"] == f"_peer._tcp.{domain}"
+    assert env["CONTINUUM_BOOTSTRAP"] == f"demo-0.{domain}:7000"
+    assert env["CONTINUUM_TLS_DIR"] == "/etc/continuum/tls"
+    assert env["CONTINUUM_CONFIG_FILE"] == "/etc/continuum/config/node.yaml"
+    assert env["CONTINUUM_CLUSTER_NAME"] == "demo"
+
+
+def test_pod_template_is_independent_of_replicas_and_certificates() -> None:
+    base = manifests.statefulset(cluster(replicas=3))
+    assert manifests.statefulset(cluster(replicas=7)) == base
+    ca_mode = manifests.statefulset(cluster(
+        tls={"mode": "CertManager", "issuerRef": {"name": "x"}}))
+    assert ca_mode["spec"]["template"] == base["spec"]["template"]
+
+
+def test_tunable_change_is_a_new_pod_template() -> None:
+    a = manifests.statefulset(cluster())
+    b = manifests.statefulset(cluster(mesh={"fanout": 5}))
+    assert a["spec"]["template"] != b["spec"]["template"]
+
+
+def test_config_map_carries_node_settings() -> None:
+    cm = manifests.config_map(cluster(consensus={"electionTimeoutMinMs": 200,
+                                                 "electionTimeoutMaxMs": 400},
+                                      loadBalance={"algorithm": "latency"},
+                                      replication={"conflictStrategy": "merge_union"}))
+    settings = yaml.safe_load(cm["data"]["node.yaml"])
+    assert settings["raft"] == {"election_timeout_ms": [200, 400], "heartbeat_interval_ms": 50}
+    assert settings["load_balance"]["algorithm"] == "latency"
+    assert settings["replication"]["conflict_strategy"] == "merge_union"
+    assert settings["mesh"]["fanout"] == 3
+
+
+@pytest.mark.parametrize(("voters", "raw", "expected"), [
+    (1, {}, None),
+    (2, {}, None),
+    (3, {}, 1),
+    (4, {}, 1),
+    (5, {}, 2),
+    (7, {}, 3),
+    (5, {"disruption": {"maxUnavailable": 1}}, 1),
+    (1, {"disruption": {"maxUnavailable": 0}}, 0),
+    (5, {"disruption": {"enabled": False}}, None),
+])
+def test_pdb_keeps_quorum(voters: int, raw: dict[str, Any], expected: int | None) -> None:
+    pdb = manifests.pod_disruption_budget(cluster(**raw), voters)
+    if expected is None:
+        assert pdb is None
+    else:
+        assert pdb is not None
+        assert pdb["spec"]["maxUnavailable"] == expected
+        assert voters - expected >= manifests.quorum(voters) or "maxUnavailable" in str(raw)
+
+
+def test_cert_manager_certificates() -> None:
+    c = cluster(tls={"mode": "CertManager", "issuerRef": {"name": "ca", "kind": "ClusterIssuer"},
+                     "duration": "720h", "renewBefore": "240h"})
+    node, client = manifests.certificates(c)
+    for cert in (node, client):
+        assert cert["apiVersion"] == "cert-manager.io/v1" and cert["kind"] == "Certificate"
+        assert cert["spec"]["issuerRef"] == {"name": "ca", "kind": "ClusterIssuer",
+                                             "group": "cert-manager.io"}
+        assert cert["spec"]["duration"] == "720h" and cert["spec"]["renewBefore"] == "240h"
+    assert node["spec"]["secretName"] == "demo-tls"
+    assert "*.demo-peers.prod.svc.cluster.local" in node["spec"]["dnsNames"]
+    assert node["spec"]["uris"] == ["urn:continuum:role:node"]
+    assert "server auth" in node["spec"]["usages"] and "client auth" in node["spec"]["usages"]
+    assert client["spec"]["uris"] == ["urn:continuum:role:client:operator"]
+    assert client["spec"]["usages"] == ["digital signature", "client auth"]
+    assert manifests.certificates(cluster()) == []
+
+
+def test_ordinals() -> None:
+    assert manifests.ordinal("demo", "demo-12") == 12
+    assert manifests.ordinal("demo", "demo-peers") is None
+    assert manifests.ordinal("demo", "other-1") is None
+
+
+def test_schema_validation_can_fail() -> None:
+    sts = manifests.statefulset(cluster())
+    sts["spec"]["template"]["spec"]["containers"][0]["livenesProbe"] = {}
+    with pytest.raises(Exception, match="livenesProbe"):
+        validate(sts)
