@@ -102,7 +102,7 @@ class MdnsDiscovery:
         host, port = peer.split_address(self.advertise_address)
         ips = [host] if _is_ipv4(host) and host != "0.0.0.0" else (self.interfaces or ["127.0.0.1"])
         props = {"id": self.node_id, "cluster": self.cluster, "addr": self.advertise_address}
-        server = instance_name(self.cluster, self.node_id, "local.").replace("._tcp", "")
+        server = instance_name(self.cluster, self.node_id, "local.")
         return AsyncServiceInfo(
             self.service_type, instance_name(self.cluster, self.node_id, self.service_type),
             addresses=[socket.inet_aton(ip) for ip in ips if _is_ipv4(ip)], port=port,
