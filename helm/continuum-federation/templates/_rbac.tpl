@@ -1,36 +1,42 @@
 {{/*
-The operator's namespaced permissions, least privilege. Keep in step with the list in
-operator/continuum_operator/__init__.py; tests/operator/test_helm_rbac.py checks both.
+The operator's namespaced permissions, least privilege: exactly the list in the docstring of
+operator/continuum_operator/__init__.py (tests/operator/test_helm_rbac.py checks both ways).
+No `update` (the operator only patches), no `watch` where it only reads on demand.
 */}}
 {{- define "cf.operatorRules" -}}
-# The custom resource: kopf watches it, patches annotations/finalizers (its progress
-# storage), and the operator writes status; /scale is how kubectl scale and HPAs reach it.
+# The custom resource: kopf watches it and patches its annotations and finalizer (progress
+# storage); the operator writes status. `kubectl scale` (the /scale subresource) is the
+# user's verb, not the operator's.
 - apiGroups: ["continuum.dev"]
   resources: ["federationclusters"]
-  verbs: ["get", "list", "watch", "patch", "update"]
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["continuum.dev"]
-  resources: ["federationclusters/status", "federationclusters/scale"]
-  verbs: ["get", "patch", "update"]
-# Owned children, reconciled (created, patched on drift, removed when no longer wanted).
+  resources: ["federationclusters/status"]
+  verbs: ["get", "patch"]
+# Owned children, reconciled: created, patched on drift, deleted when no longer wanted.
 - apiGroups: ["apps"]
   resources: ["statefulsets"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
-  resources: ["services", "configmaps", "secrets"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+  resources: ["services", "configmaps"]
+  verbs: ["get", "list", "create", "patch", "delete"]
+# TLS Secrets of the operator-managed CA and the operator's own client certificate.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "list", "create", "patch", "delete"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
-# Pods are never created by the operator: it only deletes them, in its chosen order,
-# for OnDelete rolling updates.
+  verbs: ["get", "list", "create", "patch", "delete"]
+# Pods are never created by the operator: it only deletes them, in the order it chooses,
+# for OnDelete rolling updates and quorum recovery.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch", "delete"]
-# PVCs come from the StatefulSet; the operator only applies the retention policy after
-# a member's removal is confirmed (and patches them to resize).
+  verbs: ["get", "list", "delete"]
+# PVCs come from the StatefulSet; the operator deletes one only after its member's removal
+# from Raft is confirmed (the retention policy).
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
-  verbs: ["get", "list", "watch", "patch", "delete"]
+  verbs: ["get", "list", "delete"]
 # Events for every action (kopf posts core/v1 Events).
 - apiGroups: [""]
   resources: ["events"]
@@ -38,9 +44,9 @@ operator/continuum_operator/__init__.py; tests/operator/test_helm_rbac.py checks
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
-# cert-manager: node and operator-client Certificates, and the issuer chain of the
-# operator-managed CA.
+# cert-manager Certificates for the nodes and the operator's client identity
+# (tls.mode: CertManager).
 - apiGroups: ["cert-manager.io"]
-  resources: ["certificates", "issuers"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+  resources: ["certificates"]
+  verbs: ["get", "list", "create", "patch", "delete"]
 {{- end -}}
