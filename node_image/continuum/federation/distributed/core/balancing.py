@@ -137,7 +137,9 @@ def _rank(value: float | None) -> float:
 
 def _p2c_indexes(n: int, rng: random.Random, choices: int) -> Iterable[int]:
     if choices <= 0 or choices >= n:
-        return range(n)
+        # Every candidate, from a random start so that ties do not always go to the first.
+        start = rng.randrange(n)
+        return [(start + k) % n for k in range(n)]
     if choices == 2:  # the hot path: two distinct indexes without building a sample
         i = rng.randrange(n)
         j = rng.randrange(n - 1)
@@ -146,7 +148,7 @@ def _p2c_indexes(n: int, rng: random.Random, choices: int) -> Iterable[int]:
 
 
 def least_loaded(candidates: Sequence[C], rng: random.Random, choices: int = 2) -> C | None:
-    """P2C by ``load_score``; ties keep the first sampled (random) candidate."""
+    """P2C by ``load_score``; ties go to the first sampled candidate (a random one)."""
     if not candidates:
         return None
     best: C | None = None
