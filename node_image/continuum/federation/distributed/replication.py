@@ -1,0 +1,526 @@
+"""MultiMasterReplicator: the asyncio shell around the CRDT replica (``core.crdt``).
+
+Any node accepts writes. A write is applied to the replica, made durable
+(``<storage_path>/replication.db``) and only then acknowledged; then it is
+pushed to every peer (``repl.push``, one-way, batched by the transport).
+Pushes can be lost, so every ``anti_entropy_interval`` the replicator picks
+the next peer and compares Merkle digests (``repl.digest``) top-down, then
+exchanges only the keys that differ, both ways (``repl.fetch``). Merging is a
+CRDT join, so duplicated, reordered or repeated deliveries are harmless.
+
+Message kinds (all under ``repl.``):
+
+* ``repl.push``   one-way  ``{"states": [[key, state], ...]}``
+* ``repl.digest`` call     ``{"level": L, "nodes": [i, ...]}`` -> ``{"hashes": [...]}``,
+  or at the leaf level ``{"entries": [[[key, digest], ...], ...]}``
+* ``repl.fetch``  call     ``{"states": [[key, state], ...], "want": [key, ...]}``
+  -> ``{"states": [[key, state], ...]}``
+
+Without ``bind_address`` or ``transport`` the replicator runs in-process
+only, as in the spec's snippets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import inspect
+import logging
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from . import storage
+from .core.crdt import clock, merkle, replica, resolver, values
+from .transport import peer, tls
+
+log = logging.getLogger(__name__)
+
+KEYS_NS = "repl.keys"
+META_NS = "repl.meta"
+DB_FILE = "replication.db"
+
+ChangeCallback = Callable[[str, Any], Awaitable[None] | None]
+
+
+class ReplicationError(ValueError):
+    """A value or state that cannot be accepted (corrupt checksum, malformed); nothing changed."""
+
+
+def _pack(obj: Any) -> bytes:
+    data: bytes = msgpack.packb(obj, use_bin_type=True)
+    return data
+
+
+def _unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+class MultiMasterReplicator:
+    def __init__(
+        self,
+        node_id: str,
+        resolver: resolver.ConflictResolver | None = None,
+        storage_path: str | os.PathLike[str] | None = None,
+        *,
+        bind_address: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        tls_ca: str | None = None,
+        transport: peer.PeerTransport | None = None,
+        peers: Mapping[str, str] | None = None,
+        peer_domain: str | None = None,
+        anti_entropy_interval: float = 5.0,
+        tombstone_grace: float = 60.0,
+        max_clock_offset: float = 60.0,
+        push_batch: int = 256,
+        sync_batch: int = 256,
+        fsync: bool = True,
+        clock_fn: Callable[[], float] = time.time,
+        seed: int | None = None,
+    ) -> None:
+        if anti_entropy_interval <= 0 or push_batch < 1 or sync_batch < 1:
+            raise ValueError("anti_entropy_interval, push_batch and sync_batch must be positive")
+        self.node_id = node_id
+        self.resolver = resolver or _default_resolver()
+        self._replica = replica.Replica(node_id, self.resolver, max_clock_offset=max_clock_offset,
+                                        tombstone_grace=tombstone_grace)
+        self._now = clock_fn
+        self._rng = random.Random(seed)
+        self.anti_entropy_interval = anti_entropy_interval
+        self.push_batch = push_batch
+        self.sync_batch = sync_batch
+        self._callbacks: list[ChangeCallback] = []
+        self._bg: set[asyncio.Task[Any]] = set()
+        self._peers: dict[str, str] = {}
+        self._pending: dict[str, None] = {}
+        self._push_event: asyncio.Event | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._ae_cursor = 0
+        self.stats = {"pushes_sent": 0, "push_messages_received": 0, "rejected_values": 0,
+                      "anti_entropy_rounds": 0, "anti_entropy_failures": 0,
+                      "anti_entropy_bytes": 0, "anti_entropy_keys_repaired": 0}
+        self._store: storage.DurableStore | None = None
+        if storage_path is not None:
+            self._store = storage.DurableStore(Path(storage_path) / DB_FILE, fsync=fsync)
+            self._load()
+        self._owns_transport = False
+        if transport is None and bind_address is not None:
+            files = tls.TLSFiles.optional(tls_cert, tls_key, tls_ca)
+            transport = peer.PeerTransport(node_id, bind_address, files,
+                                           peer_domain=peer_domain, insecure=files is None)
+            self._owns_transport = True
+        self.transport = transport
+        if transport is not None:
+            transport.on("repl.push", self._on_push)
+            transport.on("repl.digest", self._on_digest)
+            transport.on("repl.fetch", self._on_fetch)
+        if peers:
+            self.set_peers(peers)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        assert self._store is not None
+        now = self._now()
+        raw = self._store.get(META_NS, "seq")
+        if raw is not None:
+            self._replica.seq = int(_unpack(raw))
+        raw = self._store.get(META_NS, "replicas")
+        if raw is not None:
+            self._replica.known_replicas.update(_unpack(raw))
+        for key, data in self._store.scan(KEYS_NS):
+            try:
+                self._replica.load(str(key), replica.KeyState.from_wire(_unpack(data)), now)
+            except (ValueError, TypeError) as exc:  # anti-entropy will fetch it again
+                log.warning("replication: skipping unreadable stored key %r: %s", key, exc)
+
+    async def start(self) -> None:
+        """Start the network side: the transport (if ours), pushes and anti-entropy."""
+        if self.transport is None:
+            return
+        if self._owns_transport:
+            await self.transport.start()
+        self._push_event = asyncio.Event()
+        if self._pending:
+            self._push_event.set()
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._push_loop(), name=f"repl-push:{self.node_id}"),
+                       loop.create_task(self._anti_entropy_loop(), name=f"repl-ae:{self.node_id}")]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._tasks = []
+        for t in list(self._bg):
+            t.cancel()
+        if self.transport is not None and self._owns_transport:
+            await self.transport.stop()
+        if self._store is not None:
+            self._store.close()
+
+    @property
+    def address(self) -> str | None:
+        return None if self.transport is None else self.transport.address
+
+    # -- peers -------------------------------------------------------------------------------
+
+    def add_peer(self, node_id: str, address: str) -> None:
+        if node_id == self.node_id:
+            return
+        peer.split_address(address)
+        self._peers[node_id] = address
+        self._know(node_id)
+
+    def remove_peer(self, node_id: str) -> None:
+        """Stop talking to a peer (it may come back; its tombstone votes are still awaited)."""
+        self._peers.pop(node_id, None)
+
+    def set_peers(self, peers: Mapping[str, str]) -> None:
+        """Replace the peer list with the peers the mesh reports alive."""
+        for address in peers.values():
+            peer.split_address(address)
+        self._peers = {n: a for n, a in peers.items() if n != self.node_id}
+        for n in self._peers:
+            self._know(n)
+
+    def forget_replica(self, node_id: str) -> None:
+        """A member left for good: stop waiting for it before collecting tombstones."""
+        self._peers.pop(node_id, None)
+        if node_id in self._replica.known_replicas:
+            self._replica.known_replicas.discard(node_id)
+            self._persist_replicas()
+
+    def _know(self, node_id: str) -> None:
+        if node_id not in self._replica.known_replicas:
+            self._replica.known_replicas.add(node_id)
+            self._persist_replicas()
+
+    def _persist_replicas(self) -> None:
+        if self._store is not None:
+            op = storage.Put(META_NS, "replicas", _pack(sorted(self._replica.known_replicas)))
+            self._spawn(self._store.commit([op]))
+
+    @property
+    def peers(self) -> dict[str, str]:
+        return dict(self._peers)
+
+    def register_change_callback(self, callback: ChangeCallback) -> None:
+        """``callback(key, value_or_None)`` after every change a read would see."""
+        self._callbacks.append(callback)
+
+    # -- the spec's API ----------------------------------------------------------------------
+
+    async def write(self, key: str, value: Any) -> values.ReplicatedValue:
+        """Write locally; returns once the write is durable."""
+        try:
+            rv, state = self._replica.write(key, value, self._now())
+        except values.EncodingError as exc:
+            raise ReplicationError(str(exc)) from None
+        await self._persist({key: state})
+        self._queue_push(key)
+        self._notify(key)
+        return rv
+
+    async def delete(self, key: str) -> bool:
+        """Delete (a tombstone); False if there was nothing live to delete."""
+        out = self._replica.delete(key, self._now())
+        if out is None:
+            return False
+        await self._persist({key: out[1]})
+        self._queue_push(key)
+        self._notify(key)
+        return True
+
+    async def read(self, key: str) -> Any:
+        """The current value (conflicts resolved), or None if absent or deleted."""
+        replica.check_key(key)
+        return copy.deepcopy(self._replica.read(key))
+
+    async def read_value(self, key: str) -> values.ReplicatedValue | None:
+        """The resolved ``ReplicatedValue`` with its metadata, or None."""
+        return self._replica.resolved(replica.check_key(key))
+
+    def keys(self, after: str | None = None, limit: int = 100) -> list[str]:
+        return self._replica.keys(after, limit)
+
+    async def replicate_from(self, node_id: str, key: str,
+                             value: values.ReplicatedValue | Mapping[str, Any]) -> bool:
+        """Merge a value written elsewhere; True if it changed our state.
+
+        Raises ``ReplicationError`` (changing nothing) if the checksum does not verify.
+        """
+        replica.check_key(key)
+        if isinstance(value, values.ReplicatedValue):
+            if not value.verify():
+                self.stats["rejected_values"] += 1
+                raise ReplicationError(f"value for {key!r} from {node_id!r} fails its checksum")
+            rv = value
+        else:
+            try:
+                rv = values.ReplicatedValue.from_dict(value)
+            except (ValueError, TypeError) as exc:
+                self.stats["rejected_values"] += 1
+                raise ReplicationError(f"value for {key!r} from {node_id!r}: {exc}") from None
+        return await self._merge({key: replica.KeyState.single(rv)}, node_id) > 0
+
+    async def get_updates_since(self, vector_clock: clock.VectorClock | Mapping[str, int] | None
+                                ) -> dict[str, Any]:
+        """Every key state holding an event ``vector_clock`` has not seen (wire form).
+
+        The result feeds ``merge_state`` on another replicator.
+        """
+        since = (vector_clock if isinstance(vector_clock, clock.VectorClock)
+                 else clock.VectorClock.from_dict(vector_clock or {}))
+        return {"node_id": self.node_id, "vector_clock": self._replica.vclock.to_dict(),
+                "updates": {k: s.to_wire() for k, s in self._replica.updates_since(since)}}
+
+    async def merge_state(self, state: Mapping[str, Any], from_node: str | None = None) -> int:
+        """Merge ``get_updates_since`` output (or ``{key: state or value}``); returns keys changed.
+
+        Every entry is checked first; one corrupt entry rejects the whole call.
+        """
+        if "updates" in state and isinstance(state["updates"], Mapping):
+            from_node = from_node or state.get("node_id")
+            state = state["updates"]
+        parsed: dict[str, replica.KeyState] = {}
+        for key, raw in state.items():
+            replica.check_key(key)
+            try:
+                if isinstance(raw, values.ReplicatedValue):
+                    if not raw.verify():
+                        raise values.ChecksumError("checksum mismatch")
+                    parsed[key] = replica.KeyState.single(raw)
+                elif isinstance(raw, Mapping) and "s" in raw:
+                    parsed[key] = replica.KeyState.from_wire(raw)
+                else:
+                    parsed[key] = replica.KeyState.single(values.ReplicatedValue.from_dict(raw))
+            except (ValueError, TypeError) as exc:
+                self.stats["rejected_values"] += 1
+                raise ReplicationError(f"state for {key!r}: {exc}") from None
+        return await self._merge(parsed, from_node)
+
+    async def get_replication_state(self) -> dict[str, Any]:
+        r = self._replica
+        return {"node_id": self.node_id, "vector_clock": r.vclock.to_dict(),
+                "merkle_root": f"{r.tree.root:016x}", "keys_stored": r.live_keys,
+                "tombstones": r.tombstones, "strategy": self.resolver.strategy.value,
+                "peers": dict(self._peers), "known_replicas": sorted(r.known_replicas)}
+
+    def get_stats(self) -> dict[str, Any]:
+        r = self._replica
+        return {"keys_stored": r.live_keys, "tombstones": r.tombstones, **r.stats,
+                **self.stats, "peers": len(self._peers), "pending_pushes": len(self._pending)}
+
+    @property
+    def merkle_root(self) -> int:
+        return self._replica.tree.root
+
+    # -- applying changes ----------------------------------------------------------------------
+
+    async def _merge(self, states: Mapping[str, replica.KeyState], sender: str | None) -> int:
+        now = self._now()
+        changed: dict[str, replica.KeyState] = {}
+        for key, st in states.items():
+            result = self._replica.merge(key, st, now, sender)
+            if result.changed:
+                changed[key] = result.state
+        if changed:
+            await self._persist(changed)
+            for key in changed:
+                self._notify(key)
+        return len(changed)
+
+    async def _persist(self, states: Mapping[str, replica.KeyState]) -> None:
+        if self._store is None:
+            return
+        ops: list[storage.Op] = [storage.Put(KEYS_NS, k, _pack(s.to_wire()))
+                                 for k, s in states.items()]
+        ops.append(storage.Put(META_NS, "seq", _pack(self._replica.seq)))
+        await self._store.commit(ops)
+
+    def _notify(self, key: str) -> None:
+        if not self._callbacks:
+            return
+        value = self._replica.read(key)
+        for cb in self._callbacks:
+            try:
+                out = cb(key, copy.deepcopy(value))
+                if inspect.isawaitable(out):
+                    self._spawn(out)
+            except Exception:
+                log.exception("replication change callback failed")
+
+    def _spawn(self, aw: Awaitable[Any]) -> None:
+        async def run() -> None:
+            await aw
+
+        try:
+            task = asyncio.get_running_loop().create_task(run())
+        except RuntimeError:  # no loop (constructor called outside one): run it later
+            if inspect.iscoroutine(aw):
+                aw.close()
+            return
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+
+    # -- pushes --------------------------------------------------------------------------------
+
+    def _queue_push(self, key: str) -> None:
+        if self.transport is None:
+            return
+        self._pending[key] = None
+        if self._push_event is not None:
+            self._push_event.set()
+
+    async def _push_loop(self) -> None:
+        assert self._push_event is not None and self.transport is not None
+        while True:
+            await self._push_event.wait()
+            self._push_event.clear()
+            keys = list(self._pending)
+            self._pending.clear()
+            states = self._replica.states
+            for i in range(0, len(keys), self.push_batch):
+                body = {"states": [[k, states[k].to_wire()] for k in keys[i:i + self.push_batch]
+                                   if k in states]}
+                for address in self._peers.values():
+                    self.transport.send(address, "repl.push", body)
+                self.stats["pushes_sent"] += 1
+            await asyncio.sleep(0)  # let writers queue more before the next batch
+
+    async def _on_push(self, sender: str, body: dict[str, Any]) -> None:
+        self.stats["push_messages_received"] += 1
+        parsed = self._parse_states(body.get("states"), sender)
+        await self._merge(parsed, sender)
+
+    def _parse_states(self, raw: Any, sender: str) -> dict[str, replica.KeyState]:
+        """Valid entries of a ``[[key, state], ...]`` list; corrupt ones are counted and dropped."""
+        if not isinstance(raw, list):
+            raise ValueError("'states' must be a list of [key, state]")
+        out: dict[str, replica.KeyState] = {}
+        for item in raw:
+            try:
+                key, st = item
+                out[replica.check_key(key)] = replica.KeyState.from_wire(st)
+            except (ValueError, TypeError) as exc:
+                self.stats["rejected_values"] += 1
+                log.warning("replication: rejected a state from %s: %s", sender, exc)
+        return out
+
+    # -- anti-entropy --------------------------------------------------------------------------
+
+    async def _anti_entropy_loop(self) -> None:
+        while True:
+            # Jitter so replicas do not all sync in lockstep.
+            await asyncio.sleep(self.anti_entropy_interval * self._rng.uniform(0.8, 1.2))
+            peers = sorted(self._peers)
+            if peers:
+                self._ae_cursor = (self._ae_cursor + 1) % len(peers)
+                with contextlib.suppress(peer.PeerError, ValueError):
+                    await self.sync_with(peers[self._ae_cursor])
+            await self._collect_garbage()
+
+    async def _collect_garbage(self) -> None:
+        gone = self._replica.collect_garbage(self._now())
+        if gone and self._store is not None:
+            await self._store.commit([storage.Delete(KEYS_NS, k) for k in gone])
+
+    async def sync_with(self, peer_id: str) -> dict[str, int]:
+        """One anti-entropy round with ``peer_id``: compare digests, swap differing keys."""
+        address = self._peers.get(peer_id)
+        if address is None or self.transport is None:
+            raise ValueError(f"unknown peer {peer_id!r}")
+        counter = {"bytes": 0, "calls": 0}
+        snapshot = self._replica.tombstone_digests()
+        try:
+            keys = await self._find_differences(address, peer_id, counter)
+            repaired = await self._exchange(address, peer_id, sorted(keys), counter)
+        except (peer.PeerError, ValueError, TypeError, KeyError) as exc:
+            self.stats["anti_entropy_failures"] += 1
+            self.stats["anti_entropy_bytes"] += counter["bytes"]
+            log.debug("anti-entropy with %s failed: %s", peer_id, exc)
+            raise peer.PeerError(address, f"anti-entropy failed: {exc}") from None
+        self._replica.confirm_round(peer_id, snapshot, keys)
+        self.stats["anti_entropy_rounds"] += 1
+        self.stats["anti_entropy_bytes"] += counter["bytes"]
+        self.stats["anti_entropy_keys_repaired"] += repaired
+        return {"differing_keys": len(keys), "repaired": repaired, **counter}
+
+    async def _call(self, address: str, peer_id: str, kind: str, body: dict[str, Any],
+                    counter: dict[str, int]) -> dict[str, Any]:
+        assert self.transport is not None
+        reply = await self.transport.request(address, kind, body, expect=peer_id)
+        counter["bytes"] += len(_pack(body)) + len(_pack(reply))
+        counter["calls"] += 1
+        return reply
+
+    async def _find_differences(self, address: str, peer_id: str,
+                                counter: dict[str, int]) -> set[str]:
+        tree = self._replica.tree
+        level, nodes = 1, list(range(tree.fanout))
+        while level < tree.depth:
+            diff: list[int] = []
+            for i in range(0, len(nodes), 4096):
+                chunk = nodes[i:i + 4096]
+                reply = await self._call(address, peer_id, "repl.digest",
+                                         {"level": level, "nodes": chunk}, counter)
+                diff += merkle.differing(chunk, tree.hashes(level, chunk), reply["hashes"])
+            if not diff:
+                return set()
+            nodes, level = tree.children(level, diff), level + 1
+        keys: set[str] = set()
+        for i in range(0, len(nodes), 512):
+            chunk = nodes[i:i + 512]
+            reply = await self._call(address, peer_id, "repl.digest",
+                                     {"level": tree.depth, "nodes": chunk}, counter)
+            theirs = reply["entries"]
+            if not isinstance(theirs, list) or len(theirs) != len(chunk):
+                raise ValueError("leaf entries do not match the request")
+            for mine, other in zip(tree.entries(chunk), theirs, strict=True):
+                keys |= merkle.differing_keys(mine, [tuple(e) for e in other])
+        return keys
+
+    async def _exchange(self, address: str, peer_id: str, keys: list[str],
+                        counter: dict[str, int]) -> int:
+        repaired = 0
+        states = self._replica.states
+        for i in range(0, len(keys), self.sync_batch):
+            chunk = keys[i:i + self.sync_batch]
+            body = {"states": [[k, states[k].to_wire()] for k in chunk if k in states],
+                    "want": chunk}
+            reply = await self._call(address, peer_id, "repl.fetch", body, counter)
+            repaired += await self._merge(self._parse_states(reply.get("states"), peer_id),
+                                          peer_id)
+        return repaired
+
+    async def _on_digest(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
+        tree = self._replica.tree
+        level, nodes = body.get("level"), body.get("nodes")
+        if not isinstance(level, int) or not isinstance(nodes, list) or len(nodes) > 65536:
+            raise ValueError("repl.digest needs an int level and a list of at most 65536 nodes")
+        if level == tree.depth:
+            return {"entries": [[list(e) for e in leaf] for leaf in tree.entries(nodes)]}
+        return {"hashes": tree.hashes(level, nodes)}
+
+    async def _on_fetch(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
+        want = body.get("want", [])
+        if not isinstance(want, list) or len(want) > 65536:
+            raise ValueError("'want' must be a list of at most 65536 keys")
+        await self._merge(self._parse_states(body.get("states", []), sender), sender)
+        states = self._replica.states
+        return {"states": [[k, states[k].to_wire()] for k in want
+                           if isinstance(k, str) and k in states]}
+
+
+def _default_resolver() -> resolver.ConflictResolver:
+    return resolver.ConflictResolver(resolver.ConflictResolutionStrategy.LAST_WRITE_WINS)
