@@ -9,10 +9,13 @@ values schema must reject bad values; the chart's CRD copy must equal crds/.
 from __future__ import annotations
 
 import functools
+import http.server
 import json
 import re
 import subprocess
+import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -338,5 +341,40 @@ def test_helm_test_hook_checks_the_operator_and_the_cluster() -> None:
     script = container["args"][0]
     compile(script, "helm-test", "exec")  # the embedded check is valid Python
     assert f"http://cf-continuum-federation.{NAMESPACE}.svc:8080/healthz" in script
-    assert f"http://demo-0.demo-peers.{NAMESPACE}.svc:8080/readyz" in script
+    assert f"http://demo.{NAMESPACE}.svc:8080/readyz" in script
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    ready = True
+
+    def do_GET(self) -> None:
+        ok = self.path == "/healthz" or (self.path == "/readyz" and self.ready)
+        self.send_response(200 if ok else 503)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("ready", [True, False])
+def test_helm_test_script_passes_only_when_the_cluster_is_ready(ready: bool) -> None:
+    """Run the hook's script for real, pointed at a local stand-in for the Services."""
+    (pod,) = [o for o in render("everything") if o["kind"] == "Pod"]
+    script = pod["spec"]["containers"][0]["args"][0]
+    handler = type("Handler", (_Health,), {"ready": ready})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        local = f"http://127.0.0.1:{server.server_address[1]}"
+        script = re.sub(r"http://[a-z0-9.-]+\.svc:8080", local, script)
+        script = script.replace("time.monotonic() + 120", "time.monotonic() + 1")
+        run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                             timeout=60, check=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert run.returncode == (0 if ready else 1), run.stdout + run.stderr
+    assert f"{local}/healthz 200" in run.stdout
