@@ -14,8 +14,10 @@ import json
 import re
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -378,3 +380,25 @@ def test_helm_test_script_passes_only_when_the_cluster_is_ready(ready: bool) -> 
         thread.join()
     assert run.returncode == (0 if ready else 1), run.stdout + run.stderr
     assert f"{local}/healthz 200" in run.stdout
+
+
+# ---- packaging --------------------------------------------------------------------------
+
+def test_chart_refuses_kubernetes_without_cel_on_crds() -> None:
+    assert helm("template", RELEASE, str(CHART), "--kube-version", "1.29.0").returncode == 0
+    out = helm("template", RELEASE, str(CHART), "--kube-version", "1.28.0")
+    assert out.returncode != 0 and "kubeVersion" in out.stderr
+
+
+def test_packaged_chart_carries_the_crd_and_the_dashboard(tmp_path: Path) -> None:
+    out = helm("package", str(CHART), "-d", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    (tgz,) = tmp_path.glob("continuum-federation-0.1.0.tgz")
+    with tarfile.open(tgz) as tar:
+        names = set(tar.getnames())
+    assert "continuum-federation/files/dashboards/continuum-federation.json" in names
+    for crd in CRDS.glob("*.yaml"):
+        assert f"continuum-federation/files/crds/{crd.name}" in names
+    app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        assert app_version == tomllib.load(f)["project"]["version"]
