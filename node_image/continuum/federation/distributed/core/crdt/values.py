@@ -241,6 +241,8 @@ class ReplicatedValue:
                     raise ValueError("'data' must be bytes")
                 data = d["data"]
                 value = decode(data)
+                if encode(value) != data:  # e.g. -0.0 or a duplicated dict key
+                    raise EncodingError("value bytes are not in canonical form")
             else:
                 value = d["value"]
                 data = encode(value)
