@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -458,6 +459,8 @@ class NodeDiscovery:
             if reply.get("cluster") != self.config.cluster_name:
                 raise _Disproved(f"cluster {reply.get('cluster')!r} is not "
                                  f"{self.config.cluster_name!r}")
+            if not t.insecure:
+                await self._prove_identity(address, claimed)
         except (_Disproved, peer.PeerError) as exc:
             disproved = isinstance(exc, _Disproved) or _is_identity_error(exc)
             self._stats["verifications_failed"] += 1
@@ -478,6 +481,37 @@ class NodeDiscovery:
         self._stats["verifications_succeeded"] += 1
         if rec is not None:
             await self._persist([rec])
+
+    async def _prove_identity(self, address: str, claimed: str) -> None:
+        """Check the certificate served at ``address`` ourselves: it must be a node
+        certificate of our CA that speaks for ``claimed``.
+
+        The RPC reply's sender is not enough on its own: the transport may not see
+        the server's certificate once a small reply has been read (and then skips
+        its own check), so this one handshake is the proof.
+        """
+        assert self.transport is not None
+        ctx = self.transport.client_ssl_context
+        host, port = peer.split_address(address)
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port, ssl=ctx, ssl_handshake_timeout=None),
+                self.config.verify_timeout_seconds)
+        except ssl.SSLError as exc:
+            raise _Disproved(f"TLS handshake refused the certificate: {exc}") from None
+        except (OSError, TimeoutError) as exc:
+            raise peer.PeerError(address, f"{type(exc).__name__}: {exc}") from None
+        try:
+            ids = tls.identities_from_peercert(writer.get_extra_info("peercert"))
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError, ssl.SSLError):
+                await writer.wait_closed()
+        if not tls.is_node(ids):
+            raise _Disproved("the certificate lacks the node role")
+        if not tls.authorizes(ids, claimed, self.transport.peer_domain):
+            names = ", ".join(sorted(i for i in ids if not i.startswith("urn:")))
+            raise _Disproved(f"the certificate speaks for {names}, not {claimed!r}")
 
     def _hello_body(self) -> dict[str, Any]:
         return {"cluster": self.config.cluster_name, "address": self.advertise_address,
