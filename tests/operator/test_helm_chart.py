@@ -26,6 +26,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from continuum_operator import manifests
 from continuum_operator import spec as fc_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -223,6 +224,61 @@ def test_operator_deployment_single_replica_recreate_restricted() -> None:
                             dep["spec"]["template"]["metadata"]["labels"])
     svc = one(render("default"), "Service")
     assert selector_matches(svc["spec"]["selector"], dep["spec"]["template"]["metadata"]["labels"])
+
+
+def pod_specs(objs: tuple[dict[str, Any], ...]) -> list[tuple[str, dict[str, Any]]]:
+    specs = []
+    for obj in objs:
+        if obj["kind"] == "Pod":
+            specs.append((obj["metadata"]["name"], obj["spec"]))
+        elif obj["kind"] == "Deployment":
+            specs.append((obj["metadata"]["name"], obj["spec"]["template"]["spec"]))
+    return specs
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_pod_meets_the_restricted_pod_security_standard(variant: str) -> None:
+    """The checks of Pod Security Standard "restricted", on every pod the chart makes."""
+    specs = pod_specs(render(variant))
+    assert specs
+    for name, pod in specs:
+        psc = pod.get("securityContext", {})
+        assert not any(pod.get(k) for k in ("hostNetwork", "hostPID", "hostIPC")), name
+        assert all("hostPath" not in v for v in pod.get("volumes", [])), name
+        for c in pod["containers"] + pod.get("initContainers", []):
+            sc = c.get("securityContext", {})
+            where = f"{variant}: {name}/{c['name']}"
+            assert sc.get("allowPrivilegeEscalation") is False, where
+            assert sc.get("privileged", False) is False, where
+            assert sc.get("capabilities", {}).get("drop") == ["ALL"], where
+            assert not sc.get("capabilities", {}).get("add"), where
+            assert (sc.get("runAsNonRoot", psc.get("runAsNonRoot"))) is True, where
+            assert sc.get("runAsUser", psc.get("runAsUser", 1)) != 0, where
+            seccomp = sc.get("seccompProfile", psc.get("seccompProfile", {}))
+            assert seccomp.get("type") in ("RuntimeDefault", "Localhost"), where
+            assert sc.get("readOnlyRootFilesystem") is True, where
+            assert all("hostPort" not in p for p in c.get("ports", [])), where
+
+
+def test_monitors_scrape_ports_that_exist() -> None:
+    objs = render("everything")
+    dep = one(objs, "Deployment")
+    svc = one(objs, "Service")
+    container_ports = {p["name"] for p in dep["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    assert {p["targetPort"] for p in svc["spec"]["ports"]} <= container_ports
+    sm = one(objs, "ServiceMonitor")
+    assert {e["port"] for e in sm["spec"]["endpoints"]} <= {p["name"] for p in svc["spec"]["ports"]}
+    assert selector_matches(sm["spec"]["selector"]["matchLabels"], svc["metadata"]["labels"])
+    assert sm["metadata"]["labels"]["release"] == "prom"
+    pm = one(objs, "PodMonitor")
+    # It selects the node pods the operator builds, on their metrics port.
+    cluster = manifests.Cluster("demo", "team-a", "uid-1", fc_spec.parse_spec({}))
+    sts = manifests.statefulset(cluster)
+    node_pod = sts["spec"]["template"]
+    assert selector_matches(pm["spec"]["selector"]["matchLabels"], node_pod["metadata"]["labels"])
+    (port,) = [e["port"] for e in pm["spec"]["podMetricsEndpoints"]]
+    assert port in {p["name"] for p in node_pod["spec"]["containers"][0]["ports"]}
+    assert pm["spec"]["namespaceSelector"] == {"any": True}
 
 
 def selector_matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
