@@ -335,7 +335,8 @@ class FederationCoordinator:
         if entry is None:
             raise CoordinatorError(f"node {node_id!r} was deregistered meanwhile")
         if entry.status is NodeStatus.UNKNOWN and self.transport is not None:
-            self._spawn(self._probe_one(node_id))  # don't wait a whole interval to route to it
+            # Probe at once rather than make a new node wait a whole interval for traffic.
+            self._spawn(lambda: self._probe_one(node_id))
         return self._info(entry)
 
     async def deregister_node(self, node_id: str) -> bool:
@@ -644,10 +645,10 @@ class FederationCoordinator:
                 self._stats["proposals_failed"] += 1
                 log.info("status change not committed: %s", exc)
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
+    def _spawn(self, make: Callable[[], Awaitable[None]]) -> None:
         async def run() -> None:
             try:
-                await coro
+                await make()  # created here, so a task cancelled early leaves no stray coroutine
             except asyncio.CancelledError:
                 raise
             except Exception:
