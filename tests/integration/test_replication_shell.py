@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TestPKI
 
+from conftest import TestPKI
 from continuum.federation.distributed import replication
 from continuum.federation.distributed.core.crdt import clock, resolver, values
 
