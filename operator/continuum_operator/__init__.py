@@ -23,3 +23,6 @@ Annotations: ``continuum.dev/force-scale-down``, ``continuum.dev/recover-quorum`
 ``continuum.dev/restart``; finalizer ``continuum.dev/finalizer``; kopf progress is stored under
 the ``continuum.dev`` prefix.
 """
+
+# ``kopf run -m continuum_operator`` imports this package: register the handlers.
+from . import handlers as handlers

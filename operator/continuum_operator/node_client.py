@@ -1,0 +1,148 @@
+"""The operator's mTLS client for the node API (GET /v1/status, members, leadership).
+
+It presents the operator's client certificate (``urn:continuum:role:client:operator``)
+and checks that the server's certificate speaks for the pod it meant to reach
+(``tls.authorizes`` with the cluster's peer domain), so a pod IP reused by
+another pod can never be mistaken for a member. Key material arrives as bytes
+from a Secret; it touches disk only for the instant ``ssl`` needs a file, in a
+private temporary directory that is removed at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from continuum.federation.distributed.transport import tls
+
+
+@dataclass(frozen=True, slots=True)
+class Material:
+    cert: bytes
+    key: bytes
+    ca: bytes
+
+    @classmethod
+    def from_secret_data(cls, data: dict[str, bytes] | None) -> Material | None:
+        if not data or not all(k in data for k in ("tls.crt", "tls.key", "ca.crt")):
+            return None
+        return cls(data["tls.crt"], data["tls.key"], data["ca.crt"])
+
+    def __repr__(self) -> str:  # never print key material
+        return "Material(<redacted>)"
+
+
+class NodeError(RuntimeError):
+    def __init__(self, node: str, status: int, code: str, message: str = "") -> None:
+        super().__init__(f"{node}: {status} {code} {message}".strip())
+        self.node = node
+        self.status = status
+        self.code = code
+
+
+class NotLeader(NodeError):
+    def __init__(self, node: str, leader_id: str | None, leader_address: str | None) -> None:
+        super().__init__(node, 421, "not_leader", f"leader is {leader_id}")
+        self.leader_id = leader_id
+        self.leader_address = leader_address
+
+
+def _context(material: Material) -> ssl.SSLContext:
+    with tempfile.TemporaryDirectory(prefix="continuum-op-") as d:
+        os.chmod(d, 0o700)
+        for name, data in (("tls.crt", material.cert), ("tls.key", material.key),
+                           ("ca.crt", material.ca)):
+            path = Path(d) / name
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        return tls.client_context(tls.TLSFiles.from_dir(d))
+
+
+class NodeClient:
+    """One session for every node of one cluster; ``address`` is host:port of the node's API."""
+
+    def __init__(self, material: Material, peer_domain: str | None, *,
+                 timeout: float = 5.0) -> None:
+        self._ctx = _context(material)
+        self.material = material
+        self.peer_domain = peer_domain
+        self.timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    def _sess(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._ctx, limit_per_host=4))
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def call(self, address: str, node: str, method: str, path: str, body: Any = None,
+                   *, timeout: float | None = None) -> dict[str, Any]:
+        data = None if body is None else json.dumps(body)
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        limit = aiohttp.ClientTimeout(total=timeout or self.timeout,
+                                      sock_connect=min(timeout or self.timeout, 3.0))
+        try:
+            async with self._sess().request(method, f"https://{address}{path}", data=data,
+                                            headers=headers, timeout=limit) as resp:
+                self._check_identity(resp, node)
+                raw = await resp.read()
+                status = resp.status
+        except (TimeoutError, aiohttp.ClientError, ssl.SSLError, OSError) as exc:
+            raise NodeError(node, 0, "unreachable", f"{type(exc).__name__}: {exc}") from None
+        try:
+            payload = json.loads(raw) if raw else {}
+        except json.JSONDecodeError:
+            payload = {"error": "bad_response"}
+        if not isinstance(payload, dict):
+            payload = {"error": "bad_response"}
+        if status == 421:
+            raise NotLeader(node, payload.get("leader_id"), payload.get("leader_address"))
+        if status >= 400:
+            raise NodeError(node, status, str(payload.get("error", status)),
+                            str(payload.get("message", "")))
+        return payload
+
+    def _check_identity(self, resp: aiohttp.ClientResponse, node: str) -> None:
+        conn = resp.connection
+        ssl_obj = conn.transport.get_extra_info("ssl_object") if conn and conn.transport else None
+        ids = tls.identities_from_peercert(ssl_obj.getpeercert()) if ssl_obj else frozenset()
+        if not (tls.is_node(ids) and tls.authorizes(ids, node, self.peer_domain)):
+            raise NodeError(node, 0, "wrong_identity",
+                            "the server's certificate does not speak for this node")
+
+    async def status(self, address: str, node: str) -> dict[str, Any]:
+        return await self.call(address, node, "GET", "/v1/status")
+
+    async def add_member(self, address: str, node: str, member: str, member_address: str,
+                         *, timeout: float) -> dict[str, Any]:
+        return await self.call(address, node, "POST", "/v1/members",
+                               {"id": member, "address": member_address}, timeout=timeout)
+
+    async def remove_member(self, address: str, node: str, member: str, *,
+                            timeout: float) -> bool:
+        """True once the removal committed; False when it was not a member (already removed)."""
+        try:
+            await self.call(address, node, "DELETE", f"/v1/members/{member}", timeout=timeout)
+        except NodeError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    async def transfer_leadership(self, address: str, node: str, to: str | None, *,
+                                  timeout: float) -> dict[str, Any]:
+        return await self.call(address, node, "POST", "/v1/leader/transfer", {"to": to},
+                               timeout=timeout)

@@ -1,0 +1,444 @@
+"""One reconcile cycle of one FederationCluster: observe -> children -> plan -> one step -> status.
+
+This is the I/O shell around the pure modules; ``handlers.py`` runs it from a
+per-object kopf daemon, so one cluster is never reconciled twice at once.
+A cycle reads the CR fresh (the operation record it plans from must be the
+one last written), puts owned objects into shape (unless ``spec.paused``),
+polls every pod's ``/v1/status`` over mTLS, writes the planner's operation
+record *before* executing its step, and finally patches the status with
+only what changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pydantic
+
+from . import certificates, cluster, manifests, metrics, node_client, planner, status
+from . import spec as api
+from .settings import OperatorSettings
+
+log = logging.getLogger("continuum_operator")
+
+# (object the Event is about, type Normal|Warning, reason, message)
+EventSink = Callable[[Mapping[str, Any], str, str, str], Awaitable[None] | None]
+
+
+@dataclass
+class _Memory:
+    """What the operator remembers per cluster between cycles (losing it is harmless)."""
+
+    client: node_client.NodeClient | None = None
+    last_warning: str | None = None
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _iso(t: dt.datetime) -> str:
+    return t.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def cr_path(namespace: str, name: str, sub: str | None = None) -> str:
+    return cluster.path(api.API_VERSION, api.PLURAL, namespace, name, sub)
+
+
+class Reconciler:
+    def __init__(self, kube: cluster.Kube, settings: OperatorSettings, emit: EventSink,
+                 clock: Callable[[], dt.datetime] = _now) -> None:
+        self.kube = kube
+        self.settings = settings
+        self._emit_fn = emit
+        self.clock = clock
+        self._memory: dict[tuple[str, str], _Memory] = {}
+
+    async def emit(self, cr: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        result = self._emit_fn(cr, type_, reason, message)
+        if result is not None:
+            await result
+
+    async def _warn_once(self, cr: Mapping[str, Any], mem: _Memory, reason: str,
+                         message: str) -> None:
+        if mem.last_warning != f"{reason}:{message}":
+            mem.last_warning = f"{reason}:{message}"
+            await self.emit(cr, "Warning", reason, message)
+
+    # ---- the cycle -----------------------------------------------------------------------------
+
+    async def reconcile(self, namespace: str, name: str) -> bool:
+        """One cycle; True when an operation is in flight (poll again soon)."""
+        started = time.perf_counter()
+        try:
+            busy = await self._reconcile(namespace, name)
+        except Exception:
+            metrics.RECONCILES.labels("error").inc()
+            raise
+        metrics.RECONCILES.labels("busy" if busy else "ok").inc()
+        metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+        return busy
+
+    async def _reconcile(self, namespace: str, name: str) -> bool:
+        cr = await self.kube.get(cr_path(namespace, name))
+        if cr is None or cr["metadata"].get("deletionTimestamp"):
+            return False
+        mem = self._memory.setdefault((namespace, name), _Memory())
+        current = dict(cr.get("status") or {})
+        now = self.clock()
+        try:
+            sp = api.parse_spec(cr.get("spec"))
+        except pydantic.ValidationError as exc:
+            message = api.describe_errors(exc)
+            await self._warn_once(cr, mem, "InvalidSpec", message)
+            desired = status.compute(status.Inputs(
+                name=name, now=now, generation=cr["metadata"].get("generation"),
+                invalid=message, previous=current))
+            await self._write_status(namespace, name, current, desired)
+            return False
+        c = manifests.Cluster(name, namespace, cr["metadata"].get("uid", ""), sp)
+        annotations = cr["metadata"].get("annotations") or {}
+
+        sts = await self.kube.get(cluster.object_path(manifests.statefulset(c)))
+        if not sp.paused:
+            await self._ensure_tls(c, cr)
+            sts = await self._ensure_children(c, cr, sts, annotations)
+        pods = await self.kube.list("v1", "pods", namespace, manifests.selector_labels(c))
+        pvcs = await self.kube.list("v1", "persistentvolumeclaims", namespace,
+                                    manifests.selector_labels(c))
+        tls_data = certificates.decode(await self.kube.get(
+            cluster.path("v1", "secrets", namespace, c.tls_secret)))
+        client = await self._client(c, mem)
+        by_pod = {p["metadata"]["name"]: p for p in pods}
+        statuses = await self._poll(c, client, pods)
+        leader_status = _leader(statuses)
+
+        operation = _operation(current.get("operation"))
+        recover = annotations.get(api.RECOVER_QUORUM)
+        observed = planner.Observed(
+            name=name, desired=sp.replicas,
+            sts_replicas=None if sts is None else int(sts.get("spec", {}).get("replicas") or 0),
+            update_revision=(sts or {}).get("status", {}).get("updateRevision"),
+            pods=tuple(_pod_view(name, p) for p in pods
+                       if manifests.ordinal(name, p["metadata"]["name"]) is not None),
+            members=None if leader_status is None else tuple(
+                planner.Member(str(m.get("id")), bool(m.get("voter")), bool(m.get("healthy")))
+                for m in leader_status.get("members", [])),
+            leader=None if leader_status is None else str(leader_status.get("node_id")),
+            operation=operation,
+            pvcs=frozenset(p["metadata"]["name"] for p in pvcs),
+            force_scale_down=str(annotations.get(api.FORCE_SCALE_DOWN, "")).lower() == "true",
+            recover_quorum=bool(recover) and recover != current.get("recoveryHandled"),
+            pvc_when_scaled=sp.storage.retention.when_scaled,
+            started_at=_iso(now),
+        )
+        step: planner.Step | None = None
+        done = False
+        recovery_handled = current.get("recoveryHandled")
+        if not sp.paused:
+            decision = planner.plan(observed)
+            step = decision.step
+            if decision.operation != operation:
+                await self._write_operation(namespace, name, current, decision.operation)
+                operation = decision.operation
+            done = await self._execute(c, cr, mem, step, observed, by_pod, client)
+            if done and isinstance(step, planner.RecoverQuorum):
+                recovery_handled = recover
+
+        desired = status.compute(status.Inputs(
+            name=name, now=now, generation=cr["metadata"].get("generation"),
+            desired=sp.replicas, selector=manifests.selector_string(c),
+            sts_replicas=observed.sts_replicas, pods=observed.pods,
+            leader_status=leader_status, node_status=statuses, step=step,
+            operation=operation, paused=sp.paused,
+            cert_not_after=certificates.not_after(tls_data),
+            cert_renew_before=api.parse_duration(sp.tls.renew_before),
+            previous=current, recovery_handled=recovery_handled,
+            certificates=api.Certificates(
+                secret_name=c.tls_secret, client_secret_name=c.client_secret,
+                ca_secret_name=c.ca_secret if sp.tls.mode == "SelfSigned" else None,
+                not_after=(_iso(na) if (na := certificates.not_after(tls_data)) else None)),
+        ))
+        await self._announce_quorum(cr, current, desired)
+        await self._write_status(namespace, name, current, desired)
+        _gauges(namespace, name, desired)
+        return done or operation is not None
+
+    # ---- children ------------------------------------------------------------------------------
+
+    async def _ensure_children(self, c: manifests.Cluster, cr: Mapping[str, Any],
+                               sts: dict[str, Any] | None, annotations: Mapping[str, str]
+                               ) -> dict[str, Any] | None:
+        size = int((sts or {}).get("spec", {}).get("replicas") or 1)
+        voters = min(c.spec.replicas, size)
+        for obj in manifests.children(c, voters):
+            extra = None
+            if obj["kind"] == "StatefulSet":
+                restart = annotations.get(api.RESTART)
+                if restart:
+                    obj["spec"]["template"]["metadata"]["annotations"][api.RESTART] = restart
+                extra = {"replicas": 1}  # a new cluster starts with its bootstrap member
+                if sts is not None:
+                    self._check_storage(c, sts)
+            result, live = await self.kube.ensure(obj, create_extra=extra)
+            if obj["kind"] == "StatefulSet":
+                sts = live
+            if result is not None:
+                metrics.ACTIONS.labels(f"{result}_{obj['kind'].lower()}").inc()
+                await self.emit(cr, "Normal", result.capitalize(),
+                                f"{obj['kind']} {obj['metadata']['name']} {result}")
+        if manifests.pod_disruption_budget(c, voters) is None:
+            pdb = cluster.path("policy/v1", "poddisruptionbudgets", c.namespace, c.name)
+            if await self.kube.get(pdb) is not None and await self.kube.delete(pdb):
+                await self.emit(cr, "Normal", "Deleted",
+                                f"PodDisruptionBudget {c.name} deleted: {voters} member(s) "
+                                "cannot lose any")
+        return sts
+
+    def _check_storage(self, c: manifests.Cluster, sts: Mapping[str, Any]) -> None:
+        claims = sts.get("spec", {}).get("volumeClaimTemplates") or [{}]
+        live = claims[0].get("spec", {})
+        want = manifests.statefulset(c)["spec"]["volumeClaimTemplates"][0]["spec"]
+        if live.get("storageClassName") != want.get("storageClassName") or live.get(
+                "resources") != want.get("resources"):
+            log.warning("%s/%s: storage changes do not apply to existing members (the "
+                        "StatefulSet's volumeClaimTemplates are immutable)", c.namespace, c.name)
+
+    async def _ensure_tls(self, c: manifests.Cluster, cr: Mapping[str, Any]) -> None:
+        if c.spec.tls.mode != "SelfSigned":
+            return
+        names = (c.ca_secret, c.tls_secret, c.client_secret)
+        existing = {}
+        for n in names:
+            existing[n] = certificates.decode(
+                await self.kube.get(cluster.path("v1", "secrets", c.namespace, n)))
+        plan = certificates.plan(c, existing, self.clock())
+        for secret, reason in zip(plan.secrets, plan.reasons, strict=True):
+            url = cluster.object_path(secret)
+            if existing.get(secret["metadata"]["name"]) is None and await self.kube.get(
+                    url) is None:
+                await self.kube.create(secret)
+            else:
+                await self.kube.patch(url, {"metadata": {"annotations": secret["metadata"][
+                    "annotations"]}, "data": secret["data"]})
+            metrics.ACTIONS.labels("issue_certificate").inc()
+            await self.emit(cr, "Normal", "CertificateIssued", f"{reason}: Secret "
+                            f"{secret['metadata']['name']}")
+
+    # ---- nodes ---------------------------------------------------------------------------------
+
+    async def _client(self, c: manifests.Cluster, mem: _Memory) -> node_client.NodeClient | None:
+        secret = await self.kube.get(cluster.path("v1", "secrets", c.namespace, c.client_secret))
+        material = node_client.Material.from_secret_data(certificates.decode(secret))
+        if material is None:
+            return None
+        if mem.client is None or mem.client.material != material:
+            if mem.client is not None:
+                await mem.client.close()
+            mem.client = node_client.NodeClient(material, c.peer_domain,
+                                                timeout=self.settings.node_timeout)
+        return mem.client
+
+    def _address(self, pod: Mapping[str, Any] | None) -> str | None:
+        ip = (pod or {}).get("status", {}).get("podIP")
+        return f"{ip}:{self.settings.node_port}" if ip else None
+
+    async def _poll(self, c: manifests.Cluster, client: node_client.NodeClient | None,
+                    pods: list[dict[str, Any]]) -> dict[str, dict[str, Any] | None]:
+        if client is None:
+            return {}
+        targets = [(p["metadata"]["name"], self._address(p)) for p in pods
+                   if not p["metadata"].get("deletionTimestamp")]
+
+        async def one(pod: str, address: str | None) -> dict[str, Any] | None:
+            if address is None:
+                return None
+            try:
+                return await client.status(address, pod)
+            except node_client.NodeError as exc:
+                metrics.NODE_ERRORS.labels(exc.code).inc()
+                return None
+
+        results = await asyncio.gather(*(one(p, a) for p, a in targets))
+        return {p: r for (p, _), r in zip(targets, results, strict=True)}
+
+    # ---- steps ---------------------------------------------------------------------------------
+
+    async def _execute(self, c: manifests.Cluster, cr: Mapping[str, Any], mem: _Memory,
+                       step: planner.Step, o: planner.Observed,
+                       pods: Mapping[str, Mapping[str, Any]],
+                       client: node_client.NodeClient | None) -> bool:
+        """Run one step; False when it could not be done now (it is retried next cycle)."""
+        if isinstance(step, planner.Idle | planner.Wait):
+            return False
+        if isinstance(step, planner.Blocked):
+            if (cr.get("status") or {}).get("blockedReason") != step.reason:
+                metrics.BLOCKED.inc()
+                await self.emit(cr, "Warning", "ScaleBlocked", step.reason)
+            return False
+        kind = type(step).__name__
+        try:
+            message = await self._act(c, step, o, pods, client)
+        except (node_client.NodeError, cluster.ApiError) as exc:
+            await self._warn_once(cr, mem, f"{kind}Failed", str(exc))
+            return False
+        if message is None:
+            return False
+        mem.last_warning = None
+        metrics.ACTIONS.labels(kind).inc()
+        kind_type = "Warning" if isinstance(step, planner.RecoverQuorum) else "Normal"
+        await self.emit(cr, kind_type, kind, message)
+        return True
+
+    async def _act(self, c: manifests.Cluster, step: planner.Step, o: planner.Observed,
+                   pods: Mapping[str, Mapping[str, Any]],
+                   client: node_client.NodeClient | None) -> str | None:
+        s = self.settings
+        sts_url = cluster.path("apps/v1", "statefulsets", c.namespace, c.name)
+        if isinstance(step, planner.GrowStatefulSet | planner.ShrinkStatefulSet):
+            await self.kube.patch(sts_url, {"spec": {"replicas": step.to}})
+            verb = "grown" if isinstance(step, planner.GrowStatefulSet) else "shrunk"
+            return f"StatefulSet {c.name} {verb} to {step.to}"
+        if isinstance(step, planner.ApplyPVCRetention):
+            url = cluster.path("v1", "persistentvolumeclaims", c.namespace, step.pvc)
+            await self.kube.delete(url)
+            return f"PVC {step.pvc} deleted after {step.member} left the cluster"
+        if isinstance(step, planner.DeletePod):
+            await self.kube.delete(cluster.path("v1", "pods", c.namespace, step.pod))
+            return f"pod {step.pod} deleted ({step.reason})"
+        if isinstance(step, planner.RecoverQuorum):
+            for pod in step.pods:
+                await self.kube.delete(cluster.path("v1", "pods", c.namespace, pod))
+            return (f"quorum recovery ({api.RECOVER_QUORUM}): restarted NotReady pods "
+                    f"{', '.join(step.pods)}")
+        # The rest talk to the leader.
+        leader = o.leader
+        address = self._address(pods.get(leader or ""))
+        if client is None or leader is None or address is None:
+            return None
+        if isinstance(step, planner.AddMember):
+            await client.add_member(address, leader, step.member, c.address(step.member),
+                                    timeout=s.membership_timeout)
+            return f"member {step.member} added (learner, then voter)"
+        if isinstance(step, planner.RemoveMember):
+            removed = await client.remove_member(address, leader, step.member,
+                                                 timeout=s.membership_timeout)
+            return (f"member {step.member} removed from Raft" if removed else
+                    f"member {step.member} was already removed")
+        if isinstance(step, planner.TransferLeadership):
+            result = await client.transfer_leadership(address, leader, step.to,
+                                                      timeout=s.membership_timeout)
+            return f"leadership moved from {step.from_member} to {result.get('leader_id')}"
+        raise AssertionError(f"unknown step {step!r}")
+
+    # ---- status --------------------------------------------------------------------------------
+
+    async def _write_operation(self, namespace: str, name: str, current: dict[str, Any],
+                               op: api.Operation | None) -> None:
+        value = op.model_dump(by_alias=True, exclude_none=True) if op else None
+        await self.kube.patch(cr_path(namespace, name, "status"), {"status": {"operation": value}})
+        current["operation"] = value
+
+    async def _write_status(self, namespace: str, name: str, current: dict[str, Any],
+                            desired: Mapping[str, Any]) -> None:
+        patch = status.diff(current, desired)
+        if patch:
+            await self.kube.patch(cr_path(namespace, name, "status"), {"status": patch})
+            current.update(patch)
+
+    async def _announce_quorum(self, cr: Mapping[str, Any], current: Mapping[str, Any],
+                               desired: Mapping[str, Any]) -> None:
+        def q(st: Mapping[str, Any]) -> str | None:
+            return next((c.get("status") for c in st.get("conditions") or []
+                         if c.get("type") == "Quorum"), None)
+
+        before, after = q(current), q(desired)
+        if after == "False" and before != "False":
+            message = next(c["message"] for c in desired["conditions"] if c["type"] == "Quorum")
+            await self.emit(cr, "Warning", "QuorumLost", message)
+        elif after == "True" and before == "False":
+            await self.emit(cr, "Normal", "QuorumRestored", "a healthy quorum is back")
+
+    # ---- deletion ------------------------------------------------------------------------------
+
+    async def cleanup(self, namespace: str, name: str, spec_raw: Mapping[str, Any] | None,
+                      uid: str = "") -> list[str]:
+        """Delete every owned object (and PVCs if retention says so); names of what went."""
+        mem = self._memory.pop((namespace, name), None)
+        if mem is not None and mem.client is not None:
+            await mem.client.close()
+        try:
+            sp = api.parse_spec(dict(spec_raw or {}))
+        except pydantic.ValidationError:
+            sp = api.FederationClusterSpec()
+        c = manifests.Cluster(name, namespace, uid, sp)
+        gone = []
+        urls = [cluster.object_path(o) for o in manifests.children(c, sp.replicas)]
+        urls.append(cluster.path("policy/v1", "poddisruptionbudgets", namespace, name))
+        if sp.tls.mode == "CertManager":
+            urls += [cluster.path("cert-manager.io/v1", "certificates", namespace, n)
+                     for n in (c.node_certificate, c.client_certificate)]
+        urls += [cluster.path("v1", "secrets", namespace, n)
+                 for n in (c.tls_secret, c.ca_secret, c.client_secret)]
+        for url in dict.fromkeys(urls):
+            if await self.kube.delete(url):
+                gone.append(url.rsplit("/", 2)[-2] + "/" + url.rsplit("/", 1)[-1])
+        if sp.storage.retention.when_deleted == "Delete":
+            for pvc in await self.kube.list("v1", "persistentvolumeclaims", namespace,
+                                            manifests.selector_labels(c)):
+                url = cluster.path("v1", "persistentvolumeclaims", namespace,
+                                   pvc["metadata"]["name"])
+                if await self.kube.delete(url):
+                    gone.append(f"persistentvolumeclaims/{pvc['metadata']['name']}")
+        return gone
+
+    async def close(self) -> None:
+        for mem in self._memory.values():
+            if mem.client is not None:
+                await mem.client.close()
+        self._memory.clear()
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+
+def _operation(raw: Any) -> api.Operation | None:
+    if not raw:
+        return None
+    try:
+        return api.Operation.model_validate(raw)
+    except pydantic.ValidationError:
+        log.warning("ignoring an unreadable status.operation: %r", raw)
+        return None
+
+
+def _pod_view(cluster_name: str, pod: Mapping[str, Any]) -> planner.Pod:
+    meta = pod["metadata"]
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    return planner.Pod(
+        name=meta["name"], ordinal=manifests.ordinal(cluster_name, meta["name"]) or 0,
+        ready=ready and not meta.get("deletionTimestamp"),
+        revision=(meta.get("labels") or {}).get("controller-revision-hash"),
+        terminating=bool(meta.get("deletionTimestamp")),
+        ip=(pod.get("status") or {}).get("podIP"))
+
+
+def _leader(statuses: Mapping[str, Mapping[str, Any] | None]) -> dict[str, Any] | None:
+    leaders = [dict(s) for s in statuses.values() if s and s.get("role") == "leader"]
+    if not leaders:
+        return None
+    return max(leaders, key=lambda s: int(s.get("term") or 0))
+
+
+def _gauges(namespace: str, name: str, st: Mapping[str, Any]) -> None:
+    quorum = next((c["status"] for c in st.get("conditions") or [] if c["type"] == "Quorum"),
+                  None)
+    metrics.QUORUM.labels(namespace, name).set(1 if quorum == "True" else 0)
+    metrics.MEMBERS.labels(namespace, name).set(len(st.get("members") or []))
+    metrics.READY.labels(namespace, name).set(st.get("readyReplicas") or 0)
