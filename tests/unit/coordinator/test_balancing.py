@@ -165,3 +165,56 @@ def test_ties_are_broken_at_random(choices: int) -> None:
     rng = random.Random(8)
     picks = {balancing.least_loaded(equal, rng, choices).node_id for _ in range(200)}
     assert picks == {"n0", "n1", "n2"}
+
+
+def _pool(n: int) -> list[Node]:
+    rng = random.Random(5)
+    return [Node(f"n{i:03d}", rng.random(), rng.uniform(1, 50), {"c": float(i)},
+                 {"even": i % 2 == 0}) for i in range(n)]
+
+
+@pytest.mark.parametrize("algorithm", balancing.ALGORITHMS)
+@pytest.mark.parametrize(
+    "criteria",
+    [
+        {"metadata": {"even": True}},  # half qualify: found by sampling
+        {"min_capacity": {"c": 297}},  # 3 of 300 qualify: the filter fallback
+        {"exclude": [f"n{i:03d}" for i in range(299)]},  # exactly one left
+    ],
+)
+def test_select_with_criteria_only_returns_qualifying_nodes(
+    algorithm: str, criteria: dict[str, Any]
+) -> None:
+    pool = _pool(300)
+    crit = balancing.Criteria.parse(criteria)
+    assert crit is not None
+    allowed = {n.node_id for n in balancing.qualify(pool, crit)}
+    rng, cursor, seen = random.Random(1), 0, Counter[str]()
+    for _ in range(600):
+        choice, cursor = balancing.select(algorithm, pool, rng, cursor, 2, crit)
+        assert choice is not None
+        seen[choice.node_id] += 1
+    assert set(seen) <= allowed
+    if algorithm == "round_robin":
+        assert set(seen) == allowed
+    if algorithm == "random":  # 600 uniform draws over at most 150 nodes miss very few
+        assert len(seen) >= 0.9 * len(allowed)
+    if algorithm == "least_loaded" and len(allowed) > 2:
+        worst = max(balancing.qualify(pool, crit), key=lambda n: n.load_score or 0)
+        assert worst.node_id not in seen
+
+
+def test_select_with_criteria_nobody_qualifies() -> None:
+    crit = balancing.Criteria.parse({"metadata": {"even": "maybe"}})
+    for algorithm in balancing.ALGORITHMS:
+        assert balancing.select(algorithm, _pool(100), random.Random(1), 0, 2, crit)[0] is None
+
+
+def test_round_robin_with_criteria_walks_qualifying_nodes_in_order() -> None:
+    pool = _pool(10)
+    crit = balancing.Criteria.parse({"metadata": {"even": True}})
+    cursor, seen = 0, []
+    for _ in range(6):
+        choice, cursor = balancing.select("round_robin", pool, random.Random(1), cursor, 2, crit)
+        seen.append(choice.node_id)  # type: ignore[union-attr]
+    assert seen == ["n000", "n002", "n004", "n006", "n008", "n000"]

@@ -376,10 +376,9 @@ class FederationCoordinator:
         algorithm, choices = self.load_balance.algorithm, self.load_balance.choices
         choice: _Entry | None = None
         for pool in (self._healthy, self._degraded):
-            cands = balancing.qualify(pool, crit)
-            if cands:
-                choice, self._cursor = balancing.select(algorithm, cands, self._rng,
-                                                        self._cursor, choices)
+            choice, self._cursor = balancing.select(algorithm, pool, self._rng, self._cursor,
+                                                    choices, crit)
+            if choice is not None:
                 break
         self._stats["selections"] += 1
         if choice is None:

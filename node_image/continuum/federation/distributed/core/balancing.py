@@ -14,18 +14,23 @@ Algorithms (``LoadBalance.algorithm``):
 * ``random``: uniform.
 
 A node with no reported figure ranks after every node that reported one.
-``Criteria`` filter candidates before any algorithm runs.
+``Criteria`` restrict the candidates. The sampling algorithms find qualifying
+nodes by rejection sampling (O(1) while most nodes qualify) and fall back to
+a full filter pass; round-robin walks from its cursor to the next qualifying
+node.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 ALGORITHMS = ("least_loaded", "latency", "round_robin", "random")
+
+SAMPLE_ATTEMPTS = 64  # random draws looking for qualifying nodes before filtering them all
 
 CRITERIA_KEYS = frozenset(
     {"min_capacity", "metadata", "exclude", "include", "max_load", "max_latency_ms"}
@@ -189,20 +194,74 @@ def pick_random(candidates: Sequence[C], rng: random.Random) -> C | None:
     return candidates[rng.randrange(len(candidates))]
 
 
+def _sample_admitted(
+    candidates: Sequence[C], rng: random.Random, k: int, admits: Callable[[C], bool],
+) -> list[C] | None:
+    """``k`` distinct admitted candidates, uniformly, by rejection; None if it takes too long.
+
+    Drawing uniformly and skipping what does not qualify gives the same
+    distribution as filtering first and sampling the survivors, without a pass
+    over every node when most of them qualify.
+    """
+    n = len(candidates)
+    seen: set[int] = set()
+    found: list[C] = []
+    for _ in range(SAMPLE_ATTEMPTS):
+        i = rng.randrange(n)
+        if i in seen:
+            continue
+        seen.add(i)
+        c = candidates[i]
+        if admits(c):
+            found.append(c)
+            if len(found) == k:
+                return found
+    return None
+
+
+def _round_robin_where(
+    candidates: Sequence[C], cursor: int, admits: Callable[[C], bool],
+) -> tuple[C | None, int]:
+    """The first admitted candidate at or after ``cursor``, cyclically."""
+    n = len(candidates)
+    for step in range(n):
+        i = (cursor + step) % n
+        if admits(candidates[i]):
+            return candidates[i], i + 1
+    return None, cursor
+
+
 def select(
     algorithm: str,
     candidates: Sequence[C],
     rng: random.Random,
     cursor: int = 0,
     choices: int = 2,
+    criteria: Criteria | None = None,
 ) -> tuple[C | None, int]:
-    """Run ``algorithm`` over ``candidates``; returns the choice and the next round-robin cursor."""
+    """Run ``algorithm`` over the candidates ``criteria`` admit.
+
+    Returns the choice (None if no candidate qualifies) and the next
+    round-robin cursor.
+    """
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {algorithm!r}; known: {', '.join(ALGORITHMS)}")
+    if criteria is not None and candidates:
+        if algorithm == "round_robin":
+            return _round_robin_where(candidates, cursor, criteria.admits)
+        k = 1 if algorithm == "random" else choices
+        if 0 < k < len(candidates):
+            sample = _sample_admitted(candidates, rng, k, criteria.admits)
+            if sample is not None:
+                candidates, choices = sample, 0
+            else:  # few qualify: filter them all, then choose as usual
+                candidates = qualify(candidates, criteria)
+        else:
+            candidates = qualify(candidates, criteria)
     if algorithm == "least_loaded":
         return least_loaded(candidates, rng, choices), cursor
     if algorithm == "latency":
         return lowest_latency(candidates, rng, choices), cursor
     if algorithm == "round_robin":
         return round_robin(candidates, cursor)
-    if algorithm == "random":
-        return pick_random(candidates, rng), cursor
-    raise ValueError(f"unknown algorithm {algorithm!r}; known: {', '.join(ALGORITHMS)}")
+    return pick_random(candidates, rng), cursor
