@@ -154,7 +154,7 @@ StatusListener = Callable[[NodeInfo, health.NodeStatus], None]
 class _Entry:
     """The registry record plus local figures; what the balancer compares (a ``Candidate``)."""
 
-    __slots__ = ("address", "capacity", "generation", "heartbeat_mono", "last_heartbeat",
+    __slots__ = ("address", "capacity", "generation", "heartbeat_mono", "info", "last_heartbeat",
                  "load_score", "metadata", "node_id", "probe_rtt_ms", "registered_at",
                  "reported_latency_ms", "status", "status_changed_at")
 
@@ -166,6 +166,7 @@ class _Entry:
         self.last_heartbeat: float | None = None
         self.heartbeat_mono: float | None = None
         self.probe_rtt_ms: float | None = None
+        self.info: NodeInfo | None = None  # cached view; reset on every change
         self.update(rec)
 
     def update(self, rec: registry.NodeRecord) -> None:
@@ -175,6 +176,7 @@ class _Entry:
         self.generation = rec.generation
         self.registered_at = rec.registered_at
         self.status_changed_at = rec.status_changed_at
+        self.info = None
 
     @property
     def latency_ms(self) -> float | None:
@@ -362,6 +364,7 @@ class FederationCoordinator:
         if capacity is not None:
             entry.capacity = capacity
         entry.last_heartbeat = time.time()
+        entry.info = None
         entry.heartbeat_mono = time.monotonic()
         self._stats["heartbeats"] += 1
         if entry.status is NodeStatus.UNKNOWN and self.is_active():
@@ -559,6 +562,8 @@ class FederationCoordinator:
             return
         if not self._was_active:
             self._monitor.reset()  # counters from an earlier term are stale
+            for e in self._entries.values():
+                e.info = None
             self._was_active = True
         targets = {nid: (e.address, e.generation) for nid, e in self._entries.items()}
         if not targets:
@@ -602,6 +607,7 @@ class FederationCoordinator:
                 prev = entry.probe_rtt_ms
                 entry.probe_rtt_ms = rtt if prev is None else \
                     prev + RTT_EWMA_WEIGHT * (rtt - prev)
+                entry.info = None
             return True
 
     async def _probe_one(self, node_id: str) -> None:
@@ -625,6 +631,8 @@ class FederationCoordinator:
             self._stats["health_check_failures"] += sum(1 for ok in results.values() if not ok)
             statuses = {nid: e.status for nid, e in self._entries.items()}
             verdict = self._monitor.observe(results, statuses)
+            for nid in results:
+                self._entries[nid].info = None  # its counters moved
             if len(results) > 1:
                 self._panic = verdict.panic
             if verdict.panic:
@@ -676,14 +684,17 @@ class FederationCoordinator:
         self._dirty = False
 
     def _info(self, e: _Entry) -> NodeInfo:
+        if e.info is not None:
+            return e.info
         counters = self._monitor.counters.get(e.node_id, health.ZERO)
-        return NodeInfo(
+        e.info = NodeInfo(
             node_id=e.node_id, address=e.address, status=e.status, metadata=e.metadata,
             load_score=e.load_score, latency_ms=e.latency_ms, capacity=dict(e.capacity),
             last_heartbeat=e.last_heartbeat, probe_rtt_ms=e.probe_rtt_ms,
             consecutive_failures=counters.failures, consecutive_successes=counters.successes,
             registered_at=e.registered_at, status_changed_at=e.status_changed_at,
         )
+        return e.info
 
 
 def _statuses(
