@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import math
 import os
@@ -257,6 +258,7 @@ class FederationCoordinator:
         self._monitor = health.HealthMonitor(self.load_balance.policy)
         self._rng = random.Random(self.load_balance.seed)
         self._cursor = 0
+        self._last_criteria: tuple[dict[str, Any], balancing.Criteria | None] | None = None
         self._healthy: list[_Entry] = []
         self._degraded: list[_Entry] = []
         self._dirty = True
@@ -373,7 +375,7 @@ class FederationCoordinator:
 
     async def select_node(self, criteria: Mapping[str, Any] | None = None) -> NodeInfo | None:
         """A healthy node chosen by the configured algorithm, or None if none qualifies."""
-        crit = balancing.Criteria.parse(criteria)
+        crit = self._parse_criteria(criteria)
         if self._dirty:
             self._rebuild_candidates()
         algorithm, choices = self.load_balance.algorithm, self.load_balance.choices
@@ -388,6 +390,17 @@ class FederationCoordinator:
             self._stats["selections_empty"] += 1
             return None
         return self._info(choice)
+
+    def _parse_criteria(self, raw: Mapping[str, Any] | None) -> balancing.Criteria | None:
+        # Callers tend to pass the same criteria each time; comparing is cheaper than parsing.
+        if not raw:
+            return None
+        cached = self._last_criteria
+        if cached is not None and cached[0] == raw:
+            return cached[1]
+        crit = balancing.Criteria.parse(raw)
+        self._last_criteria = (copy.deepcopy(dict(raw)), crit)
+        return crit
 
     async def get_node(self, node_id: str) -> NodeInfo | None:
         entry = self._entries.get(node_id)

@@ -127,7 +127,10 @@ class Criteria:
             if have is None or have < least:
                 return False
         meta = c.metadata
-        return all(key in meta and meta[key] == want for key, want in self.metadata)
+        for key, want in self.metadata:  # noqa: SIM110 (a loop: no generator on the hot path)
+            if key not in meta or meta[key] != want:
+                return False
+        return True
 
 
 def qualify(candidates: Sequence[C], criteria: Criteria | None) -> Sequence[C]:
@@ -140,14 +143,22 @@ def _rank(value: float | None) -> float:
     return math.inf if value is None else value
 
 
+def _below(rng: random.Random, n: int) -> int:
+    """A uniform index in ``range(n)``; ``random()`` is 3x cheaper than ``randrange``.
+
+    The bias from 53-bit floats is below 1e-12 for any cluster size we will see.
+    """
+    return int(rng.random() * n)
+
+
 def _p2c_indexes(n: int, rng: random.Random, choices: int) -> Iterable[int]:
     if choices <= 0 or choices >= n:
         # Every candidate, from a random start so that ties do not always go to the first.
         start = rng.randrange(n)
         return [(start + k) % n for k in range(n)]
     if choices == 2:  # the hot path: two distinct indexes without building a sample
-        i = rng.randrange(n)
-        j = rng.randrange(n - 1)
+        i = _below(rng, n)
+        j = _below(rng, n - 1)
         return (i, j + 1 if j >= i else j)
     return rng.sample(range(n), choices)
 
@@ -191,7 +202,7 @@ def round_robin(candidates: Sequence[C], cursor: int) -> tuple[C | None, int]:
 def pick_random(candidates: Sequence[C], rng: random.Random) -> C | None:
     if not candidates:
         return None
-    return candidates[rng.randrange(len(candidates))]
+    return candidates[_below(rng, len(candidates))]
 
 
 def _sample_admitted(
@@ -207,7 +218,7 @@ def _sample_admitted(
     seen: set[int] = set()
     found: list[C] = []
     for _ in range(SAMPLE_ATTEMPTS):
-        i = rng.randrange(n)
+        i = _below(rng, n)
         if i in seen:
             continue
         seen.add(i)
