@@ -245,3 +245,38 @@ async def test_registry_persists_under_storage_path(tmp_path: Path) -> None:
         assert node.metadata == {"zone": "z1"} and node.load_score is None  # loads are not kept
     finally:
         await again.stop()
+
+
+async def test_criteria_mutated_between_calls_are_read_afresh(co: FederationCoordinator) -> None:
+    for nid in ("a", "b"):
+        await co.register_node(nid, "127.0.0.1:7000")
+        await co.heartbeat(nid, {"load_score": 0.5})
+    crit: dict[str, Any] = {"exclude": ["a"]}
+    assert (await co.select_node(crit)).node_id == "b"  # type: ignore[union-attr]
+    crit["exclude"][0] = "b"  # same dict object, new content
+    assert (await co.select_node(crit)).node_id == "a"  # type: ignore[union-attr]
+
+
+async def test_a_log_that_raises_does_not_break_heartbeats_or_rounds() -> None:
+    log = FakeLog()
+    calls = {"n": 0}
+
+    async def flaky(command: dict[str, Any]) -> bool:
+        calls["n"] += 1
+        if command["type"] == "coord.status" and calls["n"] < 4:
+            raise RuntimeError("not the leader")
+        return await log.append(command)
+
+    c = FederationCoordinator("c1", replicate=flaky)
+    log.replicas = [c]
+    await c.start()
+    try:
+        await c.register_node("a", "127.0.0.1:7001")
+        await c.heartbeat("a")  # the status proposal raises; the heartbeat still counts
+        assert (await c.get_node("a")).load_score is None  # type: ignore[union-attr]
+        assert c.get_stats()["heartbeats"] == 1 and c.get_stats()["proposals_failed"] == 1
+        await c.heartbeat("a")
+        await c.heartbeat("a")  # third status proposal goes through
+        assert (await c.get_node("a")).status is NodeStatus.HEALTHY  # type: ignore[union-attr]
+    finally:
+        await c.stop()

@@ -7,7 +7,8 @@ The asyncio shell around three pure cores:
   ``append_entry``) commands go through the Raft log and come back through
   ``apply_command`` on every replica, so a new leader's coordinator carries on
   from the same registry. Without it, commands apply here and persist under
-  ``storage_path``.
+  ``storage_path`` (with ``replicate``, Raft's own storage holds the registry
+  and ``storage_path`` is not used).
 * ``core.health``: consecutive-result counters, the status transition table
   and the panic guard. Only the *active* coordinator (``is_active()``: "am I
   the Raft leader") probes and proposes status changes.
@@ -660,7 +661,9 @@ class FederationCoordinator:
                        for nid, st in verdict.changes.items()}
             try:
                 await self._propose(registry.status_command(changes, time.time()))
-            except CoordinatorError as exc:
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # whatever the log raised (e.g. "not the leader")
                 # Leadership moved or no quorum: the next round proposes again.
                 self._stats["proposals_failed"] += 1
                 log.info("status change not committed: %s", exc)
