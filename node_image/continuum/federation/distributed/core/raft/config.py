@@ -1,0 +1,33 @@
+"""Tunables of the Raft core, in logical ticks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class RaftConfig:
+    # A follower campaigns after a random number of ticks in [min, max]
+    # without hearing from a leader (the paper's randomized timeout).
+    election_ticks_min: int = 15
+    election_ticks_max: int = 30
+    heartbeat_ticks: int = 5  # leader heartbeat period
+    pre_vote: bool = True  # thesis 9.6: a partitioned node cannot raise terms
+    check_quorum: bool = True  # leader steps down without a live quorum; votes respect leases
+    max_inflight: int = 64  # append messages in flight per follower (flow control)
+    max_entries_per_message: int = 4096
+    max_bytes_per_message: int = 4 * 1024 * 1024
+    snapshot_chunk_bytes: int = 1024 * 1024
+    # Request ids are remembered for this many log entries after they were applied;
+    # a retry must arrive within that window to be deduplicated.
+    request_window: int = 200_000
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.heartbeat_ticks < self.election_ticks_min <= self.election_ticks_max:
+            raise ValueError("need 1 <= heartbeat_ticks < election_ticks_min <= election_ticks_max")
+        if self.max_inflight < 1 or self.max_entries_per_message < 1:
+            raise ValueError("max_inflight and max_entries_per_message must be positive")
+        if self.snapshot_chunk_bytes < 1 or self.max_bytes_per_message < 1:
+            raise ValueError("byte limits must be positive")
+        if self.request_window < 1:
+            raise ValueError("request_window must be positive")
