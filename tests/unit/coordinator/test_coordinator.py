@@ -280,3 +280,15 @@ async def test_a_log_that_raises_does_not_break_heartbeats_or_rounds() -> None:
         assert (await c.get_node("a")).status is NodeStatus.HEALTHY  # type: ignore[union-attr]
     finally:
         await c.stop()
+
+
+@pytest.mark.parametrize("garbage", ["coord.register", {"type": "coord.nope"}, {"type": None},
+                                     {"type": "coord.register", "node_id": "x"}])
+async def test_apply_command_rejects_garbage_without_raising(
+    co: FederationCoordinator, garbage: Any
+) -> None:
+    await co.register_node("a", "127.0.0.1:7001")
+    before = co.snapshot()["nodes"]
+    applied = co.apply_command(garbage)
+    assert not applied.ok and applied.error
+    assert co.snapshot()["nodes"] == before

@@ -100,7 +100,7 @@ class LoadBalance:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
         if self.choices < 0 or self.max_concurrent_probes < 1:
             raise ValueError("choices must be >= 0 and max_concurrent_probes >= 1")
-        self.policy  # validates the thresholds  # noqa: B018
+        _ = self.policy  # building the policy validates the thresholds
 
     @property
     def policy(self) -> health.HealthPolicy:
@@ -493,9 +493,9 @@ class FederationCoordinator:
             self._pending.pop(rid, None)
 
     def _apply(self, command: Mapping[str, Any]) -> registry.Applied:
-        before = {nid: e.status for nid, e in self._entries.items()}
         applied = self._registry.apply(command)
-        if not applied.ok and applied.error and command.get("type") != registry.DEREGISTER:
+        if not applied.ok and (not isinstance(command, Mapping)
+                               or command.get("type") != registry.DEREGISTER):
             log.warning("registry command rejected: %s", applied.error)
         for nid in applied.changed:
             rec = self._registry.get(nid)
@@ -505,12 +505,13 @@ class FederationCoordinator:
                 self._monitor.forget(nid)
                 continue
             if entry is None:
-                entry = self._entries[nid] = _Entry(rec)
-            elif entry.generation != rec.generation:
+                self._entries[nid] = _Entry(rec)
+                continue
+            if entry.generation != rec.generation:
                 self._monitor.forget(nid)  # moved: old counters say nothing about the new address
+            old = entry.status
             entry.update(rec)
-            old = before.get(nid)
-            if old is not None and old is not rec.status:
+            if old is not rec.status:
                 self._status_changed(entry, old)
         if applied.changed:
             self._dirty = True
