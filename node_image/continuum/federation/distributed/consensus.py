@@ -1,0 +1,664 @@
+"""RaftConsensus: the asyncio shell around the pure Raft core (``core.raft``).
+
+The shell owns the clock (a ticker), the disk (``storage.DurableStore``), the
+network (``transport.peer.PeerTransport``, or an in-process hub when neither
+``bind_address`` nor ``transport`` is given) and the application callbacks.
+Every input (peer message, tick, proposal, admin call) lands in one inbox;
+a single loop task steps the core with everything queued, then carries out
+each ``Ready`` in the documented order: leader appends out, one fsynced write,
+replies out, apply, advance. Proposals that arrive while a write is in flight
+wait in the inbox and go out together in the next append: batching comes from
+the disk's own latency, with no timer.
+
+Durable layout in ``<storage_path>/raft.db``: namespace ``raft`` holds
+``hard_state`` (term, vote and commit in one row, so one atomic write) and
+``snapshot``; namespace ``raft.log`` holds one row per entry keyed by index.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import math
+import random
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgpack
+
+from . import storage
+from .core.raft import config as rconfig
+from .core.raft import messages as rmsg
+from .core.raft import node as rnode
+from .transport import peer, tls
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+ApplyCallback = Callable[[Any], Awaitable[Any] | Any]
+TakeSnapshot = Callable[[], bytes]
+RestoreSnapshot = Callable[[bytes], Awaitable[None] | None]
+
+_NS = "raft"
+_NS_LOG = "raft.log"
+
+
+class NotLeaderError(RuntimeError):
+    """A leader-only call reached a non-leader; says where the leader is, if known."""
+
+    def __init__(self, leader_id: str | None, leader_address: str | None) -> None:
+        super().__init__(f"not the leader (leader: {leader_id} at {leader_address})")
+        self.leader_id = leader_id
+        self.leader_address = leader_address
+
+
+class MembershipError(ValueError):
+    """A membership change that cannot be made; ``code``: exists, not_member, busy, ..."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(slots=True)
+class _Proposal:
+    data: bytes
+    request_id: str | None
+    fut: asyncio.Future[bool]
+
+
+@dataclass(slots=True)
+class _Admin:
+    fn: Callable[[rnode.RaftNode], Any]
+    fut: asyncio.Future[Any]
+
+
+class _LocalHub:
+    """In-process delivery between RaftConsensus objects on one event loop (no network)."""
+
+    members: dict[str, RaftConsensus] = {}
+
+    @classmethod
+    def send(cls, msg: rmsg.Message) -> None:
+        target = cls.members.get(msg.to)
+        if target is not None:
+            kind, body = rmsg.to_wire(msg)
+            asyncio.get_running_loop().call_soon(target._receive, kind, msg.frm, body)
+
+
+def ticks_for(election_timeout_ms: tuple[int, int], heartbeat_interval_ms: int
+              ) -> tuple[float, rconfig.RaftConfig]:
+    """The tick length (seconds) and the core's config for the spec's millisecond settings."""
+    lo, hi = election_timeout_ms
+    if not 0 < heartbeat_interval_ms < lo <= hi:
+        raise ValueError("need 0 < heartbeat_interval_ms < election_timeout_ms[0] <= [1]")
+    tick_ms = min(10.0, heartbeat_interval_ms / 2)
+    cfg = rconfig.RaftConfig(
+        election_ticks_min=max(2, math.ceil(lo / tick_ms)),
+        election_ticks_max=max(2, math.ceil(hi / tick_ms)),
+        heartbeat_ticks=max(1, round(heartbeat_interval_ms / tick_ms)),
+    )
+    return tick_ms / 1000, cfg
+
+
+class RaftConsensus:
+    def __init__(
+        self,
+        node_id: str,
+        cluster_nodes: list[str],
+        election_timeout_ms: tuple[int, int] = (150, 300),
+        heartbeat_interval_ms: int = 50,
+        *,
+        bind_address: str | None = None,
+        peers: dict[str, str] | None = None,
+        storage_path: str | Path | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        tls_ca: str | None = None,
+        transport: peer.PeerTransport | None = None,
+        join: bool = False,
+        fsync: bool = True,
+        snapshot_threshold: int = 20_000,
+        advertise_address: str | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not node_id:
+            raise ValueError("node_id must not be empty")
+        if not join and node_id not in cluster_nodes:
+            raise ValueError(f"cluster_nodes must include this node ({node_id!r}) unless join=True")
+        if snapshot_threshold < 1:
+            raise ValueError("snapshot_threshold must be positive")
+        self.node_id = node_id
+        self.cluster_nodes = list(cluster_nodes)
+        self.election_timeout_ms = election_timeout_ms
+        self.heartbeat_interval_ms = heartbeat_interval_ms
+        self._tick_s, self._config = ticks_for(election_timeout_ms, heartbeat_interval_ms)
+        self.peers = dict(peers or {})
+        self.join = join
+        self.snapshot_threshold = snapshot_threshold
+        self._storage_path = Path(storage_path) if storage_path is not None else None
+        self._fsync = fsync
+        self._tls = tls.TLSFiles.optional(tls_cert, tls_key, tls_ca)
+        self._bind_address = bind_address
+        self._advertise = advertise_address
+        self._transport = transport
+        self._owns_transport = transport is None and bind_address is not None
+        self._rng = rng or random.Random()
+        self._store: storage.DurableStore | None = None
+        self._node: rnode.RaftNode | None = None
+        self._apply_cb: ApplyCallback | None = None
+        self._take: TakeSnapshot | None = None
+        self._restore: RestoreSnapshot | None = None
+        self._inbox: deque[tuple[str, str, dict[str, Any]] | _Proposal | _Admin] = deque()
+        self._ticks = 0
+        self._wake = asyncio.Event()
+        self._waiters: dict[int, tuple[int, asyncio.Future[bool]]] = {}
+        self._reads: dict[int, asyncio.Future[int]] = {}
+        self._read_wait: list[tuple[int, asyncio.Future[int]]] = []
+        self._watchers: list[asyncio.Future[None]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._handlers_registered = False
+        self._running = False
+        self._failed: BaseException | None = None
+        self._disk_last = 0
+        self.stats = {"proposals": 0, "applied": 0, "writes": 0, "messages_sent": 0,
+                      "messages_received": 0, "messages_rejected": 0, "snapshots_taken": 0,
+                      "snapshots_installed": 0, "apply_errors": 0}
+
+    # -- configuration -------------------------------------------------------------------------
+
+    def register_apply_callback(self, callback: ApplyCallback) -> None:
+        """``callback(command)`` (sync or async) runs for each committed command, in log order.
+
+        Register before ``start()`` to also see the entries replayed after a restart.
+        """
+        self._apply_cb = callback
+
+    def register_snapshot_callbacks(self, take: TakeSnapshot, restore: RestoreSnapshot) -> None:
+        """Let Raft compact its log: ``take()`` serializes the state machine as of the last
+        applied command; ``restore(data)`` replaces it (on restart or when a leader sends a
+        snapshot). Without them the log is never compacted."""
+        self._take, self._restore = take, restore
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._running:
+            return
+        if self._owns_transport:
+            self._transport = peer.PeerTransport(
+                self.node_id, self._bind_address, self._tls, insecure=self._tls is None)
+            await self._transport.start()
+        self._register_handlers()
+        if self._storage_path is not None:
+            self._store = storage.DurableStore(self._storage_path / "raft.db", fsync=self._fsync)
+        self._node = self._load()
+        snap = self._node.log.snapshot
+        if snap is not None and snap.index > 0:
+            await self._restore_app(snap)
+        if self._transport is None:
+            _LocalHub.members[self.node_id] = self
+        self._running = True
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._run(), name=f"raft:{self.node_id}"),
+                       loop.create_task(self._ticker(), name=f"raft-tick:{self.node_id}")]
+        if self._node.conf.voters == {self.node_id}:
+            await self._call(lambda n: n.campaign())
+            with contextlib.suppress(TimeoutError):
+                await self._wait_until(lambda: self.is_leader, 5.0)
+
+    async def stop(self) -> None:
+        if not self._running:
+            return
+        self._running = False
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._tasks = []
+        if _LocalHub.members.get(self.node_id) is self:
+            del _LocalHub.members[self.node_id]
+        self._fail_all()
+        if self._owns_transport and self._transport is not None:
+            await self._transport.stop()
+            self._transport = None
+        if self._store is not None:
+            await asyncio.to_thread(self._store.close)
+            self._store = None
+
+    def _fail_all(self) -> None:
+        for _, fut in self._waiters.values():
+            if not fut.done():
+                fut.set_result(False)
+        self._waiters.clear()
+        err = NotLeaderError(self.leader_id, self.leader_address())
+        for rfut in [*self._reads.values(), *(f for _, f in self._read_wait)]:
+            if not rfut.done():
+                rfut.set_exception(err)
+        self._reads.clear()
+        self._read_wait.clear()
+        while self._inbox:
+            item = self._inbox.popleft()
+            if isinstance(item, (_Proposal, _Admin)) and not item.fut.done():
+                if isinstance(item, _Proposal):
+                    item.fut.set_result(False)
+                else:
+                    item.fut.set_exception(RuntimeError("raft stopped"))
+        self._notify()
+
+    # -- public API ----------------------------------------------------------------------------
+
+    async def append_entry(self, command: Any, request_id: str | None = None,
+                           timeout: float = 30.0) -> bool:
+        """Replicate ``command``; True once a majority committed it and it was applied here.
+
+        False on a non-leader, or when the outcome is not known in ``timeout`` (then
+        retry with the same ``request_id`` to have it applied exactly once).
+        """
+        try:
+            data = msgpack.packb(command, use_bin_type=True)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"command is not serializable: {exc}") from None
+        if not self._running or self._node is None or not self._node.is_leader:
+            return False
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._inbox.append(_Proposal(data, request_id, fut))
+        self._wake.set()
+        try:
+            async with asyncio.timeout(timeout):
+                return await fut
+        except TimeoutError:
+            return False
+
+    async def read_index(self, timeout: float = 5.0) -> int:
+        """A linearizable read barrier: returns once this (leader) node has applied every
+        entry committed before the call; raises ``NotLeaderError`` elsewhere."""
+        async with asyncio.timeout(timeout):
+            fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+            def start(n: rnode.RaftNode) -> None:
+                self._reads[n.read_index()] = fut
+            await self._call(start)
+            return await fut
+
+    async def add_member(self, node_id: str, address: str, timeout: float = 60.0) -> None:
+        """Add ``node_id`` as a learner, wait until it caught up, promote it to voter."""
+        async with asyncio.timeout(timeout):
+            await self._change(rnode.ADD_LEARNER, node_id, address)
+
+            def caught_up() -> bool:
+                n = self._require_leader_node()
+                pr = n.progress.get(node_id)
+                return pr is not None and pr.match >= n.log.commit
+            await self._wait_until(caught_up, None)
+            await self._change(rnode.PROMOTE, node_id, None)
+
+    async def remove_member(self, node_id: str, timeout: float = 30.0) -> None:
+        async with asyncio.timeout(timeout):
+            await self._change(rnode.REMOVE, node_id, None)
+
+    async def transfer_leadership(self, target: str | None = None,
+                                  timeout: float = 10.0) -> str:
+        """Hand leadership to ``target`` (default: the most up-to-date voter); returns the
+        new leader's id once it has taken over."""
+        async with asyncio.timeout(timeout):
+            try:
+                chosen = await self._call(lambda n: n.transfer_leader(target))
+            except rnode.ConfigChangeError as exc:
+                raise MembershipError(exc.code, str(exc)) from None
+            await self._wait_until(lambda: self.leader_id not in (None, self.node_id), None)
+            assert self.leader_id is not None
+            if self.leader_id != chosen:
+                log.info("leadership went to %s instead of %s", self.leader_id, chosen)
+            return self.leader_id
+
+    async def _change(self, op: str, node_id: str, address: str | None) -> None:
+        def propose(n: rnode.RaftNode) -> tuple[int, int]:
+            return n.change_config(op, node_id, address), n.term
+        try:
+            idx, term = await self._call(propose)
+        except rnode.ConfigChangeError as exc:
+            raise MembershipError(exc.code, str(exc)) from None
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiters[idx] = (term, fut)
+        if not await fut:
+            raise NotLeaderError(self.leader_id, self.leader_address())
+
+    # -- views ---------------------------------------------------------------------------------
+
+    @property
+    def is_leader(self) -> bool:
+        return self._node is not None and self._node.is_leader
+
+    @property
+    def leader_id(self) -> str | None:
+        return self._node.leader_id if self._node is not None else None
+
+    def address_of(self, node_id: str) -> str | None:
+        if self._node is not None:
+            addr = self._node.conf.addresses.get(node_id)
+            if addr:
+                return addr
+        return self.peers.get(node_id)
+
+    def leader_address(self) -> str | None:
+        lid = self.leader_id
+        return self.address_of(lid) if lid is not None else None
+
+    def members(self) -> list[dict[str, Any]]:
+        n = self._node
+        if n is None:
+            return []
+        conf = n.conf
+        out = []
+        for mid in sorted(conf.members):
+            pr = n.progress.get(mid) if n.is_leader else None
+            match = n.log.persisted if mid == self.node_id else (pr.match if pr else None)
+            out.append({"id": mid, "address": self.address_of(mid),
+                        "voter": mid in conf.voters, "match_index": match})
+        return out
+
+    def role(self) -> str:
+        n = self._node
+        if n is None:
+            return "follower"
+        if n.role in (rnode.CANDIDATE, rnode.PRE_CANDIDATE):
+            return "candidate"
+        if n.role == rnode.FOLLOWER and not n.promotable():
+            return "learner"
+        return n.role
+
+    def get_stats(self) -> dict[str, Any]:
+        n = self._node
+        role = self.role()
+        base: dict[str, Any] = {
+            "node_id": self.node_id, "role": role, "state": role,
+            "current_term": n.term if n else 0, "voted_for": n.vote if n else None,
+            "leader_id": self.leader_id, "leader_address": self.leader_address(),
+            "log_size": (n.log.last_index - n.log.snapshot_index) if n else 0,
+            "last_log_index": n.log.last_index if n else 0,
+            "commit_index": n.log.commit if n else 0,
+            "last_applied": n.log.applied if n else 0,
+            "snapshot_index": n.log.snapshot_index if n else 0,
+            "cluster_size": len(n.conf.voters) if n else len(self.cluster_nodes),
+            "learners": sorted(n.conf.learners) if n else [],
+            "running": self._running,
+        }
+        base.update(self.stats)
+        return base
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(self._tick_s)
+            self._ticks += 1
+            self._wake.set()
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                self._drain()
+                node = self._require_node()
+                while node.has_ready():
+                    await self._cycle(node)
+                    self._drain()
+                self._after_cycles(node)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # a failed fsync or a broken invariant: stop serving
+            log.exception("raft %s stopped", self.node_id)
+            self._failed = exc
+            self._running = False
+            self._fail_all()
+
+    def _drain(self) -> None:
+        node = self._require_node()
+        for _ in range(self._ticks):
+            node.tick()
+        self._ticks = 0
+        props: list[_Proposal] = []
+        while self._inbox:
+            item = self._inbox.popleft()
+            if isinstance(item, _Proposal):
+                props.append(item)
+            elif isinstance(item, _Admin):
+                self._run_admin(node, item)
+            else:
+                self._step(node, *item)
+        if props:
+            self._propose(node, props)
+
+    def _step(self, node: rnode.RaftNode, kind: str, sender: str, body: dict[str, Any]) -> None:
+        try:
+            msg = rmsg.from_wire(kind, sender, self.node_id, body)
+        except ValueError as exc:
+            self.stats["messages_rejected"] += 1
+            log.warning("dropping malformed %s from %s: %s", kind, sender, exc)
+            return
+        node.step(msg)
+
+    def _run_admin(self, node: rnode.RaftNode, item: _Admin) -> None:
+        if item.fut.done():
+            return
+        try:
+            item.fut.set_result(item.fn(node))
+        except (rnode.NotLeader, rnode.ProposalDropped):
+            item.fut.set_exception(NotLeaderError(node.leader_id, self.leader_address()))
+        except Exception as exc:
+            item.fut.set_exception(exc)
+
+    def _propose(self, node: rnode.RaftNode, props: list[_Proposal]) -> None:
+        live = [p for p in props if not p.fut.done()]
+        try:
+            first = node.propose([p.data for p in live], [p.request_id for p in live])
+        except (rnode.NotLeader, rnode.ProposalDropped):
+            for p in live:
+                p.fut.set_result(False)
+            return
+        self.stats["proposals"] += len(live)
+        for k, p in enumerate(live):
+            self._waiters[first + k] = (node.term, p.fut)
+
+    async def _cycle(self, node: rnode.RaftNode) -> None:
+        rd = node.ready()
+        for msg in rd.early_messages:
+            self._send(msg)
+        if rd.must_persist and self._store is not None:
+            await self._store.commit(self._ops(rd))
+            self.stats["writes"] += 1
+        for msg in rd.messages:
+            self._send(msg)
+        if rd.snapshot_received and rd.snapshot is not None:
+            await self._restore_app(rd.snapshot)
+            self.stats["snapshots_installed"] += 1
+        await self._apply(rd)
+        node.advance(rd)
+        for rs in rd.read_states:
+            fut = self._reads.pop(rs.ctx, None)
+            if fut is not None:
+                self._read_wait.append((rs.index, fut))
+
+    def _after_cycles(self, node: rnode.RaftNode) -> None:
+        if self._read_wait:
+            still = []
+            for idx, fut in self._read_wait:
+                if fut.done():
+                    continue
+                if node.log.applied >= idx:
+                    fut.set_result(idx)
+                else:
+                    still.append((idx, fut))
+            self._read_wait = still
+        if self._reads and not node.is_leader:  # reads in progress died with our leadership
+            err = NotLeaderError(node.leader_id, self.leader_address())
+            for fut in self._reads.values():
+                if not fut.done():
+                    fut.set_exception(err)
+            self._reads.clear()
+        if (self._take is not None
+                and node.log.applied - node.log.snapshot_index >= self.snapshot_threshold
+                and node.compact(self._take()) is not None):
+            self.stats["snapshots_taken"] += 1
+            self._wake.set()
+        self._notify()
+
+    async def _apply(self, rd: rnode.Ready) -> None:
+        cb = self._apply_cb
+        for e in rd.committed:
+            if e.kind == rmsg.NORMAL and e.index not in rd.duplicates and cb is not None:
+                try:
+                    result = cb(msgpack.unpackb(e.data, raw=False))
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception:
+                    self.stats["apply_errors"] += 1
+                    log.exception("apply callback failed at index %d", e.index)
+            self.stats["applied"] += 1
+            w = self._waiters.pop(e.index, None)
+            if w is not None and not w[1].done():
+                w[1].set_result(w[0] == e.term)
+
+    # -- persistence ---------------------------------------------------------------------------
+
+    def _ops(self, rd: rnode.Ready) -> list[storage.Op]:
+        ops: list[storage.Op] = []
+        if rd.snapshot is not None:
+            s = rd.snapshot
+            ops.append(storage.Put(_NS, "snapshot", msgpack.packb(
+                [s.index, s.term, s.config.encode(), s.data], use_bin_type=True)))
+            ops.append(storage.DeleteRange(_NS_LOG, 0, s.index + 1))
+        if rd.truncate_after is not None:
+            ops.append(storage.DeleteRange(_NS_LOG, rd.truncate_after + 1, None))
+            self._disk_last = rd.truncate_after
+        if rd.entries:
+            first = rd.entries[0].index
+            if first <= self._disk_last:  # a leader overwrote our uncommitted suffix
+                ops.append(storage.DeleteRange(_NS_LOG, first, None))
+            pack = msgpack.packb
+            ops.extend(storage.Put(_NS_LOG, e.index, pack([e.term, e.kind, e.data, e.request_id],
+                                                          use_bin_type=True))
+                       for e in rd.entries)
+            self._disk_last = rd.entries[-1].index
+        if rd.hard_state is not None:
+            hs = rd.hard_state
+            ops.append(storage.Put(_NS, "hard_state", msgpack.packb([hs.term, hs.vote, hs.commit])))
+        return ops
+
+    def _load(self) -> rnode.RaftNode:
+        hs = rmsg.HardState()
+        snap: rmsg.Snapshot | None = None
+        entries: list[rmsg.Entry] = []
+        if self._store is not None:
+            raw = self._store.get(_NS, "hard_state")
+            if raw is not None:
+                term, vote, commit = msgpack.unpackb(raw, raw=False)
+                hs = rmsg.HardState(term, vote, commit)
+            raw = self._store.get(_NS, "snapshot")
+            if raw is not None:
+                idx, term, conf, data = msgpack.unpackb(raw, raw=False)
+                snap = rmsg.Snapshot(idx, term, rmsg.ClusterConfig.decode(conf), data)
+            base = snap.index if snap else 0
+            for k, v in self._store.scan(_NS_LOG, base + 1):
+                t, kind, data, rid = msgpack.unpackb(v, raw=False)
+                assert isinstance(k, int)
+                entries.append(rmsg.Entry(t, k, kind, data, rid))
+            self._disk_last = entries[-1].index if entries else base
+        fresh = snap is None and not entries and hs == rmsg.HardState()
+        bootstrap = None
+        if fresh and not self.join:
+            addrs = {nid: a for nid in self.cluster_nodes if (a := self.peers.get(nid))}
+            me = self._advertise or (self._transport.address if self._transport else None)
+            if me:
+                addrs[self.node_id] = me
+            bootstrap = rmsg.ClusterConfig(frozenset(self.cluster_nodes), frozenset(), addrs)
+        return rnode.RaftNode(self.node_id, self._config, random.Random(self._rng.random()),
+                              hard_state=hs, snapshot=snap, entries=entries, bootstrap=bootstrap)
+
+    async def _restore_app(self, snap: rmsg.Snapshot) -> None:
+        app, _ = rnode.unpack_snapshot(snap.data)
+        if self._restore is not None:
+            result = self._restore(app)
+            if inspect.isawaitable(result):
+                await result
+        elif snap.index > 0:
+            log.warning("snapshot %d installed but no restore callback is registered", snap.index)
+
+    # -- messaging -----------------------------------------------------------------------------
+
+    def _register_handlers(self) -> None:
+        if self._transport is None or self._handlers_registered:
+            return
+        for kind in rmsg.KINDS:
+            self._transport.on(kind, self._handler(kind))
+        self._handlers_registered = True
+
+    def _handler(self, kind: str) -> Callable[[str, dict[str, Any]], None]:
+        def handle(sender: str, body: dict[str, Any]) -> None:
+            self._receive(kind, sender, body)
+        return handle
+
+    def _receive(self, kind: str, sender: str, body: dict[str, Any]) -> None:
+        if not self._running:
+            return
+        self.stats["messages_received"] += 1
+        self._inbox.append((kind, sender, body))
+        self._wake.set()
+
+    def _send(self, msg: rmsg.Message) -> None:
+        self.stats["messages_sent"] += 1
+        if self._transport is None:
+            _LocalHub.send(msg)
+            return
+        addr = self.address_of(msg.to)
+        if addr is None:
+            log.debug("no address for %s; dropping %s", msg.to, type(msg).__name__)
+            return
+        kind, body = rmsg.to_wire(msg)
+        self._transport.send(addr, kind, body)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _require_node(self) -> rnode.RaftNode:
+        if self._node is None:
+            raise RuntimeError("RaftConsensus is not started")
+        return self._node
+
+    def _require_leader_node(self) -> rnode.RaftNode:
+        n = self._require_node()
+        if not n.is_leader:
+            raise NotLeaderError(n.leader_id, self.leader_address())
+        return n
+
+    async def _call(self, fn: Callable[[rnode.RaftNode], T]) -> T:
+        """Run ``fn(core)`` inside the loop, between Readies (never mid-cycle)."""
+        if not self._running:
+            raise RuntimeError("RaftConsensus is not running")
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._inbox.append(_Admin(fn, fut))
+        self._wake.set()
+        return await fut
+
+    def _notify(self) -> None:
+        for fut in self._watchers:
+            if not fut.done():
+                fut.set_result(None)
+        self._watchers = []
+
+    async def _wait_until(self, pred: Callable[[], bool], timeout: float | None) -> None:
+        """Re-check ``pred`` after every loop pass (ticks guarantee passes) until true."""
+        async with asyncio.timeout(timeout):
+            while not pred():
+                if not self._running:
+                    raise RuntimeError("raft stopped")
+                fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                self._watchers.append(fut)
+                await fut
