@@ -268,4 +268,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    asyncio.run(child_main(parse_args(sys.argv[1:])))
+    if os.environ.get("REPL_PROC_PROFILE"):  # a cProfile dump per node, for bench analysis
+        import cProfile
+
+        _args = parse_args(sys.argv[1:])
+        cProfile.run("asyncio.run(child_main(_args))",
+                     f"{os.environ['REPL_PROC_PROFILE']}.{_args.node_id}")
+    else:
+        asyncio.run(child_main(parse_args(sys.argv[1:])))

@@ -30,7 +30,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,7 @@ class MultiMasterReplicator:
         peers: Mapping[str, str] | None = None,
         peer_domain: str | None = None,
         anti_entropy_interval: float = 5.0,
+        push_interval: float = 0.02,
         tombstone_grace: float = 60.0,
         max_clock_offset: float = 60.0,
         push_batch: int = 256,
@@ -85,8 +86,8 @@ class MultiMasterReplicator:
         clock_fn: Callable[[], float] = time.time,
         seed: int | None = None,
     ) -> None:
-        if anti_entropy_interval <= 0 or push_batch < 1 or sync_batch < 1:
-            raise ValueError("anti_entropy_interval, push_batch and sync_batch must be positive")
+        if anti_entropy_interval <= 0 or push_interval < 0 or push_batch < 1 or sync_batch < 1:
+            raise ValueError("intervals and batch sizes must be positive")
         self.node_id = node_id
         self.resolver = resolver or _default_resolver()
         self._replica = replica.Replica(node_id, self.resolver, max_clock_offset=max_clock_offset,
@@ -94,6 +95,7 @@ class MultiMasterReplicator:
         self._now = clock_fn
         self._rng = random.Random(seed)
         self.anti_entropy_interval = anti_entropy_interval
+        self.push_interval = push_interval
         self.push_batch = push_batch
         self.sync_batch = sync_batch
         self._callbacks: list[ChangeCallback] = []
@@ -161,6 +163,8 @@ class MultiMasterReplicator:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         self._tasks = []
+        if self._bg:  # persists of pushed states and async callbacks still running
+            await asyncio.wait(list(self._bg), timeout=10.0)
         for t in list(self._bg):
             t.cancel()
         if self.transport is not None and self._owns_transport:
@@ -215,7 +219,11 @@ class MultiMasterReplicator:
         return dict(self._peers)
 
     def register_change_callback(self, callback: ChangeCallback) -> None:
-        """``callback(key, value_or_None)`` after every change a read would see."""
+        """``callback(key, value_or_None)`` after every change a read would see.
+
+        The value is the replica's own object (no copy, this runs on every change):
+        callbacks must not mutate it.
+        """
         self._callbacks.append(callback)
 
     # -- the spec's API ----------------------------------------------------------------------
@@ -223,11 +231,13 @@ class MultiMasterReplicator:
     async def write(self, key: str, value: Any) -> values.ReplicatedValue:
         """Write locally; returns once the write is durable."""
         try:
-            rv, state = self._replica.write(key, value, self._now())
+            rv, _ = self._replica.write(key, value, self._now())
         except values.EncodingError as exc:
             raise ReplicationError(str(exc)) from None
-        await self._persist({key: state})
+        # Peers may learn of the write before it is durable here: harmless (they merge a
+        # value we might lose in a crash) and it takes our fsync off the replication path.
         self._queue_push(key)
+        await self._persist([key])
         self._notify(key)
         return rv
 
@@ -236,8 +246,8 @@ class MultiMasterReplicator:
         out = self._replica.delete(key, self._now())
         if out is None:
             return False
-        await self._persist({key: out[1]})
         self._queue_push(key)
+        await self._persist([key])
         self._notify(key)
         return True
 
@@ -327,7 +337,13 @@ class MultiMasterReplicator:
 
     # -- applying changes ----------------------------------------------------------------------
 
-    async def _merge(self, states: Mapping[str, replica.KeyState], sender: str | None) -> int:
+    async def _merge(self, states: Mapping[str, replica.KeyState], sender: str | None,
+                     *, durable: bool = True) -> int:
+        """Join remote states; with ``durable`` return only once they are on disk.
+
+        Pushes do not wait (``durable=False``): the writer already holds the value
+        durably, and what a crash here loses, anti-entropy brings back.
+        """
         now = self._now()
         changed: dict[str, replica.KeyState] = {}
         for key, st in states.items():
@@ -335,16 +351,26 @@ class MultiMasterReplicator:
             if result.changed:
                 changed[key] = result.state
         if changed:
-            await self._persist(changed)
             for key in changed:
                 self._notify(key)
+            if durable:
+                await self._persist(changed)
+            else:
+                self._spawn(self._persist(changed))
         return len(changed)
 
-    async def _persist(self, states: Mapping[str, replica.KeyState]) -> None:
+    async def _persist(self, keys: Iterable[str]) -> None:
+        """Write the *current* states of ``keys``.
+
+        Reading the states and queueing the commit happen in one step of the
+        event loop, so the store's FIFO order is the order the states were read
+        in: a later commit never carries an older state of a key.
+        """
         if self._store is None:
             return
-        ops: list[storage.Op] = [storage.Put(KEYS_NS, k, _pack(s.to_wire()))
-                                 for k, s in states.items()]
+        states = self._replica.states
+        ops: list[storage.Op] = [storage.Put(KEYS_NS, k, _pack(states[k].to_wire()))
+                                 for k in keys if k in states]
         ops.append(storage.Put(META_NS, "seq", _pack(self._replica.seq)))
         await self._store.commit(ops)
 
@@ -354,7 +380,7 @@ class MultiMasterReplicator:
         value = self._replica.read(key)
         for cb in self._callbacks:
             try:
-                out = cb(key, copy.deepcopy(value))
+                out = cb(key, value)
                 if inspect.isawaitable(out):
                     self._spawn(out)
             except Exception:
@@ -362,7 +388,10 @@ class MultiMasterReplicator:
 
     def _spawn(self, aw: Awaitable[Any]) -> None:
         async def run() -> None:
-            await aw
+            try:
+                await aw
+            except Exception:
+                log.exception("replication background task failed")
 
         try:
             task = asyncio.get_running_loop().create_task(run())
@@ -384,8 +413,16 @@ class MultiMasterReplicator:
 
     async def _push_loop(self) -> None:
         assert self._push_event is not None and self.transport is not None
+        loop = asyncio.get_running_loop()
+        last = -self.push_interval
         while True:
             await self._push_event.wait()
+            # At most one batch per push_interval: an idle node pushes at once, a busy
+            # one coalesces its writes into fewer, larger frames.
+            wait = last + self.push_interval - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            last = loop.time()
             self._push_event.clear()
             keys = list(self._pending)
             self._pending.clear()
@@ -396,12 +433,11 @@ class MultiMasterReplicator:
                 for address in self._peers.values():
                     self.transport.send(address, "repl.push", body)
                 self.stats["pushes_sent"] += 1
-            await asyncio.sleep(0)  # let writers queue more before the next batch
 
     async def _on_push(self, sender: str, body: dict[str, Any]) -> None:
         self.stats["push_messages_received"] += 1
         parsed = self._parse_states(body.get("states"), sender)
-        await self._merge(parsed, sender)
+        await self._merge(parsed, sender, durable=False)
 
     def _parse_states(self, raw: Any, sender: str) -> dict[str, replica.KeyState]:
         """Valid entries of a ``[[key, state], ...]`` list; corrupt ones are counted and dropped."""

@@ -56,8 +56,12 @@ class KeyState:
 
     def __post_init__(self) -> None:
         if not self.digest:
-            enc = values.encode((self.context.to_dict(), [s.checksum for s in self.siblings]))
-            object.__setattr__(self, "digest", hashlib.sha256(enc).digest())
+            h = hashlib.sha256()
+            for node, n in self.context.to_dict().items():
+                h.update(b"%d:%s%d;" % (len(node), node.encode("utf-8"), n))
+            for s in self.siblings:
+                h.update(b"|" + s.checksum.encode("ascii"))
+            object.__setattr__(self, "digest", h.digest())
 
     @classmethod
     def of(cls, context: clock.VectorClock, siblings: Iterable[values.ReplicatedValue]) -> KeyState:
@@ -93,6 +97,9 @@ class KeyState:
 
 def normalize(sibs: Iterable[values.ReplicatedValue]) -> list[values.ReplicatedValue]:
     """Drop siblings another sibling supersedes; one value per dot (highest checksum)."""
+    sibs = list(sibs)
+    if len(sibs) == 1:
+        return sibs
     by_dot: dict[Dot, values.ReplicatedValue] = {}
     for s in sibs:
         cur = by_dot.get(s.dot)

