@@ -1,9 +1,10 @@
 """The operator's mTLS client for the node API (GET /v1/status, members, leadership).
 
 It presents the operator's client certificate (``urn:continuum:role:client:operator``)
-and checks that the server's certificate speaks for the pod it meant to reach
-(``tls.authorizes`` with the cluster's peer domain), so a pod IP reused by
-another pod can never be mistaken for a member. Key material arrives as bytes
+and checks that the server's certificate speaks for the pod it meant to reach: it dials
+the pod IP but verifies the certificate as ``<pod>.<peer domain>`` (standard hostname
+verification, which the node certificate's wildcard satisfies), so a pod IP reused by
+another pod, or a client certificate, can never pass for a member. Key material arrives as bytes
 from a Secret; it touches disk only for the instant ``ssl`` needs a file, in a
 private temporary directory that is removed at once.
 """
@@ -63,7 +64,9 @@ def _context(material: Material) -> ssl.SSLContext:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
-        return tls.client_context(tls.TLSFiles.from_dir(d))
+        ctx = tls.client_context(tls.TLSFiles.from_dir(d))
+    ctx.check_hostname = True  # against server_hostname=<pod>.<peer domain>, per request
+    return ctx
 
 
 class NodeClient:
@@ -96,10 +99,12 @@ class NodeClient:
                                       sock_connect=min(timeout or self.timeout, 3.0))
         try:
             async with self._sess().request(method, f"https://{address}{path}", data=data,
-                                            headers=headers, timeout=limit) as resp:
-                self._check_identity(resp, node)
+                                            headers=headers, timeout=limit,
+                                            server_hostname=self._hostname(node)) as resp:
                 raw = await resp.read()
                 status = resp.status
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise NodeError(node, 0, "wrong_identity", f"certificate rejected: {exc}") from None
         except (TimeoutError, aiohttp.ClientError, ssl.SSLError, OSError) as exc:
             raise NodeError(node, 0, "unreachable", f"{type(exc).__name__}: {exc}") from None
         try:
@@ -115,13 +120,8 @@ class NodeClient:
                             str(payload.get("message", "")))
         return payload
 
-    def _check_identity(self, resp: aiohttp.ClientResponse, node: str) -> None:
-        conn = resp.connection
-        ssl_obj = conn.transport.get_extra_info("ssl_object") if conn and conn.transport else None
-        ids = tls.identities_from_peercert(ssl_obj.getpeercert()) if ssl_obj else frozenset()
-        if not (tls.is_node(ids) and tls.authorizes(ids, node, self.peer_domain)):
-            raise NodeError(node, 0, "wrong_identity",
-                            "the server's certificate does not speak for this node")
+    def _hostname(self, node: str) -> str:
+        return f"{node}.{self.peer_domain}" if self.peer_domain else node
 
     async def status(self, address: str, node: str) -> dict[str, Any]:
         return await self.call(address, node, "GET", "/v1/status")

@@ -263,6 +263,7 @@ class Reconciler:
                 return await client.status(address, pod)
             except node_client.NodeError as exc:
                 metrics.NODE_ERRORS.labels(exc.code).inc()
+                log.info("%s/%s: status of %s failed: %s", c.namespace, c.name, pod, exc)
                 return None
 
         results = await asyncio.gather(*(one(p, a) for p, a in targets))

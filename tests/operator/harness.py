@@ -1,0 +1,457 @@
+"""Test harness for the real operator under kopf against kmock's Kubernetes emulator.
+
+- ``FakeFederation``: the node API of the node contract over real mutual TLS, one aiohttp
+  server per pod on 127.0.5.<ordinal+1>, with a small model of Raft membership (bootstrap,
+  learner -> voter, removal, leadership transfer, elections needing a majority). Every
+  membership call is logged so tests can check the order of steps.
+- ``MockStatefulSetController``: what kube-controller-manager and the kubelet would do: creates
+  and deletes pods (and PVCs) for each StatefulSet, labels them with the template's revision,
+  starts the fake node when its pod starts, and flips the pod's Ready condition from the
+  node's /readyz rule (a member of a cluster with a leader).
+- ``run_operator``: ``kopf.operator`` in-process with our handlers and test settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import itertools
+import json
+import socket
+import time
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import kmock
+import kopf
+from aiohttp import web
+
+import continuum_operator  # noqa: F401  (registers the handlers)
+from continuum.federation.distributed.transport import tls
+from continuum_operator import manifests
+from continuum_operator import spec as api
+from continuum_operator.settings import OperatorSettings
+
+NS = "prod"
+POD: web.AppKey[str] = web.AppKey("pod", str)
+IP_PREFIX = "127.0.5."
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((IP_PREFIX + "1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def wait_until(predicate: Callable[[], Any], timeout: float = 60.0,
+                     what: str = "condition") -> Any:
+    """Poll ``predicate`` (sync or async) until it is truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if isinstance(result, Awaitable):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+# ---- Kubernetes client for the tests and the mock controller ---------------------------------
+
+class Api:
+    def __init__(self, base: str) -> None:
+        self.base = base.rstrip("/")
+        self.session = aiohttp.ClientSession()
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    async def call(self, method: str, path: str, body: Any = None) -> Any:
+        headers = {"Content-Type": "application/merge-patch+json" if method == "PATCH"
+                   else "application/json"}
+        async with self.session.request(method, self.base + path, headers=headers,
+                                        data=None if body is None else json.dumps(body)) as r:
+            raw = await r.read()
+            if r.status == 404:
+                return None
+            if r.status >= 400:
+                raise AssertionError(f"{method} {path}: {r.status} {raw[:300]!r}")
+            return json.loads(raw) if raw else None
+
+    async def items(self, path: str) -> list[dict[str, Any]]:
+        result = await self.call("GET", path)
+        return list((result or {}).get("items") or [])
+
+    async def get(self, path: str) -> dict[str, Any] | None:
+        result: dict[str, Any] | None = await self.call("GET", path)
+        return result
+
+    # FederationCluster helpers
+    def cr_path(self, name: str, sub: str = "") -> str:
+        return f"/apis/{api.API_VERSION}/namespaces/{NS}/{api.PLURAL}/{name}" + (
+            f"/{sub}" if sub else "")
+
+    async def create_cluster(self, name: str, spec: dict[str, Any],
+                             annotations: dict[str, str] | None = None) -> None:
+        body = {"apiVersion": api.API_VERSION, "kind": api.KIND,
+                # kmock assigns no resourceVersion, but kopf's JSON patches test for one.
+                "metadata": {"name": name, "namespace": NS, "uid": f"uid-{name}",
+                             "resourceVersion": "1", "generation": 1,
+                             "annotations": annotations or {}},
+                "spec": spec}
+        await self.call("POST", f"/apis/{api.API_VERSION}/namespaces/{NS}/{api.PLURAL}", body)
+
+    async def cr(self, name: str) -> dict[str, Any]:
+        obj = await self.get(self.cr_path(name))
+        assert obj is not None
+        return obj
+
+    async def cr_status(self, name: str) -> dict[str, Any]:
+        return dict((await self.cr(name)).get("status") or {})
+
+    async def condition(self, name: str, type_: str) -> dict[str, Any]:
+        st = await self.cr_status(name)
+        return next((c for c in st.get("conditions") or [] if c["type"] == type_), {})
+
+    async def events(self, reason: str | None = None) -> list[dict[str, Any]]:
+        items = await self.items(f"/api/v1/namespaces/{NS}/events")
+        return [e for e in items if reason is None or e.get("reason") == reason]
+
+
+# ---- the fake federation (node API over mTLS) -------------------------------------------------
+
+class FakeFederation:
+    """The node API of one cluster's pods, over real mutual TLS."""
+
+    def __init__(self, name: str, port: int, root: Path) -> None:
+        self.name = name
+        self.port = port
+        self.root = root
+        self.members: dict[str, dict[str, Any]] = {}
+        self.leader: str | None = None
+        self.term = 0
+        self.commit = 0
+        self.runners: dict[str, web.AppRunner] = {}
+        self.log: list[tuple[str, str]] = []
+        self.after_remove: Callable[[str], None] | None = None
+        self.peer_domain = f"{name}-peers.{NS}.svc.cluster.local"
+
+    def ip(self, pod: str) -> str:
+        ordinal = manifests.ordinal(self.name, pod)
+        assert ordinal is not None
+        return f"{IP_PREFIX}{ordinal + 1}"
+
+    def alive(self, pod: str) -> bool:
+        return pod in self.runners
+
+    def voters(self) -> list[str]:
+        return [m for m, v in self.members.items() if v["voter"]]
+
+    def ready(self, pod: str) -> bool:
+        self._elect()
+        return self.alive(pod) and pod in self.members and self.leader is not None
+
+    def _elect(self) -> None:
+        if self.leader is not None and self.alive(self.leader) and self.leader in self.members:
+            return
+        voters = self.voters()
+        up = sorted((v for v in voters if self.alive(v)),
+                    key=lambda p: manifests.ordinal(self.name, p) or 0)
+        if voters and len(up) >= manifests.quorum(len(voters)):
+            self.leader = up[0]
+            self.term += 1
+        else:
+            self.leader = None
+
+    async def start_node(self, pod: str, secret: dict[str, bytes]) -> None:
+        if pod in self.runners:
+            return
+        d = self.root / pod
+        d.mkdir(parents=True, exist_ok=True)
+        for key in ("tls.crt", "tls.key", "ca.crt"):
+            (d / key).write_bytes(secret[key])
+        ctx = tls.server_context(tls.TLSFiles.from_dir(d))
+        app = web.Application()
+        app[POD] = pod
+        app.router.add_get("/v1/status", self._status)
+        app.router.add_post("/v1/members", self._add)
+        app.router.add_delete("/v1/members/{id}", self._remove)
+        app.router.add_post("/v1/leader/transfer", self._transfer)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, self.ip(pod), self.port, ssl_context=ctx).start()
+        self.runners[pod] = runner
+        if not self.members:  # ordinal 0 of a fresh cluster bootstraps
+            self.members[pod] = {"voter": True, "address": self._address(pod)}
+            self.log.append(("bootstrap", pod))
+        self._elect()
+
+    async def stop_node(self, pod: str) -> None:
+        runner = self.runners.pop(pod, None)
+        if runner is not None:
+            await runner.cleanup()
+        self._elect()
+
+    async def stop(self) -> None:
+        for pod in list(self.runners):
+            await self.stop_node(pod)
+
+    def _address(self, pod: str) -> str:
+        return f"{pod}.{self.peer_domain}:7000"
+
+    @staticmethod
+    def _caller_is_operator(request: web.Request) -> bool:
+        transport = request.transport
+        ids = tls.identities_from_peercert(
+            transport.get_extra_info("peercert") if transport else None)
+        return "urn:continuum:role:client:operator" in ids
+
+    def _guard(self, request: web.Request, leader_only: bool) -> web.Response | None:
+        if not self._caller_is_operator(request):
+            return web.json_response({"error": "forbidden", "message": "not a client"},
+                                     status=403)
+        self._elect()
+        if leader_only and request.app[POD] != self.leader:
+            return web.json_response({"error": "not_leader", "leader_id": self.leader,
+                                      "leader_address": self.leader and self._address(
+                                          self.leader)}, status=421)
+        return None
+
+    async def _status(self, request: web.Request) -> web.Response:
+        if (denied := self._guard(request, leader_only=False)) is not None:
+            return denied
+        pod = request.app[POD]
+        role = ("leader" if pod == self.leader else
+                "follower" if self.members.get(pod, {}).get("voter") else "learner")
+        return web.json_response({
+            "node_id": pod, "cluster": self.name, "role": role, "term": self.term,
+            "leader_id": self.leader,
+            "leader_address": self.leader and self._address(self.leader),
+            "commit_index": self.commit, "last_applied": self.commit,
+            "ready": self.ready(pod), "version": "0.1.0",
+            "members": [{"id": m, "address": v["address"], "voter": v["voter"],
+                         "healthy": self.alive(m), "match_index": self.commit}
+                        for m, v in self.members.items()],
+            "certificate_not_after": "2027-01-01T00:00:00Z",
+        })
+
+    async def _add(self, request: web.Request) -> web.Response:
+        if (denied := self._guard(request, leader_only=True)) is not None:
+            return denied
+        body = await request.json()
+        member = body["id"]
+        if self.members.get(member, {}).get("voter"):
+            return web.json_response({"id": member, "voter": True})
+        if member not in self.members:
+            self.members[member] = {"voter": False, "address": body["address"]}
+            self.log.append(("add_learner", member))
+            self.commit += 1
+        if not self.alive(member):
+            return web.json_response({"error": "not_caught_up",
+                                      "message": "the learner is not reachable"}, status=503)
+        self.members[member]["voter"] = True
+        self.log.append(("promote", member))
+        self.commit += 1
+        return web.json_response({"id": member, "voter": True})
+
+    async def _remove(self, request: web.Request) -> web.Response:
+        if (denied := self._guard(request, leader_only=True)) is not None:
+            return denied
+        member = request.match_info["id"]
+        if member not in self.members:
+            return web.json_response({"error": "not_found", "message": "not a member"},
+                                     status=404)
+        del self.members[member]
+        self.log.append(("remove", member))
+        self.commit += 1
+        if self.after_remove is not None:
+            self.after_remove(member)
+        return web.json_response({"id": member, "removed": True})
+
+    async def _transfer(self, request: web.Request) -> web.Response:
+        if (denied := self._guard(request, leader_only=True)) is not None:
+            return denied
+        body = await request.json()
+        to = body.get("to") or next(
+            (v for v in self.voters() if v != self.leader and self.alive(v)), None)
+        if to is None or not self.alive(to) or not self.members.get(to, {}).get("voter"):
+            return web.json_response({"error": "no_target", "message": str(to)}, status=409)
+        self.log.append(("transfer", f"{self.leader}->{to}"))
+        self.leader = to
+        self.term += 1
+        return web.json_response({"leader_id": to})
+
+
+# ---- the mock StatefulSet -> Pod controller ---------------------------------------------------
+
+def _revision(template: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
+
+
+class MockStatefulSetController:
+    def __init__(self, api_: Api, fed: FakeFederation) -> None:
+        self.api = api_
+        self.fed = fed
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _loop(self) -> None:
+        while True:
+            await self.step()
+            await asyncio.sleep(0.03)
+
+    async def step(self) -> None:
+        stss = {s["metadata"]["name"]: s
+                for s in await self.api.items(f"/apis/apps/v1/namespaces/{NS}/statefulsets")}
+        pods = {p["metadata"]["name"]: p
+                for p in await self.api.items(f"/api/v1/namespaces/{NS}/pods")}
+        sts = stss.get(self.fed.name)
+        # Nodes whose pod is gone stop (the kubelet killed the container).
+        for pod in list(self.fed.runners):
+            if pod not in pods:
+                await self.fed.stop_node(pod)
+        if sts is None:
+            for pod in pods:
+                if manifests.ordinal(self.fed.name, pod) is not None:
+                    await self.api.call("DELETE", f"/api/v1/namespaces/{NS}/pods/{pod}")
+            return
+        await self._sync(sts, pods)
+
+    async def _sync(self, sts: dict[str, Any], pods: dict[str, dict[str, Any]]) -> None:
+        name = self.fed.name
+        replicas = int(sts["spec"].get("replicas") or 0)
+        template = sts["spec"]["template"]
+        rev = _revision(template)
+        for pod, obj in pods.items():
+            ordinal = manifests.ordinal(name, pod)
+            if ordinal is not None and ordinal >= replicas:
+                await self.api.call("DELETE", f"/api/v1/namespaces/{NS}/pods/{pod}")
+                await self.fed.stop_node(pod)
+        secret_name = next(v["secret"]["secretName"] for v in template["spec"]["volumes"]
+                           if v["name"] == "tls")
+        secret = await self.api.get(f"/api/v1/namespaces/{NS}/secrets/{secret_name}")
+        for ordinal in range(replicas):
+            pod = f"{name}-{ordinal}"
+            if pod in pods or not secret or not secret.get("data"):
+                continue
+            await self._create_pod(sts, pod, rev)
+            data = {k: base64.b64decode(v) for k, v in secret["data"].items()}
+            await self.fed.start_node(pod, data)
+        ready = 0
+        for pod in (await self.api.items(f"/api/v1/namespaces/{NS}/pods")):
+            pname = pod["metadata"]["name"]
+            ordinal = manifests.ordinal(name, pname)
+            if ordinal is None or ordinal >= replicas:
+                continue
+            is_ready = self.fed.ready(pname)
+            ready += is_ready
+            want = "True" if is_ready else "False"
+            have = next((c["status"] for c in pod.get("status", {}).get("conditions", [])
+                         if c["type"] == "Ready"), None)
+            if have != want:
+                await self.api.call("PATCH", f"/api/v1/namespaces/{NS}/pods/{pname}/status",
+                                    {"status": {"conditions": [{"type": "Ready",
+                                                                "status": want}]}})
+        status = {"replicas": replicas, "readyReplicas": ready, "updateRevision": rev,
+                  "currentRevision": rev}
+        if any(sts.get("status", {}).get(k) != v for k, v in status.items()):
+            await self.api.call("PATCH", f"/apis/apps/v1/namespaces/{NS}/statefulsets/"
+                                f"{name}/status", {"status": status})
+
+    async def _create_pod(self, sts: dict[str, Any], pod: str, rev: str) -> None:
+        template = sts["spec"]["template"]
+        labels = {**template["metadata"]["labels"], "controller-revision-hash": rev,
+                  "statefulset.kubernetes.io/pod-name": pod}
+        claim = sts["spec"]["volumeClaimTemplates"][0]
+        pvc = f"{claim['metadata']['name']}-{pod}"
+        if await self.api.get(f"/api/v1/namespaces/{NS}/persistentvolumeclaims/{pvc}") is None:
+            await self.api.call("POST", f"/api/v1/namespaces/{NS}/persistentvolumeclaims", {
+                "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": {"name": pvc, "namespace": NS,
+                             "labels": claim["metadata"].get("labels", {})},
+                "spec": claim["spec"]})
+        await self.api.call("POST", f"/api/v1/namespaces/{NS}/pods", {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": pod, "namespace": NS, "labels": labels},
+            "spec": template["spec"],
+            "status": {"phase": "Running", "podIP": self.fed.ip(pod),
+                       "conditions": [{"type": "Ready", "status": "False"}]},
+        })
+
+
+# ---- kmock setup and the operator -------------------------------------------------------------
+
+class Emulator(kmock.KubernetesEmulator):
+    """kmock's emulator plus ``metadata.generateName`` (kopf posts Events with it)."""
+
+    _generated = itertools.count(1)
+
+    async def _handle(self, request: Any) -> Any:
+        if request.action == kmock.action.CREATE and isinstance(request.data, dict):
+            meta = request.data.setdefault("metadata", {})
+            if not meta.get("name") and meta.get("generateName"):
+                meta["name"] = f"{meta['generateName']}{next(self._generated):06d}"
+        return await super()._handle(request)
+
+
+def declare_resources(kmock: Any) -> None:
+    with warnings.catch_warnings():  # kmock reads its bundle with a deprecated importlib API
+        warnings.simplefilter("ignore", DeprecationWarning)
+        kmock.resources.load_bundled()
+    kmock.resources[f"{api.GROUP}/{api.VERSION}/{api.PLURAL}"] = {
+        "kind": api.KIND, "singular": api.SINGULAR, "namespaced": True,
+        "shortnames": list(api.SHORT_NAMES), "subresources": {"status", "scale"},
+        "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]}
+    kmock.resources["cert-manager.io/v1/certificates"] = {
+        "kind": "Certificate", "singular": "certificate", "namespaced": True,
+        "subresources": {"status"},
+        "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]}
+    kmock.resources["cert-manager.io/v1/issuers"] = {
+        "kind": "Issuer", "singular": "issuer", "namespaced": True,
+        "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]}
+
+
+def operator_settings(server: str, node_port: int, **kw: Any) -> OperatorSettings:
+    values: dict[str, Any] = {"api_server": server, "interval": 0.3, "busy_interval": 0.05,
+                              "node_port": node_port, "node_timeout": 2.0,
+                              "membership_timeout": 5.0, "metrics_port": 0, **kw}
+    return OperatorSettings(**values)
+
+
+@contextlib.asynccontextmanager
+async def run_operator(settings: OperatorSettings) -> AsyncIterator[asyncio.Task[None]]:
+    """Run the real operator (our handlers, kopf's engine) until the block exits."""
+    stop = asyncio.Event()
+    ready = asyncio.Event()
+    task = asyncio.create_task(kopf.operator(
+        registry=kopf.get_default_registry(), clusterwide=True, standalone=True,
+        stop_flag=stop, ready_flag=ready, memo=kopf.Memo(settings=settings)))
+    try:
+        await asyncio.wait_for(ready.wait(), timeout=30)
+        yield task
+    finally:
+        stop.set()
+        if not task.done():
+            try:
+                await asyncio.wait_for(task, timeout=30)
+            except (TimeoutError, asyncio.CancelledError):
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+
