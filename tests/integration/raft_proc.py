@@ -34,7 +34,7 @@ ROOT = HERE.parent.parent
 # -- child -------------------------------------------------------------------------------------
 
 
-async def child_main(args: argparse.Namespace) -> None:  # noqa: C901 - a command table
+async def child_main(args: argparse.Namespace) -> None:
     import msgpack
 
     from continuum.federation.distributed import consensus
@@ -96,7 +96,10 @@ async def child_main(args: argparse.Namespace) -> None:  # noqa: C901 - a comman
         await asyncio.gather(*(worker(w) for w in range(concurrency)))
         elapsed = time.perf_counter() - t0
         lat.sort()
-        pct = (lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000 if lat else None)
+
+        def pct(q: float) -> float | None:
+            return lat[min(len(lat) - 1, int(q * len(lat)))] * 1000 if lat else None
+
         return {"count": len(lat), "failed": fails, "elapsed": elapsed,
                 "rate": len(lat) / elapsed, "p50_ms": pct(0.5), "p99_ms": pct(0.99)}
 

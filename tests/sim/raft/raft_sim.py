@@ -21,11 +21,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import msgpack
+from raft_linearizability import Op
 
 from continuum.federation.distributed.core.raft import config as rconfig
 from continuum.federation.distributed.core.raft import messages as m
 from continuum.federation.distributed.core.raft import node as rnode
-from raft_linearizability import Op
 
 
 class SafetyViolation(AssertionError):

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "sim" / "raft"))
-
-from raft_linearizability import Op, check  # noqa: E402
+from sim.raft.raft_linearizability import Op, check
 
 
 def test_sequential_history_is_linearizable() -> None:
