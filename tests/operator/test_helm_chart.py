@@ -28,6 +28,7 @@ import yaml
 
 from continuum_operator import manifests
 from continuum_operator import spec as fc_spec
+from continuum_operator.settings import OperatorSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "continuum-federation"
@@ -49,6 +50,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "image": {"digest": "sha256:" + "ab" * 32},
         "imagePullSecrets": [{"name": "regcred"}],
         "operator": {"logLevel": "debug", "extraArgs": ["--log-refkey=cr"],
+                     "settings": {"interval": 2.5, "membershipTimeout": 300,
+                                  "watchServerTimeout": 120},
                      "extraEnv": [{"name": "EXTRA", "value": "1"}]},
         "serviceAccount": {"name": "fed-operator", "annotations": {"a": "b"}},
         "podAnnotations": {"example.com/note": "hello"}, "podLabels": {"team": "data"},
@@ -310,6 +313,29 @@ def test_image_digest_and_extra_settings_reach_the_pod() -> None:
     assert pod["imagePullSecrets"] == [{"name": "regcred"}]
     assert pod["tolerations"][0]["key"] == "k"
     assert dep["spec"]["template"]["metadata"]["labels"]["team"] == "data"
+
+
+def test_operator_settings_reach_the_operator_as_its_own_environment(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    container = one(render("everything"), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    ours = {e["name"]: e["value"] for e in container["env"]
+            if e["name"].startswith("CONTINUUM_OPERATOR_")}
+    for name, value in ours.items():
+        monkeypatch.setenv(name, value)
+    fields = {f"CONTINUUM_OPERATOR_{f.upper()}" for f in OperatorSettings.model_fields}
+    assert set(ours) <= fields, f"env the operator does not read: {set(ours) - fields}"
+    settings = OperatorSettings()
+    assert (settings.interval, settings.membership_timeout) == (2.5, 300)
+    assert (settings.watch_server_timeout, settings.metrics_port) == (120, 9090)
+
+
+def test_values_schema_offers_every_operator_setting() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    offered = set(schema["properties"]["operator"]["properties"]["settings"]["properties"])
+    # api_server is for tests (in-cluster config is the default); metrics_port has its own value.
+    expected = {re.sub(r"_(\w)", lambda m: m.group(1).upper(), f)
+                for f in OperatorSettings.model_fields} - {"apiServer", "metricsPort"}
+    assert offered == expected
 
 
 # ---- CRDs: the chart's copy, and how upgrades update it ---------------------------------

@@ -1,7 +1,8 @@
 {{/*
-The operator's command line. `kopf run -m continuum_operator` is the documented entry
-point; --standalone because the chart runs exactly one replica (no KopfPeering objects,
-so no peering RBAC); --liveness serves kopf's /healthz for the liveness probe.
+The operator's command line: `kopf run -m continuum_operator --standalone`, which is what
+the image's `continuum-operator` entrypoint runs, plus kopf's log-level flags. Standalone
+because the chart runs exactly one replica (no KopfPeering objects, so no peering RBAC);
+--liveness serves kopf's /healthz for the liveness probe.
 */}}
 {{- define "cf.operatorCommand" -}}
 {{- if eq (int .Values.operator.healthPort) (int .Values.operator.metricsPort) -}}
@@ -31,12 +32,12 @@ command:
   {{- end }}
 {{- end -}}
 
-{{/* Settings the operator reads from its environment. */}}
+{{/* Settings the operator reads (continuum_operator/settings.py, prefix CONTINUUM_OPERATOR_). */}}
 {{- define "cf.operatorEnv" -}}
-- name: CONTINUUM_OPERATOR_NODE_IMAGE
-  value: {{ include "cf.nodeImage" . | quote }}
 - name: CONTINUUM_OPERATOR_METRICS_PORT
   value: {{ .Values.operator.metricsPort | quote }}
-- name: CONTINUUM_OPERATOR_WATCH_NAMESPACE
-  value: {{ .Values.watchNamespace | quote }}
+{{- range $key, $value := .Values.operator.settings }}
+- name: CONTINUUM_OPERATOR_{{ snakecase $key | upper }}
+  value: {{ $value | toString | quote }}
+{{- end }}
 {{- end -}}
