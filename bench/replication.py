@@ -187,13 +187,17 @@ def tree_only(n_keys: int, n_diff: int) -> None:
     pack = replication._pack
     sent = 0
     level, nodes = 1, list(range(a.fanout))
-    while level < a.depth:
+    while True:
         reply = b.hashes(level, nodes)
         sent += len(pack({"level": level, "nodes": nodes})) + len(pack({"hashes": reply}))
-        nodes = a.children(level, merkle.differing(nodes, a.hashes(level, nodes), reply))
-        level += 1
+        diff = merkle.differing(nodes, a.hashes(level, nodes), reply)
+        if level == a.depth:
+            break
+        nodes, level = a.children(level, diff), level + 1
+    nodes = diff
     entries = b.entries(nodes)
-    sent += len(pack({"level": level, "nodes": nodes})) + len(pack({"entries": entries}))
+    sent += len(pack({"level": level, "nodes": nodes, "entries": True}))
+    sent += len(pack({"entries": entries}))
     keys: set[str] = set()
     for mine, theirs in zip(a.entries(nodes), entries, strict=True):
         keys |= merkle.differing_keys(mine, theirs)

@@ -214,3 +214,36 @@ async def test_wrong_peer_identity_fails_the_round(
 
 def test_clock_and_strategy_types_exported() -> None:
     assert clock.VectorClock({"a": 1}).compare(clock.VectorClock({"a": 2})) == "before"
+
+
+async def test_tombstones_collected_once_every_replica_has_them(make_node: Factory) -> None:
+    a, b = [await make_node(i, anti_entropy_interval=0.2, tombstone_grace=0.0) for i in (0, 1)]
+    connect([a, b])
+    await a.write("gone", {"v": 1})
+    await a.write("kept", {"v": 2})
+    await until(lambda: converged([a, b]))
+    assert await b.delete("gone")
+    await until(lambda: all(r.get_stats()["tombstones_collected"] >= 1 for r in (a, b)))
+    await until(lambda: converged([a, b]))
+    assert all(r.get_stats()["tombstones"] == 0 for r in (a, b))
+    assert await a.read("gone") is None and await a.read("kept") == {"v": 2}
+    assert a.keys() == ["kept"]
+
+
+async def test_a_known_replica_holds_back_collection_until_forgotten(tmp_path: Path) -> None:
+    r = replication.MultiMasterReplicator("solo", storage_path=tmp_path, tombstone_grace=0.0,
+                                          peers={"ghost": "127.0.3.99:1"})
+    await r.write("k", 1)
+    await r.delete("k")
+    await r._collect_garbage()
+    assert r.get_stats()["tombstones"] == 1  # ghost never confirmed
+    await r.stop()
+    r = replication.MultiMasterReplicator("solo", storage_path=tmp_path, tombstone_grace=0.0)
+    assert (await r.get_replication_state())["known_replicas"] == ["ghost"]  # survived restart
+    r.forget_replica("ghost")
+    await r._collect_garbage()
+    assert r.get_stats()["tombstones"] == 0 and r.get_stats()["tombstones_collected"] == 1
+    await r.stop()
+    r = replication.MultiMasterReplicator("solo", storage_path=tmp_path)
+    assert r.get_stats()["tombstones"] == 0 and await r.read("k") is None
+    await r.stop()

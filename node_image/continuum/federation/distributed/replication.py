@@ -11,10 +11,11 @@ CRDT join, so duplicated, reordered or repeated deliveries are harmless.
 Message kinds (all under ``repl.``):
 
 * ``repl.push``   one-way  ``{"states": [[key, state], ...]}``
-* ``repl.digest`` call     ``{"level": L, "nodes": [i, ...]}`` -> ``{"hashes": [...]}``,
-  or at the leaf level ``{"entries": [[[key, digest], ...], ...]}``
+* ``repl.digest`` call     ``{"level": L, "nodes": [i, ...]}`` -> ``{"hashes": [...]}``;
+  with ``"entries": true`` (leaf level) -> ``{"entries": [[[key, digest], ...], ...]}``
 * ``repl.fetch``  call     ``{"states": [[key, state], ...], "want": [key, ...]}``
-  -> ``{"states": [[key, state], ...]}``
+  -> ``{"states": [[key, state], ...], "collected": {key: context}}`` (tombstones
+  the peer already garbage-collected count as seen by it)
 
 Without ``bind_address`` or ``transport`` the replicator runs in-process
 only, as in the spec's snippets.
@@ -105,6 +106,7 @@ class MultiMasterReplicator:
         self._push_event: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._ae_cursor = 0
+        self._lag: float | None = None
         self.stats = {"pushes_sent": 0, "push_messages_received": 0, "rejected_values": 0,
                       "anti_entropy_rounds": 0, "anti_entropy_failures": 0,
                       "anti_entropy_bytes": 0, "anti_entropy_keys_repaired": 0}
@@ -212,6 +214,11 @@ class MultiMasterReplicator:
     def _persist_replicas(self) -> None:
         if self._store is not None:
             op = storage.Put(META_NS, "replicas", _pack(sorted(self._replica.known_replicas)))
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:  # configured before the loop runs (constructor peers=)
+                self._store.commit_sync([op])
+                return
             self._spawn(self._store.commit([op]))
 
     @property
@@ -329,7 +336,8 @@ class MultiMasterReplicator:
     def get_stats(self) -> dict[str, Any]:
         r = self._replica
         return {"keys_stored": r.live_keys, "tombstones": r.tombstones, **r.stats,
-                **self.stats, "peers": len(self._peers), "pending_pushes": len(self._pending)}
+                **self.stats, "peers": len(self._peers), "pending_pushes": len(self._pending),
+                "replication_lag_seconds": self._lag}
 
     @property
     def merkle_root(self) -> int:
@@ -350,6 +358,9 @@ class MultiMasterReplicator:
             result = self._replica.merge(key, st, now, sender)
             if result.changed:
                 changed[key] = result.state
+                newest = max(result.state.siblings, key=lambda v: v.timestamp)
+                if newest.node_id != self.node_id:  # how old the news was when it got here
+                    self._lag = max(0.0, now - newest.timestamp.seconds)
         if changed:
             for key in changed:
                 self._notify(key)
@@ -504,7 +515,7 @@ class MultiMasterReplicator:
                                 counter: dict[str, int]) -> set[str]:
         tree = self._replica.tree
         level, nodes = 1, list(range(tree.fanout))
-        while level < tree.depth:
+        while True:  # hashes level by level, down to the leaves, only below differences
             diff: list[int] = []
             for i in range(0, len(nodes), 4096):
                 chunk = nodes[i:i + 4096]
@@ -513,12 +524,15 @@ class MultiMasterReplicator:
                 diff += merkle.differing(chunk, tree.hashes(level, chunk), reply["hashes"])
             if not diff:
                 return set()
+            if level == tree.depth:
+                break
             nodes, level = tree.children(level, diff), level + 1
         keys: set[str] = set()
-        for i in range(0, len(nodes), 512):
-            chunk = nodes[i:i + 512]
+        for i in range(0, len(diff), 512):  # then the entries of the differing leaves only
+            chunk = diff[i:i + 512]
             reply = await self._call(address, peer_id, "repl.digest",
-                                     {"level": tree.depth, "nodes": chunk}, counter)
+                                     {"level": tree.depth, "nodes": chunk, "entries": True},
+                                     counter)
             theirs = reply["entries"]
             if not isinstance(theirs, list) or len(theirs) != len(chunk):
                 raise ValueError("leaf entries do not match the request")
@@ -537,6 +551,12 @@ class MultiMasterReplicator:
             reply = await self._call(address, peer_id, "repl.fetch", body, counter)
             repaired += await self._merge(self._parse_states(reply.get("states"), peer_id),
                                           peer_id)
+            collected = reply.get("collected", {})
+            if isinstance(collected, dict):
+                for key, ctx in collected.items():
+                    with contextlib.suppress(ValueError, TypeError):
+                        self._replica.peer_collected(peer_id, key,
+                                                     clock.VectorClock.from_dict(ctx))
         return repaired
 
     async def _on_digest(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -544,7 +564,9 @@ class MultiMasterReplicator:
         level, nodes = body.get("level"), body.get("nodes")
         if not isinstance(level, int) or not isinstance(nodes, list) or len(nodes) > 65536:
             raise ValueError("repl.digest needs an int level and a list of at most 65536 nodes")
-        if level == tree.depth:
+        if body.get("entries"):
+            if level != tree.depth:
+                raise ValueError("entries exist only at the leaf level")
             return {"entries": [[list(e) for e in leaf] for leaf in tree.entries(nodes)]}
         return {"hashes": tree.hashes(level, nodes)}
 
@@ -555,7 +577,8 @@ class MultiMasterReplicator:
         await self._merge(self._parse_states(body.get("states", []), sender), sender)
         states = self._replica.states
         return {"states": [[k, states[k].to_wire()] for k in want
-                           if isinstance(k, str) and k in states]}
+                           if isinstance(k, str) and k in states],
+                "collected": self._replica.collected_contexts(want)}
 
 
 def _default_resolver() -> resolver.ConflictResolver:

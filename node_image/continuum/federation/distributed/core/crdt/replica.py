@@ -160,6 +160,10 @@ class Replica:
         self.vclock = clock.VectorClock()  # pointwise max of every key's context
         self.known_replicas: set[str] = set()  # other nodes that must see a tombstone first
         self._tombs: dict[str, _Tomb] = {}
+        # Tombstones collected here: key -> (its context, when). Kept for a while so a
+        # replica that has not collected yet neither re-installs it here nor waits forever.
+        self.collected: dict[str, tuple[clock.VectorClock, float]] = {}
+        self.collected_ttl = max(600.0, 10 * tombstone_grace)
         self._sorted: list[str] | None = None
         self.stats = {"writes_local": 0, "writes_remote": 0, "merges_unchanged": 0,
                       "conflicts_resolved": 0, "tombstones_collected": 0}
@@ -180,7 +184,11 @@ class Replica:
     def _write(self, key: str, value: Any, now: float, *, deleted: bool
                ) -> tuple[values.ReplicatedValue, KeyState]:
         cur = self.states.get(key)
-        ctx = cur.context.copy() if cur is not None else clock.VectorClock()
+        if cur is not None:
+            ctx = cur.context.copy()
+        else:  # a collected tombstone's history still counts: the write supersedes it
+            gone = self.collected.pop(key, None)
+            ctx = gone[0].copy() if gone is not None else clock.VectorClock()
         self.seq = max(self.seq + 1, int(now * 1_000_000), ctx.get(self.node_id) + 1)
         ctx.increment(self.node_id, to=self.seq)
         rv = values.ReplicatedValue.create(value, self.hlc.now(now), self.node_id, ctx, deleted)
@@ -196,6 +204,12 @@ class Replica:
         """Join a remote state of ``key`` into ours."""
         check_key(key)
         cur = self.states.get(key)
+        if cur is None and key in self.collected:
+            if self.collected[key][0].dominates(incoming.context):
+                # A straggler's copy of a tombstone we collected: nothing new in it.
+                self.stats["merges_unchanged"] += 1
+                return MergeResult(False, incoming, False)
+            del self.collected[key]
         new = incoming if cur is None else join(cur, incoming)
         if cur is not None and new.digest == cur.digest:
             self.stats["merges_unchanged"] += 1
@@ -300,8 +314,22 @@ class Replica:
                 if now - t.since >= self.tombstone_grace and self.known_replicas <= t.confirmed]
         for k in done:
             del self._tombs[k]
-            del self.states[k]
+            self.collected[k] = (self.states.pop(k).context, now)
             self.tree.set(k, None)
             self._sorted = None
         self.stats["tombstones_collected"] += len(done)
+        expired = [k for k, (_, t) in self.collected.items() if now - t > self.collected_ttl]
+        for k in expired:
+            del self.collected[k]
         return done
+
+    def collected_contexts(self, keys: Iterable[str]) -> dict[str, dict[str, int]]:
+        """For peers asking about ``keys``: those we collected, with their contexts."""
+        return {k: self.collected[k][0].to_dict() for k in keys
+                if isinstance(k, str) and k not in self.states and k in self.collected}
+
+    def peer_collected(self, peer: str, key: str, context: clock.VectorClock) -> None:
+        """``peer`` collected ``key``'s tombstone: it counts as having seen ours if it covers it."""
+        state = self.states.get(key)
+        if state is not None and state.is_tombstone and context.dominates(state.context):
+            self._confirm(key, peer, state)
