@@ -105,16 +105,16 @@ class Reconciler:
         c = manifests.Cluster(name, namespace, cr["metadata"].get("uid", ""), sp)
         annotations = cr["metadata"].get("annotations") or {}
 
+        secrets = await self._secrets(c)
         sts = await self.kube.get(cluster.object_path(manifests.statefulset(c)))
         if not sp.paused:
-            await self._ensure_tls(c, cr)
+            await self._ensure_tls(c, cr, secrets)
             sts = await self._ensure_children(c, cr, sts, annotations)
         pods = await self.kube.list("v1", "pods", namespace, manifests.selector_labels(c))
         pvcs = await self.kube.list("v1", "persistentvolumeclaims", namespace,
                                     manifests.selector_labels(c))
-        tls_data = certificates.decode(await self.kube.get(
-            cluster.path("v1", "secrets", namespace, c.tls_secret)))
-        client = await self._client(c, mem)
+        tls_data = secrets.get(c.tls_secret)
+        client = await self._client(c, mem, secrets.get(c.client_secret))
         by_pod = {p["metadata"]["name"]: p for p in pods}
         statuses = await self._poll(c, client, pods)
         leader_status = _leader(statuses)
@@ -210,32 +210,40 @@ class Reconciler:
             log.warning("%s/%s: storage changes do not apply to existing members (the "
                         "StatefulSet's volumeClaimTemplates are immutable)", c.namespace, c.name)
 
-    async def _ensure_tls(self, c: manifests.Cluster, cr: Mapping[str, Any]) -> None:
+    async def _secrets(self, c: manifests.Cluster) -> dict[str, dict[str, bytes] | None]:
+        """The TLS Secrets (decoded), read once per cycle."""
+        names = [c.tls_secret, c.client_secret]
+        if c.spec.tls.mode == "SelfSigned":
+            names.append(c.ca_secret)
+        out: dict[str, dict[str, bytes] | None] = {}
+        for n in names:
+            raw = await self.kube.get(cluster.path("v1", "secrets", c.namespace, n))
+            out[n] = None if raw is None else (certificates.decode(raw) or {})
+        return out
+
+    async def _ensure_tls(self, c: manifests.Cluster, cr: Mapping[str, Any],
+                          secrets: dict[str, dict[str, bytes] | None]) -> None:
         if c.spec.tls.mode != "SelfSigned":
             return
-        names = (c.ca_secret, c.tls_secret, c.client_secret)
-        existing = {}
-        for n in names:
-            existing[n] = certificates.decode(
-                await self.kube.get(cluster.path("v1", "secrets", c.namespace, n)))
-        plan = certificates.plan(c, existing, self.clock())
+        plan = certificates.plan(c, {k: v or None for k, v in secrets.items()}, self.clock())
         for secret, reason in zip(plan.secrets, plan.reasons, strict=True):
+            name = secret["metadata"]["name"]
             url = cluster.object_path(secret)
-            if existing.get(secret["metadata"]["name"]) is None and await self.kube.get(
-                    url) is None:
+            if secrets.get(name) is None:
                 await self.kube.create(secret)
             else:
                 await self.kube.patch(url, {"metadata": {"annotations": secret["metadata"][
                     "annotations"]}, "data": secret["data"]})
+            secrets[name] = certificates.decode(secret)
             metrics.ACTIONS.labels("issue_certificate").inc()
             await self.emit(cr, "Normal", "CertificateIssued", f"{reason}: Secret "
                             f"{secret['metadata']['name']}")
 
     # ---- nodes ---------------------------------------------------------------------------------
 
-    async def _client(self, c: manifests.Cluster, mem: _Memory) -> node_client.NodeClient | None:
-        secret = await self.kube.get(cluster.path("v1", "secrets", c.namespace, c.client_secret))
-        material = node_client.Material.from_secret_data(certificates.decode(secret))
+    async def _client(self, c: manifests.Cluster, mem: _Memory,
+                      secret: dict[str, bytes] | None) -> node_client.NodeClient | None:
+        material = node_client.Material.from_secret_data(secret)
         if material is None:
             return None
         if mem.client is None or mem.client.material != material:

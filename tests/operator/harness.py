@@ -314,7 +314,7 @@ class MockStatefulSetController:
     async def _loop(self) -> None:
         while True:
             await self.step()
-            await asyncio.sleep(0.03)
+            await asyncio.sleep(0.1)
 
     async def step(self) -> None:
         stss = {s["metadata"]["name"]: s
