@@ -383,6 +383,8 @@ BAD_VALUES = [
     (["--set", "exampleCluster.issuerRef.kind=Vault"], "/exampleCluster/issuerRef/kind"),
     (["--set", "metrics.serviceMonitor.interval=soon"], "/metrics/serviceMonitor/interval"),
     (["--set", "crds.install=maybe"], "/crds/install"),
+    (["--set", "operator.settings.interval=0"], "/operator/settings/interval"),
+    (["--set", "operator.settings.pollEvery=5"], "pollEvery"),
     (["--set", "replicaCount=2"], "replicaCount"),  # unknown keys are typos, not ignored
     (["--set", "serviceAccount.create=false"], "serviceAccount.name is required"),
 ]
