@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -40,6 +41,15 @@ GOSSIP_INTERVAL_MS = 100.0
 def tls_dir(ca: pki.KeyPair, root: Path, node_id: str, ip: str) -> Path:
     pair = pki.issue_node(ca, node_id, ip_addresses=[ip])
     return pki.write_secret_dir(root / "tls" / node_id, pair, ca.cert_pem)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc), 0 elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -93,6 +103,7 @@ async def propagation(root: Path, ca: pki.KeyPair, n_nodes: int, total_rate: flo
         for p in nodes:
             await p.call("peers", peers={o.node_id: o.address for o in nodes if o is not p})
         rate = total_rate / n_nodes
+        cpu0, t0 = [cpu_seconds(p.pid) for p in nodes], time.monotonic()
         written = await asyncio.gather(*(p.call("load", rate=rate, duration=duration,
                                                 timeout=duration + 120) for p in nodes))
         # Let the tail arrive (pushes are immediate; this is generous), then collect.
@@ -109,6 +120,8 @@ async def propagation(root: Path, ca: pki.KeyPair, n_nodes: int, total_rate: flo
             if len(complete) >= expected or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.2)
+        busy = [(cpu_seconds(p.pid) - c) / (time.monotonic() - t0) for p, c in zip(nodes, cpu0,
+                                                                                  strict=True)]
         lat = [latest[k] * 1000 for k in complete]
         stats = [(await p.call("stats"))["stats"] for p in nodes]
         p50, p99, mx = pct(lat, 50), pct(lat, 99), max(lat)
@@ -117,7 +130,8 @@ async def propagation(root: Path, ca: pki.KeyPair, n_nodes: int, total_rate: flo
               f"{len(complete)}/{expected} writes reached every node; "
               f"p50 {p50:.1f} ms ({p50 / GOSSIP_INTERVAL_MS:.2f} intervals), "
               f"p99 {p99:.1f} ms ({p99 / GOSSIP_INTERVAL_MS:.2f} intervals), max {mx:.1f} ms; "
-              f"~{pushes:.0f} push batches received per node")
+              f"~{pushes:.0f} push batches received per node; "
+              f"CPU per node {statistics.mean(busy):.2f} cores")
     finally:
         await asyncio.gather(*(p.stop() for p in nodes), return_exceptions=True)
 
@@ -213,6 +227,8 @@ async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-repl-") as tmp:
         root = Path(tmp)
         ca = pki.create_ca()
+        print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())} "
+              f"on {os.cpu_count()} CPUs (shared machine: latency includes waiting for a CPU)")
         await local_writes(root, 2_000 if q else 20_000)
         print("\n## Propagation (real processes, mTLS, fsync)")
         for n in (3, 5):

@@ -42,7 +42,7 @@ async def child_main(args: argparse.Namespace) -> None:
         storage_path=args.storage, bind_address=args.bind,
         tls_cert=str(tls_dir / "tls.crt"), tls_key=str(tls_dir / "tls.key"),
         tls_ca=str(tls_dir / "ca.crt"), anti_entropy_interval=args.ae_interval,
-        fsync=not args.no_fsync)
+        push_interval=args.push_interval, fsync=not args.no_fsync)
     arrivals: list[tuple[str, float, float]] = []
 
     def on_change(key: str, value: Any) -> None:
@@ -158,7 +158,7 @@ class NodeProc:
 
     def __init__(self, node_id: str, host: str, tls_dir: Path, storage: Path, *,
                  ae_interval: float = 0.5, strategy: str = "last_write_wins",
-                 fsync: bool = True) -> None:
+                 fsync: bool = True, push_interval: float = 0.02) -> None:
         self.node_id = node_id
         self.host = host
         self.tls_dir = tls_dir
@@ -166,6 +166,7 @@ class NodeProc:
         self.ae_interval = ae_interval
         self.strategy = strategy
         self.fsync = fsync
+        self.push_interval = push_interval
         self.address: str | None = None
         self.acks: list[list[Any]] = []  # from ``stream``
         self._proc: asyncio.subprocess.Process | None = None
@@ -180,7 +181,7 @@ class NodeProc:
         argv = [sys.executable, str(HERE / "repl_proc.py"), "--node-id", self.node_id,
                 "--bind", f"{self.host}:0", "--tls-dir", str(self.tls_dir),
                 "--storage", str(self.storage), "--ae-interval", str(self.ae_interval),
-                "--strategy", self.strategy]
+                "--strategy", self.strategy, "--push-interval", str(self.push_interval)]
         if not self.fsync:
             argv.append("--no-fsync")
         self._proc = await asyncio.create_subprocess_exec(
@@ -264,6 +265,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--ae-interval", type=float, default=0.5)
     p.add_argument("--strategy", default="last_write_wins")
     p.add_argument("--no-fsync", action="store_true")
+    p.add_argument("--push-interval", type=float, default=0.02)
     return p.parse_args(argv)
 
 
