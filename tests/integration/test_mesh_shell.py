@@ -1,0 +1,140 @@
+"""GossipMesh in one process over real mutual-TLS sockets on 127.0.0.1: the spec's API."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import TestPKI
+from continuum.federation.distributed import mesh as mesh_mod
+from continuum.federation.distributed.mesh import GossipMesh, MeshConfig
+
+FAST = MeshConfig.local(seed=3)
+
+
+async def until(cond: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or cond}")
+        await asyncio.sleep(0.02)
+
+
+def tls_args(pki: TestPKI, node_id: str) -> dict[str, str]:
+    files = pki.node(node_id)
+    return {"tls_cert": files.cert, "tls_key": files.key, "tls_ca": files.ca}
+
+
+@pytest.fixture
+async def trio(cluster_pki: TestPKI, tmp_path: Path) -> AsyncIterator[list[GossipMesh]]:
+    meshes = [GossipMesh(f"m{i}", FAST, bind_address="127.0.0.1:0",
+                         storage_path=str(tmp_path / f"m{i}"), **tls_args(cluster_pki, f"m{i}"))
+              for i in range(3)]
+    for m in meshes:
+        await m.start()
+    for m in meshes[1:]:
+        assert meshes[0].address is not None
+        await m.add_peer("m0", meshes[0].address)
+    yield meshes
+    for m in meshes:
+        await m.stop()
+
+
+async def test_join_disseminate_and_callbacks(trio: list[GossipMesh]) -> None:
+    await until(lambda: all(m.get_stats()["active_peers"] == 2 for m in trio), what="join")
+    seen: dict[str, list[tuple[Any, ...]]] = {m.node_id: [] for m in trio}
+    for m in trio:
+        async def on_update(key: str, value: Any, _n: str = m.node_id) -> None:
+            seen[_n].append((key, value))
+        m.register_state_update_callback(on_update)
+    three_arg: list[tuple[str, str, Any]] = []
+    trio[2].register_state_update_callback(lambda n, k, v: three_arg.append((n, k, v)))
+
+    await trio[0].update_state("concepts_count", 1000)
+    await until(lambda: all(("concepts_count", 1000) in s for s in seen.values()), what="gossip")
+    for m in trio:
+        assert (await m.get_state())["m0"] == {"concepts_count": 1000}
+    assert three_arg == [("m0", "concepts_count", 1000)]
+    stats = trio[0].get_stats()
+    assert stats["active_peers"] == 2 and stats["messages_sent"] > 0
+    assert stats["members"]["alive"] == 3
+    # Once per new value: nothing was delivered twice.
+    assert all(s.count(("concepts_count", 1000)) == 1 for s in seen.values())
+
+
+async def test_leave_is_seen_as_left_and_stop_as_dead(trio: list[GossipMesh]) -> None:
+    await until(lambda: all(m.get_stats()["active_peers"] == 2 for m in trio), what="join")
+    changes: list[tuple[str, str, str]] = []
+    trio[0].register_membership_callback(lambda n, s, a: changes.append((n, s, a)))
+    await trio[2].leave()
+    await until(lambda: ("m2", "left", trio[2].address) in changes, what="left")
+    await until(lambda: "m2" not in trio[1].alive_peers(), what="left at m1")
+    await trio[1].stop()
+    await until(lambda: any(c[:2] == ("m1", "dead") for c in changes), timeout=30, what="dead")
+    statuses = {m["id"]: m["status"] for m in trio[0].members()}
+    assert statuses == {"m0": "alive", "m1": "dead", "m2": "left"}
+
+
+async def test_restart_with_storage_raises_incarnation_and_rejoins(
+        cluster_pki: TestPKI, tmp_path: Path) -> None:
+    a = GossipMesh("r0", FAST, bind_address="127.0.0.1:0", storage_path=str(tmp_path / "r0"),
+                   **tls_args(cluster_pki, "r0"))
+    b = GossipMesh("r1", FAST, bind_address="127.0.0.1:0", storage_path=str(tmp_path / "r1"),
+                   **tls_args(cluster_pki, "r1"))
+    await a.start()
+    await b.start()
+    try:
+        assert a.address is not None
+        await b.add_peer("r0", a.address)
+        await until(lambda: "r1" in a.alive_peers(), what="join")
+        first = b.incarnation
+        await b.stop()
+        await until(lambda: "r1" not in a.alive_peers(), timeout=30, what="death")
+        # Restart from the same storage: a higher incarnation, and peers from disk.
+        b2 = GossipMesh("r1", FAST, bind_address="127.0.0.1:0", storage_path=str(tmp_path / "r1"),
+                        **tls_args(cluster_pki, "r1"))
+        await b2.start()
+        try:
+            assert b2.incarnation > first
+            await until(lambda: "r1" in a.alive_peers(), what="rejoin from stored peers")
+            assert a.alive_peers()["r1"] == b2.address
+        finally:
+            await b2.stop()
+    finally:
+        await a.stop()
+
+
+async def test_bad_input_is_refused_and_changes_nothing() -> None:
+    m = GossipMesh("solo", MeshConfig())
+    with pytest.raises(RuntimeError):
+        await m.update_state("k", 1)
+    await m.start()
+    try:
+        with pytest.raises(ValueError):
+            await m.update_state("k", object())
+        with pytest.raises(ValueError):
+            await m.add_peer("x", "no-port")
+        assert await m.get_state() == {}
+        await m.update_state("k", [1, "two"])
+        assert await m.get_state() == {"solo": {"k": [1, "two"]}}
+    finally:
+        await m.stop()
+    with pytest.raises(ValueError):
+        MeshConfig(fanout=0)
+    with pytest.raises(ValueError):
+        MeshConfig(probe_timeout_ms=900, probe_interval_ms=500)
+
+
+def test_presets() -> None:
+    assert MeshConfig.lan() == MeshConfig()
+    local = MeshConfig.local(fanout=4)
+    assert local.fanout == 4 and local.probe_interval_ms < MeshConfig().probe_interval_ms
+    spec = MeshConfig(fanout=3, gossip_interval_ms=200, sync_interval_seconds=60.0,
+                      message_buffer_size=5000)
+    assert spec.swim().message_buffer_size == 5000
+    assert mesh_mod.GossipMesh is GossipMesh
