@@ -17,15 +17,23 @@ CHART = ROOT / "helm" / "continuum-federation"
 HELM = ROOT / "bin" / "helm"
 DASHBOARD = CHART / "files" / "dashboards" / "continuum-federation.json"
 
-# The node's Prometheus series the dashboard reads (the contract with the node daemon).
-NODE_METRICS = {
-    "continuum_raft_term",            # gauge: current term
-    "continuum_raft_commit_index",    # gauge, only grows: rate() = commits/s
-    "continuum_raft_is_leader",       # gauge 0/1
-    "continuum_member_healthy",       # gauge 0/1, label member="<node id>"
-    "continuum_replication_lag_seconds",  # gauge, label peer="<node id>"
-    "continuum_replication_keys",     # gauge: keys in this node's replica
+# The named gauges the node exports for dashboards (node.py, `_named_metrics`), each with a
+# `node` label (the node id, which is the pod name in Kubernetes).
+NODE_SOURCES = ROOT / "node_image" / "continuum" / "federation" / "distributed"
+DASHBOARD_METRICS = {
+    "continuum_raft_term", "continuum_raft_commit_index", "continuum_raft_applied_index",
+    "continuum_raft_is_leader", "continuum_node_ready", "continuum_member_healthy",
+    "continuum_replication_lag_seconds", "continuum_replication_keys",
+    "continuum_certificate_expiry_seconds",
 }
+
+
+def exported_metrics() -> set[str]:
+    """Metric names the node code declares as string literals."""
+    names: set[str] = set()
+    for path in NODE_SOURCES.rglob("*.py"):
+        names |= set(re.findall(r"[\"'](continuum_[a-z_]+)[\"']", path.read_text()))
+    return names
 
 
 def panels() -> list[dict[str, Any]]:
@@ -50,14 +58,19 @@ def test_every_panel_queries_known_node_metrics_and_all_are_shown() -> None:
         for target in panel["targets"]:
             names = set(re.findall(r"\bcontinuum_[a-z_]+\b", target["expr"]))
             assert names, f"{panel['title']}: no continuum_ metric in {target['expr']}"
-            assert names <= NODE_METRICS, f"{panel['title']}: unknown {names - NODE_METRICS}"
-            # Every query is scoped to the chosen cluster's pods.
-            assert 'pod=~"$cluster-[0-9]+"' in target["expr"], target["expr"]
+            assert names <= DASHBOARD_METRICS, f"{panel['title']}: {names - DASHBOARD_METRICS}"
+            # Every query is scoped to the chosen cluster's nodes.
+            assert 'node=~"$cluster-[0-9]+"' in target["expr"], target["expr"]
             used |= names
-    assert used == NODE_METRICS
+    assert used == DASHBOARD_METRICS
 
 
-@pytest.mark.parametrize("topic", ["Leader", "Term", "Commit rate", "health", "lag"])
+def test_the_node_exports_every_metric_the_dashboard_reads() -> None:
+    missing = DASHBOARD_METRICS - exported_metrics()
+    assert not missing, f"the node does not export {sorted(missing)}: panels would be empty"
+
+
+@pytest.mark.parametrize("topic", ["Leader", "Term", "Commit rate", "health", "lag", "ready"])
 def test_the_issue_s_panels_exist(topic: str) -> None:
     assert any(topic.lower() in p["title"].lower() for p in panels()), topic
 
