@@ -11,9 +11,17 @@ from continuum.federation.distributed.core.crdt import clock, replica, resolver,
 
 NODES = ["n1", "n2", "n3"]
 KEYS = ["k1", "k2", "k3"]
-STRATEGIES = [resolver.ConflictResolutionStrategy.LAST_WRITE_WINS,
-              resolver.ConflictResolutionStrategy.HIGHEST_NODE_WINS,
-              resolver.ConflictResolutionStrategy.MERGE_UNION]
+STRATEGIES = list(resolver.ConflictResolutionStrategy)
+
+
+def biggest_encoding(sibs: list[values.ReplicatedValue]) -> Any:
+    """A CUSTOM strategy: deterministic, and unlike any built-in one."""
+    return max((s.value for s in sibs), key=values.encode)
+
+
+def make_resolver(strategy: resolver.ConflictResolutionStrategy) -> resolver.ConflictResolver:
+    custom = biggest_encoding if strategy is resolver.ConflictResolutionStrategy.CUSTOM else None
+    return resolver.ConflictResolver(strategy, custom)
 
 small_values = st.one_of(
     st.integers(-5, 5), st.text(max_size=3),
@@ -39,7 +47,7 @@ def run(schedule: list[tuple[Any, ...]], final_order: list[int],
     Messages are delivered when the schedule says, to whichever node it names, in any
     order and any number of times; at the end each message is delivered once more in a
     permuted order (a reliable-eventually network)."""
-    reps = {n: replica.Replica(n, resolver.ConflictResolver(strategy)) for n in NODES}
+    reps = {n: replica.Replica(n, make_resolver(strategy)) for n in NODES}
     # Skewed wall clocks: LWW must still pick one winner everywhere.
     skew = {"n1": 0.0, "n2": -0.5, "n3": 0.7}
     now = 100.0
