@@ -7,6 +7,8 @@ Each child process runs a NodeDiscovery with mDNS only, announces itself on
 from __future__ import annotations
 
 import asyncio
+import faulthandler
+import logging
 import os
 import signal
 import sys
@@ -15,6 +17,7 @@ from pathlib import Path
 
 from continuum.federation.distributed import pki
 
+log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve()
 ROOT = HERE.parents[2]
 
@@ -72,6 +75,9 @@ async def test_two_processes_find_each_other_by_mdns(tmp_path: Path) -> None:
 async def _child(node_id: str, cluster: str, certs: Path) -> None:
     from continuum.federation.distributed import discovery
 
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s {node_id} %(name)s %(message)s")
+
     config = discovery.DiscoveryConfig(
         enabled_methods={discovery.DiscoveryMethod.MDNS}, cluster_name=cluster,
         mdns_interfaces=["127.0.0.1"], discovery_interval_seconds=30.0)
@@ -84,7 +90,17 @@ async def _child(node_id: str, cluster: str, certs: Path) -> None:
     await node.start()
     print("ready", flush=True)
     await stop.wait()
+    faulthandler.dump_traceback_later(20)  # if stopping hangs, the test log shows where
+    log.info("%s stopping", node_id)
+    watchdog = asyncio.get_running_loop().call_later(10, _dump_tasks)
     await node.stop()
+    watchdog.cancel()
+    log.info("%s stopped", node_id)
+
+
+def _dump_tasks() -> None:
+    for task in asyncio.all_tasks():
+        task.print_stack(file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -356,8 +356,11 @@ class NodeDiscovery:
             self.formation_decision()  # keep the stability timer fed
             delay = self._next_wakeup(time.time())
             self._wake.clear()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow our own
+            # cancellation when the event fires at the same moment, and stop() hangs.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
 
     def _next_wakeup(self, now: float) -> float:
         due = [self._next_full, self._peers.next_expiry()]
@@ -494,9 +497,8 @@ class NodeDiscovery:
         ctx = self.transport.client_ssl_context
         host, port = peer.split_address(address)
         try:
-            _, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port, ssl=ctx, ssl_handshake_timeout=None),
-                self.config.verify_timeout_seconds)
+            async with asyncio.timeout(self.config.verify_timeout_seconds):
+                _, writer = await asyncio.open_connection(host, port, ssl=ctx)
         except ssl.SSLError as exc:
             raise _Disproved(f"TLS handshake refused the certificate: {exc}") from None
         except (OSError, TimeoutError) as exc:
