@@ -19,11 +19,14 @@ COPY pyproject.toml README.md ./
 COPY node_image/ node_image/
 COPY operator/ operator/
 RUN python -m pip wheel --wheel-dir /wheels ".[operator]"
-# One virtualenv per image; the final stages run the same base image, so the paths hold.
-RUN python -m venv /opt/node \
- && /opt/node/bin/pip install --no-index --find-links /wheels continuum-federation \
- && python -m venv /opt/operator \
- && /opt/operator/bin/pip install --no-index --find-links /wheels "continuum-federation[operator]" \
+# One virtualenv per image, without pip in it (the builder's pip installs into it); the
+# final stages run the same base image, so the paths hold.
+RUN python -m venv --without-pip /opt/node \
+ && python -m pip --python /opt/node/bin/python install --no-index --find-links /wheels \
+      continuum-federation \
+ && python -m venv --without-pip /opt/operator \
+ && python -m pip --python /opt/operator/bin/python install --no-index --find-links /wheels \
+      "continuum-federation[operator]" \
  && /opt/node/bin/python -m compileall -q /opt/node \
  && /opt/operator/bin/python -m compileall -q /opt/operator
 
@@ -31,9 +34,11 @@ RUN python -m venv /opt/node \
 FROM ${PYTHON_IMAGE} AS runtime
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
+# No package installer at run time: remove the base image's pip (and setuptools/wheel).
 # A fixed, non-root uid/gid (the Helm chart and the operator's pods use 10001) and the
 # node's data and TLS directories, writable by it when a volume is not mounted there.
-RUN groupadd --system --gid 10001 continuum \
+RUN python -m pip uninstall --yes --quiet pip setuptools wheel \
+ && groupadd --system --gid 10001 continuum \
  && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --no-create-home \
       --shell /usr/sbin/nologin continuum \
  && install -d -o 10001 -g 10001 -m 0750 /var/lib/continuum /etc/continuum/tls

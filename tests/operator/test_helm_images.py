@@ -91,12 +91,14 @@ def test_stages_and_base_images() -> None:
 
 BUILD_TOOLS = re.compile(
     r"\b(apt-get|apt|apk|gcc|g\+\+|cc|make|build-essential|pip|setup\.py|curl|wget)\b")
+# The one pip command allowed after the builder: removing pip itself.
+DROP_PIP = "python -m pip uninstall --yes --quiet pip setuptools wheel"
 
 
 @pytest.mark.parametrize("name", ["runtime", *FINAL])
 def test_no_build_tools_or_installs_in_the_runtime_stages(name: str) -> None:
     for cmd in STAGES[name].all("RUN"):
-        assert not BUILD_TOOLS.search(cmd), f"{name}: {cmd}"
+        assert not BUILD_TOOLS.search(cmd.replace(DROP_PIP, "")), f"{name}: {cmd}"
     for copy in STAGES[name].all("COPY"):
         if "--from=" in copy:
             # Only the builder's virtualenv comes across: no wheels, no sources.
@@ -107,10 +109,18 @@ def test_no_build_tools_or_installs_in_the_runtime_stages(name: str) -> None:
 
 
 def test_the_builder_builds_the_wheel_from_the_project() -> None:
-    runs = " ".join(STAGES["builder"].all("RUN"))
+    runs = re.sub(r"\s+", " ", " ".join(STAGES["builder"].all("RUN")))
     assert 'pip wheel --wheel-dir /wheels ".[operator]"' in runs
-    assert "--no-index --find-links /wheels continuum-federation" in runs
-    assert '--no-index --find-links /wheels "continuum-federation[operator]"' in runs
+    for venv in FINAL:
+        assert f"python -m venv --without-pip /opt/{venv}" in runs  # no pip in the image
+        assert f"pip --python /opt/{venv}/bin/python install --no-index" in runs
+    assert "--find-links /wheels continuum-federation " in runs
+    assert '--find-links /wheels "continuum-federation[operator]"' in runs
+
+
+def test_the_runtime_base_drops_the_package_installer() -> None:
+    runs = " ".join(STAGES["runtime"].all("RUN"))
+    assert runs.startswith(DROP_PIP)
 
 
 @pytest.mark.parametrize("name", FINAL)
