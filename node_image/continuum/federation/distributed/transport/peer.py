@@ -298,7 +298,7 @@ class PeerTransport:
                                               sock_connect=min(total, self.limits.connect_timeout)),
             ) as resp:
                 server_ids = _peer_identities(resp.connection)
-                raw = await resp.content.read(self.limits.max_frame_bytes + 1)
+                raw = await _read_at_most(resp, self.limits.max_frame_bytes + 1)
                 status = resp.status
         except PeerError:
             self.stats["calls_failed"] += 1
@@ -410,6 +410,17 @@ class PeerTransport:
             return self._reject(400, "invalid", str(exc))
         out = wire.encode(wire.Frame(self.node_id, (wire.Message(msg.kind, reply or {}),)))
         return web.Response(body=out, content_type=FRAME_CONTENT_TYPE)
+
+
+async def _read_at_most(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body up to ``limit`` bytes; ``content.read(n)`` alone may stop at a chunk boundary."""
+    buf = bytearray()
+    while len(buf) < limit:
+        chunk = await resp.content.read(limit - len(buf))
+        if not chunk:
+            break
+        buf += chunk
+    return bytes(buf)
 
 
 def _request_identities(request: web.Request) -> frozenset[str]:
