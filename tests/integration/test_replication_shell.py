@@ -247,3 +247,17 @@ async def test_a_known_replica_holds_back_collection_until_forgotten(tmp_path: P
     r = replication.MultiMasterReplicator("solo", storage_path=tmp_path)
     assert r.get_stats()["tombstones"] == 0 and await r.read("k") is None
     await r.stop()
+
+
+async def test_large_values_travel_in_messages_under_the_budget(make_node: Factory) -> None:
+    a, b = [await make_node(i, anti_entropy_interval=3600, storage_path=None) for i in (0, 1)]
+    big = "x" * (replication.MESSAGE_BUDGET // 3)
+    for i in range(8):  # ~2.7 budgets on each side, none of it pushed
+        await a.write(f"a-{i}", big + str(i))
+        await b.write(f"b-{i}", big + str(i))
+    await until(lambda: a.get_stats()["pending_pushes"] == 0 == b.get_stats()["pending_pushes"])
+    a.add_peer(b.node_id, b.address or "")
+    out = await a.sync_with(b.node_id)
+    assert out["differing_keys"] == 16 and out["calls"] > 6  # split across several fetches
+    assert a.merkle_root == b.merkle_root
+    assert await a.read("b-7") == big + "7" and await b.read("a-0") == big + "0"

@@ -31,7 +31,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,14 @@ META_NS = "repl.meta"
 DB_FILE = "replication.db"
 
 ChangeCallback = Callable[[str, Any], Awaitable[None] | None]
+
+
+# Pushes and fetch replies stay well under the transport's frame limit (16 MiB).
+MESSAGE_BUDGET = 1024 * 1024
+
+
+def _state_size(state: replica.KeyState) -> int:
+    return sum(len(s.encoded_value) + 64 + 16 * len(s.version) for s in state.siblings) + 64
 
 
 class ReplicationError(ValueError):
@@ -437,13 +445,29 @@ class MultiMasterReplicator:
             self._push_event.clear()
             keys = list(self._pending)
             self._pending.clear()
-            states = self._replica.states
-            for i in range(0, len(keys), self.push_batch):
-                body = {"states": [[k, states[k].to_wire()] for k in keys[i:i + self.push_batch]
-                                   if k in states]}
+            for batch in self._batches(keys, self.push_batch):
+                body = {"states": batch}
                 for address in self._peers.values():
                     self.transport.send(address, "repl.push", body)
                 self.stats["pushes_sent"] += 1
+
+    def _batches(self, keys: list[str], max_keys: int) -> Iterator[list[list[Any]]]:
+        """``[[key, state], ...]`` lists of at most ``max_keys`` keys and ~MESSAGE_BUDGET bytes."""
+        states = self._replica.states
+        batch: list[list[Any]] = []
+        size = 0
+        for k in keys:
+            st = states.get(k)
+            if st is None:
+                continue
+            n = _state_size(st)
+            if batch and (len(batch) >= max_keys or size + n > MESSAGE_BUDGET):
+                yield batch
+                batch, size = [], 0
+            batch.append([k, st.to_wire()])
+            size += n
+        if batch:
+            yield batch
 
     async def _on_push(self, sender: str, body: dict[str, Any]) -> None:
         self.stats["push_messages_received"] += 1
@@ -471,11 +495,14 @@ class MultiMasterReplicator:
             # Jitter so replicas do not all sync in lockstep.
             await asyncio.sleep(self.anti_entropy_interval * self._rng.uniform(0.8, 1.2))
             peers = sorted(self._peers)
-            if peers:
-                self._ae_cursor = (self._ae_cursor + 1) % len(peers)
-                with contextlib.suppress(peer.PeerError, ValueError):
-                    await self.sync_with(peers[self._ae_cursor])
-            await self._collect_garbage()
+            try:
+                if peers:
+                    self._ae_cursor = (self._ae_cursor + 1) % len(peers)
+                    with contextlib.suppress(peer.PeerError, ValueError):
+                        await self.sync_with(peers[self._ae_cursor])
+                await self._collect_garbage()
+            except Exception:  # e.g. a failing disk: log, keep the loop alive, retry later
+                log.exception("replication: anti-entropy round failed")
 
     async def _collect_garbage(self) -> None:
         gone = self._replica.collect_garbage(self._now())
@@ -543,12 +570,21 @@ class MultiMasterReplicator:
     async def _exchange(self, address: str, peer_id: str, keys: list[str],
                         counter: dict[str, int]) -> int:
         repaired = 0
-        states = self._replica.states
-        for i in range(0, len(keys), self.sync_batch):
-            chunk = keys[i:i + self.sync_batch]
-            body = {"states": [[k, states[k].to_wire()] for k in chunk if k in states],
-                    "want": chunk}
+        todo = list(keys)
+        while todo:
+            chunk, todo = todo[:self.sync_batch], todo[self.sync_batch:]
+            ours = next(self._batches(chunk, len(chunk)), [])
+            sent = {k for k, _ in ours}
+            # Keys of ours that did not fit in this message go in the next one.
+            todo = [k for k in chunk if k in self._replica.states and k not in sent] + todo
+            want = [k for k in chunk if k in sent or k not in self._replica.states]
+            if not want:
+                continue
+            body = {"states": ours, "want": want}
             reply = await self._call(address, peer_id, "repl.fetch", body, counter)
+            more = reply.get("more", [])
+            if isinstance(more, list):  # theirs that did not fit: ask again
+                todo += [k for k in more if isinstance(k, str) and k in want]
             repaired += await self._merge(self._parse_states(reply.get("states"), peer_id),
                                           peer_id)
             collected = reply.get("collected", {})
@@ -575,9 +611,10 @@ class MultiMasterReplicator:
         if not isinstance(want, list) or len(want) > 65536:
             raise ValueError("'want' must be a list of at most 65536 keys")
         await self._merge(self._parse_states(body.get("states", []), sender), sender)
-        states = self._replica.states
-        return {"states": [[k, states[k].to_wire()] for k in want
-                           if isinstance(k, str) and k in states],
+        have = [k for k in want if isinstance(k, str) and k in self._replica.states]
+        batch = next(self._batches(have, len(have)), []) if have else []
+        sent = {k for k, _ in batch}
+        return {"states": batch, "more": [k for k in have if k not in sent],
                 "collected": self._replica.collected_contexts(want)}
 
 
