@@ -85,6 +85,8 @@ async def test_a_peer_with_a_foreign_ca_is_never_verified(tmp_path: Path,
             assert await a.get_nodes(verified_only=True) == []
             assert ups == []
             assert a.get_stats()["verifications_failed"] >= 1
+            # proven foreign, not merely silent: it does not hold up forming a cluster
+            assert "not verified" not in a.formation_decision().reason
 
 
 async def test_a_foreign_peer_cannot_get_verified_by_calling_us(tmp_path: Path,
@@ -222,3 +224,18 @@ async def test_ordinal_zero_founds_and_the_others_join_it(tmp_path: Path,
     finally:
         for node in nodes.values():
             await node.stop()
+
+
+async def test_the_founder_waits_while_a_listed_candidate_does_not_answer(
+        tmp_path: Path, ca: pki.KeyPair) -> None:
+    # nothing listens on the static peer's address: it might be a member of a live cluster
+    a = make_node(tmp_path, ca, "demo-0", cfg(static_nodes={"demo-1": "127.0.0.1:1"},
+                                              formation_mode="ordinal",
+                                              formation_stable_seconds=0.0))
+    async with serving(a):
+        [n] = await a.discover_now()
+        assert not n.verified and n.last_error
+        d = a.formation_decision()
+        assert isinstance(d, formation.Wait) and "not verified" in d.reason
+        await a.remove_node("demo-1")
+        assert isinstance(a.formation_decision(), formation.Bootstrap)

@@ -23,7 +23,7 @@ CASES = [
     ("a", False, [P("b", True), P("c")], 0, 0, LOW, f.Join, "already belong"),
     ("a", False, [], 0, 5, LOW, f.Bootstrap, "founder"),
     ("a", False, [], 0, 4.9, LOW, f.Wait, "stable"),
-    ("a", False, [P("b")], 1, 10, LOW, f.Wait, "not probed"),
+    ("a", False, [P("b")], 1, 10, LOW, f.Wait, "not verified"),
     ("b", False, [P("a")], 0, 10, LOW, f.Wait, "waiting for a"),
     ("a", False, [P("b")], 0, 10, LOW3, f.Wait, "2 of 3"),
     ("a", False, [P("b"), P("c")], 0, 10, LOW3, f.Bootstrap, "3 verified"),

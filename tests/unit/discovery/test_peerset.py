@@ -160,3 +160,15 @@ def test_srv_order_draws_in_proportion_to_weight() -> None:
     firsts = Counter(peers.srv_order([(0, 90, "a"), (0, 10, "b")], rng)[0] for _ in range(4000))
     share = firsts["a"] / 4000
     assert 0.85 < share < 0.95  # expected 90/101 ~ 0.89
+
+
+def test_unsettled_counts_candidates_not_yet_proven_either_way() -> None:
+    ps = PeerSet()
+    ps.observe(peers.DNS, [c("a:1"), c("b:1"), c("d:1")], now=0)
+    assert ps.unsettled() == 3
+    ps.mark_verified("a:1", "a", "c", now=1)
+    ps.mark_failed("b:1", "connection refused", now=1)  # silent: might be a member
+    ps.mark_failed("d:1", "cluster 'other'", now=1, disproved=True)
+    assert ps.unsettled() == 1
+    ps.mark_verified("b:1", "b", "c", now=2)
+    assert ps.unsettled() == 0

@@ -334,7 +334,7 @@ class NodeDiscovery:
                 if v.verified and v.node_id and v.cluster == self.config.cluster_name]
         unresolved = 0
         if self.config.verify and self.transport is not None:
-            unresolved = sum(1 for r in self._peers.records() if not r.probed)
+            unresolved = self._peers.unsettled()
         view = frozenset((r.address, r.node_id, r.verified, r.formed)
                          for r in self._peers.records())
         stable_for = self._stability.update(view, now)
@@ -610,7 +610,8 @@ def _is_identity_error(exc: peer.PeerError) -> bool:
     """Whether the peer answered but failed to prove itself (vs. did not answer at all)."""
     text = str(exc).lower()
     return exc.status in (401, 403) or any(s in text for s in (
-        "certificate", "ssl", "expected node", "claims to be"))
+        "certificate verify failed", "tlsv1_alert", "tlsv1 alert", "expected node",
+        "claims to be"))
 
 
 def _node(v: peers.PeerView) -> DiscoveredNode:

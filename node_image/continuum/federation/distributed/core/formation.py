@@ -9,7 +9,9 @@ rule (the shape of Akka Cluster Bootstrap's, with StatefulSet ordinals):
 3. Otherwise exactly one node is the *founder*: in ``ordinal`` mode the pod
    with ordinal 0 (``<name>-0``, whatever else is seen); in ``lowest_id`` mode
    the node whose id sorts lowest among itself and its verified peers.
-4. The founder bootstraps only when every candidate has been probed, at least
+4. The founder bootstraps only when every candidate is settled (verified, or
+   proven not to be one of ours; one that does not answer might belong to a
+   cluster that already exists, so it blocks), at least
    ``min_nodes`` nodes (itself included) are verified, and that view has not
    changed for ``stable_seconds``. Everyone else waits for a formed peer.
 
@@ -107,7 +109,8 @@ def decide(self_id: str, *, has_membership: bool, peers: Sequence[FormationPeer]
     """What a node without a cluster should do now.
 
     ``peers``: verified peers of our cluster. ``unresolved``: candidates not
-    probed yet. ``stable_for``: seconds the candidate view has been unchanged.
+    settled yet (not probed, or not answering). ``stable_for``: seconds the
+    candidate view has been unchanged.
     """
     if has_membership:
         return Resume()
@@ -119,7 +122,7 @@ def decide(self_id: str, *, has_membership: bool, peers: Sequence[FormationPeer]
     if chosen != self_id:
         return Wait(f"waiting for {chosen} to form the cluster")
     if unresolved:
-        return Wait(f"{unresolved} candidate(s) not probed yet")
+        return Wait(f"{unresolved} candidate(s) not verified yet")
     if 1 + len(peers) < config.min_nodes:
         return Wait(f"{1 + len(peers)} of {config.min_nodes} nodes verified")
     if stable_for < config.stable_seconds:

@@ -69,6 +69,7 @@ class PeerRecord:
     first_seen: float = 0.0
     last_seen: float = 0.0  # last time a source re-confirmed the claim or a probe succeeded
     probed: bool = False  # at least one probe finished (either way)
+    disproved: bool = False  # the last probe got an answer that failed the identity checks
     failures: int = 0  # consecutive failed probes
     next_probe: float = 0.0
     last_error: str | None = None
@@ -231,6 +232,14 @@ class PeerSet:
             del self._peers[a]
         return gone
 
+    def unsettled(self) -> int:
+        """Candidates whose identity is still open: not probed yet, or not answering.
+
+        The formation rule will not found a cluster while any remain: an
+        unanswered candidate might be a member of a cluster that already exists.
+        """
+        return sum(1 for r in self._peers.values() if not r.verified and not r.disproved)
+
     def next_expiry(self) -> float:
         return min((c.expires_at for r in self._peers.values() for c in r.claims.values()),
                    default=math.inf)
@@ -247,7 +256,7 @@ class PeerSet:
         if rec is None:
             return None
         rec.verified, rec.verified_id, rec.cluster, rec.formed = True, node_id, cluster, formed
-        rec.probed, rec.failures, rec.last_error = True, 0, None
+        rec.probed, rec.failures, rec.last_error, rec.disproved = True, 0, None, False
         rec.last_seen = max(rec.last_seen, now)
         rec.next_probe = now + (self._policy.reverify_after if formed
                                 else self._policy.recheck_unformed)
@@ -267,6 +276,7 @@ class PeerSet:
             return None
         if disproved:
             rec.verified, rec.verified_id, rec.formed = False, None, False
+        rec.disproved = disproved
         rec.probed = True
         rec.failures += 1
         rec.last_error = error
@@ -285,6 +295,7 @@ class PeerSet:
             rec.verified = verified
             if verified:
                 rec.verified_id = rec.node_id or rec.verified_id
+                rec.disproved = False
                 rec.last_seen = max(rec.last_seen, now)
             else:
                 rec.verified_id = None
