@@ -96,11 +96,33 @@ def render(variant: str) -> tuple[dict[str, Any], ...]:
         out = helm("template", RELEASE, str(CHART), "-n", NAMESPACE,
                    *values_args(Path(tmp), VARIANTS[variant]))
     assert out.returncode == 0, out.stderr
-    return tuple(doc for doc in yaml.safe_load_all(out.stdout) if doc)
+    return tuple(doc for doc in yaml.load_all(out.stdout, Loader=StrictLoader) if doc)
+
+
+class StrictLoader(yaml.SafeLoader):
+    """Refuses duplicate keys, which PyYAML silently resolves but the API server rejects."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        keys = [self.construct_object(k, deep=deep) for k, _ in node.value]
+        dupes = {k for k in keys if keys.count(k) > 1}
+        if dupes:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate keys {sorted(dupes)}", node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def test_strict_loader_catches_duplicate_keys() -> None:
+    with pytest.raises(yaml.constructor.ConstructorError, match="duplicate"):
+        yaml.load("labels: {a: 1, a: 2}", Loader=StrictLoader)
 
 
 def by_kind(objs: tuple[dict[str, Any], ...], kind: str) -> list[dict[str, Any]]:
     return [o for o in objs if o["kind"] == kind]
+
+
+def named(objs: tuple[dict[str, Any], ...], kind: str, name: str) -> dict[str, Any]:
+    (found,) = [o for o in objs if o["kind"] == kind and o["metadata"]["name"] == name]
+    return found
 
 
 def one(objs: tuple[dict[str, Any], ...], kind: str) -> dict[str, Any]:
@@ -419,8 +441,7 @@ def test_notes_tell_the_user_what_to_do_next() -> None:
 
 
 def test_helm_test_hook_checks_the_operator_and_the_cluster() -> None:
-    pods = [o for o in render("everything") if o["kind"] == "Pod"]
-    (pod,) = pods
+    pod = named(render("everything"), "Pod", "cf-continuum-federation-test")
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     assert pod["spec"]["restartPolicy"] == "Never"
     (container,) = pod["spec"]["containers"]
@@ -446,7 +467,7 @@ class _Health(http.server.BaseHTTPRequestHandler):
 @pytest.mark.parametrize("ready", [True, False])
 def test_helm_test_script_passes_only_when_the_cluster_is_ready(ready: bool) -> None:
     """Run the hook's script for real, pointed at a local stand-in for the Services."""
-    (pod,) = [o for o in render("everything") if o["kind"] == "Pod"]
+    pod = named(render("everything"), "Pod", "cf-continuum-federation-test")
     script = pod["spec"]["containers"][0]["args"][0]
     handler = type("Handler", (_Health,), {"ready": ready})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -486,3 +507,24 @@ def test_packaged_chart_carries_the_crd_and_the_dashboard(tmp_path: Path) -> Non
     app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
     with open(ROOT / "pyproject.toml", "rb") as f:
         assert app_version == tomllib.load(f)["project"]["version"]
+
+
+def test_helm_test_round_trip_uses_the_operator_client_identity() -> None:
+    pod = named(render("everything"), "Pod", "cf-continuum-federation-test-cluster")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert pod["metadata"]["labels"]["app.kubernetes.io/component"] == "test"
+    (container,) = pod["spec"]["containers"]
+    assert container["image"] == "ghcr.io/continuum/federation-node:0.1.0"
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["API"] == f"https://demo.{NAMESPACE}.svc:7000"
+    secret = next(v["secret"] for v in pod["spec"]["volumes"] if v["name"] == "client-tls")
+    cluster = manifests.Cluster("demo", NAMESPACE, "uid-1", fc_spec.parse_spec({}))
+    assert secret["secretName"] == cluster.client_secret  # the Secret the operator writes
+    script = container["args"][0]
+    for step in ("cf status --json", "--strong", 'cf get "$CONCEPT"', 'cf delete "$CONCEPT"'):
+        assert step in script
+    out = helm("template", RELEASE, str(CHART), "--set", "tests.clusterName=demo",
+               "--set", "tests.clusterNamespace=team-a")
+    docs = [d for d in yaml.load_all(out.stdout, Loader=StrictLoader) if d]
+    pod = named(tuple(docs), "Pod", "cf-continuum-federation-test-cluster")
+    assert pod["metadata"]["namespace"] == "team-a"  # next to the Secret it mounts

@@ -21,13 +21,20 @@
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
-{{/* Standard labels (https://helm.sh/docs/chart_best_practices/labels/). */}}
-{{- define "cf.labels" -}}
+{{/* Standard labels (https://helm.sh/docs/chart_best_practices/labels/), without a component. */}}
+{{- define "cf.baseLabels" -}}
 helm.sh/chart: {{ include "cf.chart" . }}
-{{ include "cf.selectorLabels" . }}
+app.kubernetes.io/name: {{ include "cf.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: continuum-federation
+{{- end -}}
+
+{{/* Standard labels of the operator's own objects. */}}
+{{- define "cf.labels" -}}
+{{ include "cf.baseLabels" . }}
+app.kubernetes.io/component: operator
 {{- end -}}
 
 {{/* Labels that select the operator pod; never change them (Deployment selectors are immutable). */}}
