@@ -17,7 +17,7 @@ from continuum.federation.distributed.core.crdt import clock, resolver, values
 S = resolver.ConflictResolutionStrategy
 
 
-async def until(cond: Callable[[], bool | Awaitable[bool]], timeout: float = 20.0) -> None:
+async def until(cond: Callable[[], bool | Awaitable[bool]], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         out = cond()
@@ -172,7 +172,7 @@ async def test_pushes_and_anti_entropy_over_mtls(
     connect(cluster)
     await until(lambda: converged(cluster))
     assert await b.read("early-29") == 29
-    assert a.get_stats()["anti_entropy_rounds"] + b.get_stats()["anti_entropy_rounds"] > 0
+    assert sum(r.get_stats()["anti_entropy_keys_repaired"] for r in cluster) > 0
     # Live writes travel by push.
     await asyncio.gather(*(r.write(f"live-{r.node_id}-{i}", i) for r in cluster
                            for i in range(20)))
@@ -209,7 +209,7 @@ async def test_wrong_peer_identity_fails_the_round(
     a.add_peer(b.node_id, c.address or "")  # b's id, c's address: the certificate says c
     with pytest.raises(ConnectionError):
         await a.sync_with(b.node_id)
-    assert a.get_stats()["anti_entropy_failures"] == 1
+    assert a.get_stats()["anti_entropy_failures"] >= 1
 
 
 def test_clock_and_strategy_types_exported() -> None:
