@@ -115,6 +115,8 @@ class MultiMasterReplicator:
         self._tasks: list[asyncio.Task[None]] = []
         self._ae_cursor = 0
         self._lag: float | None = None
+        self._dirty: set[str] = set()  # pushed changes not yet on disk
+        self._flush_event: asyncio.Event | None = None
         self.stats = {"pushes_sent": 0, "push_messages_received": 0, "rejected_values": 0,
                       "anti_entropy_rounds": 0, "anti_entropy_failures": 0,
                       "anti_entropy_bytes": 0, "anti_entropy_keys_repaired": 0}
@@ -162,9 +164,11 @@ class MultiMasterReplicator:
         self._push_event = asyncio.Event()
         if self._pending:
             self._push_event.set()
+        self._flush_event = asyncio.Event()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._push_loop(), name=f"repl-push:{self.node_id}"),
-                       loop.create_task(self._anti_entropy_loop(), name=f"repl-ae:{self.node_id}")]
+                       loop.create_task(self._anti_entropy_loop(), name=f"repl-ae:{self.node_id}"),
+                       loop.create_task(self._flush_loop(), name=f"repl-flush:{self.node_id}")]
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -173,6 +177,11 @@ class MultiMasterReplicator:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         self._tasks = []
+        self._flush_event = None
+        if self._dirty:
+            with contextlib.suppress(storage.StorageError):
+                await self._persist(self._dirty)
+            self._dirty.clear()
         if self._bg:  # persists of pushed states and async callbacks still running
             await asyncio.wait(list(self._bg), timeout=10.0)
         for t in list(self._bg):
@@ -374,6 +383,9 @@ class MultiMasterReplicator:
                 self._notify(key)
             if durable:
                 await self._persist(changed)
+            elif self._flush_event is not None:  # one flusher batches all pushed changes
+                self._dirty.update(changed)
+                self._flush_event.set()
             else:
                 self._spawn(self._persist(changed))
         return len(changed)
@@ -468,6 +480,18 @@ class MultiMasterReplicator:
             size += n
         if batch:
             yield batch
+
+    async def _flush_loop(self) -> None:
+        assert self._flush_event is not None
+        event = self._flush_event
+        while True:
+            await event.wait()
+            event.clear()
+            keys, self._dirty = self._dirty, set()
+            try:
+                await self._persist(keys)
+            except storage.StorageError:
+                log.exception("replication: could not persist pushed changes")
 
     async def _on_push(self, sender: str, body: dict[str, Any]) -> None:
         self.stats["push_messages_received"] += 1
