@@ -1,12 +1,16 @@
 """MultiMasterReplicator: the asyncio shell around the CRDT replica (``core.crdt``).
 
-Any node accepts writes. A write is applied to the replica, made durable
-(``<storage_path>/replication.db``) and only then acknowledged; then it is
-pushed to every peer (``repl.push``, one-way, batched by the transport).
-Pushes can be lost, so every ``anti_entropy_interval`` the replicator picks
-the next peer and compares Merkle digests (``repl.digest``) top-down, then
-exchanges only the keys that differ, both ways (``repl.fetch``). Merging is a
-CRDT join, so duplicated, reordered or repeated deliveries are harmless.
+Any node accepts writes. A write is applied to the replica, queued for
+pushing, made durable (``<storage_path>/replication.db``) and only then
+acknowledged. Pushes (``repl.push``, one-way) go to every peer at most once
+per ``push_interval``: an idle node pushes at once, a busy one coalesces.
+Pushed states a peer receives are applied at once and written to its disk by
+one flusher in batches (the writer already holds them durably). Pushes can
+be lost, so every ``anti_entropy_interval`` the replicator picks the next
+peer, compares Merkle digests (``repl.digest``) top-down and exchanges only
+the keys that differ, both ways (``repl.fetch``). Merging is a CRDT join, so
+duplicated, reordered or repeated deliveries are harmless. Messages stay
+under ``MESSAGE_BUDGET`` bytes.
 
 Message kinds (all under ``repl.``):
 
