@@ -92,7 +92,10 @@ class MdnsDiscovery:
             self._browser = None
         if self._zc is not None:
             if self._info is not None:  # say goodbye so peers drop us at once
-                await self._zc.async_unregister_service(self._info)
+                # the call schedules the goodbye broadcast; await it, or closing
+                # right after can cut it off and peers keep us until the TTL
+                sent = await self._zc.async_unregister_service(self._info)
+                await sent
             await self._zc.async_close()
             self._zc = None
         self._peers.clear()
