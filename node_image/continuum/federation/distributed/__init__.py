@@ -1,9 +1,60 @@
 """continuum.federation.distributed: the distributed federation of CONTINUUM.
 
-Public API (the spec's names): ``FederationCoordinator``, ``RaftConsensus``,
-``MultiMasterReplicator``, ``NodeDiscovery``, ``GossipMesh`` and their
-configuration classes. Only this module re-exports names; inside the package,
-modules import modules.
+The spec's public API, importable as written::
+
+    from continuum.federation.distributed import (
+        FederationCoordinator, LoadBalance, RaftConsensus, MultiMasterReplicator,
+        ConflictResolver, ConflictResolutionStrategy, NodeDiscovery, DiscoveryConfig,
+        DiscoveryMethod, GossipMesh, MeshConfig,
+    )
+
+plus the node that wires them (``FederationNode``, ``NodeSettings``) and the
+value types and errors the API returns. Only this module re-exports names;
+inside the package, modules import modules.
 """
 
-__all__: list[str] = []
+from .config import NodeSettings
+from .consensus import MembershipError, NotLeaderError, RaftConsensus
+from .coordinator import (
+    CoordinatorError,
+    FederationCoordinator,
+    LoadBalance,
+    NodeInfo,
+    NodeStatus,
+    UnknownNodeError,
+)
+from .core.crdt.clock import HybridLogicalClock, VectorClock
+from .core.crdt.resolver import ConflictResolutionStrategy, ConflictResolver
+from .core.crdt.values import ChecksumError, ReplicatedValue
+from .discovery import DiscoveredNode, DiscoveryConfig, DiscoveryMethod, NodeDiscovery
+from .mesh import GossipMesh, MeshConfig
+from .node import FederationNode
+from .replication import MultiMasterReplicator, ReplicationError
+
+__all__ = [
+    "ChecksumError",
+    "ConflictResolutionStrategy",
+    "ConflictResolver",
+    "CoordinatorError",
+    "DiscoveredNode",
+    "DiscoveryConfig",
+    "DiscoveryMethod",
+    "FederationCoordinator",
+    "FederationNode",
+    "GossipMesh",
+    "HybridLogicalClock",
+    "LoadBalance",
+    "MembershipError",
+    "MeshConfig",
+    "MultiMasterReplicator",
+    "NodeDiscovery",
+    "NodeInfo",
+    "NodeSettings",
+    "NodeStatus",
+    "NotLeaderError",
+    "RaftConsensus",
+    "ReplicatedValue",
+    "ReplicationError",
+    "UnknownNodeError",
+    "VectorClock",
+]

@@ -1,17 +1,189 @@
-"""The node's HTTP API over mutual TLS (see docs/api.md for the contract)."""
+"""The node's HTTP API over mutual TLS (the contract is in docs/api.md).
+
+Handlers translate HTTP into calls on the node and its components and
+nothing more: validation errors are 400 with a JSON body, leader-only calls
+on a follower are 421 with the leader's address, and every route is timed
+for the latency histograms.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+
+from . import http_util
 
 if TYPE_CHECKING:
     from .node import FederationNode
 
+CONCEPT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,255}$")
+MAX_PAGE = 1000
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class NotLeader(Exception):
+    def __init__(self, leader_id: str | None, leader_address: str | None) -> None:
+        super().__init__("this node is not the leader")
+        self.leader_id = leader_id
+        self.leader_address = leader_address
+
 
 def mount(app: web.Application, node: FederationNode) -> None:
-    async def status(request: web.Request) -> web.Response:
-        return web.json_response(node.status())
+    routes = _Routes(node)
+    add = app.router
+    add.add_get("/v1/status", routes.timed("status", routes.status))
+    add.add_get("/v1/nodes", routes.timed("nodes", routes.nodes))
+    add.add_get("/v1/route", routes.timed("route", routes.route))
+    add.add_post("/v1/members", routes.timed("add_member", routes.add_member))
+    add.add_delete("/v1/members/{id}", routes.timed("remove_member", routes.remove_member))
+    add.add_post("/v1/leader/transfer", routes.timed("transfer", routes.transfer))
+    add.add_get("/v1/concepts", routes.timed("list", routes.list_concepts))
+    add.add_put("/v1/concepts/{id}", routes.timed("put", routes.put_concept))
+    add.add_get("/v1/concepts/{id}", routes.timed("get", routes.get_concept))
+    add.add_delete("/v1/concepts/{id}", routes.timed("delete", routes.delete_concept))
 
-    app.router.add_get("/v1/status", status)
+
+class _Routes:
+    def __init__(self, node: FederationNode) -> None:
+        self.node = node
+
+    def timed(self, name: str, handler: Handler) -> Handler:
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            start = time.perf_counter()
+            status = 500
+            try:
+                response = await handler(request)
+                status = response.status
+                return response
+            except NotLeader as exc:
+                status = 421
+                return http_util.error(421, "not_leader", str(exc), leader_id=exc.leader_id,
+                                       leader_address=exc.leader_address)
+            except web.HTTPException as exc:
+                status = exc.status
+                raise
+            except (ValueError, TypeError) as exc:
+                status = 400
+                return http_util.error(400, "invalid", str(exc))
+            except TimeoutError:
+                status = 503
+                return http_util.error(503, "timeout", "the cluster did not answer in time; "
+                                       "the outcome of a write is unknown, retry it with the "
+                                       "same Idempotency-Key")
+            finally:
+                self.node.metrics.observe_request(name, status, time.perf_counter() - start)
+        return wrapped
+
+    # -- cluster -----------------------------------------------------------------------------
+
+    async def status(self, request: web.Request) -> web.Response:
+        return web.json_response(self.node.status())
+
+    async def nodes(self, request: web.Request) -> web.Response:
+        status = request.query.get("status")
+        found = await self.node.coordinator.get_all_nodes(status_filter=status)
+        return web.json_response({"nodes": [_plain(n) for n in found],
+                                  "stats": self.node.coordinator.get_stats()})
+
+    async def route(self, request: web.Request) -> web.Response:
+        criteria = {k: v for k, v in request.query.items()}
+        chosen = await self.node.coordinator.select_node(criteria or None)
+        if chosen is None:
+            return http_util.error(503, "no_healthy_node", "no healthy node matches")
+        return web.json_response(_plain(chosen))
+
+    async def add_member(self, request: web.Request) -> web.Response:
+        body = await http_util.read_json(request)
+        if not isinstance(body, dict) or not isinstance(body.get("id"), str) \
+                or not isinstance(body.get("address"), str):
+            return http_util.error(400, "invalid", "body must be {\"id\": str, \"address\": str}")
+        self.node.require_leader()
+        await self.node.add_member(body["id"], body["address"])
+        return web.json_response({"id": body["id"], "voter": True})
+
+    async def remove_member(self, request: web.Request) -> web.Response:
+        member = request.match_info["id"]
+        raft = self.node.require_leader()
+        if member not in {m["id"] for m in raft.members()}:
+            return http_util.error(404, "not_a_member", f"{member} is not a member")
+        await self.node.remove_member(member)
+        return web.json_response({"id": member, "removed": True})
+
+    async def transfer(self, request: web.Request) -> web.Response:
+        body = await http_util.read_json(request) if request.can_read_body else {}
+        target = body.get("to") if isinstance(body, dict) else None
+        if target is not None and not isinstance(target, str):
+            return http_util.error(400, "invalid", "'to' must be a node id or null")
+        self.node.require_leader()
+        leader = await self.node.transfer_leadership(target)
+        return web.json_response({"leader_id": leader})
+
+    # -- concepts ----------------------------------------------------------------------------
+
+    async def put_concept(self, request: web.Request) -> web.Response:
+        concept_id = _concept_id(request)
+        value = await http_util.read_json(request)
+        if _strong(request):
+            key = request.headers.get("Idempotency-Key") or uuid.uuid4().hex
+            result = await self.node.put_strong(concept_id, value, key)
+        else:
+            result = await self.node.put_eventual(concept_id, value)
+        return web.json_response(result)
+
+    async def get_concept(self, request: web.Request) -> web.Response:
+        concept_id = _concept_id(request)
+        found = await self.node.get_concept(concept_id, strong=_strong(request))
+        if found is None:
+            return http_util.error(404, "not_found", f"no concept {concept_id!r}")
+        return web.json_response(found)
+
+    async def delete_concept(self, request: web.Request) -> web.Response:
+        concept_id = _concept_id(request)
+        if _strong(request):
+            key = request.headers.get("Idempotency-Key") or uuid.uuid4().hex
+            existed = await self.node.delete_strong(concept_id, key)
+        else:
+            existed = await self.node.delete_eventual(concept_id)
+        if not existed:
+            return http_util.error(404, "not_found", f"no concept {concept_id!r}")
+        return web.json_response({"id": concept_id, "deleted": True})
+
+    async def list_concepts(self, request: web.Request) -> web.Response:
+        after = request.query.get("after") or None
+        try:
+            limit = int(request.query.get("limit", "100"))
+        except ValueError:
+            return http_util.error(400, "invalid", "limit must be an integer")
+        if not 1 <= limit <= MAX_PAGE:
+            return http_util.error(400, "invalid", f"limit must be between 1 and {MAX_PAGE}")
+        ids = self.node.list_concepts(after, limit)
+        next_after = ids[-1] if len(ids) == limit else None
+        return web.json_response({"items": ids, "next": next_after})
+
+
+def _concept_id(request: web.Request) -> str:
+    concept_id = request.match_info["id"]
+    if not CONCEPT_ID.match(concept_id):
+        raise ValueError("concept id must be 1-256 characters of letters, digits and ._:- "
+                         "starting with a letter or digit")
+    return concept_id
+
+
+def _strong(request: web.Request) -> bool:
+    consistency = request.query.get("consistency", "eventual")
+    if consistency not in ("strong", "eventual"):
+        raise ValueError("consistency must be 'strong' or 'eventual'")
+    return consistency == "strong"
+
+
+def _plain(obj: Any) -> Any:
+    to_dict = getattr(obj, "to_dict", None)
+    if callable(to_dict):
+        return to_dict()
+    return obj

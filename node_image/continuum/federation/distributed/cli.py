@@ -152,7 +152,7 @@ def _local_up(args: argparse.Namespace) -> int:
     cluster.start()
     try:
         asyncio.run(local.wait_ready(data_dir, args.ready_timeout,
-                                     sys.stdout if sys.stdout.isatty() else None))
+                                     sys.stdout if sys.stdout.isatty() else None, cluster))
         print(f"cluster ready in {time.monotonic() - t0:.2f}s")
         print(f"client certificate: {data_dir}/pki/client.crt (key client.key, CA ca.crt)")
         print("try: continuum-federation put demo '{\"name\": \"Raft\"}' && "

@@ -38,12 +38,26 @@ class ApiClient:
             await self._session.close()
 
     async def call(self, method: str, path: str, body: Any = None,
-                   params: dict[str, str] | None = None) -> Any:
+                   params: dict[str, str] | None = None, *, follow_leader: bool = True,
+                   headers: dict[str, str] | None = None) -> Any:
+        """One API call; a leader-only call that reached a follower (421) is sent once
+        more to the leader the follower named."""
+        try:
+            return await self._call(self.base_url, method, path, body, params, headers)
+        except ApiError as exc:
+            leader = exc.body.get("leader_address")
+            if not follow_leader or exc.status != 421 or not isinstance(leader, str):
+                raise
+            return await self._call(f"https://{leader}", method, path, body, params, headers)
+
+    async def _call(self, base: str, method: str, path: str, body: Any,
+                    params: dict[str, str] | None, extra_headers: dict[str, str] | None) -> Any:
         if self._session is None:
             raise RuntimeError("use 'async with ApiClient(...)'")
         data = None if body is None else json.dumps(body)
         headers = {"Content-Type": "application/json"} if data is not None else {}
-        async with self._session.request(method, self.base_url + path, data=data,
+        headers.update(extra_headers or {})
+        async with self._session.request(method, base + path, data=data,
                                          headers=headers, params=params) as resp:
             raw = await resp.read()
             try:
@@ -61,13 +75,18 @@ class ApiClient:
         result: dict[str, Any] = await self.call("GET", "/v1/status")
         return result
 
-    async def put(self, concept_id: str, value: Any, *, strong: bool = False) -> dict[str, Any]:
+    async def put(self, concept_id: str, value: Any, *, strong: bool = False,
+                  idempotency_key: str | None = None) -> dict[str, Any]:
         params = {"consistency": "strong"} if strong else None
-        result: dict[str, Any] = await self.call("PUT", f"/v1/concepts/{concept_id}", value, params)
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        result: dict[str, Any] = await self.call("PUT", f"/v1/concepts/{concept_id}", value,
+                                                 params, headers=headers)
         return result
 
-    async def get(self, concept_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self.call("GET", f"/v1/concepts/{concept_id}")
+    async def get(self, concept_id: str, *, strong: bool = False) -> dict[str, Any]:
+        params = {"consistency": "strong"} if strong else None
+        result: dict[str, Any] = await self.call("GET", f"/v1/concepts/{concept_id}",
+                                                 params=params)
         return result
 
     async def delete(self, concept_id: str) -> dict[str, Any]:

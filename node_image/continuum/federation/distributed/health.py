@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
     from .node import FederationNode
@@ -18,8 +19,14 @@ def app(node: FederationNode) -> web.Application:
 
     async def readyz(request: web.Request) -> web.Response:
         ready = node.is_ready()
-        return web.json_response({"ready": ready}, status=200 if ready else 503)
+        return web.json_response({"ready": ready, "formation": node.formation_state},
+                                 status=200 if ready else 503)
+
+    async def prometheus(request: web.Request) -> web.Response:
+        body = node.metrics.render()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     application.router.add_get("/healthz", healthz)
     application.router.add_get("/readyz", readyz)
+    application.router.add_get("/metrics", prometheus)
     return application

@@ -184,10 +184,14 @@ def render_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-async def wait_ready(data_dir: Path, timeout: float, out: TextIO | None = None) -> float:
-    """Seconds until every node reports ready; raises TimeoutError."""
+async def wait_ready(data_dir: Path, timeout: float, out: TextIO | None = None,
+                     cluster: LocalCluster | None = None) -> float:
+    """Seconds until every node reports ready; raises TimeoutError (or RuntimeError when
+    every node process has exited)."""
     start = time.monotonic()
     while True:
+        if cluster is not None and len(cluster.exited()) == len(cluster.nodes):
+            raise RuntimeError(f"every node exited; see the logs in {cluster.log_dir}")
         rows = await poll_status(data_dir)
         ready = sum(1 for r in rows if r.get("ready"))
         if out is not None:

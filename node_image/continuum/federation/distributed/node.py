@@ -1,10 +1,21 @@
-"""FederationNode: one process of the federation, serving peers and clients.
+"""FederationNode: one process of the federation, wiring the five components.
 
-It owns the asyncio shell of every component and one mutual-TLS listener
-shared by the peer protocol and the HTTP API, plus a plain listener for
-``/healthz``, ``/readyz`` and ``/metrics``. Start order: transport,
-storage-backed components, then the listeners; stop order is the reverse
-with a graceful hand-over first.
+One mutual-TLS listener serves the peer protocol of every component and the
+HTTP API (``api.py``); a plain listener serves ``/healthz``, ``/readyz`` and
+``/metrics`` (``health.py``). Data flows as the design says:
+
+* discovery finds and verifies peers and hands them to the gossip mesh;
+* the mesh says who is alive: the replicator pushes to those peers, and
+  every node gossips its own load;
+* Raft carries strong writes, membership and the coordinator's registry;
+  its committed commands drive ``statemachine.FederationStateMachine``;
+* the leader's coordinator keeps every Raft member registered, probes them
+  and takes each node's load reports.
+
+Cluster formation: with ``initial_members`` every listed node starts with
+the same configuration (the local cluster). Otherwise discovery decides:
+resume from durable Raft state, bootstrap a one-node cluster (the founder),
+or join through a member (``node.join``), never two clusters.
 """
 
 from __future__ import annotations
@@ -12,18 +23,51 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import signal
 import time
+import uuid
+from collections.abc import Awaitable, Callable
+from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from . import api, config, health
+from . import (
+    api,
+    config,
+    consensus,
+    coordinator,
+    discovery,
+    health,
+    mesh,
+    metrics,
+    pki,
+    replication,
+    statemachine,
+)
+from .core import formation
+from .core import load as loadmod
+from .core.crdt import resolver as crdt_resolver
 from .transport import peer, tls
 
 log = logging.getLogger(__name__)
 
-PEER_PING_INTERVAL = 1.0
+JOIN_KIND = "node.join"
+INFO_KIND = "node.info"
+LOAD_REPORT_SECONDS = 1.0
+LEADER_DUTY_SECONDS = 1.0
+CERT_CHECK_SECONDS = 10.0
+STRONG_TIMEOUT_SECONDS = 10.0
+FORMATION_POLL_SECONDS = 0.5
+
+
+def _version() -> str:
+    try:
+        return metadata.version("continuum-federation")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
 
 
 class FederationNode:
@@ -31,27 +75,125 @@ class FederationNode:
         self.settings = settings
         self.node_id = settings.node_id
         self.tls_files = tls.TLSFiles.from_dir(settings.tls_dir)
-        self.transport = peer.PeerTransport(
-            settings.node_id, None, self.tls_files, peer_domain=settings.peer_domain
+        self.data_dir = settings.data_dir
+        self.transport = peer.PeerTransport(self.node_id, None, self.tls_files,
+                                            peer_domain=settings.peer_domain)
+        self.transport.on(JOIN_KIND, self._on_join)
+        self.transport.on(INFO_KIND, self._on_info)
+        self.coordinator = coordinator.FederationCoordinator(
+            self.node_id,
+            load_balance=coordinator.LoadBalance(
+                algorithm=settings.load_balance.algorithm,
+                health_check_interval=settings.load_balance.health_check_interval,
+                unhealthy_threshold=settings.load_balance.unhealthy_threshold),
+            transport=self.transport,
+            replicate=self._replicate,
+            is_active=lambda: self.raft is not None and self.raft.is_leader,
         )
+        self.state = statemachine.FederationStateMachine(
+            self.coordinator.apply_command, self.coordinator.snapshot, self.coordinator.restore)
+        strategy = crdt_resolver.ConflictResolutionStrategy[settings.conflict_strategy.upper()]
+        self.replicator = replication.MultiMasterReplicator(
+            self.node_id, crdt_resolver.ConflictResolver(strategy),
+            storage_path=self.data_dir / "replication", transport=self.transport,
+            fsync=settings.fsync,
+            anti_entropy_interval=settings.mesh.sync_interval_seconds)
+        self.mesh = mesh.GossipMesh(
+            self.node_id,
+            mesh.MeshConfig(fanout=settings.mesh.fanout,
+                            gossip_interval_ms=settings.mesh.gossip_interval_ms,
+                            sync_interval_seconds=settings.mesh.sync_interval_seconds,
+                            message_buffer_size=settings.mesh.message_buffer_size),
+            storage_path=self.data_dir / "mesh", transport=self.transport,
+            advertise_address=settings.peer_address,
+        )
+        self.discovery = discovery.NodeDiscovery(
+            self.node_id, self._discovery_config(), advertise_address=settings.peer_address,
+            storage_path=self.data_dir / "discovery", transport=self.transport,
+            peer_domain=settings.peer_domain)
+        self.raft: consensus.RaftConsensus | None = None
         self.started_at = time.monotonic()
-        self.reachable: dict[str, bool] = {}
+        self.formation_state = "starting"
         self._runners: list[web.AppRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
-        self._stopping = asyncio.Event()
+        self._in_flight = 0
+        self._latency_ms: float | None = None
+        self._loop_lag_ms = 0.0
+        self._cert_mtime: tuple[float, float, float] | None = None
+        self._not_after = pki.not_after(Path(self.tls_files.cert).read_bytes())
+        self.metrics = metrics.NodeMetrics(self._stats_sources, self._named_metrics)
+
+    # -- configuration ---------------------------------------------------------------------
+
+    def _discovery_config(self) -> discovery.DiscoveryConfig:
+        s = self.settings
+        methods = {discovery.DiscoveryMethod.GOSSIP}
+        if s.initial_members:
+            methods.add(discovery.DiscoveryMethod.STATIC)
+        if s.bootstrap:
+            methods.add(discovery.DiscoveryMethod.BOOTSTRAP)
+        if s.discovery_srv:
+            methods.add(discovery.DiscoveryMethod.DNS)
+        if s.mdns:
+            methods.add(discovery.DiscoveryMethod.MDNS)
+        statefulset = formation.ordinal(self.node_id) is not None and bool(s.discovery_srv)
+        return discovery.DiscoveryConfig(
+            enabled_methods=methods,
+            dns_domain=s.discovery_srv,
+            bootstrap_nodes=list(s.bootstrap),
+            discovery_interval_seconds=30.0,
+            dns_nameservers=list(s.dns_nameservers) or None,
+            static_nodes={k: v for k, v in s.initial_members.items() if k != self.node_id},
+            cluster_name=s.cluster_name,
+            formation_mode=formation.ORDINAL if statefulset else formation.LOWEST_ID,
+            formation_stable_seconds=s.formation_stable_seconds,
+        )
+
+    def _raft(self, *, cluster_nodes: list[str], join: bool) -> consensus.RaftConsensus:
+        s = self.settings
+        raft = consensus.RaftConsensus(
+            self.node_id, cluster_nodes,
+            election_timeout_ms=s.raft.election_timeout_ms,
+            heartbeat_interval_ms=s.raft.heartbeat_interval_ms,
+            peers={k: v for k, v in s.initial_members.items() if k != self.node_id},
+            storage_path=self.data_dir / "raft", transport=self.transport, join=join,
+            fsync=s.fsync, advertise_address=s.peer_address,
+        )
+        raft.register_apply_callback(self.state.apply)
+        raft.register_snapshot_callbacks(self.state.snapshot, self.state.restore)
+        return raft
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         await self.transport.start()
         app = web.Application(client_max_size=self.transport.limits.max_frame_bytes)
         self.transport.mount(app)
         api.mount(app, self)
         await self._listen(app, self.settings.bind_address, self.transport.server_ssl_context)
         await self._listen(health.app(self), self.settings.health_address, None)
-        self._tasks.append(asyncio.create_task(self._ping_peers(), name="ping-peers"))
-        log.info("node %s serving peers and API on %s (mTLS), health on %s", self.node_id,
+        self.discovery.register_listener(self._on_discovered)
+        self.mesh.register_membership_callback(self._on_membership)
+        await self.coordinator.start()
+        await self.replicator.start()
+        await self.mesh.start()
+        await self.discovery.start()
+        for pid, addr in self.settings.initial_members.items():
+            if pid != self.node_id:
+                await self.mesh.add_peer(pid, addr)
+                self.replicator.add_peer(pid, addr)
+        if self.settings.initial_members:
+            await self._start_raft(cluster_nodes=sorted(self.settings.initial_members),
+                                   join=False)
+        elif self._has_raft_state():
+            await self._start_raft(cluster_nodes=[], join=True)
+        else:
+            self._spawn(self._form, "formation")
+        for loop_fn, name in ((self._report_load, "load"), (self._leader_duties, "leader"),
+                              (self._watch_certificates, "certs"), (self._measure_lag, "lag")):
+            self._spawn(loop_fn, name)
+        log.info("node %s: peers and API on %s (mTLS), health on %s", self.node_id,
                  self.settings.bind_address, self.settings.health_address)
 
     async def _listen(self, app: web.Application, address: str, ssl_ctx: Any) -> None:
@@ -61,8 +203,34 @@ class FederationNode:
         await web.TCPSite(runner, host, port, ssl_context=ssl_ctx, reuse_address=True).start()
         self._runners.append(runner)
 
+    def _spawn(self, fn: Callable[[], Awaitable[None]], name: str) -> None:
+        async def guarded() -> None:
+            try:
+                await fn()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("node task %s failed", name)
+
+        self._tasks.append(asyncio.create_task(guarded(), name=f"node:{name}"))
+
+    async def _start_raft(self, *, cluster_nodes: list[str], join: bool) -> None:
+        self.raft = self._raft(cluster_nodes=cluster_nodes, join=join)
+        await self.raft.start()
+        self.discovery.set_formed(True)
+        self.formation_state = "member" if not join else "joining"
+
     async def stop(self) -> None:
-        self._stopping.set()
+        """Graceful: hand leadership over, leave the mesh, then stop and flush everything."""
+        raft = self.raft
+        if raft is not None and raft.is_leader and len(raft.members()) > 1:
+            try:
+                new = await raft.transfer_leadership(timeout=5.0)
+                log.info("leadership handed to %s", new)
+            except Exception as exc:
+                log.warning("leadership transfer on shutdown failed: %s", exc)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.mesh.leave(), 3.0)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -70,6 +238,12 @@ class FederationNode:
                 await task
         for runner in reversed(self._runners):
             await runner.cleanup()
+        if raft is not None:
+            await raft.stop()
+        await self.discovery.stop()
+        await self.mesh.stop()
+        await self.coordinator.stop()
+        await self.replicator.stop()
         await self.transport.stop()
         log.info("node %s stopped", self.node_id)
 
@@ -83,40 +257,359 @@ class FederationNode:
         log.info("node %s shutting down", self.node_id)
         await self.stop()
 
-    # -- peers -----------------------------------------------------------------------------
+    # -- formation -------------------------------------------------------------------------
 
-    def peer_addresses(self) -> dict[str, str]:
-        return {k: v for k, v in self.settings.initial_members.items() if k != self.node_id}
+    def _has_raft_state(self) -> bool:
+        return (self.data_dir / "raft" / "raft.db").exists()
 
-    async def _ping_peers(self) -> None:
+    async def _form(self) -> None:
+        while self.raft is None:
+            await self.discovery.discover_now()
+            decision = self.discovery.formation_decision()
+            self.formation_state = type(decision).__name__.lower() + ": " + getattr(
+                decision, "reason", "")
+            if isinstance(decision, formation.Bootstrap):
+                log.info("bootstrapping a new cluster: %s", decision.reason)
+                await self._start_raft(cluster_nodes=[self.node_id], join=False)
+                return
+            if isinstance(decision, formation.Join) and await self._join(decision.targets):
+                return
+            await asyncio.sleep(FORMATION_POLL_SECONDS)
+
+    async def _join(self, targets: tuple[str, ...]) -> bool:
+        """Ask members to add us; follows redirects to the leader. True once added."""
+        if self.raft is None:
+            await self._start_raft(cluster_nodes=[], join=True)
+        body = {"id": self.node_id, "address": self.settings.peer_address}
+        queue = list(targets)
+        seen: set[str] = set()
+        while queue:
+            address = queue.pop(0)
+            if address in seen:
+                continue
+            seen.add(address)
+            try:
+                reply = await self.transport.request(address, JOIN_KIND, body, timeout=90.0)
+            except peer.PeerError as exc:
+                log.info("join through %s failed: %s", address, exc)
+                continue
+            if reply.get("ok"):
+                log.info("joined the cluster through %s", address)
+                self.formation_state = "member"
+                return True
+            leader = reply.get("leader_address")
+            if isinstance(leader, str) and leader not in seen:
+                queue.insert(0, leader)
+        return False
+
+    async def _on_join(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
+        """``node.join`` from a node (its certificate proves ``sender``): add it if we lead."""
+        raft = self.raft
+        address = body.get("address")
+        if body.get("id") != sender or not isinstance(address, str):
+            raise ValueError("a node may only ask to join as itself, with an address")
+        peer.split_address(address)
+        if raft is None or not raft.is_leader:
+            return {"ok": False, "leader_id": raft.leader_id if raft else None,
+                    "leader_address": raft.leader_address() if raft else None}
+        await self.add_member(sender, address)
+        return {"ok": True}
+
+    def _on_info(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
+        raft = self.raft
+        return {"node_id": self.node_id, "leader_id": raft.leader_id if raft else None,
+                "members": [m["id"] for m in raft.members()] if raft else []}
+
+    # -- membership --------------------------------------------------------------------------
+
+    def require_leader(self) -> consensus.RaftConsensus:
+        raft = self.raft
+        if raft is None or not raft.is_leader:
+            raise api.NotLeader(raft.leader_id if raft else None,
+                                raft.leader_address() if raft else None)
+        return raft
+
+    async def add_member(self, node_id: str, address: str) -> None:
+        raft = self.require_leader()
+        current = {m["id"]: m for m in raft.members()}
+        if node_id in current and current[node_id]["voter"]:
+            return  # idempotent: already a voter
+        await raft.add_member(node_id, address)
+        await self.mesh.add_peer(node_id, address)
+        self.replicator.add_peer(node_id, address)
+
+    async def remove_member(self, node_id: str) -> None:
+        raft = self.require_leader()
+        if node_id == self.node_id:
+            await raft.transfer_leadership()
+            raise api.NotLeader(raft.leader_id, raft.leader_address())
+        await raft.remove_member(node_id)
+        with contextlib.suppress(Exception):
+            await self.coordinator.deregister_node(node_id)
+
+    async def transfer_leadership(self, target: str | None) -> str:
+        return await self.require_leader().transfer_leadership(target)
+
+    async def _replicate(self, command: dict[str, Any]) -> bool:
+        raft = self.raft
+        if raft is None:
+            return False
+        return await raft.append_entry(command)
+
+    # -- peers: discovery -> mesh -> replication ---------------------------------------------
+
+    async def _on_discovered(self, event: str, found: discovery.DiscoveredNode) -> None:
+        if not found.node_id or found.node_id == self.node_id:
+            return
+        if event == "up":
+            await self.mesh.add_peer(found.node_id, found.address)
+        else:
+            await self.mesh.remove_peer(found.node_id)
+
+    def _on_membership(self, node_id: str, status: str, address: str | None) -> None:
+        if node_id == self.node_id:
+            return
+        if status == "alive" and address:
+            self.replicator.add_peer(node_id, address)
+        elif status in ("dead", "left"):
+            self.replicator.remove_peer(node_id)
+
+    # -- background duties -------------------------------------------------------------------
+
+    def load_inputs(self) -> loadmod.LoadInputs:
+        return loadmod.LoadInputs(self._in_flight, self._loop_lag_ms, self._latency_ms or 0.0,
+                                  self.replicator.get_stats().get("keys_stored", 0)
+                                  + len(self.state.concepts))
+
+    async def _report_load(self) -> None:
+        """Gossip our load to everyone and hand it to the leader's coordinator."""
         while True:
-            peers = self.peer_addresses()
-            results = await asyncio.gather(
-                *(self.transport.request(addr, "peer.ping", {}, timeout=2, expect=pid)
-                  for pid, addr in peers.items()),
-                return_exceptions=True,
-            )
-            for pid, result in zip(peers, results, strict=True):
-                self.reachable[pid] = not isinstance(result, BaseException)
-            await asyncio.sleep(PEER_PING_INTERVAL)
+            beat = loadmod.heartbeat(self.load_inputs())
+            await self.mesh.update_state("load_score", beat["load_score"])
+            await self.mesh.update_state("concepts_count", self.load_inputs().concepts)
+            raft = self.raft
+            leader = raft.leader_address() if raft is not None else None
+            if raft is not None and raft.is_leader:
+                with contextlib.suppress(coordinator.UnknownNodeError):
+                    await self.coordinator.heartbeat(self.node_id, beat)
+            elif leader is not None:
+                with contextlib.suppress(peer.PeerError):
+                    await self.transport.request(leader, coordinator.HEARTBEAT_KIND, beat,
+                                                 timeout=2.0)
+            await asyncio.sleep(LOAD_REPORT_SECONDS)
 
-    # -- views -----------------------------------------------------------------------------
+    async def _leader_duties(self) -> None:
+        """On the leader: keep the coordinator's registry equal to Raft's membership."""
+        while True:
+            raft = self.raft
+            if raft is not None and raft.is_leader:
+                members = {m["id"]: m["address"] for m in raft.members() if m["address"]}
+                registered = {n.node_id: n.address for n in await self.coordinator.get_all_nodes()}
+                try:
+                    for nid, addr in members.items():
+                        if registered.get(nid) != addr:
+                            await self.coordinator.register_node(nid, addr, {"raft": True})
+                    for nid in set(registered) - set(members):
+                        await self.coordinator.deregister_node(nid)
+                except coordinator.CoordinatorError as exc:
+                    log.debug("registry sync deferred: %s", exc)
+            await asyncio.sleep(LEADER_DUTY_SECONDS)
+
+    async def _watch_certificates(self) -> None:
+        """Reload rotated certificates (cert-manager renews the Secret in place)."""
+        while True:
+            try:
+                mtime = self.tls_files.mtime()
+                if self._cert_mtime is not None and mtime != self._cert_mtime:
+                    self.transport.reload_tls()
+                    self._not_after = pki.not_after(self._read_cert())
+                    log.info("reloaded rotated TLS certificates (valid until %s)",
+                             self._not_after.isoformat())
+                self._cert_mtime = mtime
+            except (OSError, ValueError, tls.TLSConfigError) as exc:
+                log.warning("certificate reload failed, keeping the old ones: %s", exc)
+            await asyncio.sleep(CERT_CHECK_SECONDS)
+
+    def _read_cert(self) -> bytes:
+        return Path(self.tls_files.cert).read_bytes()
+
+    async def _measure_lag(self) -> None:
+        """How late the event loop wakes us: the local-health signal for load reports."""
+        interval = 0.25
+        while True:
+            start = time.monotonic()
+            await asyncio.sleep(interval)
+            lag = max(0.0, (time.monotonic() - start - interval) * 1000)
+            self._loop_lag_ms = loadmod.ewma(self._loop_lag_ms, lag)
+
+    # -- concepts ------------------------------------------------------------------------------
+
+    async def put_eventual(self, concept_id: str, value: Any) -> dict[str, Any]:
+        start = time.perf_counter()
+        self._in_flight += 1
+        try:
+            rv = await self.replicator.write(concept_id, value)
+        except replication.ReplicationError as exc:
+            raise ValueError(str(exc)) from None
+        finally:
+            self._in_flight -= 1
+            self._observe_write("eventual", start)
+        return {"id": concept_id, "consistency": "eventual", "node_id": rv.node_id,
+                "version": rv.version.to_dict(), "checksum": rv.checksum}
+
+    async def put_strong(self, concept_id: str, value: Any, request_id: str) -> dict[str, Any]:
+        command = {"type": "concept.put", "id": concept_id, "value": value}
+        await self._commit(command, request_id)
+        return {"id": concept_id, "consistency": "strong",
+                "commit_index": self.require_leader().get_stats()["commit_index"]}
+
+    async def delete_strong(self, concept_id: str, request_id: str) -> bool:
+        raft = self.require_leader()
+        await raft.read_index()
+        if concept_id not in self.state.concepts:
+            return False
+        await self._commit({"type": "concept.delete", "id": concept_id}, request_id)
+        return True
+
+    async def _commit(self, command: dict[str, Any], request_id: str) -> None:
+        raft = self.require_leader()
+        start = time.perf_counter()
+        self._in_flight += 1
+        try:
+            ok = await raft.append_entry(command, request_id=request_id or uuid.uuid4().hex,
+                                         timeout=STRONG_TIMEOUT_SECONDS)
+        finally:
+            self._in_flight -= 1
+            self._observe_write("strong", start)
+        if not ok:
+            if not raft.is_leader:
+                raise api.NotLeader(raft.leader_id, raft.leader_address())
+            raise TimeoutError("commit outcome unknown")
+
+    async def delete_eventual(self, concept_id: str) -> bool:
+        return await self.replicator.delete(concept_id)
+
+    async def get_concept(self, concept_id: str, *, strong: bool) -> dict[str, Any] | None:
+        if strong:
+            await self.require_leader().read_index()
+        if concept_id in self.state.concepts:
+            return {"id": concept_id, "value": self.state.concepts.get(concept_id),
+                    "consistency": "strong"}
+        if strong:
+            return None
+        rv = await self.replicator.read_value(concept_id)
+        if rv is None or rv.deleted:
+            return None
+        value = await self.replicator.read(concept_id)
+        if value is None:
+            return None
+        return {"id": concept_id, "value": value, "consistency": "eventual",
+                "node_id": rv.node_id, "version": rv.version.to_dict(), "checksum": rv.checksum}
+
+    def list_concepts(self, after: str | None, limit: int) -> list[str]:
+        merged = set(self.state.concepts.ids(after, limit)) | set(
+            self.replicator.keys(after, limit))
+        return sorted(merged)[:limit]
+
+    def _observe_write(self, consistency: str, start: float) -> None:
+        seconds = time.perf_counter() - start
+        self.metrics.observe_write(consistency, seconds)
+        self._latency_ms = loadmod.ewma(self._latency_ms, seconds * 1000)
+
+    # -- views ---------------------------------------------------------------------------------
 
     def is_ready(self) -> bool:
-        peers = self.peer_addresses()
-        return all(self.reachable.get(p, False) for p in peers)
+        raft = self.raft
+        if raft is None or raft.leader_id is None:
+            return False
+        return any(m["id"] == self.node_id for m in raft.members())
+
+    def members(self) -> list[dict[str, Any]]:
+        raft = self.raft
+        if raft is None:
+            return []
+        alive = {m["id"]: m["status"] for m in self.mesh.members()}
+        out = []
+        for m in raft.members():
+            healthy = m["id"] == self.node_id or alive.get(m["id"]) == "alive"
+            out.append({**m, "healthy": healthy})
+        return out
 
     def status(self) -> dict[str, Any]:
-        members = [{"id": self.node_id, "address": self.settings.peer_address, "voter": True,
-                    "healthy": True}]
-        for pid, addr in sorted(self.peer_addresses().items()):
-            members.append({"id": pid, "address": addr, "voter": True,
-                            "healthy": self.reachable.get(pid, False)})
+        raft = self.raft
+        rstats = raft.get_stats() if raft is not None else {}
         return {
             "node_id": self.node_id,
             "cluster": self.settings.cluster_name,
+            "address": self.settings.peer_address,
+            "role": raft.role() if raft is not None else "none",
+            "term": rstats.get("current_term", 0),
+            "leader_id": rstats.get("leader_id"),
+            "leader_address": rstats.get("leader_address"),
+            "commit_index": rstats.get("commit_index", 0),
+            "last_applied": rstats.get("last_applied", 0),
             "ready": self.is_ready(),
-            "members": members,
+            "formation": self.formation_state,
+            "members": self.members(),
+            "strong_concepts": len(self.state.concepts),
+            "raft": rstats,
+            "replication": self.replicator.get_stats(),
+            "mesh": self.mesh.get_stats(),
+            "coordinator": self.coordinator.get_stats(),
+            "discovery": self.discovery.get_stats(),
             "transport": dict(self.transport.stats),
+            "load": loadmod.heartbeat(self.load_inputs()),
+            "version": _version(),
+            "certificate_not_after": self._not_after.isoformat(),
             "uptime_seconds": round(time.monotonic() - self.started_at, 3),
         }
+
+    def _stats_sources(self) -> dict[str, dict[str, Any]]:
+        sources = {
+            "replication": self.replicator.get_stats(),
+            "mesh": self.mesh.get_stats(),
+            "coordinator": self.coordinator.get_stats(),
+            "discovery": self.discovery.get_stats(),
+            "transport": dict(self.transport.stats),
+        }
+        if self.raft is not None:
+            sources["raft"] = self.raft.get_stats()
+        return sources
+
+    def _named_metrics(self) -> list[tuple[str, str, dict[str, str], float]]:
+        raft = self.raft
+        stats = raft.get_stats() if raft is not None else {}
+        node = {"node": self.node_id}
+        out: list[tuple[str, str, dict[str, str], float]] = [
+            ("continuum_raft_term", "Current Raft term", node,
+             float(stats.get("current_term", 0))),
+            ("continuum_raft_commit_index", "Raft commit index", node,
+             float(stats.get("commit_index", 0))),
+            ("continuum_raft_applied_index", "Last applied Raft index", node,
+             float(stats.get("last_applied", 0))),
+            ("continuum_raft_is_leader", "1 on the Raft leader", node,
+             1.0 if raft is not None and raft.is_leader else 0.0),
+            ("continuum_node_ready", "1 when the node is ready", node,
+             1.0 if self.is_ready() else 0.0),
+            ("continuum_replication_keys", "Concepts in the multi-master store", node,
+             float(self.replicator.get_stats().get("keys_stored", 0))),
+            ("continuum_load_score", "This node's load score", node,
+             float(loadmod.load_score(self.load_inputs()))),
+            ("continuum_certificate_expiry_seconds", "Seconds until the node certificate expires",
+             node, self._not_after.timestamp() - time.time()),
+        ]
+        for m in self.members():
+            out.append(("continuum_member_healthy", "1 when a member is alive in the mesh",
+                        {"node": self.node_id, "member": m["id"]}, 1.0 if m["healthy"] else 0.0))
+        lag = self.replicator.get_stats().get("replication_lag_seconds")
+        if isinstance(lag, int | float):
+            out.append(("continuum_replication_lag_seconds",
+                        "Age of the last replicated write when it arrived here", node, float(lag)))
+        return out
+
+
+def wipe_removed_member(data_dir: Path) -> None:
+    """Discard Raft state of a member the cluster removed, so the node joins as new."""
+    raft_dir = data_dir / "raft"
+    if raft_dir.exists():
+        shutil.rmtree(raft_dir)
