@@ -279,6 +279,10 @@ class GossipMesh:
         }
         stats.update({k: v for k, v in core.stats.items()
                       if k not in ("messages_sent", "messages_received")})
+        if self._transport is not None:
+            t = self._transport.stats
+            stats["transport_dropped"] = t["messages_dropped"]
+            stats["transport_send_failures"] = t["send_failures"]
         return stats
 
     # -- extras for the node daemon -------------------------------------------------------

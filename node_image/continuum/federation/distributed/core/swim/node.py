@@ -183,9 +183,9 @@ class SwimNode:
         return min(times)
 
     def tick(self, now: float) -> None:
-        due = self.next_deadline()
-        if now - due > self.config.late_timer_threshold:
-            # Our own timer fired late: the loop is starved; assume we are the slow one.
+        if not self._leaving and now - self._next_probe > self.config.late_timer_threshold:
+            # The probe timer (always set ahead) fired late: our loop is starved, so we
+            # are probably the slow one; probe more gently rather than accuse others.
             self.health.apply(1)
             self.stats["late_timers"] += 1
         self._reap(now)
@@ -513,6 +513,9 @@ class SwimNode:
     # -- dissemination --------------------------------------------------------------------
 
     def _push(self, u: messages.Update, now: float) -> None:
+        if not len(self._queue) and self._next_gossip < now:
+            # The gossip timer idles while there is no news; news starts it afresh, not "late".
+            self._next_gossip = now
         key: tuple[str, ...] = (
             ("m", u.node) if isinstance(u, messages.MemberUpdate) else ("s", u.node, u.key))
         self._queue.push(key, u, now)
