@@ -191,3 +191,18 @@ async def test_wildcard_certificate_binds_pod_ids(make_pki: Any) -> None:
     assert not tls.authorizes(ids, "demo-0")
     assert not tls.authorizes(ids, "demo-0", "other-peers.ns.svc.cluster.local")
     assert pair_files.cert.endswith("tls.crt")
+
+
+async def test_reply_identity_comes_from_the_certificate_not_the_claim(
+    cluster_pki: TestPKI, client: peer.PeerTransport,
+) -> None:
+    # A member holding n2's certificate pretends to be n3: the reply must be refused,
+    # however small (aiohttp releases small replies' connections early).
+    impostor = peer.PeerTransport("n3", "127.0.0.1:0", cluster_pki.node("n2"))
+    impostor.on("echo", lambda sender, body: {"ok": True})
+    await impostor.start()
+    try:
+        with pytest.raises(peer.PeerError, match="certificate does not say so"):
+            await client.request(impostor.address or "", "echo", {}, expect="n3")
+    finally:
+        await impostor.stop()

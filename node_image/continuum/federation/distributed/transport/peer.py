@@ -297,7 +297,7 @@ class PeerTransport:
                 timeout=aiohttp.ClientTimeout(total=total,
                                               sock_connect=min(total, self.limits.connect_timeout)),
             ) as resp:
-                server_ids = _peer_identities(resp.connection)
+                server_ids = _peer_identities(resp)
                 raw = await _read_at_most(resp, self.limits.max_frame_bytes + 1)
                 status = resp.status
         except PeerError:
@@ -316,8 +316,11 @@ class PeerTransport:
             self.stats["calls_failed"] += 1
             raise PeerError(address, f"bad reply: {exc}") from None
         if not self.insecure:
-            if server_ids is not None and not tls.authorizes(server_ids, frame.sender,
-                                                             self.peer_domain):
+            if server_ids is None:  # fail closed: never trust a reply we cannot attribute
+                self.stats["calls_failed"] += 1
+                raise PeerError(address, "cannot read the server's certificate")
+            if not tls.is_node(server_ids) or not tls.authorizes(server_ids, frame.sender,
+                                                                 self.peer_domain):
                 self.stats["calls_failed"] += 1
                 raise PeerError(address, f"reply claims to be {frame.sender!r} but its "
                                          "certificate does not say so")
@@ -430,10 +433,17 @@ def _request_identities(request: web.Request) -> frozenset[str]:
     return tls.identities_from_peercert(transport.get_extra_info("peercert"))
 
 
-def _peer_identities(connection: Any) -> frozenset[str] | None:
-    if connection is None or connection.transport is None:
+def _peer_identities(resp: aiohttp.ClientResponse) -> frozenset[str] | None:
+    """The server certificate's identities. aiohttp releases the connection as soon as a
+    small body is read, so fall back to the response's protocol, which still holds the
+    TLS transport (a test pins this against aiohttp upgrades)."""
+    connection = resp.connection
+    transport = connection.transport if connection is not None else None
+    if transport is None:
+        transport = getattr(getattr(resp, "_protocol", None), "transport", None)
+    if transport is None:
         return None
-    ssl_obj = connection.transport.get_extra_info("ssl_object")
+    ssl_obj = transport.get_extra_info("ssl_object")
     if ssl_obj is None:
         return None
     return tls.identities_from_peercert(ssl_obj.getpeercert())
