@@ -103,7 +103,7 @@ async def propagation(root: Path, ca: pki.KeyPair, n_nodes: int, total_rate: flo
         for p in nodes:
             await p.call("peers", peers={o.node_id: o.address for o in nodes if o is not p})
         rate = total_rate / n_nodes
-        cpu0, t0 = [cpu_seconds(p.pid) for p in nodes], time.monotonic()
+        cpu0, started = [cpu_seconds(p.pid) for p in nodes], time.monotonic()
         written = await asyncio.gather(*(p.call("load", rate=rate, duration=duration,
                                                 timeout=duration + 120) for p in nodes))
         # Let the tail arrive (pushes are immediate; this is generous), then collect.
@@ -113,15 +113,15 @@ async def propagation(root: Path, ca: pki.KeyPair, n_nodes: int, total_rate: flo
         expected = sum(w["written"] for w in written)
         while True:
             for p in nodes:
-                for key, t0, t1 in (await p.call("arrivals"))["arrivals"]:
-                    latest[key] = max(latest.get(key, 0.0), t1 - t0)
+                for key, sent, seen in (await p.call("arrivals"))["arrivals"]:
+                    latest[key] = max(latest.get(key, 0.0), seen - sent)
                     counts[key] = counts.get(key, 0) + 1
             complete = [k for k, c in counts.items() if c == n_nodes - 1]
             if len(complete) >= expected or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.2)
-        busy = [(cpu_seconds(p.pid) - c) / (time.monotonic() - t0) for p, c in zip(nodes, cpu0,
-                                                                                  strict=True)]
+        elapsed = time.monotonic() - started
+        busy = [(cpu_seconds(p.pid) - c) / elapsed for p, c in zip(nodes, cpu0, strict=True)]
         lat = [latest[k] * 1000 for k in complete]
         stats = [(await p.call("stats"))["stats"] for p in nodes]
         p50, p99, mx = pct(lat, 50), pct(lat, 99), max(lat)
@@ -222,19 +222,28 @@ def tree_only(n_keys: int, n_diff: int) -> None:
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller runs (smoke test)")
+    ap.add_argument("--only", choices=["local", "propagation", "anti-entropy"],
+                    help="run one part")
     args = ap.parse_args()
     q = args.quick
+
+    def part(name: str) -> bool:
+        return args.only in (None, name)
+
     with tempfile.TemporaryDirectory(prefix="bench-repl-") as tmp:
         root = Path(tmp)
         ca = pki.create_ca()
         print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())} "
               f"on {os.cpu_count()} CPUs (shared machine: latency includes waiting for a CPU)")
-        await local_writes(root, 2_000 if q else 20_000)
-        print("\n## Propagation (real processes, mTLS, fsync)")
-        for n in (3, 5):
-            await propagation(root, ca, n, 1000.0, 3.0 if q else 10.0)
-        await anti_entropy(root, ca, 10_000 if q else 100_000, 10)
-        tree_only(100_000 if q else 1_000_000, 10)
+        if part("local"):
+            await local_writes(root, 2_000 if q else 20_000)
+        if part("propagation"):
+            print("\n## Propagation (real processes, mTLS, fsync)")
+            for n in (3, 5):
+                await propagation(root, ca, n, 1000.0, 3.0 if q else 10.0)
+        if part("anti-entropy"):
+            await anti_entropy(root, ca, 10_000 if q else 100_000, 10)
+            tree_only(100_000 if q else 1_000_000, 10)
 
 
 if __name__ == "__main__":
