@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import heapq
 import random
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -229,6 +230,7 @@ class SimNode:
         self.alive = False
         self.core: rnode.RaftNode
         self.kv = KV()
+        self.writes: deque[rnode.Ready] = deque()
         self.was_leader_in = 0
 
     def start(self) -> None:
@@ -238,6 +240,7 @@ class SimNode:
             hard_state=d.hs, snapshot=d.snapshot, entries=list(d.log),
             bootstrap=self.bootstrap if d.empty else None)
         self.kv = KV()
+        self.writes: deque[rnode.Ready] = deque()  # queued, not yet durable: lost in a crash
         if d.snapshot is not None:
             self.kv.restore(rnode.unpack_snapshot(d.snapshot.data)[0])
         self.alive = True
@@ -247,20 +250,23 @@ class SimNode:
         self.alive = False
 
     def process(self) -> None:
-        """Carry out every pending Ready, exactly as the asyncio shell does."""
+        """Carry out every pending Ready as the asyncio shell does: leader appends out,
+        the write queued (it completes later, in order, in ``complete_writes``), apply,
+        advance. Messages of a Ready leave only once its write completed."""
         sim = self.sim
         while self.alive and self.core.has_ready():
             rd = self.core.ready()
             for msg in rd.early_messages:
                 sim.net.send(sim.now, msg)
-            if (rd.must_persist and not sim.quiet
-                    and sim.rng.random() < sim.faults.crash_mid_ready):
-                self.crash()  # the fsync never finished: this Ready's state is gone
-                return
             sim.checker.on_entries(rd.entries)
-            self.disk.persist(rd)
-            for msg in rd.messages:
-                sim.net.send(sim.now, msg)
+            # A reply may vouch for entries of an earlier write that is still in flight
+            # (a repeated append): it waits behind every queued write.
+            queued = rd.must_persist or bool(self.writes)
+            if queued:
+                self.writes.append(rd)
+            else:
+                for msg in rd.messages:
+                    sim.net.send(sim.now, msg)
             if rd.snapshot_received and rd.snapshot is not None:
                 self.kv.restore(rnode.unpack_snapshot(rd.snapshot.data)[0])
             for e in rd.committed:
@@ -271,8 +277,21 @@ class SimNode:
                 sim.on_applied(self, e)
             for rs in rd.read_states:
                 sim.on_read_state(self, rs)
-            self.core.advance(rd)
+            self.core.advance(rd, persisted=not queued)
             self._after_advance()
+
+    def complete_writes(self, n: int) -> None:
+        """The oldest ``n`` queued writes become durable; their messages leave."""
+        sim = self.sim
+        while n > 0 and self.writes and self.alive:
+            n -= 1
+            rd = self.writes.popleft()
+            self.disk.persist(rd)
+            for msg in rd.messages:
+                sim.net.send(sim.now, msg)
+            if rd.entries:
+                self.core.persisted_to(rd.entries[-1].index, rd.entries[-1].term)
+            self.process()
 
     def _after_advance(self) -> None:
         core, sim = self.core, self.sim
@@ -350,8 +369,20 @@ class Sim:
         self._clients()
         if self.membership and faults:
             self._admin()
+        self._complete_writes()
         self._expire_attempts()
         self._serve_reads()
+
+    def _complete_writes(self) -> None:
+        for n in list(self.nodes.values()):
+            if not n.writes:
+                continue
+            if self.quiet or self.rng.random() < 0.6:
+                n.complete_writes(len(n.writes))
+            elif self.rng.random() < self.faults.crash_mid_ready * 10:
+                n.crash()  # the fsync never finished: everything queued is gone
+            else:
+                n.complete_writes(self.rng.randint(0, len(n.writes)))
 
     def _faults(self) -> None:
         f, rng = self.faults, self.rng

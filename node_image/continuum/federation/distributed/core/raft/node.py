@@ -72,7 +72,7 @@ class Ready:
 
     1. Send ``early_messages`` (the leader's appends and heartbeats: a leader
        may write its log in parallel with its followers, thesis 10.2.1, and
-       counts itself only once ``advance`` says its entries are durable).
+       counts itself only once told its entries are durable).
     2. Persist ``hard_state`` (if not None), ``snapshot`` (if not None; delete
        log entries up to its index) and ``entries`` (they replace the log
        from ``entries[0].index`` on), and delete log entries after
@@ -82,6 +82,13 @@ class Ready:
        ``snapshot``; then apply ``committed`` in order, skipping the indexes in
        ``duplicates`` (request ids already applied).
     5. Serve ``read_states`` once their index is applied; call ``advance``.
+
+    Asynchronous storage (etcd raft's AsyncStorageWrites): the shell may
+    apply ``committed`` and call ``advance(rd, persisted=False)`` while the
+    write of step 2 is still in flight, because committed entries are
+    durable on a majority already; writes must complete in order, and each
+    one's ``messages`` go out, and ``persisted_to(last entry)`` is reported,
+    only once it is durable.
     """
 
     hard_state: m.HardState | None = None
@@ -332,9 +339,17 @@ class RaftNode:
             self.log.applied = committed[-1].index
         return rd
 
-    def advance(self, rd: Ready) -> None:
-        if rd.entries:
-            self.log.persisted = max(self.log.persisted, rd.entries[-1].index)
+    def advance(self, rd: Ready, *, persisted: bool = True) -> None:
+        """The shell carried out ``rd``. With ``persisted=False`` its write is still in
+        flight (asynchronous storage); report it later with ``persisted_to``."""
+        if persisted and rd.entries:
+            self.persisted_to(rd.entries[-1].index, rd.entries[-1].term)
+
+    def persisted_to(self, index: int, term: int) -> None:
+        """Entries up to (index, term) are durable locally: the leader may count itself."""
+        if index <= self.log.persisted or self.log.term(index) != term:
+            return  # old news, or rewritten (or compacted) since that write was issued
+        self.log.persisted = index
         if self.role == LEADER:
             if self.id in self.progress:
                 self.progress[self.id].acked(self.log.persisted)
