@@ -1,0 +1,79 @@
+"""A local cluster of real node processes for end-to-end tests, driven through the CLI code."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from continuum.federation.distributed import client, local
+
+T = TypeVar("T")
+
+# Short timings so failover and health checks finish quickly under test.
+FAST_ENV = {
+    "CONTINUUM_LOAD_BALANCE__HEALTH_CHECK_INTERVAL": "0.5",
+    "CONTINUUM_LOAD_BALANCE__UNHEALTHY_THRESHOLD": "2",
+    "CONTINUUM_MESH__GOSSIP_INTERVAL_MS": "100",
+    "CONTINUUM_MESH__SYNC_INTERVAL_SECONDS": "2",
+}
+
+
+class Cluster:
+    def __init__(self, data_dir: Path, n: int, first_ip: str, env: dict[str, str] | None = None
+                 ) -> None:
+        self.data_dir = data_dir
+        self.nodes = local.plan(n, first_ip, 7000, 8080)
+        self.local = local.LocalCluster(data_dir, self.nodes, env={**FAST_ENV, **(env or {})})
+        _, self.files = None, None
+
+    def start(self) -> None:
+        self.local.start()
+        _, self.files = client.local_cluster(self.data_dir)
+
+    def stop(self) -> None:
+        self.local.stop()
+
+    def url(self, node_id: str) -> str:
+        return next(n.api_url for n in self.nodes if n.node_id == node_id)
+
+    async def call(self, node_id: str, fn: Callable[[client.ApiClient], Awaitable[T]]) -> T:
+        assert self.files is not None
+        async with client.ApiClient(self.url(node_id), self.files, timeout=10) as c:
+            return await fn(c)
+
+    async def statuses(self, ids: list[str] | None = None) -> dict[str, dict[str, Any]]:
+        ids = ids or [n.node_id for n in self.nodes]
+
+        async def one(nid: str) -> tuple[str, dict[str, Any]]:
+            try:
+                return nid, await self.call(nid, lambda c: c.status())
+            except Exception as exc:
+                return nid, {"error": str(exc)}
+
+        return dict(await asyncio.gather(*(one(i) for i in ids)))
+
+    async def wait_for(self, predicate: Callable[[], Awaitable[T | None]], timeout: float,
+                       what: str) -> T:
+        """Poll ``predicate`` until it returns a truthy value; fail with ``what`` on timeout."""
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            try:
+                last = await predicate()
+            except Exception as exc:
+                last = exc
+            if last:
+                return last
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+    async def agreed_leader(self, ids: list[str] | None = None) -> str | None:
+        """The leader every given node reports, if they all report the same one."""
+        st = await self.statuses(ids)
+        leaders = {s.get("leader_id") for s in st.values()}
+        if len(leaders) == 1 and None not in leaders and all(s.get("ready") for s in st.values()):
+            return leaders.pop()
+        return None
