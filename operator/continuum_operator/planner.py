@@ -177,6 +177,8 @@ def _safe_to_remove(o: Observed, victim: str) -> str | None:
 def plan(o: Observed) -> Decision:
     if o.sts_replicas is None:
         return _decide(Wait("StatefulSet not created yet"), o.operation)
+    if o.members is None and o.recover_quorum:
+        return _no_leader(o)  # recovery comes before any operation, which it keeps
     if o.operation is not None:
         return _resume(o, o.operation)
     if o.members is None:
@@ -188,10 +190,10 @@ def _no_leader(o: Observed) -> Decision:
     if o.recover_quorum:
         stuck = tuple(p.name for p in o.pods if not p.ready and not p.terminating)
         if stuck:
-            return _decide(RecoverQuorum(stuck), None)
+            return _decide(RecoverQuorum(stuck), o.operation)
     if not o.pods:
-        return _decide(Wait("waiting for the first pod"), None)
-    return _decide(Wait("no leader: the cluster has no quorum"), None)
+        return _decide(Wait("waiting for the first pod"), o.operation)
+    return _decide(Wait("no leader: the cluster has no quorum"), o.operation)
 
 
 def _next(o: Observed) -> Decision:

@@ -160,12 +160,14 @@ class FakeFederation:
         return self.alive(pod) and pod in self.members and self.leader is not None
 
     def _elect(self) -> None:
-        if self.leader is not None and self.alive(self.leader) and self.leader in self.members:
-            return
+        """A leader needs a live majority of voters (it steps down otherwise, check-quorum)."""
         voters = self.voters()
         up = sorted((v for v in voters if self.alive(v)),
                     key=lambda p: manifests.ordinal(self.name, p) or 0)
-        if voters and len(up) >= manifests.quorum(len(voters)):
+        majority = bool(voters) and len(up) >= manifests.quorum(len(voters))
+        if majority and self.leader in up:
+            return
+        if majority:
             self.leader = up[0]
             self.term += 1
         else:
@@ -292,7 +294,7 @@ class FakeFederation:
 
 # ---- the mock StatefulSet -> Pod controller ---------------------------------------------------
 
-def _revision(template: dict[str, Any]) -> str:
+def revision(template: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -337,7 +339,7 @@ class MockStatefulSetController:
         name = self.fed.name
         replicas = int(sts["spec"].get("replicas") or 0)
         template = sts["spec"]["template"]
-        rev = _revision(template)
+        rev = revision(template)
         for pod, obj in pods.items():
             ordinal = manifests.ordinal(name, pod)
             if ordinal is not None and ordinal >= replicas:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from harness import (NS, Api, Emulator, FakeFederation, MockStatefulSetController, declare_resources,
-                     free_port, run_operator, operator_settings, wait_until)
+                     free_port, revision, run_operator, operator_settings, wait_until)
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.kmock(cls=Emulator)]
 
@@ -74,3 +74,232 @@ async def test_created_cluster_gets_owned_objects_and_converges(env: Env) -> Non
                                ("promote", "demo-2")]
         reasons = {e["reason"] for e in await env.api.events()}
         assert {"Created", "CertificateIssued", "GrowStatefulSet", "AddMember"} <= reasons
+
+
+# ---- helpers for the scenarios ----------------------------------------------------------------
+
+def reconciles() -> float:
+    from prometheus_client import REGISTRY
+    return sum(REGISTRY.get_sample_value("continuum_operator_reconciles_total", {"result": r})
+               or 0.0 for r in ("ok", "busy", "error"))
+
+
+async def cycles(n: int) -> None:
+    """Wait until the operator finished ``n`` more reconcile cycles."""
+    start = reconciles()
+    await wait_until(lambda: reconciles() >= start + n, 30, f"{n} reconcile cycles")
+
+
+async def ordered_events(env: Env, reason: str | None = None) -> list[str]:
+    events = sorted(await env.api.events(), key=lambda e: e["metadata"]["name"])
+    return [f"{e['reason']}: {e['message']}" for e in events
+            if reason is None or e["reason"] == reason]
+
+
+async def patch_spec(env: Env, spec: dict[str, Any]) -> None:
+    await env.api.call("PATCH", env.api.cr_path("demo"), {"spec": spec})
+
+
+async def annotate(env: Env, key: str, value: str | None) -> None:
+    await env.api.call("PATCH", env.api.cr_path("demo"),
+                       {"metadata": {"annotations": {key: value}}})
+
+
+def index(lines: list[str], fragment: str) -> int:
+    return next(i for i, line in enumerate(lines) if fragment in line)
+
+
+# ---- scenarios --------------------------------------------------------------------------------
+
+async def test_scale_3_to_5_to_3_one_member_at_a_time(env: Env) -> None:
+    async with run_operator(env.settings):
+        await env.api.create_cluster("demo", {"replicas": 3})
+        await wait_until(lambda: env.converged(3), 60, "3 voters")
+        start = len(env.fed.log)
+        # kubectl scale goes through the scale subresource
+        await env.api.call("PATCH", env.api.cr_path("demo", "scale"), {"spec": {"replicas": 5}})
+        await wait_until(lambda: env.converged(5), 90, "5 voters")
+        assert env.fed.log[start:] == [("add_learner", "demo-3"), ("promote", "demo-3"),
+                                       ("add_learner", "demo-4"), ("promote", "demo-4")]
+        ev = await ordered_events(env)
+        assert (index(ev, "grown to 4") < index(ev, "member demo-3 added")
+                < index(ev, "grown to 5") < index(ev, "member demo-4 added"))
+        start = len(env.fed.log)
+        await patch_spec(env, {"replicas": 3})
+        await wait_until(lambda: env.converged(3), 90, "back to 3 voters")
+        assert env.fed.log[start:] == [("remove", "demo-4"), ("remove", "demo-3")]
+        ev = await ordered_events(env)
+        # Raft removal first, then the StatefulSet shrinks, then (only then) the PVC goes.
+        assert (index(ev, "member demo-4 removed") < index(ev, "shrunk to 4")
+                < index(ev, "PVC data-demo-4 deleted") < index(ev, "member demo-3 removed")
+                < index(ev, "shrunk to 3") < index(ev, "PVC data-demo-3 deleted"))
+        pvcs = {p["metadata"]["name"] for p in await env.api.items(
+            f"/api/v1/namespaces/{NS}/persistentvolumeclaims")}
+        assert pvcs == {"data-demo-0", "data-demo-1", "data-demo-2"}
+
+
+async def test_spec_change_patches_children_and_restarts_leader_last(env: Env) -> None:
+    async with run_operator(env.settings):
+        await env.api.create_cluster("demo", {"replicas": 3})
+        await wait_until(lambda: env.converged(3), 60, "3 voters")
+        cm_path = f"/api/v1/namespaces/{NS}/configmaps/demo-config"
+        before = (await env.api.get(OWNED[3]) or {})["spec"]["template"]
+        start = len(env.fed.log)
+        await patch_spec(env, {"mesh": {"fanout": 5}})
+
+        async def patched() -> bool:
+            cm = await env.api.get(cm_path)
+            return bool(cm and "fanout: 5" in cm["data"]["node.yaml"])
+
+        await wait_until(patched, 30, "ConfigMap patched")
+
+        async def new_template() -> bool:  # the config hash moved: a new revision to roll out
+            return (await env.api.get(OWNED[3]) or {})["spec"]["template"] != before
+
+        await wait_until(new_template, 30, "pod template patched")
+
+        async def rolled() -> bool:
+            sts = await env.api.get(OWNED[3]) or {}
+            rev = revision(sts["spec"]["template"])
+            pods = await env.api.items(f"/api/v1/namespaces/{NS}/pods")
+            return (len(pods) == 3 and all(p["metadata"]["labels"].get(
+                "controller-revision-hash") == rev for p in pods) and await env.converged(3))
+
+        await wait_until(rolled, 90, "every pod restarted on the new revision")
+        deleted = await ordered_events(env, "DeletePod")
+        assert [d.split()[2] for d in deleted] == ["demo-2", "demo-1", "demo-0"]
+        assert "old leader restart" in deleted[-1]
+        assert env.fed.log[start:] == [("transfer", "demo-0->demo-1")]  # no membership change
+
+
+async def test_unsafe_scale_down_is_refused_then_forced_and_quorum_recovered(env: Env) -> None:
+    async with run_operator(env.settings):
+        await env.api.create_cluster("demo", {"replicas": 3})
+        await wait_until(lambda: env.converged(3), 60, "3 voters")
+        await env.fed.stop_node("demo-1")  # demo-1's process dies; its pod stays
+        await patch_spec(env, {"replicas": 2})
+
+        async def blocked() -> bool:
+            return (await env.api.condition("demo", "ScaleBlocked")).get("status") == "True"
+
+        await wait_until(blocked, 30, "ScaleBlocked")
+        warning = await env.api.events("ScaleBlocked")
+        assert warning and warning[0]["type"] == "Warning"
+        assert "force-scale-down" in warning[0]["message"]
+        assert not [e for e in env.fed.log if e[0] == "remove"]
+        st = await env.api.cr_status("demo")
+        assert st["phase"] == "Degraded" and "quorum" in st["blockedReason"]
+
+        # The override: remove demo-2 anyway; with demo-1 down, quorum is lost, loudly.
+        await annotate(env, "continuum.dev/force-scale-down", "true")
+
+        async def lost() -> bool:
+            return (await env.api.cr_status("demo")).get("phase") == "QuorumLost"
+
+        try:
+            await wait_until(lost, 60, "QuorumLost")
+        except AssertionError:
+            print(await env.api.cr_status("demo"), env.fed.log, await ordered_events(env))
+            raise
+        assert ("remove", "demo-2") in env.fed.log
+        quorum = await env.api.condition("demo", "Quorum")
+        assert quorum["status"] == "False" and "recover-quorum" in quorum["message"]
+        assert await env.api.events("QuorumLost")
+
+        # The documented recovery: restart the NotReady pods.
+        await annotate(env, "continuum.dev/recover-quorum", "attempt-1")
+        await wait_until(lambda: env.converged(2), 60, "quorum back with 2 voters")
+        assert await env.api.events("RecoverQuorum")
+        assert await env.api.events("QuorumRestored")
+        assert (await env.api.cr_status("demo"))["recoveryHandled"] == "attempt-1"
+
+
+async def test_operator_killed_mid_removal_resumes_without_a_second_removal(env: Env) -> None:
+    async with run_operator(env.settings) as task:
+        await env.api.create_cluster("demo", {"replicas": 4})
+        await wait_until(lambda: env.converged(4), 90, "4 voters")
+        env.fed.after_remove = lambda member: task.cancel()  # killed right after the commit
+        await patch_spec(env, {"replicas": 3})
+        await wait_until(lambda: task.done(), 30, "operator killed")
+    env.fed.after_remove = None
+    assert env.fed.log[-1] == ("remove", "demo-3")
+    st = await env.api.cr_status("demo")
+    assert st["operation"]["member"] == "demo-3"  # recorded before the call
+    async with run_operator(env.settings):
+        await wait_until(lambda: env.converged(3), 60, "3 voters after restart")
+    assert [e for e in env.fed.log if e[0] == "remove"] == [("remove", "demo-3")]
+    sts = await env.api.get(OWNED[3]) or {}
+    assert sts["spec"]["replicas"] == 3
+
+
+async def test_paused_cluster_keeps_children_but_updates_status(env: Env) -> None:
+    async with run_operator(env.settings):
+        await env.api.create_cluster("demo", {"replicas": 1})
+        await wait_until(lambda: env.converged(1), 60, "1 voter")
+        await patch_spec(env, {"paused": True, "replicas": 2, "mesh": {"fanout": 7}})
+
+        async def paused() -> bool:
+            return (await env.api.cr_status("demo")).get("phase") == "Paused"
+
+        await wait_until(paused, 30, "phase Paused")
+        assert (await env.api.condition("demo", "Paused"))["status"] == "True"
+        await cycles(3)
+        cm = await env.api.get(f"/api/v1/namespaces/{NS}/configmaps/demo-config") or {}
+        assert "fanout: 3" in cm["data"]["node.yaml"]
+        assert (await env.api.get(OWNED[3]) or {})["spec"]["replicas"] == 1
+        # status still follows the cluster while paused
+        await env.fed.stop_node("demo-0")
+
+        async def no_ready() -> bool:
+            return (await env.api.cr_status("demo")).get("readyReplicas") == 0
+
+        await wait_until(no_ready, 30, "status updated while paused")
+        await env.api.call("DELETE", f"/api/v1/namespaces/{NS}/pods/demo-0")
+        await patch_spec(env, {"paused": False})
+        await wait_until(lambda: env.converged(2), 60, "resumed: 2 voters")
+        cm = await env.api.get(f"/api/v1/namespaces/{NS}/configmaps/demo-config") or {}
+        assert "fanout: 7" in cm["data"]["node.yaml"]
+
+
+async def test_deleted_cluster_is_cleaned_up(env: Env) -> None:
+    async with run_operator(env.settings):
+        await env.api.create_cluster("demo", {"replicas": 1, "storage": {
+            "retention": {"whenDeleted": "Delete"}}})
+        await wait_until(lambda: env.converged(1), 60, "1 voter")
+        cr = await env.api.cr("demo")
+        assert "continuum.dev/finalizer" in cr["metadata"].get("finalizers", [])
+        await env.api.call("DELETE", env.api.cr_path("demo"))
+
+        async def gone() -> bool:
+            return await env.api.get(env.api.cr_path("demo")) is None
+
+        await wait_until(gone, 30, "FederationCluster deleted")
+        for path in OWNED:
+            assert await env.api.get(path) is None, path
+        await wait_until(lambda: _absent(env, "persistentvolumeclaims", "data-demo-0"), 30,
+                         "PVC deleted")
+
+
+async def _absent(env: Env, plural: str, name: str) -> bool:
+    return await env.api.get(f"/api/v1/namespaces/{NS}/{plural}/{name}") is None
+
+
+async def test_invalid_cluster_gets_a_clear_error_and_no_children(env: Env) -> None:
+    async with run_operator(env.settings):
+        await env.api.create_cluster("demo", {"replicas": 0, "tls": {"mode": "CertManager"}})
+
+        async def rejected() -> dict[str, Any]:
+            ready = await env.api.condition("demo", "Ready")
+            return ready if ready.get("reason") == "InvalidSpec" else {}
+
+        ready = await wait_until(rejected, 30, "InvalidSpec condition")
+        assert "spec.replicas" in ready["message"] and "issuerRef is required" in ready["message"]
+        assert (await env.api.cr_status("demo"))["phase"] == "Invalid"
+        warnings = await env.api.events("InvalidSpec")
+        assert warnings and warnings[0]["type"] == "Warning"
+        await cycles(2)
+        assert await env.api.get(OWNED[3]) is None
+        # Fixing the spec reconciles normally.
+        await env.api.call("PATCH", env.api.cr_path("demo"), {"spec": {
+            "replicas": 1, "tls": {"mode": "SelfSigned"}}})
+        await wait_until(lambda: env.converged(1), 60, "fixed spec converges")

@@ -188,3 +188,12 @@ def test_scale_wins_over_update_and_operations_finish_first() -> None:
     assert _step(o) == p.GrowStatefulSet(4)
     op = {"type": "Update", "step": "DeletePod", "member": "demo-1"}
     assert _step(obs(4, 3, revision={1: "old"}, op=op)) == p.DeletePod("demo-1", "restart")
+
+
+def test_quorum_recovery_comes_before_a_stuck_operation_and_keeps_it() -> None:
+    op = {"type": "ScaleDown", "step": "RemoveMember", "member": "demo-2"}
+    stuck = obs(2, 2, leader=None, not_ready=(1,), op=op)
+    assert isinstance(p.plan(stuck).step, p.Wait)
+    d = p.plan(replace(stuck, recover_quorum=True))
+    assert d.step == p.RecoverQuorum(("demo-1",))
+    assert d.operation is not None and d.operation.member == "demo-2"
