@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import math
@@ -45,6 +46,7 @@ TakeSnapshot = Callable[[], bytes]
 RestoreSnapshot = Callable[[bytes], Awaitable[None] | None]
 
 _NS = "raft"
+_MAX_WRITES_IN_FLIGHT = 8
 _NS_LOG = "raft.log"
 
 
@@ -70,6 +72,12 @@ class _Proposal:
     data: bytes
     request_id: str | None
     fut: asyncio.Future[bool]
+
+
+@dataclass(frozen=True, slots=True)
+class _Persisted:
+    index: int
+    term: int
 
 
 @dataclass(slots=True)
@@ -154,7 +162,9 @@ class RaftConsensus:
         self._apply_cb: ApplyCallback | None = None
         self._take: TakeSnapshot | None = None
         self._restore: RestoreSnapshot | None = None
-        self._inbox: deque[tuple[str, str, dict[str, Any]] | _Proposal | _Admin] = deque()
+        self._inbox: deque[tuple[str, str, dict[str, Any]] | _Proposal | _Admin | _Persisted
+                           ] = deque()
+        self._writes: deque[asyncio.Task[None]] = deque()  # in flight, oldest first
         self._ticks = 0
         self._wake = asyncio.Event()
         self._waiters: dict[int, tuple[int, asyncio.Future[bool]]] = {}
@@ -224,6 +234,7 @@ class RaftConsensus:
         self._tasks = []
         if _LocalHub.members.get(self.node_id) is self:
             del _LocalHub.members[self.node_id]
+        await self._flush_writes()
         self._fail_all()
         if self._owns_transport and self._transport is not None:
             await self._transport.stop()
@@ -428,6 +439,8 @@ class RaftConsensus:
             self._fail_all()
 
     def _drain(self) -> None:
+        if self._failed is not None:
+            raise self._failed  # a write failed: nothing after it may be acknowledged
         node = self._require_node()
         for _ in range(self._ticks):
             node.tick()
@@ -439,6 +452,8 @@ class RaftConsensus:
                 props.append(item)
             elif isinstance(item, _Admin):
                 self._run_admin(node, item)
+            elif isinstance(item, _Persisted):
+                node.persisted_to(item.index, item.term)
             else:
                 self._step(node, *item)
         if props:
@@ -476,31 +491,65 @@ class RaftConsensus:
             self._waiters[first + k] = (node.term, p.fut)
 
     async def _cycle(self, node: rnode.RaftNode) -> None:
+        """One Ready, with asynchronous storage writes (see ``node.Ready``).
+
+        The write is queued to the disk thread and the loop moves on: committed entries
+        are applied meanwhile (they are durable on a majority already) and the next
+        Ready can be prepared, so consecutive writes share fsyncs. A Ready's messages
+        leave, and the core hears its entries are durable, only when its write (and so
+        every earlier one: the disk thread keeps order) has completed.
+        """
         rd = node.ready()
         for msg in rd.early_messages:
             self._send(msg)
-        write: asyncio.Task[None] | None = None
-        if rd.must_persist and self._store is not None:
-            write = asyncio.get_running_loop().create_task(self._store.commit(self._ops(rd)))
-            await asyncio.sleep(0)  # let the write reach the disk thread before we apply
-            self.stats["writes"] += 1
+        queued = self._store is not None and (rd.must_persist or bool(self._writes))
+        if not queued:
+            for msg in rd.messages:
+                self._send(msg)
+        elif rd.must_persist:
+            await self._write(rd)
+        else:  # a reply that may vouch for entries still being written waits behind them
+            self._writes[-1].add_done_callback(functools.partial(self._written, rd))
         if rd.snapshot_received and rd.snapshot is not None:
-            if write is not None:
-                await write
+            await self._flush_writes()
             await self._restore_app(rd.snapshot)
             self.stats["snapshots_installed"] += 1
-        # Committed entries are durable on a majority already: applying them while our own
-        # write is in flight is safe, and takes the apply off the latency path.
         await self._apply(rd)
-        if write is not None:
-            await write
-        for msg in rd.messages:
-            self._send(msg)
-        node.advance(rd)
+        node.advance(rd, persisted=not queued)
         for rs in rd.read_states:
             fut = self._reads.pop(rs.ctx, None)
             if fut is not None:
                 self._read_wait.append((rs.index, fut))
+
+    async def _write(self, rd: rnode.Ready) -> None:
+        assert self._store is not None
+        while self._writes and self._writes[0].done():
+            self._writes.popleft()
+        if len(self._writes) >= _MAX_WRITES_IN_FLIGHT:
+            await self._writes[0]
+        task = asyncio.get_running_loop().create_task(self._store.commit(self._ops(rd)))
+        task.add_done_callback(functools.partial(self._written, rd))
+        self._writes.append(task)
+        self.stats["writes"] += 1
+        await asyncio.sleep(0)  # hand the batch to the disk thread before applying
+
+    def _written(self, rd: rnode.Ready, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            self._failed = self._failed or task.exception() or RuntimeError("write cancelled")
+            self._wake.set()
+            return
+        for msg in rd.messages:
+            self._send(msg)
+        if rd.entries:
+            last = rd.entries[-1]
+            self._inbox.append(_Persisted(last.index, last.term))
+            self._wake.set()
+
+    async def _flush_writes(self) -> None:
+        while self._writes:
+            with contextlib.suppress(Exception):
+                await self._writes[0]
+            self._writes.popleft()
 
     def _after_cycles(self, node: rnode.RaftNode) -> None:
         if self._read_wait:
