@@ -224,6 +224,8 @@ async def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smaller runs (smoke test)")
     ap.add_argument("--only", choices=["local", "propagation", "anti-entropy"],
                     help="run one part")
+    ap.add_argument("--rate", type=float, default=1000.0,
+                    help="total writes/s for the propagation runs")
     args = ap.parse_args()
     q = args.quick
 
@@ -240,7 +242,7 @@ async def main() -> None:
         if part("propagation"):
             print("\n## Propagation (real processes, mTLS, fsync)")
             for n in (3, 5):
-                await propagation(root, ca, n, 1000.0, 3.0 if q else 10.0)
+                await propagation(root, ca, n, args.rate, 3.0 if q else 10.0)
         if part("anti-entropy"):
             await anti_entropy(root, ca, 10_000 if q else 100_000, 10)
             tree_only(100_000 if q else 1_000_000, 10)
