@@ -607,8 +607,11 @@ class RaftNode:
 
     def _flush_broadcasts(self) -> None:
         if self._bcast and self.role == LEADER:
-            for pid in self.progress:
-                if pid != self.id and self._send_append(pid, allow_empty=True):
+            for pid, pr in self.progress.items():
+                # A commit-only (empty) append goes only where nothing is in flight: an
+                # answer is coming that will be followed by more, and heartbeats carry
+                # the commit index too. Sending one per commit would double the traffic.
+                if pid != self.id and self._send_append(pid, allow_empty=not pr.inflight):
                     self._send_appends(pid)
         self._bcast = False
         if self._read_bcast and self.role == LEADER:
@@ -633,6 +636,7 @@ class RaftNode:
             return False
         self._send(m.AppendRequest(self.term, self.id, to, prev, prev_term, tuple(entries),
                                    self.log.commit))
+        pr.sent_commit = self.log.commit
         pr.sent(entries[-1].index if entries else prev)
         return bool(entries)
 
@@ -658,6 +662,8 @@ class RaftNode:
             if msg.frm == self.lead_transferee and pr.match == self.log.last_index:
                 self._send(m.TimeoutNow(self.term, self.id, msg.frm))
         self._send_appends(msg.frm)
+        if not pr.inflight and pr.sent_commit < self.log.commit:
+            self._send_append(msg.frm, allow_empty=True)  # the commit it has not seen yet
 
     def _next_hint(self, msg: m.AppendResponse) -> int:
         """Fast back-tracking: skip the follower's whole conflicting term at once."""

@@ -26,6 +26,7 @@ class Progress:
     recent_active: bool = True  # heard from since the last check-quorum round
     snap_index: int = 0  # SNAPSHOT: the snapshot being sent
     snap_offset: int = 0  # SNAPSHOT: bytes acknowledged so far
+    sent_commit: int = 0  # the commit index we last told this follower
 
     def paused(self, max_inflight: int) -> bool:
         if self.state == PROBE:
