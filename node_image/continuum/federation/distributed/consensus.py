@@ -302,11 +302,13 @@ class RaftConsensus:
         """Add ``node_id`` as a learner, wait until it caught up, promote it to voter."""
         async with asyncio.timeout(timeout):
             await self._change(rnode.ADD_LEARNER, node_id, address)
+            # One catch-up round (thesis 4.2.1): the learner must hold everything that was
+            # committed when it was added; under load it never quite matches a moving commit.
+            target = self._require_leader_node().log.commit
 
             def caught_up() -> bool:
-                n = self._require_leader_node()
-                pr = n.progress.get(node_id)
-                return pr is not None and pr.match >= n.log.commit
+                pr = self._require_leader_node().progress.get(node_id)
+                return pr is not None and pr.match >= target
             await self._wait_until(caught_up, None)
             await self._change(rnode.PROMOTE, node_id, None)
 
@@ -340,6 +342,12 @@ class RaftConsensus:
         self._waiters[idx] = (term, fut)
         if not await fut:
             raise NotLeaderError(self.leader_id, self.leader_address())
+
+    def set_peer_address(self, node_id: str, address: str) -> None:
+        """Tell Raft where a node listens (e.g. learned by discovery). Addresses carried by
+        the membership configuration take precedence."""
+        peer.split_address(address)
+        self.peers[node_id] = address
 
     # -- views ---------------------------------------------------------------------------------
 
