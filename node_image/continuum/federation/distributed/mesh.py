@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 StateCallback = Callable[..., Awaitable[None] | None]
 MembershipCallback = Callable[[str, str, str], Awaitable[None] | None]
 
+# A ping travels as a call whose HTTP reply is the ack: one round trip instead of two
+# one-way posts, which halves what probing costs both ends.
+PING_CALL = "swim.ping_call"
+
 _NS = "mesh"
 _NS_PEERS = "mesh.peers"
 
@@ -137,6 +141,8 @@ class GossipMesh:
         self._events: asyncio.Queue[node.Event] | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._writes: set[asyncio.Task[None]] = set()
+        self._calls: set[asyncio.Task[None]] = set()
+        self._warmed: set[str] = set()
         self._running = False
         self._sent = 0
         self._send_dropped = 0
@@ -166,6 +172,7 @@ class GossipMesh:
         if self._transport is not None and not self._handlers_registered:
             for kind in messages.KINDS.values():
                 self._transport.on(kind, self._handler(kind))
+            self._transport.on(PING_CALL, self._on_ping_call)
             self._handlers_registered = True
         address = (self.advertise_address
                    or (self._transport.address if self._transport is not None else None)
@@ -194,6 +201,10 @@ class GossipMesh:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._dispatcher
             self._dispatcher = None
+        for task in list(self._calls):
+            task.cancel()
+        if self._calls:
+            await asyncio.gather(*self._calls, return_exceptions=True)
         if self._writes:
             await asyncio.gather(*self._writes, return_exceptions=True)
         if self._owns_transport and self._transport is not None:
@@ -333,27 +344,89 @@ class GossipMesh:
         self._core.tick(asyncio.get_running_loop().time())
         self._flush()
 
-    def _flush(self) -> None:
+    def _flush(self, reply_to: tuple[str, int] | None = None) -> messages.Ack | None:
+        """Carry out the core's effects; with ``reply_to=(address, seq)``, hold back and
+        return the ack for that ping (it becomes the reply of the call it came in)."""
         core = self._core
         if core is None:
-            return
+            return None
         ready = core.ready()
+        held: messages.Ack | None = None
         if ready.incarnation is not None and self._store is not None:
             self._write([storage.Put(_NS, "incarnation", str(ready.incarnation).encode())])
         for out in ready.messages:
+            msg = out.message
+            if (reply_to is not None and held is None and isinstance(msg, messages.Ack)
+                    and (out.address, msg.seq) == reply_to):
+                held = msg
+                continue
             if self._transport is None or out.address == core.address:
                 continue
-            if self._transport.send(out.address, messages.kind(out.message),
-                                    messages.encode(out.message)):
+            if isinstance(msg, messages.Ping):
+                self._ping(out.node, out.address, msg)
+            elif self._transport.send(out.address, messages.kind(msg), messages.encode(msg)):
                 self._sent += 1
             else:
                 self._send_dropped += 1
         if ready.events and self._events is not None:
             for ev in ready.events:
                 self._events.put_nowait(ev)
+                if isinstance(ev, node.MemberChanged) and ev.status == Status.ALIVE:
+                    self._warm(ev.address)
             self._persist_members(ready.events)
         if self._running:
             self._schedule(core.next_deadline())
+        return held
+
+    def _warm(self, address: str) -> None:
+        """Open the mutual-TLS connection to a new member now, so that the first gossip
+        to it does not wait for (or time out in) a handshake."""
+        transport = self._transport
+        if transport is None or address in self._warmed or address == self.address:
+            return
+        self._warmed.add(address)
+
+        async def call() -> None:
+            with contextlib.suppress(peer.PeerError):
+                await transport.request(address, "peer.ping", {}, timeout=5.0)
+
+        task = asyncio.get_running_loop().create_task(call())
+        self._calls.add(task)
+        task.add_done_callback(self._calls.discard)
+
+    def _ping(self, node_id: str, address: str, msg: messages.Ping) -> None:
+        transport = self._transport
+        assert transport is not None
+        timeout = max(1.0, 2 * self.config.probe_interval_ms / 1000)
+
+        async def call() -> None:
+            try:
+                reply = await transport.request(address, PING_CALL, messages.encode(msg),
+                                                timeout=timeout)
+                ack = messages.decode("swim.ack", reply)
+            except peer.PeerError:
+                return  # the core notices the missing ack by itself
+            except ValueError:
+                self._rejected += 1  # no ack (the ping was not for that node) or garbage
+                return
+            if self._running and self._core is not None:
+                self._core.receive(asyncio.get_running_loop().time(), node_id, ack)
+                self._flush()
+
+        self._sent += 1
+        task = asyncio.get_running_loop().create_task(call())
+        self._calls.add(task)
+        task.add_done_callback(self._calls.discard)
+
+    def _on_ping_call(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
+        if not self._running or self._core is None:
+            return {}
+        msg = messages.decode("swim.ping", body)  # ValueError: the transport answers 400
+        if not isinstance(msg, messages.Ping):
+            raise ValueError("not a ping")
+        self._core.receive(asyncio.get_running_loop().time(), sender, msg)
+        ack = self._flush(reply_to=(msg.reply_to, msg.seq))
+        return messages.encode(ack) if ack is not None else {}
 
     def _schedule(self, deadline: float) -> None:
         if self._timer is not None:

@@ -142,6 +142,7 @@ class SwimNode:
         # Stagger the first probe so members started together do not probe in lockstep.
         self._next_probe = now + rng.uniform(0, config.probe_interval)
         self._next_gossip = now + config.gossip_interval
+        self._last_gossip = now - config.gossip_interval
         self._next_sync = now + rng.uniform(0.5, 1.0) * config.sync_interval
         self._out: list[Outgoing] = []
         self._events: list[Event] = []
@@ -513,9 +514,10 @@ class SwimNode:
     # -- dissemination --------------------------------------------------------------------
 
     def _push(self, u: messages.Update, now: float) -> None:
-        if not len(self._queue) and self._next_gossip < now:
-            # The gossip timer idles while there is no news; news starts it afresh, not "late".
-            self._next_gossip = now
+        # News is forwarded at once (at most 4 rounds per interval) rather than at the next
+        # periodic round: each hop then costs a network delay, not half an interval.
+        self._next_gossip = min(self._next_gossip,
+                                max(now, self._last_gossip + self.config.gossip_interval / 4))
         key: tuple[str, ...] = (
             ("m", u.node) if isinstance(u, messages.MemberUpdate) else ("s", u.node, u.key))
         self._queue.push(key, u, now)
@@ -527,6 +529,7 @@ class SwimNode:
     def _gossip_round(self, now: float) -> None:
         if not len(self._queue):
             return
+        self._last_gossip = now
         self.stats["gossip_rounds"] += 1
         for node in self._pick(self.config.fanout, lambda m: m.status != Status.LEFT):
             updates = self._piggyback(now)
