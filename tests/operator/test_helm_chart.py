@@ -521,7 +521,8 @@ def test_helm_test_round_trip_uses_the_operator_client_identity() -> None:
     cluster = manifests.Cluster("demo", NAMESPACE, "uid-1", fc_spec.parse_spec({}))
     assert secret["secretName"] == cluster.client_secret  # the Secret the operator writes
     script = container["args"][0]
-    for step in ("cf status --json", "--strong", 'cf get "$CONCEPT"', 'cf delete "$CONCEPT"'):
+    for step in ("cf status --json", 'cf put "$CONCEPT"', 'cf get "$CONCEPT"',
+                 'cf delete "$CONCEPT"'):
         assert step in script
     out = helm("template", RELEASE, str(CHART), "--set", "tests.clusterName=demo",
                "--set", "tests.clusterNamespace=team-a")
