@@ -269,3 +269,12 @@ async def test_a_follower_left_behind_gets_a_snapshot() -> None:
         assert restarted.get_stats()["snapshots_installed"] >= 1
     finally:
         await asyncio.gather(*(n.stop() for n in nodes.values()))
+
+
+async def test_a_proposal_without_a_quorum_times_out_false(cluster: Cluster) -> None:
+    leader = await cluster.leader()
+    for n in cluster.nodes.values():
+        if n is not leader:
+            await n.stop()
+    assert await leader.append_entry({"lonely": 1}, timeout=0.3) is False
+    assert {"lonely": 1} not in cluster.applied[leader.node_id]
