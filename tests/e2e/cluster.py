@@ -62,11 +62,13 @@ class Cluster:
         last: Any = None
         while time.monotonic() < deadline:
             try:
-                last = await predicate()
-            except Exception as exc:
+                result = await predicate()
+            except Exception as exc:  # not there yet (a node still starting, a 404)
                 last = exc
-            if last:
-                return last
+            else:
+                if result:
+                    return result
+                last = result
             await asyncio.sleep(0.1)
         raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
@@ -77,3 +79,63 @@ class Cluster:
         if len(leaders) == 1 and None not in leaders and all(s.get("ready") for s in st.values()):
             return leaders.pop()
         return None
+
+
+class NodeProcess:
+    """One node process with explicit settings (no static member list): the Kubernetes shape."""
+
+    def __init__(self, node_id: str, ip: str, data_dir: Path, tls_dir: Path,
+                 env: dict[str, str]) -> None:
+        self.node_id = node_id
+        self.ip = ip
+        self.data_dir = data_dir
+        self.tls_dir = tls_dir
+        self.env = env
+        self.proc: Any = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.ip}:7000"
+
+    @property
+    def api_url(self) -> str:
+        return f"https://{self.address}"
+
+    def start(self) -> None:
+        import os
+        import subprocess
+        import sys
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONTINUUM_")}
+        env.update(FAST_ENV)
+        env.update({
+            "CONTINUUM_NODE_ID": self.node_id,
+            "CONTINUUM_BIND_ADDRESS": self.address,
+            "CONTINUUM_ADVERTISE_ADDRESS": self.address,
+            "CONTINUUM_HEALTH_ADDRESS": f"{self.ip}:8080",
+            "CONTINUUM_DATA_DIR": str(self.data_dir / "data"),
+            "CONTINUUM_TLS_DIR": str(self.tls_dir),
+        })
+        env.update(self.env)
+        log = (self.data_dir / "node.log").open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "continuum.federation.distributed.cli", "node", "run"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=20)
+
+    def stop(self) -> None:
+        import subprocess
+
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

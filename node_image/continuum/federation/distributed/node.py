@@ -120,6 +120,7 @@ class FederationNode:
         self._latency_ms: float | None = None
         self._loop_lag_ms = 0.0
         self._cert_mtime: tuple[float, float, float] | None = None
+        self._membership_lock = asyncio.Lock()  # Raft takes one configuration change at a time
         self._not_after = pki.not_after(Path(self.tls_files.cert).read_bytes())
         self.metrics = metrics.NodeMetrics(self._stats_sources, self._named_metrics)
 
@@ -187,7 +188,7 @@ class FederationNode:
             await self._start_raft(cluster_nodes=sorted(self.settings.initial_members),
                                    join=False)
         elif self._has_raft_state():
-            await self._start_raft(cluster_nodes=[], join=True)
+            await self._start_raft(cluster_nodes=[], join=True, resume=True)
         else:
             self._spawn(self._form, "formation")
         for loop_fn, name in ((self._report_load, "load"), (self._leader_duties, "leader"),
@@ -214,11 +215,18 @@ class FederationNode:
 
         self._tasks.append(asyncio.create_task(guarded(), name=f"node:{name}"))
 
-    async def _start_raft(self, *, cluster_nodes: list[str], join: bool) -> None:
+    async def _start_raft(self, *, cluster_nodes: list[str], join: bool,
+                          resume: bool = False) -> None:
         self.raft = self._raft(cluster_nodes=cluster_nodes, join=join)
         await self.raft.start()
+        if join and not resume:
+            self.formation_state = "joining"
+        else:
+            self._became_member()
+
+    def _became_member(self) -> None:
+        self.formation_state = "member"
         self.discovery.set_formed(True)
-        self.formation_state = "member" if not join else "joining"
 
     async def stop(self) -> None:
         """Graceful: hand leadership over, leave the mesh, then stop and flush everything."""
@@ -263,12 +271,12 @@ class FederationNode:
         return (self.data_dir / "raft" / "raft.db").exists()
 
     async def _form(self) -> None:
-        while self.raft is None:
+        while self.formation_state != "member":
             await self.discovery.discover_now()
             decision = self.discovery.formation_decision()
             self.formation_state = type(decision).__name__.lower() + ": " + getattr(
                 decision, "reason", "")
-            if isinstance(decision, formation.Bootstrap):
+            if isinstance(decision, formation.Bootstrap) and self.raft is None:
                 log.info("bootstrapping a new cluster: %s", decision.reason)
                 await self._start_raft(cluster_nodes=[self.node_id], join=False)
                 return
@@ -289,13 +297,18 @@ class FederationNode:
                 continue
             seen.add(address)
             try:
+                # A joining node has no configuration yet: learn who leads, and where, so
+                # Raft can answer the leader's first append before the config reaches us.
+                info = await self.transport.request(address, INFO_KIND, {}, timeout=5.0)
+                self._learn_address(info.get("node_id"), address)
+                self._learn_address(info.get("leader_id"), info.get("leader_address"))
                 reply = await self.transport.request(address, JOIN_KIND, body, timeout=90.0)
             except peer.PeerError as exc:
                 log.info("join through %s failed: %s", address, exc)
                 continue
             if reply.get("ok"):
                 log.info("joined the cluster through %s", address)
-                self.formation_state = "member"
+                self._became_member()
                 return True
             leader = reply.get("leader_address")
             if isinstance(leader, str) and leader not in seen:
@@ -318,7 +331,14 @@ class FederationNode:
     def _on_info(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
         raft = self.raft
         return {"node_id": self.node_id, "leader_id": raft.leader_id if raft else None,
+                "leader_address": raft.leader_address() if raft else None,
                 "members": [m["id"] for m in raft.members()] if raft else []}
+
+    def _learn_address(self, node_id: Any, address: Any) -> None:
+        """Tell Raft where a node listens (it also learns addresses from config entries)."""
+        if (self.raft is not None and isinstance(node_id, str) and isinstance(address, str)
+                and node_id != self.node_id):
+            self.raft.peers.setdefault(node_id, address)
 
     # -- membership --------------------------------------------------------------------------
 
@@ -330,11 +350,12 @@ class FederationNode:
         return raft
 
     async def add_member(self, node_id: str, address: str) -> None:
-        raft = self.require_leader()
-        current = {m["id"]: m for m in raft.members()}
-        if node_id in current and current[node_id]["voter"]:
-            return  # idempotent: already a voter
-        await raft.add_member(node_id, address)
+        async with self._membership_lock:
+            raft = self.require_leader()
+            current = {m["id"]: m for m in raft.members()}
+            if node_id in current and current[node_id]["voter"]:
+                return  # idempotent: already a voter
+            await raft.add_member(node_id, address)
         await self.mesh.add_peer(node_id, address)
         self.replicator.add_peer(node_id, address)
 
@@ -343,7 +364,8 @@ class FederationNode:
         if node_id == self.node_id:
             await raft.transfer_leadership()
             raise api.NotLeader(raft.leader_id, raft.leader_address())
-        await raft.remove_member(node_id)
+        async with self._membership_lock:
+            await self.require_leader().remove_member(node_id)
         with contextlib.suppress(Exception):
             await self.coordinator.deregister_node(node_id)
 
@@ -371,6 +393,7 @@ class FederationNode:
             return
         if status == "alive" and address:
             self.replicator.add_peer(node_id, address)
+            self._learn_address(node_id, address)
         elif status in ("dead", "left"):
             self.replicator.remove_peer(node_id)
 
