@@ -278,3 +278,18 @@ async def test_a_proposal_without_a_quorum_times_out_false(cluster: Cluster) -> 
             await n.stop()
     assert await leader.append_entry({"lonely": 1}, timeout=0.3) is False
     assert {"lonely": 1} not in cluster.applied[leader.node_id]
+
+
+async def test_a_shared_transport_can_host_a_new_instance_after_the_old_one() -> None:
+    from continuum.federation.distributed.transport import peer
+
+    t = peer.PeerTransport("shared", insecure=True)
+    first = consensus.RaftConsensus("shared", ["shared"], transport=t, **FAST)
+    await first.start()
+    await first.stop()
+    second = consensus.RaftConsensus("shared", ["shared"], transport=t, **FAST)
+    await second.start()  # the handlers of ``first`` are taken over, not registered twice
+    try:
+        assert second.is_leader and await second.append_entry({"ok": 1})
+    finally:
+        await second.stop()

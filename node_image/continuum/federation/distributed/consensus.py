@@ -24,6 +24,7 @@ import inspect
 import logging
 import math
 import random
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -115,6 +116,21 @@ def ticks_for(election_timeout_ms: tuple[int, int], heartbeat_interval_ms: int
     return tick_ms / 1000, cfg
 
 
+_OWNERS: weakref.WeakKeyDictionary[peer.PeerTransport, RaftConsensus] = (
+    weakref.WeakKeyDictionary())
+
+
+def _handler(t: peer.PeerTransport, kind: str) -> Callable[[str, dict[str, Any]], None]:
+    ref = weakref.ref(t)
+
+    def handle(sender: str, body: dict[str, Any]) -> None:
+        tr = ref()
+        owner = _OWNERS.get(tr) if tr is not None else None
+        if owner is not None:
+            owner._receive(kind, sender, body)
+    return handle
+
+
 class RaftConsensus:
     def __init__(
         self,
@@ -175,7 +191,6 @@ class RaftConsensus:
         self._read_wait: list[tuple[int, asyncio.Future[int]]] = []
         self._watchers: list[asyncio.Future[None]] = []
         self._tasks: list[asyncio.Task[None]] = []
-        self._handlers_registered = False
         self._running = False
         self._failed: BaseException | None = None
         self._disk_last = 0
@@ -682,16 +697,16 @@ class RaftConsensus:
     # -- messaging -----------------------------------------------------------------------------
 
     def _register_handlers(self) -> None:
-        if self._transport is None or self._handlers_registered:
+        """Route ``raft.*`` to us. A shared transport keeps its handlers for its life, so a
+        later RaftConsensus on the same transport (a node that rejoined) takes them over."""
+        t = self._transport
+        if t is None:
             return
-        for kind in rmsg.KINDS:
-            self._transport.on(kind, self._handler(kind))
-        self._handlers_registered = True
-
-    def _handler(self, kind: str) -> Callable[[str, dict[str, Any]], None]:
-        def handle(sender: str, body: dict[str, Any]) -> None:
-            self._receive(kind, sender, body)
-        return handle
+        first = t not in _OWNERS
+        _OWNERS[t] = self
+        if first:
+            for kind in rmsg.KINDS:
+                t.on(kind, _handler(t, kind))
 
     def _receive(self, kind: str, sender: str, body: dict[str, Any]) -> None:
         if not self._running:
