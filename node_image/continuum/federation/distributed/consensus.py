@@ -5,10 +5,19 @@ network (``transport.peer.PeerTransport``, or an in-process hub when neither
 ``bind_address`` nor ``transport`` is given) and the application callbacks.
 Every input (peer message, tick, proposal, admin call) lands in one inbox;
 a single loop task steps the core with everything queued, then carries out
-each ``Ready`` in the documented order: leader appends out, one fsynced write,
-replies out, apply, advance. Proposals that arrive while a write is in flight
-wait in the inbox and go out together in the next append: batching comes from
-the disk's own latency, with no timer.
+each ``Ready`` in the documented order: leader appends out, the write queued
+to the disk thread (one atomic, fsynced transaction; consecutive ones share an
+fsync), committed entries applied, advance; a Ready's replies leave only once
+its write is durable. Proposals that arrive meanwhile wait in the inbox and go
+out together in the next append: batching comes from latency, with no timer.
+
+Wiring: ``raft.*`` message kinds over ``transport.send`` (one-way); the apply
+callback gets each committed command (any msgpack-able value) once, in log
+order, and again after a restart for entries after the last snapshot (so a
+state machine is either rebuilt from the log or restored by the snapshot
+callbacks). ``NotLeaderError`` carries ``leader_id`` and ``leader_address`` for
+redirects; ``MembershipError.code`` is ``exists``, ``not_member``, ``busy``,
+``not_learner``, ``last_voter`` or ``no_target``.
 
 Durable layout in ``<storage_path>/raft.db``: namespace ``raft`` holds
 ``hard_state`` (term, vote and commit in one row, so one atomic write) and
