@@ -1,6 +1,7 @@
 """The Kubernetes shape without Kubernetes: pods find each other through a headless
 Service's DNS SRV records, share one wildcard certificate, and form exactly one cluster
-(ordinal 0 founds it, the others join); a new pod joins, a removed member leaves."""
+(ordinal 0 founds it, the others join); a new pod joins, a removed member leaves, and
+comes back as a new member onto its old volume."""
 
 from __future__ import annotations
 
@@ -91,6 +92,13 @@ async def test_srv_discovery_forms_one_cluster_then_grows_and_shrinks(
             return sorted(m["id"] for m in st["members"]) == ["demo-0", "demo-1", "demo-2"]  # type: ignore[attr-defined]
 
         await waiter.wait_for(three, 60, "demo-3 removed everywhere")
+
+        # scale up again onto the old volume: demo-3 finds data of a removed member, wipes
+        # it and joins as new instead of haunting the cluster with its old configuration
+        procs["demo-3"].start()
+        await waiter.wait_for(four, 90, "demo-3 to rejoin as a new voter")
+        log = (tmp_path / "demo-3" / "node.log").read_text()
+        assert "no longer a member" in log
     finally:
         for proc in procs.values():
             proc.stop()

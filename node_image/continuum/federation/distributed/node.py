@@ -61,6 +61,7 @@ LEADER_DUTY_SECONDS = 1.0
 CERT_CHECK_SECONDS = 10.0
 STRONG_TIMEOUT_SECONDS = 10.0
 FORMATION_POLL_SECONDS = 0.5
+REMOVED_CHECK_SECONDS = 2.0
 
 
 def _version() -> str:
@@ -189,6 +190,7 @@ class FederationNode:
                                    join=False)
         elif self._has_raft_state():
             await self._start_raft(cluster_nodes=[], join=True, resume=True)
+            self._spawn(self._rejoin_if_removed, "removed-check")
         else:
             self._spawn(self._form, "formation")
         for loop_fn, name in ((self._report_load, "load"), (self._leader_duties, "leader"),
@@ -327,6 +329,39 @@ class FederationNode:
                     "leader_address": raft.leader_address() if raft else None}
         await self.add_member(sender, address)
         return {"ok": True}
+
+    async def _rejoin_if_removed(self) -> None:
+        """A restarted node whose member was removed (scale-down, then the PVC came back)
+        hears from no leader. When the current leader itself says we are not a member,
+        discard our Raft state and join as a new member."""
+        quiet_since: float | None = None
+        while self.formation_state == "member":
+            await asyncio.sleep(REMOVED_CHECK_SECONDS)
+            raft = self.raft
+            if raft is None or raft.leader_id is not None:
+                quiet_since = None
+                continue
+            now = time.monotonic()
+            quiet_since = quiet_since or now
+            if now - quiet_since < REMOVED_CHECK_SECONDS * 2:
+                continue
+            for found in await self.discovery.get_nodes(verified_only=True):
+                try:
+                    info = await self.transport.request(found.address, INFO_KIND, {},
+                                                        timeout=3.0)
+                except peer.PeerError:
+                    continue
+                leader_says = info.get("leader_id") == info.get("node_id")
+                if leader_says and self.node_id not in info.get("members", [self.node_id]):
+                    log.warning("the leader %s says we are no longer a member: discarding "
+                                "our Raft state and joining as new", info.get("node_id"))
+                    await raft.stop()
+                    self.raft = None
+                    wipe_removed_member(self.data_dir)
+                    self.formation_state = "joining"
+                    self.discovery.set_formed(False)
+                    self._spawn(self._form, "formation")
+                    return
 
     def _on_info(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
         raft = self.raft
