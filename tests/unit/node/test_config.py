@@ -10,7 +10,8 @@ from continuum.federation.distributed import config
 
 def test_environment_and_yaml_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = tmp_path / "node.yaml"
-    cfg.write_text("raft:\n  heartbeat_interval_ms: 40\nmesh:\n  fanout: 2\ncluster_name: from-file\n")
+    cfg.write_text("raft:\n  heartbeat_interval_ms: 40\nmesh:\n  fanout: 2\n"
+                   "cluster_name: from-file\n")
     monkeypatch.setenv("CONTINUUM_CONFIG_FILE", str(cfg))
     monkeypatch.setenv("CONTINUUM_NODE_ID", "demo-0")
     monkeypatch.setenv("CONTINUUM_CLUSTER_NAME", "from-env")
