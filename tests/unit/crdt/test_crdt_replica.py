@@ -168,3 +168,24 @@ def test_strategy_applies_on_read() -> None:
     b.write("k", {"tags": {"y"}}, 1.0)
     sync(a, b)
     assert a.read("k") == b.read("k") == {"tags": {"x", "y"}}
+
+
+def test_collected_tombstone_keeps_what_it_covered_deleted() -> None:
+    a, b = pair()
+    a.tombstone_grace = 0.0
+    a.known_replicas = {"b"}
+    _, old_state = a.write("k", "old", 1.0)
+    sync(a, b)
+    a.delete("k", 2.0)
+    sync(a, b)
+    assert a.collect_garbage(3.0) == ["k"]
+    assert not a.merge("k", old_state, 4.0).changed  # a straggler's stale copy
+    assert not a.merge("k", b.states["k"], 4.0).changed  # b's tombstone
+    assert "k" not in a.states
+    # A stale sibling riding along with a genuinely new write stays deleted.
+    _, newer = b.write("other", 1, 5.0)
+    mixed = replica.KeyState.of(old_state.context.merge(newer.context),
+                                [old_state.siblings[0], newer.siblings[0]])
+    res = a.merge("k", mixed, 6.0)
+    assert res.changed and [s.value for s in a.states["k"].siblings] == [1]
+    assert a.states["k"].context.dominates(old_state.context)

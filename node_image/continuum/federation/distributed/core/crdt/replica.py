@@ -205,11 +205,14 @@ class Replica:
         check_key(key)
         cur = self.states.get(key)
         if cur is None and key in self.collected:
-            if self.collected[key][0].dominates(incoming.context):
-                # A straggler's copy of a tombstone we collected: nothing new in it.
+            gone = self.collected[key][0]
+            # What the collected tombstone covered stays deleted; only newer writes count.
+            fresh = [s for s in incoming.siblings if not gone.covers(*s.dot)]
+            if not fresh:
                 self.stats["merges_unchanged"] += 1
                 return MergeResult(False, incoming, False)
             del self.collected[key]
+            incoming = KeyState.of(gone.merge(incoming.context), fresh)
         new = incoming if cur is None else join(cur, incoming)
         if cur is not None and new.digest == cur.digest:
             self.stats["merges_unchanged"] += 1
