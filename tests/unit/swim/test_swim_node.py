@@ -241,3 +241,30 @@ def test_messages_round_trip(msg: messages.Message) -> None:
 def test_decode_rejects_malformed(kind: str, body: object) -> None:
     with pytest.raises(ValueError):
         messages.decode(kind, body)
+
+
+def test_a_member_believed_dead_learns_it_from_the_ack_to_its_ping() -> None:
+    b = make("b", peers=("a",))
+    b.receive(1.0, "c", messages.Gossip((messages.MemberUpdate("a", "addr-a", 2, Status.DEAD,
+                                                               "c"),)))
+    sent(b)
+    b.receive(2.0, "a", messages.Ping(9, "b", "addr-a"))
+    ack = of_type(sent(b), messages.Ack)[0].message
+    assert isinstance(ack, messages.Ack)
+    assert messages.MemberUpdate("a", "addr-a", 2, Status.DEAD, "b") in ack.updates
+    a = make("a", incarnation=2, peers=("b",))
+    a.receive(2.1, "b", ack)
+    assert a.incarnation == 3  # refuted at once
+
+
+def test_suspicion_of_a_stranger_introduces_it_and_death_of_one_does_not() -> None:
+    a = make("a", peers=("b",))
+    a.receive(1.0, "b", messages.Gossip((messages.MemberUpdate("x", "addr-x", 1, Status.DEAD,
+                                                               "b"),)))
+    assert "x" not in a.members
+    a.receive(1.0, "b", messages.Gossip((messages.MemberUpdate("y", "addr-y", 1, Status.SUSPECT,
+                                                               "b"),)))
+    assert a.members["y"].status == Status.SUSPECT and "y" in a._suspicions
+    a.receive(1.5, "y", messages.Gossip((messages.MemberUpdate("y", "addr-y", 2, Status.ALIVE,
+                                                               "y"),)))
+    assert a.members["y"].status == Status.ALIVE and "y" not in a._suspicions

@@ -214,7 +214,7 @@ class SwimNode:
             return
         self._apply_updates(now, msg.updates)
         if isinstance(msg, messages.Ping):
-            self._on_ping(now, msg)
+            self._on_ping(now, sender, msg)
         elif isinstance(msg, messages.Ack):
             self._on_ack(now, msg)
         elif isinstance(msg, messages.PingReq):
@@ -354,11 +354,18 @@ class SwimNode:
             self._apply_member(now, messages.MemberUpdate(m.node, m.address, m.incarnation,
                                                           Status.SUSPECT, self.node_id))
 
-    def _on_ping(self, now: float, msg: messages.Ping) -> None:
+    def _on_ping(self, now: float, sender: str, msg: messages.Ping) -> None:
         if msg.target != self.node_id:
             self.stats["rejected_pings"] += 1  # an old address of someone else
             return
-        self._send_to_address(msg.reply_to, messages.Ack(msg.seq, self._piggyback(now)))
+        updates = self._piggyback(now)
+        m = self.members.get(sender)
+        if m is not None and m.status in (Status.SUSPECT, Status.DEAD):
+            # It is pinging us, so it lives: tell it what it is accused of, so it refutes now
+            # rather than whenever the accusation happens to reach it.
+            updates = (messages.MemberUpdate(sender, m.address, m.incarnation, m.status,
+                                             self.node_id), *updates)
+        self._send_to_address(msg.reply_to, messages.Ack(msg.seq, updates))
 
     def _on_ack(self, now: float, msg: messages.Ack) -> None:
         p = self._probe
@@ -423,17 +430,21 @@ class SwimNode:
             return
         m = self.members.get(u.node)
         if m is None:
-            if u.status != Status.ALIVE or self._leaving:
-                return  # news of the death of a stranger: nothing to do
+            if u.status not in (Status.ALIVE, Status.SUSPECT) or self._leaving:
+                return  # news of the death or departure of a stranger: nothing to do
+            # A suspicion also introduces a member: the suspect claim may have replaced the
+            # alive one in every queue, and the member will refute it if it lives.
             self.members[u.node] = membership.Member(u.node, u.address, u.incarnation,
-                                                     Status.ALIVE, now)
+                                                     u.status, now)
             self._peers.add(u.node)
             # Probe newcomers soon, at a random place in the current round.
             self._probe_order.insert(self._rng.randint(self._probe_pos, len(self._probe_order)),
                                      u.node)
             self._joins.pop(u.node, None)
+            if u.status == Status.SUSPECT:
+                self._start_suspicion(now, u.node, u.origin)
             self._push(u, now)
-            self._events.append(MemberChanged(u.node, u.address, Status.ALIVE, u.incarnation))
+            self._events.append(MemberChanged(u.node, u.address, u.status, u.incarnation))
             return
         if (m.status == Status.SUSPECT and u.status == Status.SUSPECT
                 and u.incarnation == m.incarnation):
