@@ -5,6 +5,12 @@ A thin asyncio shell around ``core.swim.node.SwimNode``: one timer
 message kind, and a dispatcher task that hands state and membership changes
 to the application's callbacks in order. The protocol lives in the core.
 
+Message kinds: ``swim.ping_call`` (a call: the ack is its reply, one round trip
+per probe), and one-way ``swim.ack``, ``swim.ping_req``, ``swim.nack``,
+``swim.gossip``, ``swim.sync`` (a one-way ``swim.ping`` is accepted too). A
+newly seen member's connection is opened at once (``peer.ping``) so the first
+gossip to it does not wait for a TLS handshake.
+
 Three ways to run, as every component here:
 
 * ``transport=`` an existing ``PeerTransport`` (the node daemon shares one port);
