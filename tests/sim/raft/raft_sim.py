@@ -129,10 +129,15 @@ class SimNetwork:
         return out
 
     def partition(self, ids: list[str]) -> None:
+        """Cut one side from the other; a third of the time only one way (a node that
+        can send but not hear, the case pre-vote and check-quorum exist for)."""
         side = set(self.rng.sample(ids, self.rng.randint(1, max(1, len(ids) // 2))))
+        one_way = self.rng.random() < 0.33
         for a in ids:
             for b in ids:
-                if (a in side) != (b in side):
+                outbound = a in side and b not in side
+                inbound = a not in side and b in side
+                if outbound or (inbound and not one_way):
                     self.cut.add((a, b))
 
     def heal(self) -> None:
