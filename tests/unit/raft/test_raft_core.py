@@ -436,3 +436,15 @@ def test_config_validation() -> None:
         rconfig.RaftConfig(election_ticks_min=5, election_ticks_max=4)
     with pytest.raises(ValueError):
         rconfig.RaftConfig(heartbeat_ticks=20, election_ticks_min=10)
+
+
+def test_a_leader_without_quorum_stops_taking_proposals_at_the_cap() -> None:
+    cfg = rconfig.RaftConfig(election_ticks_min=10, election_ticks_max=20, heartbeat_ticks=2,
+                             max_uncommitted_entries=5)
+    net = Net("a", "b", "c", cfg=cfg)
+    net.elect("a")
+    net.isolate("a")
+    a = net.nodes["a"]
+    a.propose([b"1", b"2", b"3", b"4", b"5"])
+    with pytest.raises(rnode.ProposalDropped):
+        a.propose([b"6"])

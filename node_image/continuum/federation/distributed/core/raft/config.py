@@ -18,6 +18,9 @@ class RaftConfig:
     max_entries_per_message: int = 4096
     max_bytes_per_message: int = 4 * 1024 * 1024
     snapshot_chunk_bytes: int = 1024 * 1024
+    # A leader without a quorum refuses proposals beyond this many uncommitted entries,
+    # instead of growing its log (and memory) without bound.
+    max_uncommitted_entries: int = 100_000
     # Request ids are remembered for this many log entries after they were applied;
     # a retry must arrive within that window to be deduplicated.
     request_window: int = 200_000
@@ -25,8 +28,10 @@ class RaftConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.heartbeat_ticks < self.election_ticks_min <= self.election_ticks_max:
             raise ValueError("need 1 <= heartbeat_ticks < election_ticks_min <= election_ticks_max")
-        if self.max_inflight < 1 or self.max_entries_per_message < 1:
-            raise ValueError("max_inflight and max_entries_per_message must be positive")
+        if min(self.max_inflight, self.max_entries_per_message,
+               self.max_uncommitted_entries) < 1:
+            raise ValueError("max_inflight, max_entries_per_message and "
+                             "max_uncommitted_entries must be positive")
         if self.snapshot_chunk_bytes < 1 or self.max_bytes_per_message < 1:
             raise ValueError("byte limits must be positive")
         if self.request_window < 1:

@@ -49,7 +49,8 @@ class NotLeader(Exception):
 
 
 class ProposalDropped(Exception):
-    """The leader cannot take proposals right now (leadership transfer in progress)."""
+    """The leader cannot take proposals right now (a leadership transfer is in progress,
+    or too many entries wait for a quorum)."""
 
 
 class ConfigChangeError(ValueError):
@@ -246,6 +247,8 @@ class RaftNode:
     def propose(self, commands: Sequence[bytes], request_ids: Sequence[str | None] = ()) -> int:
         """Append client commands; returns the index of the first. Leader only."""
         self._require_leader()
+        if self.log.last_index - self.log.commit + len(commands) > self.cfg.max_uncommitted_entries:
+            raise ProposalDropped("too many uncommitted entries (no quorum?)")
         rids = list(request_ids) + [None] * (len(commands) - len(request_ids))
         first = self.log.last_index + 1
         self._append_own([m.Entry(self.term, first + k, m.NORMAL, c, rids[k])
