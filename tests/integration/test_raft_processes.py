@@ -168,8 +168,8 @@ async def test_membership_change_and_transfer_over_mtls(cluster: Factory,
     newcomer = RaftProc(nid, host, Path(files.cert).parent, tmp_path / nid)
     procs.append(newcomer)
     await newcomer.spawn()
-    peers = {p.node_id: p.address for p in procs}
-    await newcomer.call("start", cluster=[], peers=peers, join=True)
+    # It knows no peer at all: it learns addresses from the leader's messages.
+    await newcomer.call("start", cluster=[], peers={}, join=True)
     leader = await find_leader(procs)
     await leader.call("add_member", node=nid, address=newcomer.address)
     members = (await leader.call("status"))["members"]

@@ -203,6 +203,7 @@ class RaftConsensus:
         self._running = False
         self._failed: BaseException | None = None
         self._disk_last = 0
+        self._self_address: str | None = None
         self.stats = {"proposals": 0, "applied": 0, "writes": 0, "messages_sent": 0,
                       "messages_received": 0, "messages_rejected": 0, "snapshots_taken": 0,
                       "snapshots_installed": 0, "apply_errors": 0}
@@ -232,6 +233,8 @@ class RaftConsensus:
                 self.node_id, self._bind_address, self._tls, insecure=self._tls is None)
             await self._transport.start()
         self._register_handlers()
+        self._self_address = self._advertise or (
+            self._transport.address if self._transport is not None else None)
         if self._storage_path is not None:
             self._store = storage.DurableStore(self._storage_path / "raft.db", fsync=self._fsync)
         self._node = self._load()
@@ -687,7 +690,7 @@ class RaftConsensus:
         bootstrap = None
         if fresh and not self.join:
             addrs = {nid: a for nid in self.cluster_nodes if (a := self.peers.get(nid))}
-            me = self._advertise or (self._transport.address if self._transport else None)
+            me = self._self_address
             if me:
                 addrs[self.node_id] = me
             bootstrap = rmsg.ClusterConfig(frozenset(self.cluster_nodes), frozenset(), addrs)
@@ -721,6 +724,7 @@ class RaftConsensus:
         if not self._running:
             return
         self.stats["messages_received"] += 1
+        self._learn_address(sender, body.get("a") if isinstance(body, dict) else None)
         self._inbox.append((kind, sender, body))
         self._wake.set()
 
@@ -734,7 +738,23 @@ class RaftConsensus:
             log.debug("no address for %s; dropping %s", msg.to, type(msg).__name__)
             return
         kind, body = rmsg.to_wire(msg)
+        if self._self_address:
+            body["a"] = self._self_address  # so a joining node can answer its first probe
         self._transport.send(addr, kind, body)
+
+    def _learn_address(self, sender: str, addr: Any) -> None:
+        """Remember where an authenticated sender listens, if nothing else told us.
+
+        A node that joins knows no addresses until the configuration reaches it, yet
+        must answer the leader's first probes; every message carries its sender's
+        address (the sender is the TLS identity, so it can only speak for itself)."""
+        if not isinstance(addr, str) or sender in self.peers or self.address_of(sender):
+            return
+        try:
+            peer.split_address(addr)
+        except ValueError:
+            return
+        self.peers[sender] = addr
 
     # -- helpers -------------------------------------------------------------------------------
 
