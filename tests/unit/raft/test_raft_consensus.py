@@ -293,3 +293,19 @@ async def test_a_shared_transport_can_host_a_new_instance_after_the_old_one() ->
         assert second.is_leader and await second.append_entry({"ok": 1})
     finally:
         await second.stop()
+
+
+async def test_the_same_object_can_stop_and_start_again(tmp_path: Path) -> None:
+    n = consensus.RaftConsensus("again", ["again"], storage_path=tmp_path, **FAST)
+    seen: list[Any] = []
+    n.register_apply_callback(seen.append)
+    await n.start()
+    assert await n.append_entry({"a": 1})
+    await n.stop()
+    assert await n.append_entry({"while": "stopped"}) is False
+    await n.start()
+    try:
+        assert await n.append_entry({"a": 2})
+        assert seen == [{"a": 1}, {"a": 1}, {"a": 2}]  # replayed once after the restart
+    finally:
+        await n.stop()

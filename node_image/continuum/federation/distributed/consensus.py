@@ -228,6 +228,7 @@ class RaftConsensus:
     async def start(self) -> None:
         if self._running:
             return
+        self._failed, self._ticks, self._disk_last = None, 0, 0
         if self._owns_transport:
             self._transport = peer.PeerTransport(
                 self.node_id, self._bind_address, self._tls, insecure=self._tls is None)
