@@ -69,7 +69,10 @@ async def wait_until(predicate: Callable[[], Any], timeout: float = 60.0,
 class Api:
     def __init__(self, base: str) -> None:
         self.base = base.rstrip("/")
-        self.session = aiohttp.ClientSession()
+        # No pooled connections: kmock can leave a kept-alive one hanging once a watcher quits.
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(force_close=True),
+            timeout=aiohttp.ClientTimeout(total=20))
 
     async def close(self) -> None:
         await self.session.close()
@@ -142,6 +145,8 @@ class FakeFederation:
         self.runners: dict[str, web.AppRunner] = {}
         self.log: list[tuple[str, str]] = []
         self.after_remove: Callable[[str], None] | None = None
+        # When set, a removal commits but its reply waits for this event (a cut-off call).
+        self.hold_reply: asyncio.Event | None = None
         self.peer_domain = f"{name}-peers.{NS}.svc.cluster.local"
 
     def ip(self, pod: str) -> str:
@@ -203,6 +208,8 @@ class FakeFederation:
         self._elect()
 
     async def stop(self) -> None:
+        if self.hold_reply is not None:
+            self.hold_reply.set()
         for pod in list(self.runners):
             await self.stop_node(pod)
 
@@ -276,6 +283,8 @@ class FakeFederation:
         self.commit += 1
         if self.after_remove is not None:
             self.after_remove(member)
+        if self.hold_reply is not None:
+            await self.hold_reply.wait()
         return web.json_response({"id": member, "removed": True})
 
     async def _transfer(self, request: web.Request) -> web.Response:

@@ -6,6 +6,7 @@ TLS on 127.0.5.x that keeps a Raft-like membership and logs every membership cal
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -215,21 +216,26 @@ async def test_unsafe_scale_down_is_refused_then_forced_and_quorum_recovered(env
 
 
 async def test_operator_killed_mid_removal_resumes_without_a_second_removal(env: Env) -> None:
-    async with run_operator(env.settings) as task:
+    removed = asyncio.Event()
+    async with run_operator(env.settings):
         await env.api.create_cluster("demo", {"replicas": 4})
         await wait_until(lambda: env.converged(4), 90, "4 voters")
-        env.fed.after_remove = lambda member: task.cancel()  # killed right after the commit
+        # The removal commits, but the operator never hears back: it is stopped mid-call.
+        env.fed.after_remove = lambda member: removed.set()
+        env.fed.hold_reply = asyncio.Event()
         await patch_spec(env, {"replicas": 3})
-        await wait_until(lambda: task.done(), 30, "operator killed")
+        await asyncio.wait_for(removed.wait(), 60)
+    env.fed.hold_reply.set()
+    env.fed.hold_reply = None
     env.fed.after_remove = None
     assert env.fed.log[-1] == ("remove", "demo-3")
     st = await env.api.cr_status("demo")
     assert st["operation"]["member"] == "demo-3"  # recorded before the call
-    async with run_operator(env.settings):
+    assert (await env.api.get(OWNED[3]) or {})["spec"]["replicas"] == 4
+    async with run_operator(env.settings):  # a fresh operator: no memory but the status
         await wait_until(lambda: env.converged(3), 60, "3 voters after restart")
     assert [e for e in env.fed.log if e[0] == "remove"] == [("remove", "demo-3")]
-    sts = await env.api.get(OWNED[3]) or {}
-    assert sts["spec"]["replicas"] == 3
+    assert (await env.api.get(OWNED[3]) or {})["spec"]["replicas"] == 3
 
 
 async def test_paused_cluster_keeps_children_but_updates_status(env: Env) -> None:
