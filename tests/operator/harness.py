@@ -349,7 +349,7 @@ class MockStatefulSetController:
         replicas = int(sts["spec"].get("replicas") or 0)
         template = sts["spec"]["template"]
         rev = revision(template)
-        for pod, obj in pods.items():
+        for pod in pods:
             ordinal = manifests.ordinal(name, pod)
             if ordinal is not None and ordinal >= replicas:
                 await self.api.call("DELETE", f"/api/v1/namespaces/{NS}/pods/{pod}")

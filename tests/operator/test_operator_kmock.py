@@ -12,8 +12,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import (NS, Api, Emulator, FakeFederation, MockStatefulSetController, declare_resources,
-                     free_port, revision, run_operator, operator_settings, wait_until)
+from harness import (
+    NS,
+    Api,
+    Emulator,
+    FakeFederation,
+    MockStatefulSetController,
+    declare_resources,
+    free_port,
+    operator_settings,
+    revision,
+    run_operator,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.kmock(cls=Emulator)]
 
@@ -112,6 +123,7 @@ def index(lines: list[str], fragment: str) -> int:
 
 # ---- scenarios --------------------------------------------------------------------------------
 
+@pytest.mark.slow  # many one-member steps: ~45 s on a loaded 2-core machine
 async def test_scale_3_to_5_to_3_one_member_at_a_time(env: Env) -> None:
     async with run_operator(env.settings):
         await env.api.create_cluster("demo", {"replicas": 3})
@@ -139,6 +151,7 @@ async def test_scale_3_to_5_to_3_one_member_at_a_time(env: Env) -> None:
         assert pvcs == {"data-demo-0", "data-demo-1", "data-demo-2"}
 
 
+@pytest.mark.slow  # many one-member steps: ~45 s on a loaded 2-core machine
 async def test_spec_change_patches_children_and_restarts_leader_last(env: Env) -> None:
     async with run_operator(env.settings):
         await env.api.create_cluster("demo", {"replicas": 3})
@@ -173,6 +186,7 @@ async def test_spec_change_patches_children_and_restarts_leader_last(env: Env) -
         assert env.fed.log[start:] == [("transfer", "demo-0->demo-1")]  # no membership change
 
 
+@pytest.mark.slow  # many one-member steps: ~45 s on a loaded 2-core machine
 async def test_unsafe_scale_down_is_refused_then_forced_and_quorum_recovered(env: Env) -> None:
     async with run_operator(env.settings):
         await env.api.create_cluster("demo", {"replicas": 3})
@@ -215,6 +229,7 @@ async def test_unsafe_scale_down_is_refused_then_forced_and_quorum_recovered(env
         assert (await env.api.cr_status("demo"))["recoveryHandled"] == "attempt-1"
 
 
+@pytest.mark.slow  # many one-member steps: ~45 s on a loaded 2-core machine
 async def test_operator_killed_mid_removal_resumes_without_a_second_removal(env: Env) -> None:
     removed = asyncio.Event()
     async with run_operator(env.settings):
