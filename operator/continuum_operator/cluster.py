@@ -231,11 +231,15 @@ class Kube:
             raise
         return True
 
-    async def ensure(self, obj: Mapping[str, Any], *, create_extra: Mapping[str, Any] | None = None
-                     ) -> tuple[str | None, dict[str, Any]]:
-        """Create ``obj`` or patch the live one into shape: ("created"|"patched"|None, live)."""
+    async def ensure(self, obj: Mapping[str, Any], *, create_extra: Mapping[str, Any] | None = None,
+                     live: dict[str, Any] | None = None) -> tuple[str | None, dict[str, Any]]:
+        """Create ``obj`` or patch the live one into shape: ("created"|"patched"|None, live).
+
+        ``live``: the object as just read, to spare a second GET.
+        """
         url = object_path(obj)
-        live = await self.get(url)
+        if live is None:
+            live = await self.get(url)
         if live is None:
             body = dict(obj)
             if create_extra:

@@ -179,14 +179,16 @@ class Reconciler:
         voters = min(c.spec.replicas, size)
         for obj in manifests.children(c, voters):
             extra = None
+            live_now = None
             if obj["kind"] == "StatefulSet":
+                live_now = sts
                 restart = annotations.get(api.RESTART)
                 if restart:
                     obj["spec"]["template"]["metadata"]["annotations"][api.RESTART] = restart
                 extra = {"replicas": 1}  # a new cluster starts with its bootstrap member
                 if sts is not None:
                     self._check_storage(c, sts)
-            result, live = await self.kube.ensure(obj, create_extra=extra)
+            result, live = await self.kube.ensure(obj, create_extra=extra, live=live_now)
             if obj["kind"] == "StatefulSet":
                 sts = live
             if result is not None:

@@ -446,13 +446,16 @@ def operator_settings(server: str, node_port: int, **kw: Any) -> OperatorSetting
 
 
 @contextlib.asynccontextmanager
-async def run_operator(settings: OperatorSettings) -> AsyncIterator[asyncio.Task[None]]:
+async def run_operator(settings: OperatorSettings, memo: kopf.Memo | None = None
+                       ) -> AsyncIterator[asyncio.Task[None]]:
     """Run the real operator (our handlers, kopf's engine) until the block exits."""
+    memo = memo if memo is not None else kopf.Memo()
+    memo["settings"] = settings
     stop = asyncio.Event()
     ready = asyncio.Event()
     task = asyncio.create_task(kopf.operator(
         registry=kopf.get_default_registry(), clusterwide=True, standalone=True,
-        stop_flag=stop, ready_flag=ready, memo=kopf.Memo(settings=settings)))
+        stop_flag=stop, ready_flag=ready, memo=memo))
     try:
         await asyncio.wait_for(ready.wait(), timeout=30)
         yield task
