@@ -37,6 +37,7 @@ class _Memory:
 
     client: node_client.NodeClient | None = None
     last_warning: str | None = None
+    storage_warning: str | None = None
 
 
 def _now() -> dt.datetime:
@@ -186,8 +187,8 @@ class Reconciler:
                 if restart:
                     obj["spec"]["template"]["metadata"]["annotations"][api.RESTART] = restart
                 extra = {"replicas": 1}  # a new cluster starts with its bootstrap member
-                if sts is not None:
-                    self._check_storage(c, sts)
+                if sts is not None and (why := _storage_drift(c, sts)):
+                    await self._warn_storage(cr, why)
             result, live = await self.kube.ensure(obj, create_extra=extra, live=live_now)
             if obj["kind"] == "StatefulSet":
                 sts = live
@@ -203,14 +204,12 @@ class Reconciler:
                                 "cannot lose any")
         return sts
 
-    def _check_storage(self, c: manifests.Cluster, sts: Mapping[str, Any]) -> None:
-        claims = sts.get("spec", {}).get("volumeClaimTemplates") or [{}]
-        live = claims[0].get("spec", {})
-        want = manifests.statefulset(c)["spec"]["volumeClaimTemplates"][0]["spec"]
-        if live.get("storageClassName") != want.get("storageClassName") or live.get(
-                "resources") != want.get("resources"):
-            log.warning("%s/%s: storage changes do not apply to existing members (the "
-                        "StatefulSet's volumeClaimTemplates are immutable)", c.namespace, c.name)
+    async def _warn_storage(self, cr: Mapping[str, Any], why: str) -> None:
+        key = (cr["metadata"]["namespace"], cr["metadata"]["name"])
+        mem = self._memory.setdefault(key, _Memory())
+        if mem.storage_warning != why:
+            mem.storage_warning = why
+            await self.emit(cr, "Warning", "StorageChangeNotApplied", why)
 
     async def _secrets(self, c: manifests.Cluster) -> dict[str, dict[str, bytes] | None]:
         """The TLS Secrets (decoded), read once per cycle."""
@@ -438,6 +437,17 @@ def _pod_view(cluster_name: str, pod: Mapping[str, Any]) -> planner.Pod:
         revision=(meta.get("labels") or {}).get("controller-revision-hash"),
         terminating=bool(meta.get("deletionTimestamp")),
         ip=(pod.get("status") or {}).get("podIP"))
+
+
+def _storage_drift(c: manifests.Cluster, sts: Mapping[str, Any]) -> str | None:
+    claims = sts.get("spec", {}).get("volumeClaimTemplates") or [{}]
+    live = claims[0].get("spec", {})
+    want = manifests.statefulset(c)["spec"]["volumeClaimTemplates"][0]["spec"]
+    if (live.get("storageClassName") == want.get("storageClassName")
+            and live.get("resources") == want.get("resources")):
+        return None
+    return ("spec.storage differs from the StatefulSet's volumeClaimTemplates, which Kubernetes "
+            "keeps immutable: existing members keep their volumes (resize PVCs by hand)")
 
 
 def _leader(statuses: Mapping[str, Mapping[str, Any] | None]) -> dict[str, Any] | None:

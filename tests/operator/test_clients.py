@@ -95,3 +95,26 @@ def test_console_script_help(capsys: pytest.CaptureFixture[str]) -> None:
         entry.main(["--help"])
     assert info.value.code == 0
     assert "--namespace" in capsys.readouterr().out
+
+
+def test_importing_the_package_registers_the_handlers() -> None:
+    """``kopf run -m continuum_operator`` imports the package: every handler must register."""
+    import kopf
+
+    import continuum_operator  # noqa: F401
+
+    registry = kopf.get_default_registry()
+    ids = {h.id for h in registry._spawning.get_all_handlers()}
+    assert "run" in ids
+    changing = {h.id for h in registry._changing.get_all_handlers()}
+    assert {"validate", "delete"} <= changing
+
+
+def test_storage_drift_is_reported_not_patched() -> None:
+    from continuum_operator import manifests, reconciler
+
+    sts = manifests.statefulset(cluster())
+    assert reconciler._storage_drift(cluster(), sts) is None
+    grown = cluster(storage={"size": "20Gi"})
+    assert "immutable" in (reconciler._storage_drift(grown, sts) or "")
+    assert "volumeClaimTemplates" not in kube._owned_fields(manifests.statefulset(grown))["spec"]

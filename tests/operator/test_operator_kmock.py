@@ -365,3 +365,35 @@ async def test_measure_new_cluster_latency_and_that_a_noop_reconcile_writes_noth
           f"no-op reconcile: {noop * 1000:.1f} ms median, 0 writes")
     record_property("new_cr_to_owned_objects_s", round(created, 3))
     record_property("noop_reconcile_ms", round(noop * 1000, 1))
+
+
+async def test_cert_manager_mode_requests_certificates_and_uses_their_secrets(env: Env) -> None:
+    import base64
+
+    from continuum.federation.distributed import pki
+
+    spec = {"replicas": 1, "tls": {"mode": "CertManager",
+                                   "issuerRef": {"name": "cluster-ca", "kind": "ClusterIssuer"}}}
+    async with run_operator(env.settings):
+        await env.api.create_cluster("demo", spec)
+        base = f"/apis/cert-manager.io/v1/namespaces/{NS}/certificates"
+        node = await wait_until(lambda: env.api.get(f"{base}/demo-node"), 30, "node Certificate")
+        client = await wait_until(lambda: env.api.get(f"{base}/demo-operator-client"), 30,
+                                  "client Certificate")
+        assert node["spec"]["issuerRef"]["kind"] == "ClusterIssuer"
+        assert await env.api.get(f"/api/v1/namespaces/{NS}/secrets/demo-ca") is None
+        # Play cert-manager: issue what each Certificate asks for into its Secret.
+        ca = pki.create_ca("cert-manager test CA")
+        for cert in (node, client):
+            s = cert["spec"]
+            pair = pki.issue(ca, s.get("commonName") or "node", dns_names=s.get("dnsNames", []),
+                             uris=s["uris"], server="server auth" in s["usages"])
+            data = {"tls.crt": pair.cert_pem, "tls.key": pair.key_pem, "ca.crt": ca.cert_pem}
+            await env.api.call("POST", f"/api/v1/namespaces/{NS}/secrets", {
+                "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                "metadata": {"name": s["secretName"], "namespace": NS},
+                "data": {k: base64.b64encode(v).decode() for k, v in data.items()}})
+        await wait_until(lambda: env.converged(1), 60, "1 voter with cert-manager certificates")
+        certs = (await env.api.cr_status("demo"))["certificates"]
+        assert certs["secretName"] == "demo-tls" and certs["notAfter"]
+        assert (await env.api.condition("demo", "CertificatesReady"))["status"] == "True"
