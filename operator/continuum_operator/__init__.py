@@ -4,20 +4,24 @@ Layers (only ``cluster.py`` calls the Kubernetes API, only ``handlers.py`` uses 
 spec.py (API models) -> crd.py (CRD generator) -> manifests.py, certificates.py, planner.py,
 status.py (pure) -> node_client.py (mTLS node API), cluster.py (Kubernetes API) -> handlers.py.
 
-Kubernetes API resources and verbs the operator uses (derive the RBAC from this list):
-- continuum.dev federationclusters: get, list, watch, patch
+Kubernetes API resources and verbs the operator uses (derive the RBAC from this list; all in
+the namespaces it watches, so a namespaced Role works with ``--namespace``):
+- continuum.dev federationclusters: get, list, watch, patch (kopf: finalizer, progress annotations)
 - continuum.dev federationclusters/status: get, patch
-- apps statefulsets: get, list, watch, create, patch, delete
-- core services, configmaps: get, list, create, patch, delete
-- core secrets: get, list, create, patch, delete (TLS Secrets; the operator's client certificate)
-- core pods: get, list, delete (ordered restarts)
-- core persistentvolumeclaims: get, list, delete (retention after a confirmed member removal)
-- policy poddisruptionbudgets: get, list, create, patch, delete
-- cert-manager.io certificates: get, list, create, patch, delete (only with tls.mode=CertManager)
-- core events, events.k8s.io events: create, patch (kopf posts Events)
+- apps statefulsets: get, create, patch, delete
+- core services, configmaps: get, create, patch, delete
+- core secrets: get, create, patch, delete (TLS Secrets; it reads the operator's client certificate)
+- core pods: list, delete (ordered restarts, quorum recovery)
+- core persistentvolumeclaims: list, delete (retention, after a confirmed member removal)
+- policy poddisruptionbudgets: get, create, patch, delete
+- cert-manager.io certificates: get, create, patch, delete (only with tls.mode=CertManager)
+- core events: create (kopf posts the Events)
 - apiextensions.k8s.io customresourcedefinitions, core namespaces: list, watch (kopf's scanning;
-  not needed when the operator runs with scanning disabled)
-- kopf.dev kopfpeerings: none by default (the operator runs standalone, one replica)
+  kopf only warns without them)
+- kopf.dev kopfpeerings: none (the operator runs standalone: one replica, strategy Recreate)
+Outbound: the nodes' mTLS API on port 7000 of each pod IP (a NetworkPolicy must allow it).
+Settings: ``CONTINUUM_OPERATOR_*`` (settings.py); metrics on :9090/metrics, kopf liveness on
+:8081/healthz (``continuum-operator --liveness``).
 
 Annotations: ``continuum.dev/force-scale-down``, ``continuum.dev/recover-quorum``,
 ``continuum.dev/restart``; finalizer ``continuum.dev/finalizer``; kopf progress is stored under
