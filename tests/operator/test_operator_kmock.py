@@ -152,7 +152,6 @@ async def test_scale_3_to_5_to_3_one_member_at_a_time(env: Env) -> None:
         assert pvcs == {"data-demo-0", "data-demo-1", "data-demo-2"}
 
 
-@pytest.mark.slow  # many one-member steps: ~45 s on a loaded 2-core machine
 async def test_spec_change_patches_children_and_restarts_leader_last(env: Env) -> None:
     async with run_operator(env.settings):
         await env.api.create_cluster("demo", {"replicas": 3})
@@ -230,7 +229,6 @@ async def test_unsafe_scale_down_is_refused_then_forced_and_quorum_recovered(env
         assert (await env.api.cr_status("demo"))["recoveryHandled"] == "attempt-1"
 
 
-@pytest.mark.slow  # many one-member steps: ~45 s on a loaded 2-core machine
 async def test_operator_killed_mid_removal_resumes_without_a_second_removal(env: Env) -> None:
     removed = asyncio.Event()
     async with run_operator(env.settings):
