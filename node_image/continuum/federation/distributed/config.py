@@ -55,6 +55,12 @@ class LoadBalanceSettings(BaseModel):
     unhealthy_threshold: int = Field(3, ge=1)
 
 
+class ReplicationSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    conflict_strategy: Literal["last_write_wins", "highest_node_wins", "merge_union"] = (
+        "last_write_wins")
+
+
 class NodeSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CONTINUUM_", env_nested_delimiter="__",
                                       extra="forbid")
@@ -74,12 +80,11 @@ class NodeSettings(BaseSettings):
     mdns: bool = False
     formation_stable_seconds: float = Field(3.0, ge=0)
     config_file: Path | None = None
-    conflict_strategy: Literal["last_write_wins", "highest_node_wins", "merge_union"] = (
-        "last_write_wins")
     fsync: bool = True
     raft: RaftSettings = Field(default_factory=RaftSettings)
     mesh: MeshSettings = Field(default_factory=MeshSettings)
     load_balance: LoadBalanceSettings = Field(default_factory=LoadBalanceSettings)
+    replication: ReplicationSettings = Field(default_factory=ReplicationSettings)
 
     @field_validator("bind_address", "health_address", "advertise_address")
     @classmethod
