@@ -1,7 +1,7 @@
 {{/*
 The operator's namespaced permissions, least privilege: exactly the list in the docstring of
 operator/continuum_operator/__init__.py (tests/operator/test_helm_rbac.py checks both ways).
-No `update` (the operator only patches), no `watch` where it only reads on demand.
+No `update` (the operator only patches), no `list`/`watch` where it reads by name.
 */}}
 {{- define "cf.operatorRules" -}}
 # The custom resource: kopf watches it and patches its annotations and finalizer (progress
@@ -16,37 +16,34 @@ No `update` (the operator only patches), no `watch` where it only reads on deman
 # Owned children, reconciled: created, patched on drift, deleted when no longer wanted.
 - apiGroups: ["apps"]
   resources: ["statefulsets"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["services", "configmaps"]
-  verbs: ["get", "list", "create", "patch", "delete"]
+  verbs: ["get", "create", "patch", "delete"]
 # TLS Secrets of the operator-managed CA and the operator's own client certificate.
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "list", "create", "patch", "delete"]
+  verbs: ["get", "create", "patch", "delete"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "list", "create", "patch", "delete"]
+  verbs: ["get", "create", "patch", "delete"]
 # Pods are never created by the operator: it only deletes them, in the order it chooses,
 # for OnDelete rolling updates and quorum recovery.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "delete"]
+  verbs: ["list", "delete"]
 # PVCs come from the StatefulSet; the operator deletes one only after its member's removal
 # from Raft is confirmed (the retention policy).
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
-  verbs: ["get", "list", "delete"]
+  verbs: ["list", "delete"]
 # Events for every action (kopf posts core/v1 Events).
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
-- apiGroups: ["events.k8s.io"]
-  resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 # cert-manager Certificates for the nodes and the operator's client identity
 # (tls.mode: CertManager).
 - apiGroups: ["cert-manager.io"]
   resources: ["certificates"]
-  verbs: ["get", "list", "create", "patch", "delete"]
+  verbs: ["get", "create", "patch", "delete"]
 {{- end -}}
