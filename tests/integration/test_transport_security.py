@@ -206,3 +206,50 @@ async def test_reply_identity_comes_from_the_certificate_not_the_claim(
             await client.request(impostor.address or "", "echo", {}, expect="n3")
     finally:
         await impostor.stop()
+
+
+async def test_batches_split_under_the_frame_limit(cluster_pki: TestPKI) -> None:
+    limits = peer.TransportLimits(max_frame_bytes=64 * 1024)
+    server = peer.PeerTransport("n2", "127.0.0.1:0", cluster_pki.node("n2"), limits=limits)
+    got: asyncio.Queue[int] = asyncio.Queue()
+    server.on("blob", lambda sender, body: got.put_nowait(body["i"]))
+    client = peer.PeerTransport("n1", None, cluster_pki.node("n1"), limits=limits)
+    await server.start()
+    await client.start()
+    try:
+        for i in range(40):  # 40 x 10 KiB: several frames' worth, queued at once
+            client.send(server.address or "", "blob", {"i": i, "pad": b"x" * 10_000})
+        client.send(server.address or "", "blob", {"i": -1, "pad": b"x" * 100_000})  # too big
+        client.send(server.address or "", "blob", {"i": 40, "pad": b""})
+        received = [await asyncio.wait_for(got.get(), 10) for _ in range(41)]
+        assert received == [*range(40), 40]
+        assert client.stats["messages_dropped"] == 1
+    finally:
+        await client.stop()
+        await server.stop()
+
+
+async def test_stream_refuses_forged_sender(server: peer.PeerTransport, cluster_pki: TestPKI
+                                            ) -> None:
+    files = cluster_pki.node("n1")
+    hit: list[str] = []
+    server.on("note", lambda sender, body: hit.append(sender))
+    async with aiohttp.ClientSession() as session, session.ws_connect(
+        f"https://{server.address}{peer.STREAM_PATH}", ssl=_raw_context(files, files.ca)
+    ) as ws:
+        await ws.send_bytes(_frame("n3", "note"))
+        msg = await ws.receive(timeout=10)
+        assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        assert ws.close_code == aiohttp.WSCloseCode.POLICY_VIOLATION
+    assert hit == []
+    assert server.stats["frames_rejected"] >= 1
+
+
+async def test_stream_refuses_client_certificates(server: peer.PeerTransport,
+                                                  cluster_pki: TestPKI) -> None:
+    files = cluster_pki.client("admin")
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+            await session.ws_connect(f"https://{server.address}{peer.STREAM_PATH}",
+                                     ssl=_raw_context(files, files.ca))
+        assert err.value.status == 403

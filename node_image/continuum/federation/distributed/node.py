@@ -93,7 +93,8 @@ class FederationNode:
         )
         self.state = statemachine.FederationStateMachine(
             self.coordinator.apply_command, self.coordinator.snapshot, self.coordinator.restore)
-        strategy = crdt_resolver.ConflictResolutionStrategy[settings.replication.conflict_strategy.upper()]
+        strategy_name = settings.replication.conflict_strategy.upper()
+        strategy = crdt_resolver.ConflictResolutionStrategy[strategy_name]
         self.replicator = replication.MultiMasterReplicator(
             self.node_id, crdt_resolver.ConflictResolver(strategy),
             storage_path=self.data_dir / "replication", transport=self.transport,

@@ -4,10 +4,12 @@ Two ways to talk to a peer:
 
 * ``send(address, kind, body)``: one-way and queued. Messages to one address
   wait in a bounded outbox; one sender task per address drains it into
-  frames of up to ``max_batch`` messages, so a busy link batches by itself
-  and a slow or dead peer costs a bounded amount of memory (a full outbox
-  drops the newest message and counts it; every protocol above tolerates
-  loss). Messages to one address are delivered in the order sent.
+  frames of up to ``max_batch`` messages written to a long-lived WebSocket
+  (``/peer/v1/stream``), so a busy link batches by itself, frames are
+  pipelined without waiting for a reply, and a slow or dead peer costs a
+  bounded amount of memory (a full outbox drops the newest message and
+  counts it; every protocol above tolerates loss). Messages to one address
+  are delivered in the order sent.
 * ``await request(address, kind, body)``: one call, one reply, with a
   timeout; raises ``PeerError`` on failure.
 
@@ -42,7 +44,7 @@ log = logging.getLogger(__name__)
 Reply = dict[str, Any] | None
 Handler = Callable[[str, dict[str, Any]], Awaitable[Reply] | Reply]
 
-SEND_PATH = "/peer/v1/send"
+STREAM_PATH = "/peer/v1/stream"
 CALL_PATH = "/peer/v1/call"
 FRAME_CONTENT_TYPE = "application/x-msgpack"
 
@@ -124,6 +126,7 @@ class PeerTransport:
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self._outboxes: dict[str, _Outbox] = {}
+        self._streams: set[web.WebSocketResponse] = set()  # inbound, closed on shutdown
         self._bound: str | None = None
         self._closing = False
         self.stats: dict[str, int] = {
@@ -148,7 +151,8 @@ class PeerTransport:
 
     def mount(self, app: web.Application) -> None:
         """Serve the peer routes from an existing application (one port for API and peers)."""
-        app.router.add_post(SEND_PATH, self._handle_send)
+        app.router.add_get(STREAM_PATH, self._handle_stream)
+        app.on_shutdown.append(self._close_streams)
         app.router.add_post(CALL_PATH, self._handle_call)
 
     @property
@@ -210,6 +214,7 @@ class PeerTransport:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         self._outboxes.clear()
+        await self._close_streams()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -242,36 +247,52 @@ class PeerTransport:
         return True
 
     async def _drain(self, address: str, box: _Outbox) -> None:
-        url = self._url(address, SEND_PATH)
-        while not self._closing:
-            if not box.queue:
-                box.event.clear()
-                await box.event.wait()
-                continue
-            n = min(len(box.queue), self.limits.max_batch)
-            batch = tuple(box.queue.popleft() for _ in range(n))
-            data = wire.encode(wire.Frame(self.node_id, batch))
-            try:
-                session = self._require_session()
-                async with session.post(
-                    url, data=data, headers={"Content-Type": FRAME_CONTENT_TYPE},
-                    timeout=aiohttp.ClientTimeout(total=self.limits.send_timeout,
-                                                  sock_connect=self.limits.connect_timeout),
-                ) as resp:
-                    await resp.read()
-                    if resp.status >= 300:
-                        raise PeerError(address, f"HTTP {resp.status}", status=resp.status)
-                self.stats["frames_sent"] += 1
-                self.stats["messages_sent"] += n
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the batch is lost; protocols above retry
-                self.stats["send_failures"] += 1
-                self.stats["messages_dropped"] += n
-                log.debug("send to %s failed: %s", address, exc)
-                # Do not spin against a dead peer: drop what queued meanwhile too.
-                self.stats["messages_dropped"] += len(box.queue)
-                box.queue.clear()
+        url = self._url(address, STREAM_PATH)
+        ws: aiohttp.ClientWebSocketResponse | None = None
+        try:
+            while not self._closing:
+                if not box.queue:
+                    box.event.clear()
+                    await box.event.wait()
+                    continue
+                n = min(len(box.queue), self.limits.max_batch)
+                batch = tuple(box.queue.popleft() for _ in range(n))
+                data = wire.encode(wire.Frame(self.node_id, batch))
+                while len(data) > self.limits.max_frame_bytes and n > 1:
+                    # Too big for one frame: send the first half now, requeue the rest.
+                    n //= 2
+                    box.queue.extendleft(reversed(batch[n:]))
+                    batch = batch[:n]
+                    data = wire.encode(wire.Frame(self.node_id, batch))
+                if len(data) > self.limits.max_frame_bytes:
+                    self.stats["messages_dropped"] += 1
+                    log.warning("dropped a %r message of %d bytes to %s: over the frame limit",
+                                batch[0].kind, len(data), address)
+                    continue
+                try:
+                    async with asyncio.timeout(self.limits.send_timeout):
+                        if ws is None or ws.closed:
+                            ws = await self._require_session().ws_connect(
+                                url, max_msg_size=self.limits.max_frame_bytes, autoping=True,
+                                timeout=aiohttp.ClientWSTimeout(ws_close=1.0))
+                        await ws.send_bytes(data)
+                    self.stats["frames_sent"] += 1
+                    self.stats["messages_sent"] += n
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # the batch is lost; protocols above retry
+                    self.stats["send_failures"] += 1
+                    self.stats["messages_dropped"] += n
+                    log.debug("send to %s failed: %s", address, exc)
+                    # Do not spin against a dead peer: drop what queued meanwhile too.
+                    self.stats["messages_dropped"] += len(box.queue)
+                    box.queue.clear()
+                    if ws is not None:
+                        await ws.close()
+                        ws = None
+        finally:
+            if ws is not None:
+                await ws.close()
 
     async def request(
         self,
@@ -385,18 +406,61 @@ class PeerTransport:
             result = await result
         return result
 
-    async def _handle_send(self, request: web.Request) -> web.StreamResponse:
-        frame = await self._read_frame(request)
-        if isinstance(frame, web.Response):
-            return frame
-        for msg in frame.messages:
+    async def _handle_stream(self, request: web.Request) -> web.StreamResponse:
+        """One-way frames from one peer over a WebSocket, handled in arrival order.
+
+        A frame that fails any check closes the stream (the peer reconnects and the
+        protocols above retry); nothing of that frame reaches a handler.
+        """
+        ids = frozenset[str]()
+        if not self.insecure:
+            ids = _request_identities(request)
+            if not tls.is_node(ids):
+                return self._reject(403, "not_a_node", "client certificate lacks the node role")
+        ws = web.WebSocketResponse(max_msg_size=self.limits.max_frame_bytes, autoping=True)
+        await ws.prepare(request)
+        self._streams.add(ws)
+        try:
+            await self._read_stream(ws, ids)
+        finally:
+            self._streams.discard(ws)
+        return ws
+
+    async def _close_streams(self, app: web.Application | None = None) -> None:
+        """Close inbound streams so shutdown does not wait for peers to hang up."""
+        for ws in list(self._streams):
+            await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"shutting down")
+
+    async def _read_stream(self, ws: web.WebSocketResponse, ids: frozenset[str]) -> None:
+        async for item in ws:
+            if item.type is not aiohttp.WSMsgType.BINARY:
+                self.stats["frames_rejected"] += 1
+                await ws.close(code=aiohttp.WSCloseCode.UNSUPPORTED_DATA,
+                               message=b"malformed: binary frames only")
+                break
             try:
-                await self._dispatch(frame.sender, msg)
-            except LookupError:
-                log.debug("no handler for %r from %s", msg.kind, frame.sender)
-            except Exception:
-                log.exception("handler for %r failed", msg.kind)
-        return web.Response(status=204)
+                frame = wire.decode(item.data, self.limits.max_frame_bytes)
+            except wire.WireError as exc:
+                self.stats["frames_rejected"] += 1
+                await ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION,
+                               message=exc.code.encode())
+                break
+            if not self.insecure and not tls.authorizes(ids, frame.sender, self.peer_domain):
+                self.stats["frames_rejected"] += 1
+                await ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION,
+                               message=b"forged_sender")
+                break
+            self.stats["frames_received"] += 1
+            self.stats["messages_received"] += len(frame.messages)
+            for msg in frame.messages:
+                try:
+                    await self._dispatch(frame.sender, msg)
+                except LookupError:
+                    log.debug("no handler for %r from %s", msg.kind, frame.sender)
+                except Exception:
+                    log.exception("handler for %r failed", msg.kind)
+        if ws.exception() is not None:  # e.g. a frame over max_msg_size
+            self.stats["frames_rejected"] += 1
 
     async def _handle_call(self, request: web.Request) -> web.StreamResponse:
         frame = await self._read_frame(request)
