@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from builders import cluster
+
 from continuum.federation.distributed import config
 from continuum_operator import manifests
 
