@@ -143,15 +143,20 @@ async def _caught_up(p: Any, timeout: float = 30.0) -> None:
 # -- PySyncObj -----------------------------------------------------------------------------------
 
 
-def pysyncobj_node(self_addr: str, partners: list[str]) -> None:
-    """Child process: a replicated counter; JSON commands on stdin, like raft_proc."""
+def pysyncobj_node(data_dir: str, self_addr: str, partners: list[str]) -> None:
+    """Child process: a replicated counter; JSON commands on stdin, like raft_proc.
+
+    Journal and dump file on, as in the anchor figures (PySyncObj writes them without fsync).
+    """
     from pysyncobj import SyncObj, SyncObjConf, replicated
 
     class Counter(SyncObj):  # type: ignore[misc]
         def __init__(self) -> None:
+            base = Path(data_dir) / self_addr.replace(":", "_")
             conf = SyncObjConf(appendEntriesUseBatch=False, raftMinTimeout=0.15,
                                raftMaxTimeout=0.3, appendEntriesPeriod=0.04,
-                               dynamicMembershipChange=False)
+                               dynamicMembershipChange=False,
+                               journalFile=f"{base}.journal", fullDumpFile=f"{base}.dump")
             super().__init__(self_addr, partners, conf)
             self.value = 0
 
@@ -233,9 +238,11 @@ def pysyncobj_node(self_addr: str, partners: list[str]) -> None:
 class PyProc:
     """Parent handle on a PySyncObj child (same line protocol as raft_proc.RaftProc)."""
 
-    def __init__(self, addr: str, partners: list[str]) -> None:
+    def __init__(self, work: Path, addr: str, partners: list[str]) -> None:
         self.node_id = addr
-        self.addr, self.partners = addr, partners
+        self.work, self.addr, self.partners = work, addr, partners
+        # PySyncObj logs to stderr; keep it out of the report (alarms are counted instead).
+        self.log_path = work / f"{addr.replace(':', '_')}.log"
         self.proc: asyncio.subprocess.Process | None = None
         self.waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.ids = 0
@@ -246,9 +253,11 @@ class PyProc:
         return self.proc is not None and self.proc.returncode is None
 
     async def spawn(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, __file__, "--pysyncobj-node", self.addr, *self.partners,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        with self.log_path.open("ab") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, __file__, "--pysyncobj-node", str(self.work), self.addr,
+                *self.partners, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=log)
         assert self.proc.stdout is not None
         if not await self.proc.stdout.readline():  # {"ready": true}
             raise RuntimeError("PySyncObj node failed to start")
@@ -292,7 +301,7 @@ class PyProc:
         await self.kill()
 
 
-async def pysyncobj(args: argparse.Namespace) -> dict[str, Any] | None:
+async def pysyncobj(work: Path, args: argparse.Namespace) -> dict[str, Any] | None:
     try:
         import pysyncobj as _  # noqa: F401
     except ImportError:
@@ -300,7 +309,9 @@ async def pysyncobj(args: argparse.Namespace) -> dict[str, Any] | None:
         return None
     hosts = [f"127.0.1.{120 + i}" for i in range(3)]
     addrs = [f"{h}:{free_port(h)}" for h in hosts]
-    procs = [PyProc(a, [b for b in addrs if b != a]) for a in addrs]
+    pywork = work / "pysyncobj"
+    pywork.mkdir(parents=True, exist_ok=True)
+    procs = [PyProc(pywork, a, [b for b in addrs if b != a]) for a in addrs]
     out: dict[str, Any] = {"throughput": {}, "failover_ms": []}
 
     async def leader() -> PyProc:
@@ -333,6 +344,12 @@ async def pysyncobj(args: argparse.Namespace) -> dict[str, Any] | None:
             await asyncio.sleep(1.0)  # let it rejoin (PySyncObj has no catch-up signal)
     finally:
         await asyncio.gather(*(p.stop() for p in procs), return_exceptions=True)
+    # PySyncObj's own alarm when a follower deletes entries it had already applied.
+    out["divergence_alarms"] = sum(
+        p.log_path.read_text(errors="replace").count("truncating already-applied")
+        for p in procs if p.log_path.exists())
+    print(f"  PySyncObj logged {out['divergence_alarms']} 'truncating already-applied log "
+          f"entries' alarms (its own divergence warning)", flush=True)
     return out
 
 
@@ -462,7 +479,7 @@ async def main(args: argparse.Namespace) -> None:
         on = await ours(work, args, fsync=True, failover=True, concurrency=CONCURRENCY)
         print("ours: fsync off (like for like with PySyncObj, which never fsyncs)", flush=True)
         off = await ours(work, args, fsync=False, failover=False, concurrency=(64,))
-        py = None if args.skip_pysyncobj else await pysyncobj(args)
+        py = None if args.skip_pysyncobj else await pysyncobj(work, args)
         print("etcd 3-member failover (election 300 ms, heartbeat 50 ms)", flush=True)
         et = None if args.skip_etcd else await etcd(work, args)
     finally:
@@ -501,7 +518,7 @@ async def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--pysyncobj-node":
-        pysyncobj_node(sys.argv[2], sys.argv[3:])
+        pysyncobj_node(sys.argv[2], sys.argv[3], sys.argv[4:])
         sys.exit(0)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--duration", type=float, default=4.0, help="seconds per throughput point")
