@@ -132,6 +132,7 @@ class Reconciler:
                 planner.Member(str(m.get("id")), bool(m.get("voter")), bool(m.get("healthy")))
                 for m in leader_status.get("members", [])),
             leader=None if leader_status is None else str(leader_status.get("node_id")),
+            membership_committed=planner.membership_committed(leader_status),
             operation=operation,
             pvcs=frozenset(p["metadata"]["name"] for p in pvcs),
             force_scale_down=str(annotations.get(api.FORCE_SCALE_DOWN, "")).lower() == "true",

@@ -2,8 +2,9 @@
 
 - ``FakeFederation``: the node API of the node contract over real mutual TLS, one aiohttp
   server per pod on 127.0.5.<ordinal+1>, with a small model of Raft membership (bootstrap,
-  learner -> voter, removal, leadership transfer, elections needing a majority). Every
-  membership call is logged so tests can check the order of steps.
+  learner -> voter, removal that can be held appended-but-uncommitted, leadership transfer,
+  elections needing a majority). Every membership call is logged so tests can check the
+  order of steps.
 - ``MockStatefulSetController``: what kube-controller-manager and the kubelet would do: creates
   and deletes pods (and PVCs) for each StatefulSet, labels them with the template's revision,
   starts the fake node when its pod starts, and flips the pod's Ready condition from the
@@ -147,6 +148,10 @@ class FakeFederation:
         self.after_remove: Callable[[str], None] | None = None
         # When set, a removal commits but its reply waits for this event (a cut-off call).
         self.hold_reply: asyncio.Event | None = None
+        # When set, a removal is appended (members no longer list it) but commits only once
+        # this event is set; until then status says membership_committed: false.
+        self.hold_commit: asyncio.Event | None = None
+        self.membership_committed = True
         self.peer_domain = f"{name}-peers.{NS}.svc.cluster.local"
 
     def ip(self, pod: str) -> str:
@@ -208,8 +213,9 @@ class FakeFederation:
         self._elect()
 
     async def stop(self) -> None:
-        if self.hold_reply is not None:
-            self.hold_reply.set()
+        for gate in (self.hold_reply, self.hold_commit):
+            if gate is not None:
+                gate.set()
         for pod in list(self.runners):
             await self.stop_node(pod)
 
@@ -249,6 +255,7 @@ class FakeFederation:
             "members": [{"id": m, "address": v["address"], "voter": v["voter"],
                          "healthy": self.alive(m), "match_index": self.commit}
                         for m, v in self.members.items()],
+            "membership_committed": self.membership_committed,
             "certificate_not_after": "2027-01-01T00:00:00Z",
         })
 
@@ -280,6 +287,11 @@ class FakeFederation:
                                      status=404)
         del self.members[member]
         self.log.append(("remove", member))
+        if self.hold_commit is not None:  # the node replies only once the removal commits
+            self.membership_committed = False
+            await self.hold_commit.wait()
+            self.membership_committed = True
+            self.log.append(("commit_remove", member))
         self.commit += 1
         if self.after_remove is not None:
             self.after_remove(member)

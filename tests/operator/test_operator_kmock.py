@@ -252,6 +252,32 @@ async def test_operator_killed_mid_removal_resumes_without_a_second_removal(env:
     assert (await env.api.get(OWNED[3]) or {})["spec"]["replicas"] == 3
 
 
+async def test_pvc_stays_until_the_removal_commits(env: Env) -> None:
+    # A short membership timeout: the held removal call times out instead of taking 5 s.
+    settings = env.settings.model_copy(update={"membership_timeout": 1.0})
+    async with run_operator(settings):
+        await env.api.create_cluster("demo", {"replicas": 4})
+        await wait_until(lambda: env.converged(4), 90, "4 voters")
+        env.fed.hold_commit = asyncio.Event()
+        await patch_spec(env, {"replicas": 3})
+        await wait_until(lambda: ("remove", "demo-3") in env.fed.log, 30, "removal appended")
+        await cycles(4)
+        # demo-3 is gone from the leader's members, but not committed: nothing irreversible.
+        assert "demo-3" not in await env.members()
+        assert (await env.api.get(OWNED[3]) or {})["spec"]["replicas"] == 4
+        assert not await _absent(env, "persistentvolumeclaims", "data-demo-3")
+        op = (await env.api.cr_status("demo"))["operation"]
+        assert op["member"] == "demo-3" and not op.get("removalConfirmed")
+        env.fed.hold_commit.set()
+        await wait_until(lambda: env.converged(3), 60, "3 voters once committed")
+        await wait_until(lambda: _absent(env, "persistentvolumeclaims", "data-demo-3"), 30,
+                         "PVC deleted after the commit")
+    ev = await ordered_events(env)
+    assert index(ev, "shrunk to 3") < index(ev, "PVC data-demo-3 deleted")
+    assert [e for e in env.fed.log if e[0] in ("remove", "commit_remove")] == [
+        ("remove", "demo-3"), ("commit_remove", "demo-3")]
+
+
 async def test_paused_cluster_keeps_children_but_updates_status(env: Env) -> None:
     async with run_operator(env.settings):
         await env.api.create_cluster("demo", {"replicas": 1})
