@@ -244,11 +244,22 @@ class Operation(_Model):
     started_at: str | None = None
 
 
+class CARotation(_Model):
+    """A rotation of the operator-managed CA in progress (read from the CA Secret)."""
+
+    phase: Literal["PublishingBundle", "ReissuingLeaves"]
+    ca_sha256: str = Field(description="SHA-256 of the new CA certificate (DER).")
+    waiting_for: list[str] = Field(default_factory=list,
+                                   description="Pods that have not confirmed this phase yet.")
+    message: str = ""
+
+
 class Certificates(_Model):
     secret_name: str | None = None
     ca_secret_name: str | None = None
     client_secret_name: str | None = None
     not_after: str | None = None
+    rotation: CARotation | None = None
 
 
 class FederationClusterStatus(_Model):

@@ -8,7 +8,8 @@
 - ``MockStatefulSetController``: what kube-controller-manager and the kubelet would do: creates
   and deletes pods (and PVCs) for each StatefulSet, labels them with the template's revision,
   starts the fake node when its pod starts, and flips the pod's Ready condition from the
-  node's /readyz rule (a member of a cluster with a leader).
+  node's /readyz rule (a member of a cluster with a leader). A running pod's TLS files change
+  only when the test calls ``sync_mounts`` (the kubelet's sync lag, under the test's control).
 - ``run_operator``: ``kopf.operator`` in-process with our handlers and test settings.
 """
 
@@ -21,6 +22,7 @@ import hashlib
 import itertools
 import json
 import socket
+import ssl
 import time
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -144,6 +146,9 @@ class FakeFederation:
         self.term = 0
         self.commit = 0
         self.runners: dict[str, web.AppRunner] = {}
+        # pod -> its live server context and (trusted CA fingerprints, served certificate's)
+        self.contexts: dict[str, ssl.SSLContext] = {}
+        self.loaded: dict[str, tuple[list[str], str]] = {}
         self.log: list[tuple[str, str]] = []
         self.after_remove: Callable[[str], None] | None = None
         # When set, a removal commits but its reply waits for this event (a cut-off call).
@@ -191,6 +196,8 @@ class FakeFederation:
         for key in ("tls.crt", "tls.key", "ca.crt"):
             (d / key).write_bytes(secret[key])
         ctx = tls.server_context(tls.TLSFiles.from_dir(d))
+        self.contexts[pod] = ctx
+        self._remember_files(pod)
         app = web.Application()
         app[POD] = pod
         app.router.add_get("/v1/status", self._status)
@@ -206,7 +213,26 @@ class FakeFederation:
             self.log.append(("bootstrap", pod))
         self._elect()
 
+    def _remember_files(self, pod: str) -> None:
+        files = tls.TLSFiles.from_dir(self.root / pod)
+        self.loaded[pod] = (tls.file_fingerprints(files.ca),
+                            tls.file_fingerprints(files.cert)[0])
+
+    def sync_files(self, pod: str, secret: dict[str, bytes]) -> bool:
+        """The kubelet refreshed the pod's Secret volume; the node reloads (as its certificate
+        watcher does). True when something changed."""
+        d = self.root / pod
+        if pod not in self.contexts or all(
+                (d / k).read_bytes() == secret[k] for k in ("tls.crt", "tls.key", "ca.crt")):
+            return False
+        for key in ("tls.crt", "tls.key", "ca.crt"):
+            (d / key).write_bytes(secret[key])
+        tls.reload_contexts(tls.TLSFiles.from_dir(d), [self.contexts[pod]])
+        self._remember_files(pod)
+        return True
+
     async def stop_node(self, pod: str) -> None:
+        self.contexts.pop(pod, None)
         runner = self.runners.pop(pod, None)
         if runner is not None:
             await runner.cleanup()
@@ -257,6 +283,8 @@ class FakeFederation:
                         for m, v in self.members.items()],
             "membership_committed": self.membership_committed,
             "certificate_not_after": "2027-01-01T00:00:00Z",
+            "trusted_ca_sha256": self.loaded[pod][0],
+            "certificate_sha256": self.loaded[pod][1],
         })
 
     async def _add(self, request: web.Request) -> web.Response:
@@ -396,6 +424,19 @@ class MockStatefulSetController:
         if any(sts.get("status", {}).get(k) != v for k, v in status.items()):
             await self.api.call("PATCH", f"/apis/apps/v1/namespaces/{NS}/statefulsets/"
                                 f"{name}/status", {"status": status})
+
+    async def sync_mounts(self) -> int:
+        """What the kubelet does on its next sync: every running pod gets the TLS Secret as
+        it is now. Tests call it to choose when pods see a changed Secret; the number of
+        pods whose files changed."""
+        sts = await self.api.get(f"/apis/apps/v1/namespaces/{NS}/statefulsets/{self.fed.name}")
+        assert sts is not None
+        name = next(v["secret"]["secretName"] for v in sts["spec"]["template"]["spec"]["volumes"]
+                    if v["name"] == "tls")
+        secret = await self.api.get(f"/api/v1/namespaces/{NS}/secrets/{name}")
+        assert secret is not None
+        data = {k: base64.b64decode(v) for k, v in secret["data"].items()}
+        return sum(self.fed.sync_files(pod, data) for pod in list(self.fed.runners))
 
     async def _create_pod(self, sts: dict[str, Any], pod: str, rev: str) -> None:
         template = sts["spec"]["template"]

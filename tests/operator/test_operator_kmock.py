@@ -278,6 +278,104 @@ async def test_pvc_stays_until_the_removal_commits(env: Env) -> None:
         ("remove", "demo-3"), ("commit_remove", "demo-3")]
 
 
+async def _secret(env: Env, name: str) -> dict[str, bytes]:
+    import base64
+
+    raw = await env.api.get(f"/api/v1/namespaces/{NS}/secrets/{name}")
+    assert raw is not None
+    return {k: base64.b64decode(v) for k, v in raw["data"].items()}
+
+
+async def _rotation(env: Env) -> dict[str, Any] | None:
+    st = await env.api.cr_status("demo")
+    rotation: dict[str, Any] | None = (st.get("certificates") or {}).get("rotation")
+    return rotation
+
+
+async def _talks_to_nodes(env: Env) -> bool:
+    st = await env.api.cr_status("demo")
+    quorum = next((c for c in st.get("conditions") or [] if c["type"] == "Quorum"), {})
+    return st.get("leader") == "demo-0" and quorum.get("status") == "True"
+
+
+@pytest.mark.slow  # a whole CA rotation, three kubelet syncs: ~30 s on a loaded machine
+async def test_ca_rotation_waits_for_every_pod_at_each_phase(env: Env) -> None:
+    import datetime as dt
+
+    from builders import cluster
+
+    from continuum.federation.distributed.transport import tls
+    from continuum_operator import certificates
+
+    spec = {"replicas": 3, "tls": {"duration": "87600h"}}
+    async with run_operator(env.settings):
+        await env.api.create_cluster("demo", spec)
+        await wait_until(lambda: env.converged(3), 90, "3 voters")
+        # Give the cluster a CA with under a third of its life left (made "years ago", while
+        # paused so the operator leaves it be), and let every pod load it.
+        await patch_spec(env, {"paused": True})
+        await wait_until(lambda: _phase_is(env, "Paused"), 30, "paused")
+        past = dt.datetime.now(dt.UTC) - dt.timedelta(days=certificates.CA_DAYS * 0.7)
+        aged = certificates.plan(cluster(**spec), {}, past)
+        for secret in aged.secrets:
+            await env.api.call("PATCH", f"/api/v1/namespaces/{NS}/secrets/"
+                               f"{secret['metadata']['name']}", {"data": secret["data"]})
+        assert await env.controller.sync_mounts() == 3
+        await wait_until(lambda: _talks_to_nodes(env), 30, "the operator on the aged CA")
+        old_leaf = (await _secret(env, "demo-tls"))["tls.crt"]
+        old_ca = (await _secret(env, "demo-ca"))["tls.crt"]
+
+        # Phase 1: the bundle is published; no pod has it yet, so no leaf changes.
+        await patch_spec(env, {"paused": False})
+
+        async def phase(name: str) -> dict[str, Any] | None:
+            rotation = await _rotation(env)
+            return rotation if rotation and rotation["phase"] == name else None
+
+        one = await wait_until(lambda: phase("PublishingBundle"), 30, "phase 1")
+        assert one["waitingFor"] == ["demo-0", "demo-1", "demo-2"]
+        await cycles(4)
+        assert await phase("PublishingBundle")
+        node = await _secret(env, "demo-tls")
+        assert node["tls.crt"] == old_leaf
+        new_ca = (await _secret(env, "demo-ca"))["next.crt"]
+        assert node["ca.crt"] == old_ca + new_ca
+        assert await _talks_to_nodes(env)
+
+        # The kubelet syncs: every pod trusts the new CA, so leaves come from it now.
+        assert await env.controller.sync_mounts() == 3
+        two = await wait_until(lambda: phase("ReissuingLeaves"), 30, "phase 2")
+        assert two["caSha256"] == tls.pem_fingerprints(new_ca)[0]
+        node = await _secret(env, "demo-tls")
+        assert node["tls.crt"] != old_leaf and node["ca.crt"] == new_ca + old_ca
+        assert "next.crt" not in await _secret(env, "demo-ca")
+        await cycles(4)
+        assert await phase("ReissuingLeaves")  # pods still serve the old leaves
+        # The operator's new client certificate (new CA) is accepted by every pod.
+        assert await _talks_to_nodes(env)
+        assert all(env.fed.loaded[p][1] == tls.pem_fingerprints(old_leaf)[0]
+                   for p in ("demo-0", "demo-1", "demo-2"))
+
+        # The kubelet syncs again: every pod serves the new leaf; the old CA is dropped.
+        assert await env.controller.sync_mounts() == 3
+        await wait_until(lambda: _no_rotation(env), 30, "rotation finished")
+        assert (await _secret(env, "demo-tls"))["ca.crt"] == new_ca
+        assert (await _secret(env, "demo-ca"))["ca.crt"] == new_ca
+        assert await env.controller.sync_mounts() == 3
+        await wait_until(lambda: env.converged(3), 30, "still 3 voters")
+    ev = await ordered_events(env, "CertificateIssued")
+    assert (index(ev, "CA rotation phase 1") < index(ev, "CA rotation phase 2")
+            < index(ev, "CA rotation done"))
+
+
+async def _phase_is(env: Env, phase: str) -> bool:
+    return (await env.api.cr_status("demo")).get("phase") == phase
+
+
+async def _no_rotation(env: Env) -> bool:
+    return await _rotation(env) is None
+
+
 async def test_paused_cluster_keeps_children_but_updates_status(env: Env) -> None:
     async with run_operator(env.settings):
         await env.api.create_cluster("demo", {"replicas": 1})
