@@ -368,6 +368,56 @@ async def test_ca_rotation_waits_for_every_pod_at_each_phase(env: Env) -> None:
             < index(ev, "CA rotation done"))
 
 
+@pytest.mark.slow  # two operator runs and a rolling restart: ~40 s on a loaded machine
+async def test_an_upgraded_operator_rolls_a_changed_pod_template_but_not_while_paused(
+        env: Env) -> None:
+    sts_path = OWNED[3]
+    pods_path = f"/api/v1/namespaces/{NS}/pods"
+    async with run_operator(env.settings):
+        await env.api.create_cluster("demo", {"replicas": 3})
+        await wait_until(lambda: env.converged(3), 60, "3 voters")
+        await patch_spec(env, {"paused": True})
+        await wait_until(lambda: _phase_is(env, "Paused"), 30, "paused")
+    # What an older operator release rendered: here, another readiness probe period. Its
+    # pods run that template (the controller re-creates them from it).
+    sts = await env.api.get(sts_path) or {}
+    containers = sts["spec"]["template"]["spec"]["containers"]
+    containers[0]["readinessProbe"]["periodSeconds"] = 7
+    await env.api.call("PATCH", sts_path, {"spec": {"template": {"spec": {
+        "containers": containers}}}})
+    old_rev = revision((await env.api.get(sts_path) or {})["spec"]["template"])
+    for pod in await env.api.items(pods_path):
+        await env.api.call("DELETE", f"{pods_path}/{pod['metadata']['name']}")
+
+    async def on_old_template() -> bool:
+        pods = await env.api.items(pods_path)
+        return len(pods) == 3 and all(
+            p["metadata"]["labels"]["controller-revision-hash"] == old_rev for p in pods)
+
+    await wait_until(on_old_template, 30, "pods on the older template")
+
+    async with run_operator(env.settings):  # the upgraded operator
+        await cycles(4)
+        # Paused: the new operator leaves the older template and its pods alone.
+        assert revision((await env.api.get(sts_path) or {})["spec"]["template"]) == old_rev
+        assert await on_old_template()
+        assert not await env.api.events("DeletePod")
+        await patch_spec(env, {"paused": False})
+
+        async def rolled() -> bool:
+            live = await env.api.get(sts_path) or {}
+            rev = revision(live["spec"]["template"])
+            pods = await env.api.items(pods_path)
+            return (rev != old_rev and len(pods) == 3 and all(
+                p["metadata"]["labels"]["controller-revision-hash"] == rev for p in pods)
+                and await env.converged(3))
+
+        await wait_until(rolled, 90, "pods rolled onto the new operator's template")
+    deleted = await ordered_events(env, "DeletePod")
+    assert [d.split()[2] for d in deleted] == ["demo-2", "demo-1", "demo-0"]
+    assert "old leader restart" in deleted[-1]
+
+
 async def _phase_is(env: Env, phase: str) -> bool:
     return (await env.api.cr_status("demo")).get("phase") == phase
 
