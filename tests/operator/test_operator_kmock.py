@@ -455,6 +455,43 @@ async def test_paused_cluster_keeps_children_but_updates_status(env: Env) -> Non
         assert "fanout: 7" in cm["data"]["node.yaml"]
 
 
+async def test_paused_cluster_still_renews_a_certificate_about_to_expire(env: Env) -> None:
+    import base64
+    import datetime as dt
+
+    from builders import cluster
+
+    from continuum.federation.distributed import pki
+    from continuum_operator import certificates, manifests
+
+    async with run_operator(env.settings):
+        await env.api.create_cluster("demo", {"replicas": 1})
+        await wait_until(lambda: env.converged(1), 60, "1 voter")
+        await patch_spec(env, {"paused": True, "mesh": {"fanout": 7}})
+        await wait_until(lambda: _phase_is(env, "Paused"), 30, "paused")
+        ca = await _secret(env, "demo-ca")
+        node = await _secret(env, "demo-tls")
+        # Ten days left, under renewBefore (15 days): it would expire during the pause.
+        short = pki.issue(pki.KeyPair(ca["tls.crt"], ca["tls.key"]), "demo",
+                          dns_names=manifests.node_dns_names(cluster()),
+                          uris=[manifests.NODE_ROLE_URI], days=10)
+        await env.api.call("PATCH", f"/api/v1/namespaces/{NS}/secrets/demo-tls", {"data": {
+            "tls.crt": base64.b64encode(short.cert_pem).decode(),
+            "tls.key": base64.b64encode(short.key_pem).decode()}})
+        await wait_until(lambda: _renewed_while_paused(env), 30, "renewal while paused")
+        renewed = await _secret(env, "demo-tls")
+        left = certificates.not_after(renewed) - dt.datetime.now(dt.UTC)  # type: ignore[operator]
+        assert left > dt.timedelta(days=80)
+        assert renewed["ca.crt"] == node["ca.crt"]
+        # ... and nothing else changed while paused.
+        cm = await env.api.get(f"/api/v1/namespaces/{NS}/configmaps/demo-config") or {}
+        assert "fanout: 3" in cm["data"]["node.yaml"]
+
+
+async def _renewed_while_paused(env: Env) -> bool:
+    return any("while paused" in e["message"] for e in await env.api.events("CertificateIssued"))
+
+
 async def test_deleted_cluster_is_cleaned_up(env: Env) -> None:
     async with run_operator(env.settings):
         await env.api.create_cluster("demo", {"replicas": 1, "storage": {
