@@ -9,10 +9,11 @@ observation, and every step is idempotent against both:
 - scale up: GrowStatefulSet (one more pod) -> AddMember (the leader adds it
   as a learner, and promotes it once caught up) -> done when it votes;
 - scale down: [TransferLeadership off the victim] -> RemoveMember (highest
-  ordinal) -> ShrinkStatefulSet once the removal is observed committed ->
-  ApplyPVCRetention once the pod is gone. A PVC is never deleted before its
-  member's removal is confirmed, and a resumed RemoveMember never picks a
-  different member than the one recorded;
+  ordinal) -> ShrinkStatefulSet once the removal is observed committed (absent
+  from the leader's members *and* the leader reports that configuration
+  committed) -> ApplyPVCRetention once the pod is gone. A PVC is never deleted
+  before its member's removal is confirmed, and a resumed RemoveMember never
+  picks a different member than the one recorded;
 - update (OnDelete): NotReady outdated pods first, then followers, then
   TransferLeadership and the old leader.
 
@@ -22,7 +23,9 @@ unless the ``continuum.dev/force-scale-down`` annotation is set.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 from . import manifests
 from . import spec as api
@@ -55,6 +58,9 @@ class Observed:
     pods: tuple[Pod, ...] = ()
     members: tuple[Member, ...] | None = None   # None: no reachable leader
     leader: str | None = None
+    # The leader's ``members`` is its latest configuration, in force once appended; True only
+    # when the leader reports that configuration committed (a missing report counts as False).
+    membership_committed: bool = False
     operation: api.Operation | None = None
     pvcs: frozenset[str] = frozenset()
     force_scale_down: bool = False
@@ -73,6 +79,11 @@ class Observed:
     @property
     def voters(self) -> list[Member]:
         return [m for m in self.members or () if m.voter]
+
+
+def membership_committed(leader_status: Mapping[str, Any] | None) -> bool:
+    """The leader's ``membership_committed``; absent (an older node) or not True is False."""
+    return (leader_status or {}).get("membership_committed") is True
 
 
 # ---- steps ------------------------------------------------------------------------------------
@@ -223,6 +234,8 @@ def _scale_up(o: Observed, size: int) -> Decision:
 def _scale_down(o: Observed, size: int) -> Decision:
     victim = _pod_name(o, size - 1)
     if o.member(victim) is None:
+        if not o.membership_committed:
+            return _decide(Wait(_uncommitted(victim)), None)
         op = _op(o, "ScaleDown", "ShrinkStatefulSet", victim, target=size - 1,
                  removal_confirmed=True)
         return _decide(ShrinkStatefulSet(size - 1), op)
@@ -325,6 +338,8 @@ def _resume_down(o: Observed, op: api.Operation) -> Decision:
                 return _decide(TransferLeadership(op.member, to),
                                replace_step(op, "TransferLeadership"))
             return _decide(RemoveMember(op.member), replace_step(op, "RemoveMember"))
+        if not o.membership_committed:
+            return _decide(Wait(_uncommitted(op.member)), op)
         op = replace_step(op, "ShrinkStatefulSet", removal_confirmed=True)
     if (o.sts_replicas or 0) > ordinal:
         return _decide(ShrinkStatefulSet(ordinal), replace_step(op, "ShrinkStatefulSet"))
@@ -337,6 +352,10 @@ def _resume_down(o: Observed, op: api.Operation) -> Decision:
         return _decide(ApplyPVCRetention(op.member, pvc, delete=True),
                        replace_step(op, "ApplyPVCRetention"))
     return _done(o)
+
+
+def _uncommitted(member: str) -> str:
+    return f"the removal of {member} is not committed yet"
 
 
 def _resume_update(o: Observed, op: api.Operation) -> Decision:

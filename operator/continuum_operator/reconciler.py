@@ -109,16 +109,17 @@ class Reconciler:
         secrets = await self._secrets(c)
         sts = await self.kube.get(cluster.object_path(manifests.statefulset(c)))
         if not sp.paused:
-            await self._ensure_tls(c, cr, secrets)
             sts = await self._ensure_children(c, cr, sts, annotations)
         pods = await self.kube.list("v1", "pods", namespace, manifests.selector_labels(c))
         pvcs = await self.kube.list("v1", "persistentvolumeclaims", namespace,
                                     manifests.selector_labels(c))
-        tls_data = secrets.get(c.tls_secret)
         client = await self._client(c, mem, secrets.get(c.client_secret))
         by_pod = {p["metadata"]["name"]: p for p in pods}
         statuses = await self._poll(c, client, pods)
         leader_status = _leader(statuses)
+        # After the poll: a CA rotation advances only on what the nodes report having loaded.
+        rotation = await self._ensure_tls(c, cr, secrets, pods, statuses)
+        tls_data = secrets.get(c.tls_secret)
 
         operation = _operation(current.get("operation"))
         recover = annotations.get(api.RECOVER_QUORUM)
@@ -132,6 +133,7 @@ class Reconciler:
                 planner.Member(str(m.get("id")), bool(m.get("voter")), bool(m.get("healthy")))
                 for m in leader_status.get("members", [])),
             leader=None if leader_status is None else str(leader_status.get("node_id")),
+            membership_committed=planner.membership_committed(leader_status),
             operation=operation,
             pvcs=frozenset(p["metadata"]["name"] for p in pvcs),
             force_scale_down=str(annotations.get(api.FORCE_SCALE_DOWN, "")).lower() == "true",
@@ -164,7 +166,8 @@ class Reconciler:
             certificates=api.Certificates(
                 secret_name=c.tls_secret, client_secret_name=c.client_secret,
                 ca_secret_name=c.ca_secret if sp.tls.mode == "SelfSigned" else None,
-                not_after=(_iso(na) if (na := certificates.not_after(tls_data)) else None)),
+                not_after=(_iso(na) if (na := certificates.not_after(tls_data)) else None),
+                rotation=rotation),
         ))
         await self._announce_quorum(cr, current, desired)
         await self._write_status(namespace, name, current, desired)
@@ -223,22 +226,34 @@ class Reconciler:
         return out
 
     async def _ensure_tls(self, c: manifests.Cluster, cr: Mapping[str, Any],
-                          secrets: dict[str, dict[str, bytes] | None]) -> None:
+                          secrets: dict[str, dict[str, bytes] | None],
+                          pods: list[dict[str, Any]],
+                          statuses: Mapping[str, Mapping[str, Any] | None]
+                          ) -> api.CARotation | None:
+        """Self-signed mode: write what ``certificates.plan`` asks for; the rotation state."""
         if c.spec.tls.mode != "SelfSigned":
-            return
-        plan = certificates.plan(c, {k: v or None for k, v in secrets.items()}, self.clock())
+            return None
+        nodes = [certificates.NodeReport.from_status(view.name, view.ready,
+                                                     statuses.get(view.name))
+                 for view in (_pod_view(c.name, p) for p in pods)
+                 if not view.terminating and manifests.ordinal(c.name, view.name) is not None]
+        plan = certificates.plan(c, {k: v or None for k, v in secrets.items()}, self.clock(),
+                                 nodes, paused=c.spec.paused)
         for secret, reason in zip(plan.secrets, plan.reasons, strict=True):
             name = secret["metadata"]["name"]
             url = cluster.object_path(secret)
-            if secrets.get(name) is None:
+            old = secrets.get(name)
+            if old is None:
                 await self.kube.create(secret)
-            else:
+            else:  # a merge patch; keys the plan no longer writes are removed
+                data: dict[str, str | None] = {k: None for k in old if k not in secret["data"]}
+                data.update(secret["data"])
                 await self.kube.patch(url, {"metadata": {"annotations": secret["metadata"][
-                    "annotations"]}, "data": secret["data"]})
+                    "annotations"]}, "data": data})
             secrets[name] = certificates.decode(secret)
             metrics.ACTIONS.labels("issue_certificate").inc()
-            await self.emit(cr, "Normal", "CertificateIssued", f"{reason}: Secret "
-                            f"{secret['metadata']['name']}")
+            await self.emit(cr, "Normal", "CertificateIssued", f"{reason}: Secret {name}")
+        return plan.rotation
 
     # ---- nodes ---------------------------------------------------------------------------------
 
@@ -352,7 +367,11 @@ class Reconciler:
     async def _write_operation(self, namespace: str, name: str, current: dict[str, Any],
                                op: api.Operation | None) -> None:
         value = op.model_dump(by_alias=True, exclude_none=True) if op else None
-        await self.kube.patch(cr_path(namespace, name, "status"), {"status": {"operation": value}})
+        # A diff, so keys of the previous operation that this one lacks are removed too.
+        patch = status.diff({"operation": current.get("operation")}, {"operation": value})
+        if value is None:
+            patch = {"operation": None}
+        await self.kube.patch(cr_path(namespace, name, "status"), {"status": patch})
         current["operation"] = value
 
     async def _write_status(self, namespace: str, name: str, current: dict[str, Any],
@@ -360,7 +379,9 @@ class Reconciler:
         patch = status.diff(current, desired)
         if patch:
             await self.kube.patch(cr_path(namespace, name, "status"), {"status": patch})
-            current.update(patch)
+            merged = status.apply(current, patch)
+            current.clear()
+            current.update(merged)
 
     async def _announce_quorum(self, cr: Mapping[str, Any], current: Mapping[str, Any],
                                desired: Mapping[str, Any]) -> None:

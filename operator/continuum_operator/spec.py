@@ -14,6 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from continuum.federation.distributed import config as node_config
+
 GROUP = "continuum.dev"
 VERSION = "v1alpha1"
 PLURAL = "federationclusters"
@@ -34,6 +36,8 @@ RESTART = f"{PREFIX}/restart"
 
 QUANTITY = r"^([+]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
 DURATION = r"^([0-9]+(\.[0-9]+)?(h|m|s|ms))+$"
+HEARTBEAT_RULE = "heartbeatIntervalMs must be at most half of electionTimeoutMinMs"
+ELECTION_RULE = "electionTimeoutMinMs must be below electionTimeoutMaxMs"
 
 INT_OR_STRING: dict[str, Any] = {"x-kubernetes-int-or-string": True,
                  "anyOf": [{"type": "integer"}, {"type": "string"}]}
@@ -102,23 +106,28 @@ class Storage(_Model):
 
 
 class Consensus(_Model):
+    """Raft timing in milliseconds; the rules are the ones every node checks at start."""
+
+    # Same rules as the node's RaftSettings: a spec breaking them would render a ConfigMap
+    # that every node refuses to start with.
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
-        {"rule": "self.heartbeatIntervalMs < self.electionTimeoutMinMs",
-         "message": "heartbeatIntervalMs must be below electionTimeoutMinMs"},
-        {"rule": "self.electionTimeoutMinMs <= self.electionTimeoutMaxMs",
-         "message": "electionTimeoutMinMs must not exceed electionTimeoutMaxMs"},
+        {"rule": "self.heartbeatIntervalMs * 2 <= self.electionTimeoutMinMs",
+         "message": HEARTBEAT_RULE},
+        {"rule": "self.electionTimeoutMinMs < self.electionTimeoutMaxMs",
+         "message": ELECTION_RULE},
     ]})
 
+    # The upper bounds are the operator's own sanity limits (the node has none).
     election_timeout_min_ms: int = Field(default=150, ge=10, le=60000)
-    election_timeout_max_ms: int = Field(default=300, ge=10, le=120000)
+    election_timeout_max_ms: int = Field(default=300, ge=11, le=120000)
     heartbeat_interval_ms: int = Field(default=50, ge=1, le=30000)
 
     @model_validator(mode="after")
     def _ordered(self) -> Consensus:
-        if self.heartbeat_interval_ms >= self.election_timeout_min_ms:
-            raise ValueError("heartbeatIntervalMs must be below electionTimeoutMinMs")
-        if self.election_timeout_min_ms > self.election_timeout_max_ms:
-            raise ValueError("electionTimeoutMinMs must not exceed electionTimeoutMaxMs")
+        if self.heartbeat_interval_ms * 2 > self.election_timeout_min_ms:
+            raise ValueError(HEARTBEAT_RULE)
+        if self.election_timeout_min_ms >= self.election_timeout_max_ms:
+            raise ValueError(ELECTION_RULE)
         return self
 
 
@@ -129,14 +138,13 @@ class Mesh(_Model):
 
 
 class LoadBalance(_Model):
-    algorithm: Literal["least_loaded", "latency", "round_robin", "random"] = "least_loaded"
+    algorithm: node_config.BalanceAlgorithm = "least_loaded"
     health_check_interval_seconds: float = Field(default=10.0, gt=0, le=3600)
     unhealthy_threshold: int = Field(default=3, ge=1, le=100)
 
 
 class Replication(_Model):
-    conflict_strategy: Literal["last_write_wins", "highest_node", "merge_union"] = (
-        "last_write_wins")
+    conflict_strategy: node_config.ConflictStrategy = "last_write_wins"
 
 
 class IssuerRef(_Model):
@@ -236,11 +244,22 @@ class Operation(_Model):
     started_at: str | None = None
 
 
+class CARotation(_Model):
+    """A rotation of the operator-managed CA in progress (read from the CA Secret)."""
+
+    phase: Literal["PublishingBundle", "ReissuingLeaves"]
+    ca_sha256: str = Field(description="SHA-256 of the new CA certificate (DER).")
+    waiting_for: list[str] = Field(default_factory=list,
+                                   description="Pods that have not confirmed this phase yet.")
+    message: str = ""
+
+
 class Certificates(_Model):
     secret_name: str | None = None
     ca_secret_name: str | None = None
     client_secret_name: str | None = None
     not_after: str | None = None
+    rotation: CARotation | None = None
 
 
 class FederationClusterStatus(_Model):

@@ -83,7 +83,14 @@ def _cert(i: Inputs) -> tuple[str, str, str]:
     left = (i.cert_not_after - i.now).total_seconds()
     if left <= 0:
         return "False", "CertificateExpired", f"expired at {i.cert_not_after.isoformat()}"
-    return "True", "CertificateValid", f"valid until {i.cert_not_after.isoformat()}"
+    valid = f"valid until {i.cert_not_after.isoformat()}"
+    rotation = i.certificates.rotation if i.certificates else None
+    if rotation is not None:
+        waiting = ", ".join(rotation.waiting_for) or "nobody"
+        return ("True", "CARotationInProgress",
+                f"{valid}; CA rotation {rotation.phase}: {rotation.message} "
+                f"(waiting for {waiting})")
+    return "True", "CertificateValid", valid
 
 
 def _phase(i: Inputs, quorum: str, degraded: bool) -> str:
@@ -203,12 +210,35 @@ def compute(i: Inputs) -> dict[str, Any]:
 
 
 def diff(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
-    """A JSON merge patch turning ``current`` into ``desired`` ({} when nothing changed)."""
+    """A JSON merge patch turning ``current`` into ``desired`` ({} when nothing changed).
+
+    Objects nest: a key gone from a desired object (``certificates.rotation`` once a
+    rotation ends) is patched to null, because a merge patch leaves absent keys alone.
+    Lists are replaced whole, as a merge patch does.
+    """
     patch: dict[str, Any] = {}
     for key, value in desired.items():
+        have = current.get(key)
         if value is None:
-            if current.get(key) is not None:
+            if have is not None:
                 patch[key] = None
-        elif current.get(key) != value:
+        elif isinstance(value, Mapping) and isinstance(have, Mapping):
+            full = {**{k: None for k in have if k not in value}, **value}
+            if sub := diff(have, full):
+                patch[key] = sub
+        elif have != value:
             patch[key] = value
     return patch
+
+
+def apply(current: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """``current`` after the merge patch ``patch`` (what the API server will store)."""
+    out = dict(current)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = apply(out[key], value)
+        else:
+            out[key] = value
+    return out

@@ -290,6 +290,16 @@ class RealFederation:
         return sorted(p for p, st in views.items()
                       if pod in {m["id"] for m in st.get("members") or []})
 
+    def committed_at_deletion(self, pod: str) -> bool | None:
+        """Whether the node leading when ``pod`` was deleted reported its membership
+        configuration committed (None: no leader answered at that instant)."""
+        views = self.at_deletion.get(pod) or {}
+        leaders = [st for st in views.values() if st.get("role") == "leader"]
+        if not leaders:
+            return None
+        leader = max(leaders, key=lambda st: int(st.get("term") or 0))
+        return leader.get("membership_committed") is True
+
     def deleted_at(self, pod: str, since: float) -> float | None:
         return next((t for t, what, p in self.pod_log
                      if t >= since and what == "deleted" and p == pod), None)

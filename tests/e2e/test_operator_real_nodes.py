@@ -7,7 +7,7 @@ records on a real DNS server and uses the TLS Secret the operator issued (self-s
 The operator reaches the nodes at the pod IPs over mutual TLS, exactly as in a cluster.
 What it proves: the operator and the nodes agree on the node contract end to end (status,
 member add/remove, certificates, readiness), the real Raft membership follows ``replicas``,
-and on the way down each member leaves Raft before its pod is deleted.
+and on the way down each member's removal is committed before its pod is deleted.
 """
 
 from __future__ import annotations
@@ -88,6 +88,8 @@ async def test_operator_scales_real_nodes_3_to_5_to_3(kmock: Any, tmp_path: Path
             listed = fed.listed_at_deletion(pod)
             assert listed is not None, (pod, "no surviving node answered")
             assert len(listed) * 2 < len(fed.at_deletion[pod]), (pod, fed.at_deletion[pod])
+            # ... and that configuration was committed, not just appended.
+            assert fed.committed_at_deletion(pod) in (True, None), (pod, fed.at_deletion[pod])
         # One member at a time, highest ordinal first.
         assert fed.deleted_at("demo-4", down) < fed.deleted_at("demo-3", down)  # type: ignore[operator]
         messages = [e["message"] for e in sorted(await api.events(),

@@ -2,12 +2,14 @@
 
 - ``FakeFederation``: the node API of the node contract over real mutual TLS, one aiohttp
   server per pod on 127.0.5.<ordinal+1>, with a small model of Raft membership (bootstrap,
-  learner -> voter, removal, leadership transfer, elections needing a majority). Every
-  membership call is logged so tests can check the order of steps.
+  learner -> voter, removal that can be held appended-but-uncommitted, leadership transfer,
+  elections needing a majority). Every membership call is logged so tests can check the
+  order of steps.
 - ``MockStatefulSetController``: what kube-controller-manager and the kubelet would do: creates
   and deletes pods (and PVCs) for each StatefulSet, labels them with the template's revision,
   starts the fake node when its pod starts, and flips the pod's Ready condition from the
-  node's /readyz rule (a member of a cluster with a leader).
+  node's /readyz rule (a member of a cluster with a leader). A running pod's TLS files change
+  only when the test calls ``sync_mounts`` (the kubelet's sync lag, under the test's control).
 - ``run_operator``: ``kopf.operator`` in-process with our handlers and test settings.
 """
 
@@ -20,6 +22,7 @@ import hashlib
 import itertools
 import json
 import socket
+import ssl
 import time
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -143,10 +146,17 @@ class FakeFederation:
         self.term = 0
         self.commit = 0
         self.runners: dict[str, web.AppRunner] = {}
+        # pod -> its live server context and (trusted CA fingerprints, served certificate's)
+        self.contexts: dict[str, ssl.SSLContext] = {}
+        self.loaded: dict[str, tuple[list[str], str]] = {}
         self.log: list[tuple[str, str]] = []
         self.after_remove: Callable[[str], None] | None = None
         # When set, a removal commits but its reply waits for this event (a cut-off call).
         self.hold_reply: asyncio.Event | None = None
+        # When set, a removal is appended (members no longer list it) but commits only once
+        # this event is set; until then status says membership_committed: false.
+        self.hold_commit: asyncio.Event | None = None
+        self.membership_committed = True
         self.peer_domain = f"{name}-peers.{NS}.svc.cluster.local"
 
     def ip(self, pod: str) -> str:
@@ -186,6 +196,8 @@ class FakeFederation:
         for key in ("tls.crt", "tls.key", "ca.crt"):
             (d / key).write_bytes(secret[key])
         ctx = tls.server_context(tls.TLSFiles.from_dir(d))
+        self.contexts[pod] = ctx
+        self._remember_files(pod)
         app = web.Application()
         app[POD] = pod
         app.router.add_get("/v1/status", self._status)
@@ -201,15 +213,35 @@ class FakeFederation:
             self.log.append(("bootstrap", pod))
         self._elect()
 
+    def _remember_files(self, pod: str) -> None:
+        files = tls.TLSFiles.from_dir(self.root / pod)
+        self.loaded[pod] = (tls.file_fingerprints(files.ca),
+                            tls.file_fingerprints(files.cert)[0])
+
+    def sync_files(self, pod: str, secret: dict[str, bytes]) -> bool:
+        """The kubelet refreshed the pod's Secret volume; the node reloads (as its certificate
+        watcher does). True when something changed."""
+        d = self.root / pod
+        if pod not in self.contexts or all(
+                (d / k).read_bytes() == secret[k] for k in ("tls.crt", "tls.key", "ca.crt")):
+            return False
+        for key in ("tls.crt", "tls.key", "ca.crt"):
+            (d / key).write_bytes(secret[key])
+        tls.reload_contexts(tls.TLSFiles.from_dir(d), [self.contexts[pod]])
+        self._remember_files(pod)
+        return True
+
     async def stop_node(self, pod: str) -> None:
+        self.contexts.pop(pod, None)
         runner = self.runners.pop(pod, None)
         if runner is not None:
             await runner.cleanup()
         self._elect()
 
     async def stop(self) -> None:
-        if self.hold_reply is not None:
-            self.hold_reply.set()
+        for gate in (self.hold_reply, self.hold_commit):
+            if gate is not None:
+                gate.set()
         for pod in list(self.runners):
             await self.stop_node(pod)
 
@@ -249,7 +281,10 @@ class FakeFederation:
             "members": [{"id": m, "address": v["address"], "voter": v["voter"],
                          "healthy": self.alive(m), "match_index": self.commit}
                         for m, v in self.members.items()],
+            "membership_committed": self.membership_committed,
             "certificate_not_after": "2027-01-01T00:00:00Z",
+            "trusted_ca_sha256": self.loaded[pod][0],
+            "certificate_sha256": self.loaded[pod][1],
         })
 
     async def _add(self, request: web.Request) -> web.Response:
@@ -280,6 +315,11 @@ class FakeFederation:
                                      status=404)
         del self.members[member]
         self.log.append(("remove", member))
+        if self.hold_commit is not None:  # the node replies only once the removal commits
+            self.membership_committed = False
+            await self.hold_commit.wait()
+            self.membership_committed = True
+            self.log.append(("commit_remove", member))
         self.commit += 1
         if self.after_remove is not None:
             self.after_remove(member)
@@ -384,6 +424,19 @@ class MockStatefulSetController:
         if any(sts.get("status", {}).get(k) != v for k, v in status.items()):
             await self.api.call("PATCH", f"/apis/apps/v1/namespaces/{NS}/statefulsets/"
                                 f"{name}/status", {"status": status})
+
+    async def sync_mounts(self) -> int:
+        """What the kubelet does on its next sync: every running pod gets the TLS Secret as
+        it is now. Tests call it to choose when pods see a changed Secret; the number of
+        pods whose files changed."""
+        sts = await self.api.get(f"/apis/apps/v1/namespaces/{NS}/statefulsets/{self.fed.name}")
+        assert sts is not None
+        name = next(v["secret"]["secretName"] for v in sts["spec"]["template"]["spec"]["volumes"]
+                    if v["name"] == "tls")
+        secret = await self.api.get(f"/api/v1/namespaces/{NS}/secrets/{name}")
+        assert secret is not None
+        data = {k: base64.b64decode(v) for k, v in secret["data"].items()}
+        return sum(self.fed.sync_files(pod, data) for pod in list(self.fed.runners))
 
     async def _create_pod(self, sts: dict[str, Any], pod: str, rev: str) -> None:
         template = sts["spec"]["template"]

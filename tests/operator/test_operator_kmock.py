@@ -252,6 +252,180 @@ async def test_operator_killed_mid_removal_resumes_without_a_second_removal(env:
     assert (await env.api.get(OWNED[3]) or {})["spec"]["replicas"] == 3
 
 
+async def test_pvc_stays_until_the_removal_commits(env: Env) -> None:
+    # A short membership timeout: the held removal call times out instead of taking 5 s.
+    settings = env.settings.model_copy(update={"membership_timeout": 1.0})
+    async with run_operator(settings):
+        await env.api.create_cluster("demo", {"replicas": 4})
+        await wait_until(lambda: env.converged(4), 90, "4 voters")
+        env.fed.hold_commit = asyncio.Event()
+        await patch_spec(env, {"replicas": 3})
+        await wait_until(lambda: ("remove", "demo-3") in env.fed.log, 30, "removal appended")
+        await cycles(4)
+        # demo-3 is gone from the leader's members, but not committed: nothing irreversible.
+        assert "demo-3" not in await env.members()
+        assert (await env.api.get(OWNED[3]) or {})["spec"]["replicas"] == 4
+        assert not await _absent(env, "persistentvolumeclaims", "data-demo-3")
+        op = (await env.api.cr_status("demo"))["operation"]
+        assert op["member"] == "demo-3" and not op.get("removalConfirmed")
+        env.fed.hold_commit.set()
+        await wait_until(lambda: env.converged(3), 60, "3 voters once committed")
+        await wait_until(lambda: _absent(env, "persistentvolumeclaims", "data-demo-3"), 30,
+                         "PVC deleted after the commit")
+    ev = await ordered_events(env)
+    assert index(ev, "shrunk to 3") < index(ev, "PVC data-demo-3 deleted")
+    assert [e for e in env.fed.log if e[0] in ("remove", "commit_remove")] == [
+        ("remove", "demo-3"), ("commit_remove", "demo-3")]
+
+
+async def _secret(env: Env, name: str) -> dict[str, bytes]:
+    import base64
+
+    raw = await env.api.get(f"/api/v1/namespaces/{NS}/secrets/{name}")
+    assert raw is not None
+    return {k: base64.b64decode(v) for k, v in raw["data"].items()}
+
+
+async def _rotation(env: Env) -> dict[str, Any] | None:
+    st = await env.api.cr_status("demo")
+    rotation: dict[str, Any] | None = (st.get("certificates") or {}).get("rotation")
+    return rotation
+
+
+async def _talks_to_nodes(env: Env) -> bool:
+    st = await env.api.cr_status("demo")
+    quorum = next((c for c in st.get("conditions") or [] if c["type"] == "Quorum"), {})
+    return st.get("leader") == "demo-0" and quorum.get("status") == "True"
+
+
+@pytest.mark.slow  # a whole CA rotation, three kubelet syncs: ~30 s on a loaded machine
+async def test_ca_rotation_waits_for_every_pod_at_each_phase(env: Env) -> None:
+    import datetime as dt
+
+    from builders import cluster
+
+    from continuum.federation.distributed.transport import tls
+    from continuum_operator import certificates
+
+    spec = {"replicas": 3, "tls": {"duration": "87600h"}}
+    async with run_operator(env.settings):
+        await env.api.create_cluster("demo", spec)
+        await wait_until(lambda: env.converged(3), 90, "3 voters")
+        # Give the cluster a CA with under a third of its life left (made "years ago", while
+        # paused so the operator leaves it be), and let every pod load it.
+        await patch_spec(env, {"paused": True})
+        await wait_until(lambda: _phase_is(env, "Paused"), 30, "paused")
+        past = dt.datetime.now(dt.UTC) - dt.timedelta(days=certificates.CA_DAYS * 0.7)
+        aged = certificates.plan(cluster(**spec), {}, past)
+        for secret in aged.secrets:
+            await env.api.call("PATCH", f"/api/v1/namespaces/{NS}/secrets/"
+                               f"{secret['metadata']['name']}", {"data": secret["data"]})
+        assert await env.controller.sync_mounts() == 3
+        await wait_until(lambda: _talks_to_nodes(env), 30, "the operator on the aged CA")
+        old_leaf = (await _secret(env, "demo-tls"))["tls.crt"]
+        old_ca = (await _secret(env, "demo-ca"))["tls.crt"]
+
+        # Phase 1: the bundle is published; no pod has it yet, so no leaf changes.
+        await patch_spec(env, {"paused": False})
+
+        async def phase(name: str) -> dict[str, Any] | None:
+            rotation = await _rotation(env)
+            return rotation if rotation and rotation["phase"] == name else None
+
+        one = await wait_until(lambda: phase("PublishingBundle"), 30, "phase 1")
+        assert one["waitingFor"] == ["demo-0", "demo-1", "demo-2"]
+        await cycles(4)
+        assert await phase("PublishingBundle")
+        node = await _secret(env, "demo-tls")
+        assert node["tls.crt"] == old_leaf
+        new_ca = (await _secret(env, "demo-ca"))["next.crt"]
+        assert node["ca.crt"] == old_ca + new_ca
+        assert await _talks_to_nodes(env)
+
+        # The kubelet syncs: every pod trusts the new CA, so leaves come from it now.
+        assert await env.controller.sync_mounts() == 3
+        two = await wait_until(lambda: phase("ReissuingLeaves"), 30, "phase 2")
+        assert two["caSha256"] == tls.pem_fingerprints(new_ca)[0]
+        node = await _secret(env, "demo-tls")
+        assert node["tls.crt"] != old_leaf and node["ca.crt"] == new_ca + old_ca
+        assert "next.crt" not in await _secret(env, "demo-ca")
+        await cycles(4)
+        assert await phase("ReissuingLeaves")  # pods still serve the old leaves
+        # The operator's new client certificate (new CA) is accepted by every pod.
+        assert await _talks_to_nodes(env)
+        assert all(env.fed.loaded[p][1] == tls.pem_fingerprints(old_leaf)[0]
+                   for p in ("demo-0", "demo-1", "demo-2"))
+
+        # The kubelet syncs again: every pod serves the new leaf; the old CA is dropped.
+        assert await env.controller.sync_mounts() == 3
+        await wait_until(lambda: _no_rotation(env), 30, "rotation finished")
+        assert (await _secret(env, "demo-tls"))["ca.crt"] == new_ca
+        assert (await _secret(env, "demo-ca"))["ca.crt"] == new_ca
+        assert await env.controller.sync_mounts() == 3
+        await wait_until(lambda: env.converged(3), 30, "still 3 voters")
+    ev = await ordered_events(env, "CertificateIssued")
+    assert (index(ev, "CA rotation phase 1") < index(ev, "CA rotation phase 2")
+            < index(ev, "CA rotation done"))
+
+
+@pytest.mark.slow  # two operator runs and a rolling restart: ~40 s on a loaded machine
+async def test_an_upgraded_operator_rolls_a_changed_pod_template_but_not_while_paused(
+        env: Env) -> None:
+    sts_path = OWNED[3]
+    pods_path = f"/api/v1/namespaces/{NS}/pods"
+    async with run_operator(env.settings):
+        await env.api.create_cluster("demo", {"replicas": 3})
+        await wait_until(lambda: env.converged(3), 60, "3 voters")
+        await patch_spec(env, {"paused": True})
+        await wait_until(lambda: _phase_is(env, "Paused"), 30, "paused")
+    # What an older operator release rendered: here, another readiness probe period. Its
+    # pods run that template (the controller re-creates them from it).
+    sts = await env.api.get(sts_path) or {}
+    containers = sts["spec"]["template"]["spec"]["containers"]
+    containers[0]["readinessProbe"]["periodSeconds"] = 7
+    await env.api.call("PATCH", sts_path, {"spec": {"template": {"spec": {
+        "containers": containers}}}})
+    old_rev = revision((await env.api.get(sts_path) or {})["spec"]["template"])
+    for pod in await env.api.items(pods_path):
+        await env.api.call("DELETE", f"{pods_path}/{pod['metadata']['name']}")
+
+    async def on_old_template() -> bool:
+        pods = await env.api.items(pods_path)
+        return len(pods) == 3 and all(
+            p["metadata"]["labels"]["controller-revision-hash"] == old_rev for p in pods)
+
+    await wait_until(on_old_template, 30, "pods on the older template")
+
+    async with run_operator(env.settings):  # the upgraded operator
+        await cycles(4)
+        # Paused: the new operator leaves the older template and its pods alone.
+        assert revision((await env.api.get(sts_path) or {})["spec"]["template"]) == old_rev
+        assert await on_old_template()
+        assert not await env.api.events("DeletePod")
+        await patch_spec(env, {"paused": False})
+
+        async def rolled() -> bool:
+            live = await env.api.get(sts_path) or {}
+            rev = revision(live["spec"]["template"])
+            pods = await env.api.items(pods_path)
+            return (rev != old_rev and len(pods) == 3 and all(
+                p["metadata"]["labels"]["controller-revision-hash"] == rev for p in pods)
+                and await env.converged(3))
+
+        await wait_until(rolled, 90, "pods rolled onto the new operator's template")
+    deleted = await ordered_events(env, "DeletePod")
+    assert [d.split()[2] for d in deleted] == ["demo-2", "demo-1", "demo-0"]
+    assert "old leader restart" in deleted[-1]
+
+
+async def _phase_is(env: Env, phase: str) -> bool:
+    return (await env.api.cr_status("demo")).get("phase") == phase
+
+
+async def _no_rotation(env: Env) -> bool:
+    return await _rotation(env) is None
+
+
 async def test_paused_cluster_keeps_children_but_updates_status(env: Env) -> None:
     async with run_operator(env.settings):
         await env.api.create_cluster("demo", {"replicas": 1})
@@ -279,6 +453,43 @@ async def test_paused_cluster_keeps_children_but_updates_status(env: Env) -> Non
         await wait_until(lambda: env.converged(2), 60, "resumed: 2 voters")
         cm = await env.api.get(f"/api/v1/namespaces/{NS}/configmaps/demo-config") or {}
         assert "fanout: 7" in cm["data"]["node.yaml"]
+
+
+async def test_paused_cluster_still_renews_a_certificate_about_to_expire(env: Env) -> None:
+    import base64
+    import datetime as dt
+
+    from builders import cluster
+
+    from continuum.federation.distributed import pki
+    from continuum_operator import certificates, manifests
+
+    async with run_operator(env.settings):
+        await env.api.create_cluster("demo", {"replicas": 1})
+        await wait_until(lambda: env.converged(1), 60, "1 voter")
+        await patch_spec(env, {"paused": True, "mesh": {"fanout": 7}})
+        await wait_until(lambda: _phase_is(env, "Paused"), 30, "paused")
+        ca = await _secret(env, "demo-ca")
+        node = await _secret(env, "demo-tls")
+        # Ten days left, under renewBefore (15 days): it would expire during the pause.
+        short = pki.issue(pki.KeyPair(ca["tls.crt"], ca["tls.key"]), "demo",
+                          dns_names=manifests.node_dns_names(cluster()),
+                          uris=[manifests.NODE_ROLE_URI], days=10)
+        await env.api.call("PATCH", f"/api/v1/namespaces/{NS}/secrets/demo-tls", {"data": {
+            "tls.crt": base64.b64encode(short.cert_pem).decode(),
+            "tls.key": base64.b64encode(short.key_pem).decode()}})
+        await wait_until(lambda: _renewed_while_paused(env), 30, "renewal while paused")
+        renewed = await _secret(env, "demo-tls")
+        left = certificates.not_after(renewed) - dt.datetime.now(dt.UTC)  # type: ignore[operator]
+        assert left > dt.timedelta(days=80)
+        assert renewed["ca.crt"] == node["ca.crt"]
+        # ... and nothing else changed while paused.
+        cm = await env.api.get(f"/api/v1/namespaces/{NS}/configmaps/demo-config") or {}
+        assert "fanout: 3" in cm["data"]["node.yaml"]
+
+
+async def _renewed_while_paused(env: Env) -> bool:
+    return any("while paused" in e["message"] for e in await env.api.events("CertificateIssued"))
 
 
 async def test_deleted_cluster_is_cleaned_up(env: Env) -> None:

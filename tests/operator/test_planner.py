@@ -16,7 +16,7 @@ REV = "rev-2"
 def obs(desired: int, size: int, *, members: int | None = None, unhealthy: tuple[int, ...] = (),
         not_ready: tuple[int, ...] = (), leader: int | None = 0, learners: tuple[int, ...] = (),
         pods: int | None = None, revision: dict[int, str] | None = None,
-        op: dict[str, Any] | None = None, **kw: Any) -> p.Observed:
+        op: dict[str, Any] | None = None, committed: bool = True, **kw: Any) -> p.Observed:
     """A cluster 'demo' with ``size`` pods in the StatefulSet and ``members`` Raft members."""
     n_members = size if members is None else members
     n_pods = size if pods is None else pods
@@ -28,6 +28,7 @@ def obs(desired: int, size: int, *, members: int | None = None, unhealthy: tuple
         name="demo", desired=desired, sts_replicas=size, update_revision=REV, pods=pod_list,
         members=mems if leader is not None else None,
         leader=f"demo-{leader}" if leader is not None else None,
+        membership_committed=committed and leader is not None,
         operation=spec.Operation.model_validate(op) if op else None,
         pvcs=frozenset(f"data-demo-{i}" for i in range(max(n_pods, size) + 2)), **kw)
 
@@ -121,6 +122,42 @@ def test_scale_down_sequence_never_deletes_a_pvc_early() -> None:
                    pvcs=frozenset())
     d = p.plan(gone)
     assert d.step == p.RemoveMember("demo-3") and d.operation and d.operation.member == "demo-3"
+
+
+def test_an_uncommitted_removal_neither_shrinks_nor_deletes_the_pvc() -> None:
+    # The leader's members already lack demo-4 (the configuration is in force once
+    # appended), but that configuration is not committed: a new leader could bring it back.
+    op = {"type": "ScaleDown", "step": "RemoveMember", "member": "demo-4", "target": 4}
+    d = p.plan(obs(3, 5, members=4, op=op, committed=False))
+    assert d.step == p.Wait("the removal of demo-4 is not committed yet")
+    assert d.operation is not None and not d.operation.removal_confirmed
+    assert d.operation.step == "RemoveMember"
+    # the same without a recorded operation (a victim that is no member any more)
+    assert p.plan(obs(3, 5, members=4, committed=False)) == p.Decision(
+        p.Wait("the removal of demo-4 is not committed yet"), None)
+    # committed: now the StatefulSet shrinks and the confirmation is recorded
+    d = p.plan(obs(3, 5, members=4, op=op, committed=True))
+    assert d.step == p.ShrinkStatefulSet(4)
+    assert d.operation is not None and d.operation.removal_confirmed
+
+
+def test_a_new_leader_without_the_removal_gets_it_reissued() -> None:
+    # Uncommitted, then the leader changed and the new one never had the entry.
+    op = {"type": "ScaleDown", "step": "RemoveMember", "member": "demo-4", "target": 4}
+    assert _step(obs(3, 5, leader=1, op=op, committed=True)) == p.RemoveMember("demo-4")
+
+
+@pytest.mark.parametrize(("status", "committed"), [
+    (None, False),
+    ({}, False),                                   # a node that does not report it
+    ({"membership_committed": False}, False),
+    ({"membership_committed": "true"}, False),     # only the JSON boolean counts
+    ({"membership_committed": 1}, False),
+    ({"membership_committed": True}, True),
+])
+def test_membership_committed_is_read_strictly(status: dict[str, Any] | None,
+                                               committed: bool) -> None:
+    assert p.membership_committed(status) is committed
 
 
 def test_retain_policy_keeps_the_pvc() -> None:

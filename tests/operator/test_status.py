@@ -111,3 +111,28 @@ def test_diff_removes_keys_set_to_none() -> None:
     assert status.diff({"leader": "a", "term": 1}, {"leader": None, "term": 1}) == {
         "leader": None}
     assert status.diff({}, {"leader": None}) == {}
+
+
+def test_diff_nulls_keys_gone_from_a_nested_object() -> None:
+    rotating = {"certificates": {"secretName": "demo-tls",
+                                 "rotation": {"phase": "ReissuingLeaves", "caSha256": "ab"}}}
+    done = {"certificates": {"secretName": "demo-tls"}}
+    patch = status.diff(rotating, done)
+    assert patch == {"certificates": {"rotation": None}}
+    assert status.apply(rotating, patch) == done
+    assert status.diff(done, done) == {}
+    # a changed nested value patches only what changed
+    moved = {"certificates": {"secretName": "demo-tls",
+                              "rotation": {"phase": "ReissuingLeaves", "caSha256": "cd"}}}
+    assert status.diff(rotating, moved) == {"certificates": {"rotation": {"caSha256": "cd"}}}
+    assert status.apply(rotating, status.diff(rotating, moved)) == moved
+
+
+def test_a_ca_rotation_shows_in_certificates_ready() -> None:
+    rotation = spec.CARotation(phase="PublishingBundle", ca_sha256="ab",
+                               waiting_for=["demo-2"], message="waiting")
+    st = status.compute(inputs(certificates=spec.Certificates(rotation=rotation)))
+    c = cond(st, "CertificatesReady")
+    assert (c["status"], c["reason"]) == ("True", "CARotationInProgress")
+    assert "PublishingBundle" in c["message"] and "demo-2" in c["message"]
+    assert st["certificates"]["rotation"]["waitingFor"] == ["demo-2"]

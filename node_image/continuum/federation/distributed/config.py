@@ -24,6 +24,10 @@ from pydantic_settings import (
 
 from .transport import peer
 
+# Value names the operator's FederationCluster spec uses as they are (one list, here).
+BalanceAlgorithm = Literal["least_loaded", "latency", "round_robin", "random"]
+ConflictStrategy = Literal["last_write_wins", "highest_node_wins", "merge_union"]
+
 
 class RaftSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -50,15 +54,14 @@ class MeshSettings(BaseModel):
 
 class LoadBalanceSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    algorithm: Literal["least_loaded", "latency", "round_robin", "random"] = "least_loaded"
+    algorithm: BalanceAlgorithm = "least_loaded"
     health_check_interval: float = Field(5.0, gt=0)
     unhealthy_threshold: int = Field(3, ge=1)
 
 
 class ReplicationSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    conflict_strategy: Literal["last_write_wins", "highest_node_wins", "merge_union"] = (
-        "last_write_wins")
+    conflict_strategy: ConflictStrategy = "last_write_wins"
 
 
 class NodeSettings(BaseSettings):

@@ -124,6 +124,11 @@ class FederationNode:
         self._cert_mtime: tuple[float, float, float] | None = None
         self._membership_lock = asyncio.Lock()  # Raft takes one configuration change at a time
         self._not_after = pki.not_after(Path(self.tls_files.cert).read_bytes())
+        # What the loaded TLS files are, for the operator's two-phase CA rotation: it re-issues
+        # leaves from a new CA only once every node trusts it, and retires the old CA only
+        # once every node serves a leaf of the new one.
+        self._trusted_ca_sha256 = tls.file_fingerprints(self.tls_files.ca)
+        self._cert_sha256 = tls.file_fingerprints(self.tls_files.cert)[0]
         self.metrics = metrics.NodeMetrics(self._stats_sources, self._named_metrics)
 
     # -- configuration ---------------------------------------------------------------------
@@ -482,6 +487,8 @@ class FederationNode:
                 if self._cert_mtime is not None and mtime != self._cert_mtime:
                     self.transport.reload_tls()
                     self._not_after = pki.not_after(self._read_cert())
+                    self._trusted_ca_sha256 = tls.file_fingerprints(self.tls_files.ca)
+                    self._cert_sha256 = tls.file_fingerprints(self.tls_files.cert)[0]
                     log.info("reloaded rotated TLS certificates (valid until %s)",
                              self._not_after.isoformat())
                 self._cert_mtime = mtime
@@ -620,6 +627,8 @@ class FederationNode:
             "load": loadmod.heartbeat(self.load_inputs()),
             "version": _version(),
             "certificate_not_after": self._not_after.isoformat(),
+            "certificate_sha256": self._cert_sha256,
+            "trusted_ca_sha256": list(self._trusted_ca_sha256),
             "uptime_seconds": round(time.monotonic() - self.started_at, 3),
         }
 

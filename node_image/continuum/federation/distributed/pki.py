@@ -54,18 +54,22 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def create_ca(common_name: str = "continuum-federation-ca", days: int = DEFAULT_CA_DAYS) -> KeyPair:
+def create_ca(common_name: str = "continuum-federation-ca", days: int = DEFAULT_CA_DAYS,
+              not_before: dt.datetime | None = None) -> KeyPair:
+    """A self-signed CA valid until ``days`` from now, or from ``not_before`` when given."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = _now()
+    start = not_before or (now - dt.timedelta(minutes=5))
+    end = (not_before or now) + dt.timedelta(days=days)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=days))
+        .not_valid_before(start)
+        .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(

@@ -13,6 +13,7 @@ every message to the pod that sent it.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import ssl
@@ -20,6 +21,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 
 class TLSConfigError(ValueError):
@@ -92,11 +96,41 @@ def client_context(files: TLSFiles) -> ssl.SSLContext:
 
 
 def reload_contexts(files: TLSFiles, contexts: Iterable[ssl.SSLContext]) -> None:
-    """Load rotated files into live contexts; new handshakes use them."""
+    """Load rotated files into live contexts; new handshakes use them.
+
+    ``ca.crt`` may hold several CAs (a CA rotation publishes old and new together); each
+    is trusted. OpenSSL only ever adds to a live context's trust store, so a CA dropped
+    from the file stays trusted until the process restarts.
+    """
     files.check()
     for ctx in contexts:
         ctx.load_cert_chain(files.cert, files.key)
         ctx.load_verify_locations(cafile=files.ca)
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    """Hex SHA-256 of a certificate's DER encoding."""
+    return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
+
+
+def pem_fingerprints(pem: bytes) -> list[str]:
+    """The fingerprint of each certificate in a PEM bundle, in file order."""
+    try:
+        certs = x509.load_pem_x509_certificates(pem)
+    except ValueError as exc:
+        raise TLSConfigError(f"not a PEM certificate bundle: {exc}") from None
+    if not certs:
+        raise TLSConfigError("no certificate in the PEM data")
+    return [fingerprint(c) for c in certs]
+
+
+def file_fingerprints(path: str | os.PathLike[str]) -> list[str]:
+    """``pem_fingerprints`` of a file such as ``ca.crt`` (or ``tls.crt``: leaf first)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise TLSConfigError(f"cannot read {path}: {exc}") from None
+    return pem_fingerprints(data)
 
 
 def identities_from_peercert(peercert: dict[str, Any] | None) -> frozenset[str]:
