@@ -27,6 +27,21 @@ MAX_PAGE = 1000
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+class WrongConsistency(Exception):
+    """The concept id lives in the other consistency domain (answered as 409)."""
+
+    def __init__(self, concept_id: str, lives_in: str) -> None:
+        if lives_in == "strong":
+            message = (f"concept {concept_id!r} lives in the strong store (written with "
+                       "?consistency=strong): write and delete it with ?consistency=strong")
+        else:
+            message = (f"concept {concept_id!r} lives in the multi-master store (written "
+                       "without ?consistency=strong): use the default consistency for it")
+        super().__init__(message)
+        self.concept_id = concept_id
+        self.lives_in = lives_in
+
+
 class NotLeader(Exception):
     def __init__(self, leader_id: str | None, leader_address: str | None) -> None:
         super().__init__("this node is not the leader")
@@ -65,6 +80,10 @@ class _Routes:
                 status = 421
                 return http_util.error(421, "not_leader", str(exc), leader_id=exc.leader_id,
                                        leader_address=exc.leader_address)
+            except WrongConsistency as exc:
+                status = 409
+                return http_util.error(409, "wrong_consistency", str(exc),
+                                       consistency=exc.lives_in)
             except web.HTTPException as exc:
                 status = exc.status
                 raise

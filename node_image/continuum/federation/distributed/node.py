@@ -178,6 +178,7 @@ class FederationNode:
         await self._listen(health.app(self), self.settings.health_address, None)
         self.discovery.register_listener(self._on_discovered)
         self.mesh.register_membership_callback(self._on_membership)
+        self.replicator.register_change_callback(self._on_replicated_change)
         await self.coordinator.start()
         await self.replicator.start()
         await self.mesh.start()
@@ -503,7 +504,33 @@ class FederationNode:
 
     # -- concepts ------------------------------------------------------------------------------
 
+    # One id, one consistency domain: an id in the strong store is strong; else, if the
+    # multi-master store holds it live, it is eventual; else it is free. Writes and deletes
+    # that name the other domain are refused (409) and change nothing. When the first writes
+    # of both kinds race on different nodes, both stores end up holding the id; the strong
+    # store wins on every node, and the leader retires the multi-master copy (a tombstone).
+
+    async def _live_eventual(self, concept_id: str) -> bool:
+        rv = await self.replicator.read_value(concept_id)
+        return rv is not None and not rv.deleted
+
+    async def _retire_shadow(self, concept_id: str) -> None:
+        """On the leader: tombstone a multi-master copy of an id the strong store owns."""
+        raft = self.raft
+        if (raft is not None and raft.is_leader and concept_id in self.state.concepts
+                and await self._live_eventual(concept_id)):
+            log.info("concept %s was written both ways at once: the strong value wins",
+                     concept_id)
+            await self.replicator.delete(concept_id)
+
+    def _on_replicated_change(self, concept_id: str, value: Any) -> Awaitable[None] | None:
+        if concept_id in self.state.concepts:
+            return self._retire_shadow(concept_id)
+        return None
+
     async def put_eventual(self, concept_id: str, value: Any) -> dict[str, Any]:
+        if concept_id in self.state.concepts:
+            raise api.WrongConsistency(concept_id, "strong")
         start = time.perf_counter()
         self._in_flight += 1
         try:
@@ -517,8 +544,12 @@ class FederationNode:
                 "version": rv.version.to_dict(), "checksum": rv.checksum}
 
     async def put_strong(self, concept_id: str, value: Any, request_id: str) -> dict[str, Any]:
+        self.require_leader()
+        if concept_id not in self.state.concepts and await self._live_eventual(concept_id):
+            raise api.WrongConsistency(concept_id, "eventual")
         command = {"type": "concept.put", "id": concept_id, "value": value}
         await self._commit(command, request_id)
+        await self._retire_shadow(concept_id)
         return {"id": concept_id, "consistency": "strong",
                 "commit_index": self.require_leader().get_stats()["commit_index"]}
 
@@ -526,7 +557,10 @@ class FederationNode:
         raft = self.require_leader()
         await raft.read_index()
         if concept_id not in self.state.concepts:
+            if await self._live_eventual(concept_id):
+                raise api.WrongConsistency(concept_id, "eventual")
             return False
+        await self._retire_shadow(concept_id)  # so the id does not come back as eventual
         await self._commit({"type": "concept.delete", "id": concept_id}, request_id)
         return True
 
@@ -546,6 +580,8 @@ class FederationNode:
             raise TimeoutError("commit outcome unknown")
 
     async def delete_eventual(self, concept_id: str) -> bool:
+        if concept_id in self.state.concepts:
+            raise api.WrongConsistency(concept_id, "strong")
         return await self.replicator.delete(concept_id)
 
     async def get_concept(self, concept_id: str, *, strong: bool) -> dict[str, Any] | None:
@@ -554,11 +590,11 @@ class FederationNode:
         if concept_id in self.state.concepts:
             return {"id": concept_id, "value": self.state.concepts.get(concept_id),
                     "consistency": "strong"}
-        if strong:
-            return None
         rv = await self.replicator.read_value(concept_id)
         if rv is None or rv.deleted:
             return None
+        if strong:
+            raise api.WrongConsistency(concept_id, "eventual")
         value = await self.replicator.read(concept_id)
         if value is None:
             return None
