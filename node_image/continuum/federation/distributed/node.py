@@ -62,6 +62,9 @@ CERT_CHECK_SECONDS = 10.0
 STRONG_TIMEOUT_SECONDS = 10.0
 FORMATION_POLL_SECONDS = 0.5
 REMOVED_CHECK_SECONDS = 2.0
+# In-flight requests get this long to finish on shutdown, then are cancelled: one waiting
+# on a quorum that is shutting down too must not hold the process past its grace period.
+REQUEST_GRACE_SECONDS = 2.0
 
 
 def _version() -> str:
@@ -202,7 +205,8 @@ class FederationNode:
                  self.settings.bind_address, self.settings.health_address)
 
     async def _listen(self, app: web.Application, address: str, ssl_ctx: Any) -> None:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                               shutdown_timeout=REQUEST_GRACE_SECONDS)
         await runner.setup()
         host, port = peer.split_address(address)
         await web.TCPSite(runner, host, port, ssl_context=ssl_ctx, reuse_address=True).start()
