@@ -131,3 +131,30 @@ async def test_cli_status_put_get(cluster3: Cluster, capsys: pytest.CaptureFixtu
     assert capsys.readouterr().err.startswith("error: not_found")
 
 
+
+
+async def test_cli_tries_the_next_node_when_the_first_is_down(
+        cluster3: Cluster, capsys: pytest.CaptureFixture[str]) -> None:
+    from continuum.federation.distributed import cli
+
+    c = cluster3
+    first = c.nodes[0].node_id  # the first entry of nodes.json
+    await c.wait_for(lambda: c.agreed_leader(), 60, "a leader")
+    c.local.kill(first)
+    rest = [n.node_id for n in c.nodes[1:]]
+    await c.wait_for(lambda: c.agreed_leader(rest), 30, "a leader among the others")
+    d = str(c.data_dir)
+    loop = asyncio.get_running_loop()
+    for strong in (["--strong"], []):
+        name = "down-s" if strong else "down-e"
+        assert await loop.run_in_executor(None, cli.main, ["put", name, '{"up": 2}', *strong,
+                                                           "--data-dir", d]) == 0
+        assert await loop.run_in_executor(None, cli.main, ["get", name, "--data-dir", d]) == 0
+        assert '"up": 2' in capsys.readouterr().out
+    assert await loop.run_in_executor(None, cli.main, ["status", "--data-dir", d]) == 0
+    table = capsys.readouterr().out
+    assert f"{first:<10} down" in table and table.count("yes") == 2
+    c.local.kill(rest[0])
+    c.local.kill(rest[1])
+    assert await loop.run_in_executor(None, cli.main, ["get", "down-e", "--data-dir", d]) == 1
+    assert capsys.readouterr().err.startswith("error: no node answered: ")
