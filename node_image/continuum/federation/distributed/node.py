@@ -6,11 +6,11 @@ HTTP API (``api.py``); a plain listener serves ``/healthz``, ``/readyz`` and
 
 * discovery finds and verifies peers and hands them to the gossip mesh;
 * the mesh says who is alive: the replicator pushes to those peers, and
-  every node gossips its own load;
+  every node gossips its own load, which every node's coordinator takes as
+  that node's heartbeat (so ``select_node`` is load-aware on any node);
 * Raft carries strong writes, membership and the coordinator's registry;
   its committed commands drive ``statemachine.FederationStateMachine``;
-* the leader's coordinator keeps every Raft member registered, probes them
-  and takes each node's load reports.
+* the leader's coordinator keeps every Raft member registered and probes them.
 
 Cluster formation: with ``initial_members`` every listed node starts with
 the same configuration (the local cluster). Otherwise discovery decides:
@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 JOIN_KIND = "node.join"
 INFO_KIND = "node.info"
 LOAD_REPORT_SECONDS = 1.0
+LOAD_STATE_KEY = "load"  # mesh state: the node's coordinator heartbeat figures
 LEADER_DUTY_SECONDS = 1.0
 CERT_CHECK_SECONDS = 10.0
 STRONG_TIMEOUT_SECONDS = 10.0
@@ -126,6 +127,7 @@ class FederationNode:
         self._loop_lag_ms = 0.0
         self._cert_mtime: tuple[float, float, float] | None = None
         self._membership_lock = asyncio.Lock()  # Raft takes one configuration change at a time
+        self._heartbeats: set[asyncio.Task[None]] = set()
         self._not_after = pki.not_after(Path(self.tls_files.cert).read_bytes())
         self.metrics = metrics.NodeMetrics(self._stats_sources, self._named_metrics)
 
@@ -181,6 +183,7 @@ class FederationNode:
         await self._listen(health.app(self), self.settings.health_address, None)
         self.discovery.register_listener(self._on_discovered)
         self.mesh.register_membership_callback(self._on_membership)
+        self.mesh.register_state_update_callback(self._on_mesh_state)
         self.replicator.register_change_callback(self._on_replicated_change)
         await self.coordinator.start()
         await self.replicator.start()
@@ -247,9 +250,9 @@ class FederationNode:
                 log.warning("leadership transfer on shutdown failed: %s", exc)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.mesh.leave(), 3.0)
-        for task in self._tasks:
+        for task in [*self._tasks, *self._heartbeats]:
             task.cancel()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._heartbeats]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for runner in reversed(self._runners):
@@ -446,21 +449,31 @@ class FederationNode:
                                   + len(self.state.concepts))
 
     async def _report_load(self) -> None:
-        """Gossip our load to everyone and hand it to the leader's coordinator."""
+        """Gossip our load; every node's coordinator hears it (``_on_mesh_state``)."""
         while True:
-            beat = loadmod.heartbeat(self.load_inputs())
-            await self.mesh.update_state("load_score", beat["load_score"])
-            await self.mesh.update_state("concepts_count", self.load_inputs().concepts)
-            raft = self.raft
-            leader = raft.leader_address() if raft is not None else None
-            if raft is not None and raft.is_leader:
-                with contextlib.suppress(coordinator.UnknownNodeError):
-                    await self.coordinator.heartbeat(self.node_id, beat)
-            elif leader is not None:
-                with contextlib.suppress(peer.PeerError):
-                    await self.transport.request(leader, coordinator.HEARTBEAT_KIND, beat,
-                                                 timeout=2.0)
+            await self.mesh.update_state(LOAD_STATE_KEY, loadmod.heartbeat(self.load_inputs()))
             await asyncio.sleep(LOAD_REPORT_SECONDS)
+
+    def _on_mesh_state(self, node_id: str, key: str, value: Any) -> None:
+        """A node's load arrived through the mesh (ours too): our coordinator's heartbeat."""
+        if key != LOAD_STATE_KEY:
+            return
+
+        async def beat() -> None:
+            try:
+                await self.coordinator.heartbeat(node_id, value)
+            except coordinator.UnknownNodeError:
+                pass  # not registered here yet: its next report counts
+            except ValueError as exc:
+                log.debug("ignoring a malformed load report from %s: %s", node_id, exc)
+            except coordinator.CoordinatorError as exc:
+                log.debug("heartbeat of %s not recorded: %s", node_id, exc)
+
+        # A first heartbeat may propose a status change through Raft: off the mesh's
+        # callback queue, so membership events are not held up behind a commit.
+        task = asyncio.get_running_loop().create_task(beat())
+        self._heartbeats.add(task)
+        task.add_done_callback(self._heartbeats.discard)
 
     async def _leader_duties(self) -> None:
         """On the leader: keep the coordinator's registry equal to Raft's membership."""
