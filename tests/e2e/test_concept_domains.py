@@ -18,7 +18,7 @@ from e2e.cluster import Cluster
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path / "domains", 3, "127.0.12.11")
+    c = Cluster(tmp_path / "domains", 3, "127.0.114.11")
     c.start()
     yield c
     c.stop()
