@@ -164,13 +164,17 @@ class LocalCluster:
                 f"fresh: remove {self.data_dir} or use another --data-dir")
         self.joining = [nid for nid in planned if recorded and nid not in recorded]
 
-    def start(self) -> None:
-        """Start the members; nodes new to an existing cluster wait for ``grow``."""
+    def prepare(self) -> None:
+        """Everything but the processes: membership plan, PKI, nodes.json, the log dir."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._plan_membership()
         prepare_pki(self.data_dir, self.nodes)
         self.write_nodes_file()
         self.log_dir.mkdir(parents=True, exist_ok=True)
+
+    def start(self) -> None:
+        """Start the members; nodes new to an existing cluster wait for ``grow``."""
+        self.prepare()
         for node in self.members():
             self.start_node(node.node_id)
 
