@@ -29,9 +29,18 @@ class Cluster:
         self.local = local.LocalCluster(data_dir, self.nodes, env={**FAST_ENV, **(env or {})})
         _, self.files = None, None
 
-    def start(self) -> None:
-        self.local.start()
+    def start(self, only: list[str] | None = None) -> None:
+        """Start every node, or only the given ones (``start_node`` adds the others)."""
+        if only is None:
+            self.local.start()
+        else:
+            self.local.prepare()
+            for node_id in only:
+                self.local.start_node(node_id)
         _, self.files = client.local_cluster(self.data_dir)
+
+    def node(self, node_id: str) -> local.LocalNode:
+        return next(n for n in self.nodes if n.node_id == node_id)
 
     def stop(self) -> None:
         self.local.stop()

@@ -59,8 +59,10 @@ async def test_cluster_agrees_and_replicates(size: int, request: pytest.FixtureR
     assert all(len(s["members"]) == size for s in st.values())
 
 
-async def test_strong_write_survives_leader_kill(cluster3: Cluster) -> None:
-    c = cluster3
+@pytest.mark.parametrize("size", [3, 5])
+async def test_strong_write_survives_leader_kill(size: int,
+                                                 request: pytest.FixtureRequest) -> None:
+    c: Cluster = request.getfixturevalue(f"cluster{size}")
     ids = [n.node_id for n in c.nodes]
     leader = await c.wait_for(lambda: c.agreed_leader(), 60, "a leader")
     acked = []
@@ -131,3 +133,90 @@ async def test_cli_status_put_get(cluster3: Cluster, capsys: pytest.CaptureFixtu
     assert capsys.readouterr().err.startswith("error: not_found")
 
 
+
+
+async def test_cli_tries_the_next_node_when_the_first_is_down(
+        cluster3: Cluster, capsys: pytest.CaptureFixture[str]) -> None:
+    from continuum.federation.distributed import cli
+
+    c = cluster3
+    first = c.nodes[0].node_id  # the first entry of nodes.json
+    await c.wait_for(lambda: c.agreed_leader(), 60, "a leader")
+    c.local.kill(first)
+    rest = [n.node_id for n in c.nodes[1:]]
+    await c.wait_for(lambda: c.agreed_leader(rest), 30, "a leader among the others")
+    d = str(c.data_dir)
+    loop = asyncio.get_running_loop()
+    for strong in (["--strong"], []):
+        name = "down-s" if strong else "down-e"
+        assert await loop.run_in_executor(None, cli.main, ["put", name, '{"up": 2}', *strong,
+                                                           "--data-dir", d]) == 0
+        assert await loop.run_in_executor(None, cli.main, ["get", name, "--data-dir", d]) == 0
+        assert '"up": 2' in capsys.readouterr().out
+    assert await loop.run_in_executor(None, cli.main, ["status", "--data-dir", d]) == 0
+    table = capsys.readouterr().out
+    assert f"{first:<10} down" in table and table.count("yes") == 2
+    c.local.kill(rest[0])
+    c.local.kill(rest[1])
+    assert await loop.run_in_executor(None, cli.main, ["get", "down-e", "--data-dir", d]) == 1
+    assert capsys.readouterr().err.startswith("error: no node answered: ")
+
+
+async def test_the_registry_carries_over_to_a_new_leader(cluster5: Cluster) -> None:
+    """The coordinator's registry lives in the Raft log: a new leader's coordinator starts
+    from it, with the health verdicts the old leader reached, instead of rebuilding it."""
+    c = cluster5
+    ids = [n.node_id for n in c.nodes]
+    leader = await c.wait_for(lambda: c.agreed_leader(), 60, "a leader")
+    followers = [i for i in ids if i != leader]
+    victim, watcher = followers[0], followers[1]
+
+    async def registry(node_id: str) -> dict[str, dict[str, Any]]:
+        got = await c.call(node_id, lambda cl: cl.call("GET", "/v1/nodes"))
+        return {n["node_id"]: n for n in got["nodes"]}
+
+    # the old leader's verdict: the victim is unhealthy, as every follower's registry says
+    await c.wait_for(lambda: _all(lambda: _statuses_of(registry, watcher), ids, "healthy"), 30,
+                     "every node healthy in a follower's registry")
+    c.local.kill(victim)
+
+    async def victim_unhealthy_everywhere() -> bool:
+        views = [await registry(f) for f in followers[1:]]
+        return all(v[victim]["status"] == "unhealthy" for v in views)
+
+    await c.wait_for(victim_unhealthy_everywhere, 30, f"{victim} unhealthy in every registry")
+    before = await registry(watcher)
+    c.local.kill(leader)
+    survivors = [i for i in ids if i not in (leader, victim)]
+
+    async def new_leader() -> str | None:
+        got = await c.agreed_leader(survivors)
+        return got if got and got != leader else None
+
+    new = await c.wait_for(new_leader, 30, "a new leader among the survivors")
+    after = await registry(new)
+    # the same records, not new registrations: nothing re-registered, the verdict kept
+    assert after[victim]["status"] == "unhealthy"
+    assert after[victim]["status_changed_at"] == before[victim]["status_changed_at"]
+    for nid in survivors:
+        assert after[nid]["registered_at"] == before[nid]["registered_at"], nid
+    stats = (await c.call(new, lambda cl: cl.call("GET", "/v1/nodes")))["stats"]
+    assert stats["registrations"] == 0 and stats["total_nodes"] == 5
+    # and the new leader's coordinator carries on: it fails the old leader over ...
+    await c.wait_for(lambda: _is(registry, new, leader, "unhealthy"), 30,
+                     f"{leader} unhealthy on the new leader")
+    for _ in range(20):
+        chosen = await c.call(new, lambda cl: cl.call("GET", "/v1/route"))
+        assert chosen["node_id"] not in (leader, victim)
+    # ... and brings a node back when it answers again
+    c.local.start_node(victim)
+    await c.wait_for(lambda: _is(registry, new, victim, "healthy"), 60,
+                     f"{victim} healthy again on the new leader")
+
+
+async def _statuses_of(registry: Any, node_id: str) -> dict[str, str]:
+    return {nid: n["status"] for nid, n in (await registry(node_id)).items()}
+
+
+async def _is(registry: Any, viewer: str, node_id: str, status: str) -> bool:
+    return bool((await registry(viewer))[node_id]["status"] == status)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from conftest import TestPKI
 from continuum.federation.distributed.coordinator import NodeStatus
-from continuum.federation.distributed.transport import peer
+from continuum.federation.distributed.transport import peer, tls
 
 try:  # the spec's import line
     from continuum.federation.distributed import FederationCoordinator, LoadBalance
@@ -29,13 +31,13 @@ async def node_1(cluster_pki: TestPKI) -> AsyncIterator[str]:
 async def test_usage_snippet(cluster_pki: TestPKI, node_1: str) -> None:
     certs = cluster_pki.node("coordinator-1")
 
-    # --- from the spec (bind address, node address and tls_ca adapted) ---
+    # --- from the spec (bind address, node address and certificate paths adapted; the CA
+    # is the ca.crt beside the certificate, as in a cert-manager Secret) ---
     coordinator = FederationCoordinator(
         node_id="coordinator-1",
         bind_address="127.0.6.19:0",
         tls_cert=certs.cert,
         tls_key=certs.key,
-        tls_ca=certs.ca,
         load_balance=LoadBalance(
             algorithm="least_loaded",
             health_check_interval=10.0
@@ -121,3 +123,31 @@ async def test_security_snippet_refuses_a_node_of_another_ca(
         await rogue.stop()
         await good.stop()
         await coordinator.stop()
+
+
+def test_without_tls_ca_the_ca_beside_the_certificate_verifies_peers(
+    cluster_pki: TestPKI, tmp_path: Path
+) -> None:
+    certs = cluster_pki.node("coordinator-2")
+    coordinator = FederationCoordinator(node_id="coordinator-2", bind_address="127.0.6.19:0",
+                                        tls_cert=certs.cert, tls_key=certs.key)
+    assert coordinator.transport is not None and not coordinator.transport.insecure
+    assert coordinator.transport.tls_files is not None
+    assert coordinator.transport.tls_files.ca == str(Path(certs.cert).parent / "ca.crt")
+
+    # the spec's file names, with no CA beside them: mutual TLS cannot start without one
+    lone = tmp_path / "etc"
+    lone.mkdir()
+    shutil.copy(certs.cert, lone / "cert.pem")
+    shutil.copy(certs.key, lone / "key.pem")
+    with pytest.raises(tls.TLSConfigError, match=r"needs a CA to verify peers: pass tls_ca"):
+        FederationCoordinator(node_id="coordinator-2", bind_address="127.0.6.19:0",
+                              tls_cert=str(lone / "cert.pem"), tls_key=str(lone / "key.pem"))
+    # and with the spec's security snippet's explicit CA file it does
+    shutil.copy(certs.ca, lone / "ca-cert.pem")
+    explicit = FederationCoordinator(node_id="coordinator-2", bind_address="127.0.6.19:0",
+                                     tls_cert=str(lone / "cert.pem"),
+                                     tls_key=str(lone / "key.pem"),
+                                     tls_ca=str(lone / "ca-cert.pem"))
+    assert explicit.transport is not None and explicit.transport.tls_files is not None
+    assert explicit.transport.tls_files.ca == str(lone / "ca-cert.pem")

@@ -40,7 +40,6 @@ async def test_coordinator_snippet_and_monitoring(cluster_pki: TestPKI) -> None:
         bind_address="127.0.0.1:0",
         tls_cert=files.cert,
         tls_key=files.key,
-        tls_ca=files.ca,
         load_balance=LoadBalance(algorithm="least_loaded", health_check_interval=10.0),
     )
     await coordinator.start()

@@ -143,6 +143,8 @@ def test_load_balance_validation() -> None:
     with pytest.raises(ValueError, match="threshold"):
         LoadBalance(unhealthy_threshold=0)
     with pytest.raises(ValueError, match="together"):
+        FederationCoordinator("c", tls_cert="/x.pem", tls_ca="/ca.pem")
+    with pytest.raises(ValueError, match="needs a CA to verify peers"):  # none beside /x.pem
         FederationCoordinator("c", tls_cert="/x.pem", tls_key="/y.pem")
 
 

@@ -8,13 +8,16 @@ for the latency histograms.
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from multidict import MultiMapping
 
 from . import http_util
 
@@ -25,6 +28,21 @@ CONCEPT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,255}$")
 MAX_PAGE = 1000
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class WrongConsistency(Exception):
+    """The concept id lives in the other consistency domain (answered as 409)."""
+
+    def __init__(self, concept_id: str, lives_in: str) -> None:
+        if lives_in == "strong":
+            message = (f"concept {concept_id!r} lives in the strong store (written with "
+                       "?consistency=strong): write and delete it with ?consistency=strong")
+        else:
+            message = (f"concept {concept_id!r} lives in the multi-master store (written "
+                       "without ?consistency=strong): use the default consistency for it")
+        super().__init__(message)
+        self.concept_id = concept_id
+        self.lives_in = lives_in
 
 
 class NotLeader(Exception):
@@ -65,6 +83,10 @@ class _Routes:
                 status = 421
                 return http_util.error(421, "not_leader", str(exc), leader_id=exc.leader_id,
                                        leader_address=exc.leader_address)
+            except WrongConsistency as exc:
+                status = 409
+                return http_util.error(409, "wrong_consistency", str(exc),
+                                       consistency=exc.lives_in)
             except web.HTTPException as exc:
                 status = exc.status
                 raise
@@ -92,7 +114,7 @@ class _Routes:
                                   "stats": self.node.coordinator.get_stats()})
 
     async def route(self, request: web.Request) -> web.Response:
-        criteria = {k: v for k, v in request.query.items()}
+        criteria = route_criteria(request.query)
         chosen = await self.node.coordinator.select_node(criteria or None)
         if chosen is None:
             return http_util.error(503, "no_healthy_node", "no healthy node matches")
@@ -165,6 +187,52 @@ class _Routes:
         ids = self.node.list_concepts(after, limit)
         next_after = ids[-1] if len(ids) == limit else None
         return web.json_response({"items": ids, "next": next_after})
+
+
+_NUMBERS = ("max_load", "max_latency_ms")
+_ID_LISTS = ("exclude", "include")
+
+
+def route_criteria(query: Mapping[str, str] | MultiMapping[str]) -> dict[str, Any]:
+    """``/v1/route`` query parameters as ``select_node`` criteria.
+
+    Query values are strings: ``max_load`` and ``max_latency_ms`` are numbers;
+    ``exclude`` and ``include`` are node ids, repeated or comma-separated;
+    ``min_capacity.<key>=<number>``; ``metadata.<key>=<value>``, the value read as
+    JSON when it is JSON (``true``, ``3``), else as the string. Other names are
+    passed on for ``Criteria`` to refuse.
+    """
+    out: dict[str, Any] = {}
+    for key, value in query.items():
+        if key in _NUMBERS:
+            out[key] = _query_number(key, value)
+        elif key in _ID_LISTS:
+            out.setdefault(key, []).extend(v for v in value.split(",") if v)
+        elif key.startswith("min_capacity."):
+            out.setdefault("min_capacity", {})[key.removeprefix("min_capacity.")] = \
+                _query_number(key, value)
+        elif key.startswith("metadata."):
+            out.setdefault("metadata", {})[key.removeprefix("metadata.")] = _json_or_text(value)
+        else:
+            out[key] = value
+    return out
+
+
+def _query_number(name: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return number
+
+
+def _json_or_text(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
 
 
 def _concept_id(request: web.Request) -> str:

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
 import time
+import uuid
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -137,52 +140,60 @@ def _node_run(args: argparse.Namespace) -> int:
 def _local_up(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir).resolve()
     nodes = local.plan(args.nodes, args.first_ip, args.port, args.health_port)
-    cluster = local.LocalCluster(data_dir, nodes)
-    stop = {"flag": False}
+    return asyncio.run(_local_up_async(args, local.LocalCluster(data_dir, nodes)))
 
-    def on_signal(signum: int, frame: Any) -> None:
-        stop["flag"] = True
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    print(f"starting {len(nodes)} nodes (data and logs in {data_dir})")
+async def _local_up_async(args: argparse.Namespace, cluster: local.LocalCluster) -> int:
+    data_dir, nodes = cluster.data_dir, cluster.nodes
+    # Installed before any node starts: Ctrl-C or SIGTERM stops the cluster at any point.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"starting {len(nodes)} nodes (data and logs in {data_dir})", flush=True)
     for n in nodes:
         print(f"  {n.node_id}: api+peers {n.api_url} (mTLS), health {n.health_url}")
-    t0 = time.monotonic()
-    cluster.start()
     try:
-        asyncio.run(local.wait_ready(data_dir, args.ready_timeout,
-                                     sys.stdout if sys.stdout.isatty() else None, cluster))
-        print(f"cluster ready in {time.monotonic() - t0:.2f}s")
+        progress = sys.stdout if sys.stdout.isatty() else None
+        took = await cluster.up(args.ready_timeout, progress, stop, notes=sys.stdout)
+        print(f"cluster ready in {took:.2f}s")
         print(f"client certificate: {data_dir}/pki/client.crt (key client.key, CA ca.crt)")
         print("try: continuum-federation put demo '{\"name\": \"Raft\"}' && "
-              "continuum-federation get demo")
+              "continuum-federation get demo", flush=True)
         if args.exit_when_ready:
-            print(local.render_table(asyncio.run(local.poll_status(data_dir))))
+            print(local.render_table(await local.poll_status(data_dir)))
             return 0
-        interactive = sys.stdout.isatty()
-        last = ""
-        while not stop["flag"]:
-            dead = cluster.exited()
-            if dead and len(dead) == len(nodes):
-                print(f"every node exited: {dead}; see {cluster.log_dir}", file=sys.stderr)
-                return 1
-            table = local.render_table(asyncio.run(local.poll_status(data_dir)))
-            if interactive:
-                sys.stdout.write("\x1b[H\x1b[2J" + time.strftime("%H:%M:%S ")
-                                 + "Ctrl-C stops the cluster\n" + table + "\n")
-                sys.stdout.flush()
-            elif table != last:
-                print(table, flush=True)
-            last = table
-            deadline = time.monotonic() + 1.0
-            while not stop["flag"] and time.monotonic() < deadline:
-                time.sleep(0.05)
-        return 0
+        return await _watch(cluster, data_dir, stop)
+    except local.Interrupted:
+        print("\ninterrupted before the cluster was ready", file=sys.stderr)
+        return 130
     finally:
-        print("\nstopping the cluster ...", flush=True)
-        cluster.stop()
-        print("stopped", flush=True)
+        if cluster.procs:
+            print("\nstopping the cluster ...", flush=True)
+            cluster.stop()
+            print("stopped", flush=True)
+
+
+async def _watch(cluster: local.LocalCluster, data_dir: Path, stop: asyncio.Event) -> int:
+    """The live status table, until a signal (0) or until every node has exited (1)."""
+    interactive = sys.stdout.isatty()
+    last = ""
+    while not stop.is_set():
+        dead = cluster.exited()
+        if dead and len(dead) == len(cluster.procs):
+            print(f"every node exited: {dead}; see {cluster.log_dir}", file=sys.stderr)
+            return 1
+        table = local.render_table(await local.poll_status(data_dir))
+        if interactive:
+            sys.stdout.write("\x1b[H\x1b[2J" + time.strftime("%H:%M:%S ")
+                             + "Ctrl-C stops the cluster\n" + table + "\n")
+            sys.stdout.flush()
+        elif table != last:
+            print(table, flush=True)
+        last = table
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
+    return 0
 
 
 def _certs(args: argparse.Namespace) -> int:
@@ -219,17 +230,23 @@ async def _client_command(args: argparse.Namespace) -> int:
                 rows = [{"id": nodes[0]["id"], **(await c.status())}]
         print(json.dumps(rows, indent=2) if args.json else local.render_table(rows))
         return 0
-    async with client.ApiClient(nodes[0]["api"], files) as c:
-        if args.command == "put":
-            try:
-                value = json.loads(args.value)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"value is not JSON: {exc}") from None
-            result = await c.put(args.concept_id, value, strong=args.strong)
-        elif args.command == "get":
-            result = await c.get(args.concept_id)
-        else:
-            result = await c.delete(args.concept_id)
+    if args.command == "put":
+        try:
+            value = json.loads(args.value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"value is not JSON: {exc}") from None
+        # One key for every node tried: a strong write is applied at most once.
+        key = uuid.uuid4().hex if args.strong else None
+
+        def call(c: client.ApiClient) -> Awaitable[dict[str, Any]]:
+            return c.put(args.concept_id, value, strong=args.strong, idempotency_key=key)
+    elif args.command == "get":
+        def call(c: client.ApiClient) -> Awaitable[dict[str, Any]]:
+            return c.get(args.concept_id)
+    else:
+        def call(c: client.ApiClient) -> Awaitable[dict[str, Any]]:
+            return c.delete(args.concept_id)
+    result = await client.first_reachable([n["api"] for n in nodes], files, call)
     print(json.dumps(result, indent=2, sort_keys=True))
     return 0
 

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
 from .transport import tls
+
+T = TypeVar("T")
+
+# Failures that happen before a request is sent: the next node may be tried safely.
+NOT_REACHED = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 
 
 class ApiError(RuntimeError):
@@ -92,6 +98,22 @@ class ApiClient:
     async def delete(self, concept_id: str) -> dict[str, Any]:
         result: dict[str, Any] = await self.call("DELETE", f"/v1/concepts/{concept_id}")
         return result
+
+
+async def first_reachable(urls: list[str], tls_files: tls.TLSFiles,
+                          fn: Callable[[ApiClient], Awaitable[T]], *, timeout: float = 10.0) -> T:
+    """``fn`` on the first node of ``urls`` that accepts a connection (nodes that are down
+    are skipped; an answer from a node, error or not, is final)."""
+    if not urls:
+        raise ValueError("no node to call")
+    failures = []
+    for url in urls:
+        try:
+            async with ApiClient(url, tls_files, timeout=timeout) as c:
+                return await fn(c)
+        except NOT_REACHED as exc:
+            failures.append(f"{url} ({type(exc).__name__})")
+    raise ConnectionError("no node answered: " + ", ".join(failures))
 
 
 def local_cluster(data_dir: str | Path) -> tuple[list[dict[str, str]], tls.TLSFiles]:

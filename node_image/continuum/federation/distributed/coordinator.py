@@ -20,6 +20,11 @@ answer to come from a certificate that speaks for that node id. Without any
 transport (the in-process mode of the spec's snippets) a node's heartbeat
 within the last 1.5 intervals counts as a passed check instead.
 
+TLS: ``tls_cert``, ``tls_key`` and ``tls_ca`` as the spec names them. Without
+``tls_ca`` the ``ca.crt`` beside the certificate is the CA (a cert-manager
+Secret's layout); with none there, construction fails, since mutual
+authentication has nothing to verify peers against.
+
 Heartbeat load figures (``load_score``, ``latency_ms``, ``capacity``) are kept
 locally and never replicated: they change many times a second and every node's
 coordinator hears them directly (from the gossip mesh or ``coord.heartbeat``),
@@ -187,6 +192,25 @@ class _Entry:
             else self.probe_rtt_ms
 
 
+CA_NEXT_TO_CERT = "ca.crt"  # a cert-manager Secret mounts tls.crt, tls.key and ca.crt together
+
+
+def _ca_for(cert: str | None, key: str | None, ca: str | None) -> str | None:
+    """``tls_ca``, or when only the certificate and key are given, the CA beside them.
+
+    Mutual authentication verifies peers against a CA, so without one there is no
+    secure mode: the CA file of the certificate's directory (cert-manager's layout)
+    is the only one we may assume."""
+    if ca or not (cert and key):
+        return ca
+    beside = Path(cert).parent / CA_NEXT_TO_CERT
+    if beside.is_file():
+        return str(beside)
+    raise tls.TLSConfigError(
+        f"mutual TLS needs a CA to verify peers: pass tls_ca, or put {CA_NEXT_TO_CERT} "
+        f"next to tls_cert (no {beside})")
+
+
 def _check_heartbeat(metrics: Any) -> tuple[float | None, float | None, dict[str, float] | None]:
     if metrics is None:
         return None, None, None
@@ -245,7 +269,7 @@ class FederationCoordinator:
         self.storage_path = Path(storage_path) if storage_path is not None else None
         self._owns_transport = False
         if transport is None:
-            files = tls.TLSFiles.optional(tls_cert, tls_key, tls_ca)
+            files = tls.TLSFiles.optional(tls_cert, tls_key, _ca_for(tls_cert, tls_key, tls_ca))
             if bind_address is not None or files is not None:
                 # Without bind_address this is a client only: enough to probe.
                 transport = peer.PeerTransport(node_id, bind_address, files,

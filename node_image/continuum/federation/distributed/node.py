@@ -6,11 +6,11 @@ HTTP API (``api.py``); a plain listener serves ``/healthz``, ``/readyz`` and
 
 * discovery finds and verifies peers and hands them to the gossip mesh;
 * the mesh says who is alive: the replicator pushes to those peers, and
-  every node gossips its own load;
+  every node gossips its own load, which every node's coordinator takes as
+  that node's heartbeat (so ``select_node`` is load-aware on any node);
 * Raft carries strong writes, membership and the coordinator's registry;
   its committed commands drive ``statemachine.FederationStateMachine``;
-* the leader's coordinator keeps every Raft member registered, probes them
-  and takes each node's load reports.
+* the leader's coordinator keeps every Raft member registered and probes them.
 
 Cluster formation: with ``initial_members`` every listed node starts with
 the same configuration (the local cluster). Otherwise discovery decides:
@@ -57,11 +57,15 @@ log = logging.getLogger(__name__)
 JOIN_KIND = "node.join"
 INFO_KIND = "node.info"
 LOAD_REPORT_SECONDS = 1.0
+LOAD_STATE_KEY = "load"  # mesh state: the node's coordinator heartbeat figures
 LEADER_DUTY_SECONDS = 1.0
 CERT_CHECK_SECONDS = 10.0
 STRONG_TIMEOUT_SECONDS = 10.0
 FORMATION_POLL_SECONDS = 0.5
 REMOVED_CHECK_SECONDS = 2.0
+# In-flight requests get this long to finish on shutdown, then are cancelled: one waiting
+# on a quorum that is shutting down too must not hold the process past its grace period.
+REQUEST_GRACE_SECONDS = 2.0
 
 
 def _version() -> str:
@@ -123,6 +127,7 @@ class FederationNode:
         self._loop_lag_ms = 0.0
         self._cert_mtime: tuple[float, float, float] | None = None
         self._membership_lock = asyncio.Lock()  # Raft takes one configuration change at a time
+        self._heartbeats: set[asyncio.Task[None]] = set()
         self._not_after = pki.not_after(Path(self.tls_files.cert).read_bytes())
         # What the loaded TLS files are, for the operator's two-phase CA rotation: it re-issues
         # leaves from a new CA only once every node trusts it, and retires the old CA only
@@ -183,6 +188,8 @@ class FederationNode:
         await self._listen(health.app(self), self.settings.health_address, None)
         self.discovery.register_listener(self._on_discovered)
         self.mesh.register_membership_callback(self._on_membership)
+        self.mesh.register_state_update_callback(self._on_mesh_state)
+        self.replicator.register_change_callback(self._on_replicated_change)
         await self.coordinator.start()
         await self.replicator.start()
         await self.mesh.start()
@@ -206,7 +213,8 @@ class FederationNode:
                  self.settings.bind_address, self.settings.health_address)
 
     async def _listen(self, app: web.Application, address: str, ssl_ctx: Any) -> None:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                               shutdown_timeout=REQUEST_GRACE_SECONDS)
         await runner.setup()
         host, port = peer.split_address(address)
         await web.TCPSite(runner, host, port, ssl_context=ssl_ctx, reuse_address=True).start()
@@ -247,9 +255,9 @@ class FederationNode:
                 log.warning("leadership transfer on shutdown failed: %s", exc)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.mesh.leave(), 3.0)
-        for task in self._tasks:
+        for task in [*self._tasks, *self._heartbeats]:
             task.cancel()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._heartbeats]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for runner in reversed(self._runners):
@@ -446,21 +454,31 @@ class FederationNode:
                                   + len(self.state.concepts))
 
     async def _report_load(self) -> None:
-        """Gossip our load to everyone and hand it to the leader's coordinator."""
+        """Gossip our load; every node's coordinator hears it (``_on_mesh_state``)."""
         while True:
-            beat = loadmod.heartbeat(self.load_inputs())
-            await self.mesh.update_state("load_score", beat["load_score"])
-            await self.mesh.update_state("concepts_count", self.load_inputs().concepts)
-            raft = self.raft
-            leader = raft.leader_address() if raft is not None else None
-            if raft is not None and raft.is_leader:
-                with contextlib.suppress(coordinator.UnknownNodeError):
-                    await self.coordinator.heartbeat(self.node_id, beat)
-            elif leader is not None:
-                with contextlib.suppress(peer.PeerError):
-                    await self.transport.request(leader, coordinator.HEARTBEAT_KIND, beat,
-                                                 timeout=2.0)
+            await self.mesh.update_state(LOAD_STATE_KEY, loadmod.heartbeat(self.load_inputs()))
             await asyncio.sleep(LOAD_REPORT_SECONDS)
+
+    def _on_mesh_state(self, node_id: str, key: str, value: Any) -> None:
+        """A node's load arrived through the mesh (ours too): our coordinator's heartbeat."""
+        if key != LOAD_STATE_KEY:
+            return
+
+        async def beat() -> None:
+            try:
+                await self.coordinator.heartbeat(node_id, value)
+            except coordinator.UnknownNodeError:
+                pass  # not registered here yet: its next report counts
+            except ValueError as exc:
+                log.debug("ignoring a malformed load report from %s: %s", node_id, exc)
+            except coordinator.CoordinatorError as exc:
+                log.debug("heartbeat of %s not recorded: %s", node_id, exc)
+
+        # A first heartbeat may propose a status change through Raft: off the mesh's
+        # callback queue, so membership events are not held up behind a commit.
+        task = asyncio.get_running_loop().create_task(beat())
+        self._heartbeats.add(task)
+        task.add_done_callback(self._heartbeats.discard)
 
     async def _leader_duties(self) -> None:
         """On the leader: keep the coordinator's registry equal to Raft's membership."""
@@ -510,7 +528,33 @@ class FederationNode:
 
     # -- concepts ------------------------------------------------------------------------------
 
+    # One id, one consistency domain: an id in the strong store is strong; else, if the
+    # multi-master store holds it live, it is eventual; else it is free. Writes and deletes
+    # that name the other domain are refused (409) and change nothing. When the first writes
+    # of both kinds race on different nodes, both stores end up holding the id; the strong
+    # store wins on every node, and the leader retires the multi-master copy (a tombstone).
+
+    async def _live_eventual(self, concept_id: str) -> bool:
+        rv = await self.replicator.read_value(concept_id)
+        return rv is not None and not rv.deleted
+
+    async def _retire_shadow(self, concept_id: str) -> None:
+        """On the leader: tombstone a multi-master copy of an id the strong store owns."""
+        raft = self.raft
+        if (raft is not None and raft.is_leader and concept_id in self.state.concepts
+                and await self._live_eventual(concept_id)):
+            log.info("concept %s was written both ways at once: the strong value wins",
+                     concept_id)
+            await self.replicator.delete(concept_id)
+
+    def _on_replicated_change(self, concept_id: str, value: Any) -> Awaitable[None] | None:
+        if concept_id in self.state.concepts:
+            return self._retire_shadow(concept_id)
+        return None
+
     async def put_eventual(self, concept_id: str, value: Any) -> dict[str, Any]:
+        if concept_id in self.state.concepts:
+            raise api.WrongConsistency(concept_id, "strong")
         start = time.perf_counter()
         self._in_flight += 1
         try:
@@ -524,8 +568,12 @@ class FederationNode:
                 "version": rv.version.to_dict(), "checksum": rv.checksum}
 
     async def put_strong(self, concept_id: str, value: Any, request_id: str) -> dict[str, Any]:
+        self.require_leader()
+        if concept_id not in self.state.concepts and await self._live_eventual(concept_id):
+            raise api.WrongConsistency(concept_id, "eventual")
         command = {"type": "concept.put", "id": concept_id, "value": value}
         await self._commit(command, request_id)
+        await self._retire_shadow(concept_id)
         return {"id": concept_id, "consistency": "strong",
                 "commit_index": self.require_leader().get_stats()["commit_index"]}
 
@@ -533,7 +581,10 @@ class FederationNode:
         raft = self.require_leader()
         await raft.read_index()
         if concept_id not in self.state.concepts:
+            if await self._live_eventual(concept_id):
+                raise api.WrongConsistency(concept_id, "eventual")
             return False
+        await self._retire_shadow(concept_id)  # so the id does not come back as eventual
         await self._commit({"type": "concept.delete", "id": concept_id}, request_id)
         return True
 
@@ -553,6 +604,8 @@ class FederationNode:
             raise TimeoutError("commit outcome unknown")
 
     async def delete_eventual(self, concept_id: str) -> bool:
+        if concept_id in self.state.concepts:
+            raise api.WrongConsistency(concept_id, "strong")
         return await self.replicator.delete(concept_id)
 
     async def get_concept(self, concept_id: str, *, strong: bool) -> dict[str, Any] | None:
@@ -561,11 +614,11 @@ class FederationNode:
         if concept_id in self.state.concepts:
             return {"id": concept_id, "value": self.state.concepts.get(concept_id),
                     "consistency": "strong"}
-        if strong:
-            return None
         rv = await self.replicator.read_value(concept_id)
         if rv is None or rv.deleted:
             return None
+        if strong:
+            raise api.WrongConsistency(concept_id, "eventual")
         value = await self.replicator.read(concept_id)
         if value is None:
             return None
