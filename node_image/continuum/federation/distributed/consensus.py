@@ -254,8 +254,8 @@ class RaftConsensus:
                 await self._wait_until(lambda: self.is_leader, 5.0)
 
     async def stop(self) -> None:
-        if not self._running:
-            return
+        if not self._running and not self._tasks:
+            return  # never started, or stopped already (a failed node still needs closing)
         self._running = False
         for t in self._tasks:
             t.cancel()
@@ -576,6 +576,10 @@ class RaftConsensus:
             self._failed = self._failed or task.exception() or RuntimeError("write cancelled")
             self._wake.set()
             return
+        if self._failed is not None:
+            # An earlier write failed (or the loop died): this later write may have landed,
+            # but its replies vouch for the whole log prefix, which is not on disk.
+            return
         for msg in rd.messages:
             self._send(msg)
         if rd.entries:
@@ -683,8 +687,16 @@ class RaftConsensus:
                 snap = rmsg.Snapshot(idx, term, rmsg.ClusterConfig.decode(conf), data)
             base = snap.index if snap else 0
             for k, v in self._store.scan(_NS_LOG, base + 1):
-                t, kind, data, rid = msgpack.unpackb(v, raw=False)
                 assert isinstance(k, int)
+                if k != base + 1 + len(entries):
+                    # A failed write with a later one landing behind it left a hole. Nothing
+                    # after the hole was acknowledged (a failed node sends nothing more), so
+                    # it goes, as a crash would have taken it.
+                    log.warning("raft log of %s has a hole at %d; dropping entries from %d",
+                                self.node_id, base + 1 + len(entries), k)
+                    self._store.commit_sync([storage.DeleteRange(_NS_LOG, k, None)])
+                    break
+                t, kind, data, rid = msgpack.unpackb(v, raw=False)
                 entries.append(rmsg.Entry(t, k, kind, data, rid))
             self._disk_last = entries[-1].index if entries else base
         fresh = snap is None and not entries and hs == rmsg.HardState()
