@@ -8,6 +8,8 @@ have teeth.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from raft_sim import Faults, SafetyViolation, Sim, SimDisk
 
@@ -43,3 +45,18 @@ def test_a_forgotten_request_id_is_caught(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(rreq.RequestTable, "record", lambda self, rid, index: True)
     found = _first_violation(range(50))
     assert found is not None and "applied at" in found
+
+
+def test_replies_sent_before_their_write_is_durable_are_caught(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Votes and acks that leave before the fsync: a crash in between forgets what they
+    promised, and some seed shows the damage."""
+    def hasty(self: rnode.RaftNode) -> rnode.Ready:
+        rd = orig(self)
+        return dataclasses.replace(rd, early_messages=rd.early_messages + rd.messages,
+                                   messages=())
+
+    orig = rnode.RaftNode.ready
+    monkeypatch.setattr(rnode.RaftNode, "ready", hasty)
+    found = _first_violation(range(200), faults=CRASHY, membership=False, ticks=300)
+    assert found is not None

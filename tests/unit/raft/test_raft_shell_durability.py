@@ -177,3 +177,59 @@ async def test_a_log_with_a_hole_loads_up_to_the_hole(tmp_path: Path) -> None:
     finally:
         await n.stop()
     assert _durable_commands(tmp_path) == [{"i": 1}, {"i": 2}, {"i": "new"}]
+
+
+async def test_a_follower_acknowledges_appends_only_after_its_write_completes(
+        tmp_path: Path) -> None:
+    nodes = await _cluster(tmp_path, ["a-1", "a-2", "a-3"])
+    try:
+        leader = next(n for n in nodes.values() if n.is_leader)
+        followers = [n for n in nodes.values() if n is not leader]
+        disks = [Disk(f) for f in followers]
+        witnesses = [Witness(f) for f in followers]
+        for d in disks:
+            d.hold()
+        proposal = asyncio.create_task(leader.append_entry({"held": 1}, timeout=10))
+        await wait_for(lambda: all(d.held.is_set() for d in disks))
+        received = [f.stats["messages_received"] for f in followers]
+        # Heartbeats keep arriving while the writes wait; none of them may be answered
+        # with an acknowledgement (or anything queued behind it).
+        await wait_for(lambda: all(f.stats["messages_received"] >= r + 5
+                                   for f, r in zip(followers, received, strict=True)))
+        assert all(w.of(rmsg.AppendResponse) == [] for w in witnesses)
+        assert not proposal.done()
+        for d in disks:
+            d.release()
+        assert await proposal is True
+        assert any(w.of(rmsg.AppendResponse) for w in witnesses)
+        assert all(w.unbacked == [] for w in witnesses)
+    finally:
+        await asyncio.gather(*(n.stop() for n in nodes.values()))
+
+
+async def test_a_vote_is_granted_only_after_it_is_on_disk(tmp_path: Path) -> None:
+    nodes = await _cluster(tmp_path, ["v-1", "v-2"])
+    try:
+        voter = next(n for n in nodes.values() if n.is_leader)
+        candidate = next(n for n in nodes.values() if n is not voter)
+        disk, witness = Disk(voter), Witness(voter)
+        disk.hold()
+        # The leader hands over: the candidate needs this voter's vote, whose new
+        # term and vote must be on disk before the answer leaves.
+        await voter._call(lambda core: core.transfer_leader(candidate.node_id))
+        await wait_for(lambda: disk.held.is_set() and voter._node is not None
+                       and voter._node.vote == candidate.node_id)
+        received = voter.stats["messages_received"]
+        await wait_for(lambda: voter.stats["messages_received"] >= received + 3)
+        assert witness.of(rmsg.VoteResponse) == []
+        assert not candidate.is_leader
+        disk.release()
+
+        def granted() -> list[rmsg.Message]:
+            return [m for m in witness.of(rmsg.VoteResponse)
+                    if isinstance(m, rmsg.VoteResponse) and m.granted and not m.pre]
+        await wait_for(lambda: bool(granted()))
+        assert witness.unbacked == []
+        await wait_for(lambda: sum(n.is_leader for n in nodes.values()) == 1)
+    finally:
+        await asyncio.gather(*(n.stop() for n in nodes.values()))
