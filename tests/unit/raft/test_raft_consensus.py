@@ -309,3 +309,39 @@ async def test_the_same_object_can_stop_and_start_again(tmp_path: Path) -> None:
         assert seen == [{"a": 1}, {"a": 1}, {"a": 2}]  # replayed once after the restart
     finally:
         await n.stop()
+
+
+async def test_a_full_inbox_drops_peer_messages_and_refuses_proposals() -> None:
+    n = consensus.RaftConsensus("busy", ["busy"], max_inbox=20, **FAST)
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_apply(cmd: Any) -> None:
+        if cmd == {"block": 1}:
+            entered.set()
+            await release.wait()  # the loop is stuck here: nothing drains the inbox
+
+    n.register_apply_callback(slow_apply)
+    await n.start()
+    try:
+        blocked = asyncio.create_task(n.append_entry({"block": 1}))
+        await entered.wait()
+        queued = [asyncio.create_task(n.append_entry({"queued": k})) for k in range(5)]
+        await asyncio.sleep(0)  # let them reach the inbox
+        for _ in range(40):
+            n._receive("raft.heartbeat", "peer", {})
+        assert len(n._inbox) == 20
+        assert n.stats["messages_dropped"] == 25
+        with pytest.raises(consensus.OverloadedError, match="overloaded"):
+            await n.append_entry({"refused": 1})
+        with pytest.raises(consensus.OverloadedError):
+            await n.read_index()
+        assert n.stats["proposals_refused"] == 2
+        release.set()
+        assert await blocked is True
+        assert all(await asyncio.gather(*queued))  # accepted before the cap: all committed
+        assert await n.append_entry({"after": 1}) is True
+        assert n.get_stats()["messages_dropped"] == 25
+    finally:
+        await n.stop()
+    with pytest.raises(ValueError):
+        consensus.RaftConsensus("x", ["x"], max_inbox=0)
