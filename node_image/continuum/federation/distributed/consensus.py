@@ -428,6 +428,11 @@ class RaftConsensus:
                         "voter": mid in conf.voters, "match_index": match})
         return out
 
+    def membership_committed(self) -> bool:
+        """True when the configuration ``members()`` reports is committed on this node (its
+        entry is at or below ``commit_index``); False while a change is in flight."""
+        return self._node is not None and self._node.conf_committed()
+
     def role(self) -> str:
         n = self._node
         if n is None:
@@ -452,6 +457,8 @@ class RaftConsensus:
             "snapshot_index": n.log.snapshot_index if n else 0,
             "cluster_size": len(n.conf.voters) if n else len(self.cluster_nodes),
             "learners": sorted(n.conf.learners) if n else [],
+            "config_index": n.conf_index if n else 0,
+            "membership_committed": self.membership_committed(),
             "running": self._running,
         }
         base.update(self.stats)
