@@ -186,3 +186,27 @@ async def test_membership_change_and_transfer_over_mtls(cluster: Factory,
     seen = await converged(rest)
     check_history(seen, load)
     assert {s["cluster_size"] for s in await asyncio.gather(*(status(p) for p in rest))} == {3}
+
+
+async def test_a_restarted_node_left_behind_the_snapshot_gets_one_over_mtls(
+        cluster: Factory) -> None:
+    procs = cluster(3, 50)
+    await start_cluster(procs, snapshot_threshold=50)
+    load = Load(procs, workers=4)
+    await load.until(20)
+    leader = await find_leader(procs)
+    lagger = next(p for p in procs if p is not leader)
+    behind = (await status(lagger))["last_log_index"]
+    await lagger.kill()
+    await load.until(len(load.acked) + 200)  # several compactions on the survivors
+    survivors = [p for p in procs if p is not lagger]
+    snaps = [s["snapshot_index"] for s in await asyncio.gather(*(status(p) for p in survivors))]
+    assert min(snaps) > behind  # neither survivor still holds the entries the lagger lacks
+    await restart(lagger, procs, snapshot_threshold=50)
+    await load.until(len(load.acked) + 50)
+    await load.stop()
+    seen = await converged(procs)  # its state machine, restored from the snapshot, matches
+    check_history(seen, load)
+    st = await status(lagger)
+    assert st["snapshots_installed"] >= 1
+    assert st["snapshot_index"] > behind

@@ -1,14 +1,17 @@
 """A deterministic simulator for the Raft core: many nodes, one seeded RNG.
 
 ``SimNetwork`` delays, drops, duplicates and reorders messages and cuts links
-(partitions); ``SimNode`` runs one ``RaftNode`` with a ``SimDisk`` and a KV
-state machine, and processes every ``Ready`` the way the real shell does
+(partitions); a few messages are held back for longer than two election
+timeouts, so they arrive stale, after newer elections. ``SimNode`` runs one
+``RaftNode`` with a ``SimDisk`` and a KV state machine, and processes every
+``Ready`` the way the real shell does
 (early messages, persist, send, apply, advance). A crash drops everything
 that was not persisted, including a Ready caught between its early messages
 and its fsync. Clients put and get keys (puts carry request ids and are
 retried when their outcome is unknown; gets use ReadIndex), and their history
 is checked for linearizability. ``Checker`` asserts the Raft safety
-properties after every processed Ready.
+properties after every processed Ready, and log matching across every pair of
+live logs after every step.
 
 Everything derives from one seed: ``Sim(seed).run()`` is reproducible.
 """
@@ -95,12 +98,14 @@ class Faults:
     partition: float = 0.01  # per tick
     heal: float = 0.05
     skip_tick: float = 0.05  # clock drift: a node misses a tick
+    long_delay: float = 0.01  # held back beyond two election timeouts: arrives stale
 
 
 class SimNetwork:
-    def __init__(self, rng: random.Random, faults: Faults) -> None:
+    def __init__(self, rng: random.Random, faults: Faults, stale_after: int) -> None:
         self.rng = rng
         self.faults = faults
+        self.stale_after = stale_after  # ticks: 2x the longest election timeout
         self.queue: list[tuple[int, int, m.Message]] = []
         self.seq = 0
         self.cut: set[tuple[str, str]] = set()
@@ -114,7 +119,10 @@ class SimNetwork:
         copies = 2 if self.rng.random() < self.faults.dup else 1
         for _ in range(copies):
             self.seq += 1
-            at = now + self.rng.randint(0, self.faults.max_delay)
+            if self.rng.random() < self.faults.long_delay:
+                at = now + self.stale_after + self.rng.randint(1, self.stale_after)
+            else:
+                at = now + self.rng.randint(0, self.faults.max_delay)
             heapq.heappush(self.queue, (at, self.seq, msg))
 
     def due(self, now: int) -> list[m.Message]:
@@ -189,15 +197,25 @@ class Checker:
 
     @staticmethod
     def logs_match(a: rnode.RaftNode, b: rnode.RaftNode) -> None:
-        """Log matching, in full: equal (index, term) implies equal prefixes."""
-        lo = max(a.log.snapshot_index, b.log.snapshot_index) + 1
-        hi = min(a.log.last_index, b.log.last_index)
-        same = False
-        for idx in range(hi, lo - 1, -1):
-            ea, eb = a.log.entry(idx), b.log.entry(idx)
-            if same and ea != eb:
-                raise SafetyViolation(f"logs of {a.id} and {b.id} differ at {idx} below a match")
-            same = same or ea.term == eb.term
+        """Log matching, in full: equal (index, term) implies equal prefixes.
+
+        Fast enough for every step: the highest index where the terms agree is found
+        from the top (logs seldom differ for long there), and the prefixes below it are
+        compared as lists (the entries are shared objects, so mostly identity checks)."""
+        la, lb = a.log, b.log
+        lo = max(la.snapshot_index, lb.snapshot_index) + 1
+        hi = min(la.last_index, lb.last_index)
+        if hi < lo:
+            return
+        ea = la.entries[lo - la.snapshot_index - 1:hi - la.snapshot_index]
+        eb = lb.entries[lo - lb.snapshot_index - 1:hi - lb.snapshot_index]
+        top = len(ea) - 1
+        while top >= 0 and ea[top].term != eb[top].term:
+            top -= 1
+        if ea[:top + 1] != eb[:top + 1]:
+            bad = next(k for k in range(top + 1) if ea[k] != eb[k])
+            raise SafetyViolation(f"logs of {a.id} and {b.id} differ at {lo + bad} below "
+                                  f"their match at {lo + top}")
 
 
 # -- nodes and clients -----------------------------------------------------------------------
@@ -312,15 +330,16 @@ class SimNode:
 class Sim:
     def __init__(self, seed: int, *, nodes: int = 3, spares: int = 2, ticks: int = 400,
                  clients: int = 3, keys: int = 3, faults: Faults | None = None,
-                 membership: bool = True) -> None:
+                 membership: bool = True, check_quorum: bool = True) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
         self.faults = faults or Faults()
-        self.net = SimNetwork(self.rng, self.faults)
         self.checker = Checker()
         self.raft_config = rconfig.RaftConfig(
             election_ticks_min=10, election_ticks_max=20, heartbeat_ticks=2, max_inflight=4,
-            max_entries_per_message=8, snapshot_chunk_bytes=64, request_window=1000)
+            max_entries_per_message=8, snapshot_chunk_bytes=64, request_window=1000,
+            check_quorum=check_quorum)
+        self.net = SimNetwork(self.rng, self.faults, 2 * self.raft_config.election_ticks_max)
         self.snapshot_every = self.rng.choice([15, 40, 10_000])
         self.ticks = ticks
         self.keys = [f"k{i}" for i in range(keys)]
@@ -377,6 +396,13 @@ class Sim:
         self._complete_writes()
         self._expire_attempts()
         self._serve_reads()
+        self._check_logs()
+
+    def _check_logs(self) -> None:
+        live = [n.core for n in self.nodes.values() if n.alive]
+        for i, a in enumerate(live):
+            for b in live[i + 1:]:
+                Checker.logs_match(a, b)
 
     def _complete_writes(self) -> None:
         for n in list(self.nodes.values()):
@@ -557,11 +583,6 @@ class Sim:
     # -- the end -----------------------------------------------------------------------------
 
     def finish(self) -> None:
-        live = [n for n in self.nodes.values() if n.alive]
-        for a in live:
-            for b in live:
-                if a.id < b.id:
-                    Checker.logs_match(a.core, b.core)
         ld = self.leader()
         if ld is None:
             raise SafetyViolation("no leader after the network healed (liveness)")

@@ -309,3 +309,74 @@ async def test_the_same_object_can_stop_and_start_again(tmp_path: Path) -> None:
         assert seen == [{"a": 1}, {"a": 1}, {"a": 2}]  # replayed once after the restart
     finally:
         await n.stop()
+
+
+async def test_a_full_inbox_drops_peer_messages_and_refuses_proposals() -> None:
+    n = consensus.RaftConsensus("busy", ["busy"], max_inbox=20, **FAST)
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_apply(cmd: Any) -> None:
+        if cmd == {"block": 1}:
+            entered.set()
+            await release.wait()  # the loop is stuck here: nothing drains the inbox
+
+    n.register_apply_callback(slow_apply)
+    await n.start()
+    try:
+        blocked = asyncio.create_task(n.append_entry({"block": 1}))
+        await entered.wait()
+        queued = [asyncio.create_task(n.append_entry({"queued": k})) for k in range(5)]
+        await asyncio.sleep(0)  # let them reach the inbox
+        for _ in range(40):
+            n._receive("raft.heartbeat", "peer", {})
+        assert len(n._inbox) == 20
+        assert n.stats["messages_dropped"] == 25
+        with pytest.raises(consensus.OverloadedError, match="overloaded"):
+            await n.append_entry({"refused": 1})
+        with pytest.raises(consensus.OverloadedError):
+            await n.read_index()
+        assert n.stats["proposals_refused"] == 2
+        release.set()
+        assert await blocked is True
+        assert all(await asyncio.gather(*queued))  # accepted before the cap: all committed
+        assert await n.append_entry({"after": 1}) is True
+        assert n.get_stats()["messages_dropped"] == 25
+    finally:
+        await n.stop()
+    with pytest.raises(ValueError):
+        consensus.RaftConsensus("x", ["x"], max_inbox=0)
+
+
+async def test_membership_is_reported_uncommitted_until_the_change_commits(
+        tmp_path: Path) -> None:
+    ids = ["c-1", "c-2", "c-3"]
+    c = Cluster(ids, tmp_path)
+    await c.start()
+    try:
+        leader = await c.leader()
+        assert leader.membership_committed() and leader.get_stats()["membership_committed"]
+        victim, needed = [n for n in c.nodes.values() if n is not leader]
+        await needed.stop()  # {leader, needed} must commit the removal: it waits for ``needed``
+        removal = asyncio.create_task(leader.remove_member(victim.node_id))
+        await wait_for(lambda: victim.node_id not in {m["id"] for m in leader.members()})
+        stats = leader.get_stats()
+        assert leader.membership_committed() is False
+        assert stats["membership_committed"] is False
+        assert stats["config_index"] > stats["commit_index"]
+        back = consensus.RaftConsensus(needed.node_id, ids, storage_path=tmp_path / needed.node_id,
+                                       **FAST)
+        c.nodes[needed.node_id] = back
+        await back.start()
+        await removal
+        assert leader.membership_committed() is True
+        await wait_for(back.membership_committed)  # once it hears of the new commit index
+        joiner = consensus.RaftConsensus("c-4", [], join=True, **FAST)
+        c.nodes["c-4"] = joiner
+        await joiner.start()
+        assert not joiner.membership_committed()  # no configuration yet
+        await leader.add_member("c-4", "127.0.0.1:7004")
+        assert leader.membership_committed() is True
+        await wait_for(joiner.membership_committed)
+        assert {m["id"] for m in joiner.members()} == {leader.node_id, needed.node_id, "c-4"}
+    finally:
+        await c.stop()

@@ -448,3 +448,22 @@ def test_a_leader_without_quorum_stops_taking_proposals_at_the_cap() -> None:
     a.propose([b"1", b"2", b"3", b"4", b"5"])
     with pytest.raises(rnode.ProposalDropped):
         a.propose([b"6"])
+
+
+def test_a_configuration_is_committed_only_once_its_entry_is() -> None:
+    net = Net("a", "b", "c", join=("d",))
+    net.elect("a")
+    a, b = net.nodes["a"], net.nodes["b"]
+    assert a.conf_committed() and b.conf_committed() and a.conf_index == 0
+    assert not net.nodes["d"].conf_committed()  # no configuration yet: nothing committed
+    idx = a.change_config(rnode.ADD_LEARNER, "d", "d:1")
+    assert a.conf_index == idx > a.log.commit and not a.conf_committed()
+    assert b.conf_committed()  # b still holds the old configuration, which is committed
+    net.process("a")
+    while not b.conf_index:  # deliver until b has appended the new configuration
+        net.deliver_one()
+    assert b.conf_index == idx and not b.conf_committed()
+    net.stabilize()
+    assert all(n.conf_committed() and n.conf_index == idx for n in net.nodes.values())
+    a.compact(b"")  # a configuration kept in a snapshot is committed too
+    assert a.conf_index == a.log.snapshot_index >= idx and a.conf_committed()

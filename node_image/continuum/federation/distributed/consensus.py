@@ -19,6 +19,11 @@ callbacks). ``NotLeaderError`` carries ``leader_id`` and ``leader_address`` for
 redirects; ``MembershipError.code`` is ``exists``, ``not_member``, ``busy``,
 ``not_learner``, ``last_voter`` or ``no_target``.
 
+The inbox is bounded (``max_inbox``): when the loop falls that far behind (a slow
+disk or apply callback), peer messages are dropped (Raft tolerates loss; counted
+in ``messages_dropped``) and proposals, reads and admin calls raise
+``OverloadedError`` (counted in ``proposals_refused``) instead of queueing.
+
 Durable layout in ``<storage_path>/raft.db``: namespace ``raft`` holds
 ``hard_state`` (term, vote and commit in one row, so one atomic write) and
 ``snapshot``; namespace ``raft.log`` holds one row per entry keyed by index.
@@ -67,6 +72,10 @@ class NotLeaderError(RuntimeError):
         super().__init__(f"not the leader (leader: {leader_id} at {leader_address})")
         self.leader_id = leader_id
         self.leader_address = leader_address
+
+
+class OverloadedError(RuntimeError):
+    """The node is too far behind to queue more work; nothing was proposed. Retry later."""
 
 
 class MembershipError(ValueError):
@@ -158,6 +167,7 @@ class RaftConsensus:
         join: bool = False,
         fsync: bool = True,
         snapshot_threshold: int = 20_000,
+        max_inbox: int = 10_000,
         advertise_address: str | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -167,6 +177,9 @@ class RaftConsensus:
             raise ValueError(f"cluster_nodes must include this node ({node_id!r}) unless join=True")
         if snapshot_threshold < 1:
             raise ValueError("snapshot_threshold must be positive")
+        if max_inbox < 1:
+            raise ValueError("max_inbox must be positive")
+        self.max_inbox = max_inbox
         self.node_id = node_id
         self.cluster_nodes = list(cluster_nodes)
         self.election_timeout_ms = election_timeout_ms
@@ -206,7 +219,8 @@ class RaftConsensus:
         self._self_address: str | None = None
         self.stats = {"proposals": 0, "applied": 0, "writes": 0, "messages_sent": 0,
                       "messages_received": 0, "messages_rejected": 0, "snapshots_taken": 0,
-                      "snapshots_installed": 0, "apply_errors": 0}
+                      "snapshots_installed": 0, "apply_errors": 0, "messages_dropped": 0,
+                      "proposals_refused": 0}
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -254,8 +268,8 @@ class RaftConsensus:
                 await self._wait_until(lambda: self.is_leader, 5.0)
 
     async def stop(self) -> None:
-        if not self._running:
-            return
+        if not self._running and not self._tasks:
+            return  # never started, or stopped already (a failed node still needs closing)
         self._running = False
         for t in self._tasks:
             t.cancel()
@@ -309,6 +323,7 @@ class RaftConsensus:
             raise TypeError(f"command is not serializable: {exc}") from None
         if not self._running or self._node is None or not self._node.is_leader:
             return False
+        self._check_room()
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[bool] = loop.create_future()
         # No timer per call (a timer heap entry each is measurable at thousands per
@@ -413,6 +428,11 @@ class RaftConsensus:
                         "voter": mid in conf.voters, "match_index": match})
         return out
 
+    def membership_committed(self) -> bool:
+        """True when the configuration ``members()`` reports is committed on this node (its
+        entry is at or below ``commit_index``); False while a change is in flight."""
+        return self._node is not None and self._node.conf_committed()
+
     def role(self) -> str:
         n = self._node
         if n is None:
@@ -437,6 +457,8 @@ class RaftConsensus:
             "snapshot_index": n.log.snapshot_index if n else 0,
             "cluster_size": len(n.conf.voters) if n else len(self.cluster_nodes),
             "learners": sorted(n.conf.learners) if n else [],
+            "config_index": n.conf_index if n else 0,
+            "membership_committed": self.membership_committed(),
             "running": self._running,
         }
         base.update(self.stats)
@@ -576,6 +598,10 @@ class RaftConsensus:
             self._failed = self._failed or task.exception() or RuntimeError("write cancelled")
             self._wake.set()
             return
+        if self._failed is not None:
+            # An earlier write failed (or the loop died): this later write may have landed,
+            # but its replies vouch for the whole log prefix, which is not on disk.
+            return
         for msg in rd.messages:
             self._send(msg)
         if rd.entries:
@@ -683,8 +709,16 @@ class RaftConsensus:
                 snap = rmsg.Snapshot(idx, term, rmsg.ClusterConfig.decode(conf), data)
             base = snap.index if snap else 0
             for k, v in self._store.scan(_NS_LOG, base + 1):
-                t, kind, data, rid = msgpack.unpackb(v, raw=False)
                 assert isinstance(k, int)
+                if k != base + 1 + len(entries):
+                    # A failed write with a later one landing behind it left a hole. Nothing
+                    # after the hole was acknowledged (a failed node sends nothing more), so
+                    # it goes, as a crash would have taken it.
+                    log.warning("raft log of %s has a hole at %d; dropping entries from %d",
+                                self.node_id, base + 1 + len(entries), k)
+                    self._store.commit_sync([storage.DeleteRange(_NS_LOG, k, None)])
+                    break
+                t, kind, data, rid = msgpack.unpackb(v, raw=False)
                 entries.append(rmsg.Entry(t, k, kind, data, rid))
             self._disk_last = entries[-1].index if entries else base
         fresh = snap is None and not entries and hs == rmsg.HardState()
@@ -725,6 +759,9 @@ class RaftConsensus:
         if not self._running:
             return
         self.stats["messages_received"] += 1
+        if len(self._inbox) >= self.max_inbox:
+            self.stats["messages_dropped"] += 1  # the sender retries: heartbeats, probes
+            return
         self._learn_address(sender, body.get("a") if isinstance(body, dict) else None)
         self._inbox.append((kind, sender, body))
         self._wake.set()
@@ -774,10 +811,19 @@ class RaftConsensus:
         """Run ``fn(core)`` inside the loop, between Readies (never mid-cycle)."""
         if not self._running:
             raise RuntimeError("RaftConsensus is not running")
+        self._check_room()
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._inbox.append(_Admin(fn, fut))
         self._wake.set()
         return await fut
+
+    def _check_room(self) -> None:
+        # Completions of our own writes (_Persisted) are never refused: only new work.
+        if len(self._inbox) >= self.max_inbox:
+            self.stats["proposals_refused"] += 1
+            raise OverloadedError(
+                f"raft {self.node_id} is overloaded ({len(self._inbox)} queued inputs, "
+                f"limit {self.max_inbox}); retry later")
 
     def _notify(self) -> None:
         for fut in self._watchers:

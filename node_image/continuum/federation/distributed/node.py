@@ -670,6 +670,7 @@ class FederationNode:
             "ready": self.is_ready(),
             "formation": self.formation_state,
             "members": self.members(),
+            "membership_committed": raft is not None and raft.membership_committed(),
             "strong_concepts": len(self.state.concepts),
             "raft": rstats,
             "replication": self.replicator.get_stats(),

@@ -9,7 +9,11 @@ Two ways to talk to a peer:
   pipelined without waiting for a reply, and a slow or dead peer costs a
   bounded amount of memory (a full outbox drops the newest message and
   counts it; every protocol above tolerates loss). Messages to one address
-  are delivered in the order sent.
+  are delivered in the order sent. The client pings every
+  ``stream_heartbeat`` seconds and drops a stream whose pong does not come
+  within half that (a dead peer behind a live TCP connection is noticed, not
+  written into forever); the server closes a stream on which nothing, not even
+  a ping, arrived for ``stream_idle_timeout``.
 * ``await request(address, kind, body)``: one call, one reply, with a
   timeout; raises ``PeerError`` on failure.
 
@@ -67,12 +71,18 @@ class TransportLimits:
     outbox_size: int = 10_000  # queued one-way messages per peer address
     max_batch: int = 1024  # messages per frame
     connections_per_peer: int = 8
+    stream_heartbeat: float = 5.0  # seconds between a stream client's pings
+    stream_idle_timeout: float = 30.0  # server: close a stream silent this long
 
     def __post_init__(self) -> None:
         if self.outbox_size < 1 or self.max_batch < 1 or self.connections_per_peer < 1:
             raise ValueError("outbox_size, max_batch and connections_per_peer must be positive")
-        if min(self.connect_timeout, self.request_timeout, self.send_timeout) <= 0:
+        if min(self.connect_timeout, self.request_timeout, self.send_timeout,
+               self.stream_heartbeat, self.stream_idle_timeout) <= 0:
             raise ValueError("timeouts must be positive")
+        if self.stream_idle_timeout <= self.stream_heartbeat:
+            # A live client's pings must reach the server before it gives up on the stream.
+            raise ValueError("stream_idle_timeout must exceed stream_heartbeat")
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -139,6 +149,8 @@ class PeerTransport:
             "frames_rejected": 0,
             "calls_sent": 0,
             "calls_failed": 0,
+            "streams_lost": 0,  # outbound streams that broke under us (no pong, closed)
+            "streams_idle_closed": 0,  # inbound streams closed for silence
         }
 
     # -- configuration -------------------------------------------------------------------
@@ -249,6 +261,7 @@ class PeerTransport:
     async def _drain(self, address: str, box: _Outbox) -> None:
         url = self._url(address, STREAM_PATH)
         ws: aiohttp.ClientWebSocketResponse | None = None
+        watcher: asyncio.Task[None] | None = None
         try:
             while not self._closing:
                 if not box.queue:
@@ -272,9 +285,13 @@ class PeerTransport:
                 try:
                     async with asyncio.timeout(self.limits.send_timeout):
                         if ws is None or ws.closed:
+                            await _hang_up(ws, watcher)
                             ws = await self._require_session().ws_connect(
                                 url, max_msg_size=self.limits.max_frame_bytes, autoping=True,
+                                heartbeat=self.limits.stream_heartbeat,
                                 timeout=aiohttp.ClientWSTimeout(ws_close=1.0))
+                            watcher = asyncio.get_running_loop().create_task(
+                                self._watch_stream(address, ws))
                         await ws.send_bytes(data)
                     self.stats["frames_sent"] += 1
                     self.stats["messages_sent"] += n
@@ -287,12 +304,26 @@ class PeerTransport:
                     # Do not spin against a dead peer: drop what queued meanwhile too.
                     self.stats["messages_dropped"] += len(box.queue)
                     box.queue.clear()
-                    if ws is not None:
-                        await ws.close()
-                        ws = None
+                    await _hang_up(ws, watcher)
+                    ws = watcher = None
         finally:
-            if ws is not None:
-                await ws.close()
+            await _hang_up(ws, watcher)
+
+    async def _watch_stream(self, address: str, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Read our outbound stream: the server sends only pongs and, at the end, a close.
+        Reading answers its pings and takes in its close (or the heartbeat's verdict), so
+        the next frame goes to a new connection rather than into a dead one."""
+        while True:
+            msg = await ws.receive()
+            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
+                            aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                break
+        if not ws.closed:
+            await ws.close()
+        if not self._closing:
+            self.stats["streams_lost"] += 1
+            log.debug("stream to %s ended (code %s): %s", address, ws.close_code,
+                      ws.exception())
 
     async def request(
         self,
@@ -432,7 +463,21 @@ class PeerTransport:
             await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"shutting down")
 
     async def _read_stream(self, ws: web.WebSocketResponse, ids: frozenset[str]) -> None:
-        async for item in ws:
+        while True:
+            try:
+                # Pings reset this: only a client that went silent (dead, or not ours) hits it.
+                item = await ws.receive(timeout=self.limits.stream_idle_timeout)
+            except TimeoutError:
+                self.stats["streams_idle_closed"] += 1
+                await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"idle")
+                break
+            if item.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
+                             aiohttp.WSMsgType.CLOSED):
+                break
+            if item.type is aiohttp.WSMsgType.ERROR:  # closed already, with the reason
+                if isinstance(item.data, aiohttp.WebSocketError):  # e.g. over max_msg_size
+                    self.stats["frames_rejected"] += 1
+                break
             if item.type is not aiohttp.WSMsgType.BINARY:
                 self.stats["frames_rejected"] += 1
                 await ws.close(code=aiohttp.WSCloseCode.UNSUPPORTED_DATA,
@@ -459,8 +504,6 @@ class PeerTransport:
                     log.debug("no handler for %r from %s", msg.kind, frame.sender)
                 except Exception:
                     log.exception("handler for %r failed", msg.kind)
-        if ws.exception() is not None:  # e.g. a frame over max_msg_size
-            self.stats["frames_rejected"] += 1
 
     async def _handle_call(self, request: web.Request) -> web.StreamResponse:
         frame = await self._read_frame(request)
@@ -477,6 +520,15 @@ class PeerTransport:
             return self._reject(400, "invalid", str(exc))
         out = wire.encode(wire.Frame(self.node_id, (wire.Message(msg.kind, reply or {}),)))
         return web.Response(body=out, content_type=FRAME_CONTENT_TYPE)
+
+
+async def _hang_up(ws: aiohttp.ClientWebSocketResponse | None,
+                   watcher: asyncio.Task[None] | None) -> None:
+    if watcher is not None:
+        watcher.cancel()  # we close it: not a lost stream
+        await asyncio.wait([watcher])  # (unlike awaiting it, keeps a cancel of ours)
+    if ws is not None and not ws.closed:
+        await ws.close()
 
 
 async def _read_at_most(resp: aiohttp.ClientResponse, limit: int) -> bytes:

@@ -199,6 +199,16 @@ class RaftNode:
         """The latest configuration in the log (in force as soon as appended)."""
         return self._configs[-1][1]
 
+    @property
+    def conf_index(self) -> int:
+        """The log index of the entry that set ``conf`` (the snapshot's for a restored one)."""
+        return self._configs[-1][0]
+
+    def conf_committed(self) -> bool:
+        """Is ``conf`` committed as far as this node knows? False while it has no
+        configuration at all (a node waiting to be added)."""
+        return bool(self.conf.members) and self.conf_index <= self.log.commit
+
     def config_at(self, index: int) -> m.ClusterConfig:
         for at, conf in reversed(self._configs):
             if at <= index:
