@@ -14,7 +14,7 @@ inside the package, modules import modules.
 """
 
 from .config import NodeSettings
-from .consensus import MembershipError, NotLeaderError, RaftConsensus
+from .consensus import MembershipError, NotLeaderError, OverloadedError, RaftConsensus
 from .coordinator import (
     CoordinatorError,
     FederationCoordinator,
@@ -52,6 +52,7 @@ __all__ = [
     "NodeSettings",
     "NodeStatus",
     "NotLeaderError",
+    "OverloadedError",
     "RaftConsensus",
     "ReplicatedValue",
     "ReplicationError",

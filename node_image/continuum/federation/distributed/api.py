@@ -2,13 +2,15 @@
 
 Handlers translate HTTP into calls on the node and its components and
 nothing more: validation errors are 400 with a JSON body, leader-only calls
-on a follower are 421 with the leader's address, and every route is timed
-for the latency histograms.
+on a follower are 421 with the leader's address, an overloaded node answers
+503 with Retry-After (nothing was proposed), and every route is timed for the
+latency histograms.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import time
@@ -19,10 +21,12 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from multidict import MultiMapping
 
-from . import http_util
+from . import consensus, http_util
 
 if TYPE_CHECKING:
     from .node import FederationNode
+
+log = logging.getLogger(__name__)
 
 CONCEPT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,255}$")
 MAX_PAGE = 1000
@@ -87,6 +91,11 @@ class _Routes:
                 status = 409
                 return http_util.error(409, "wrong_consistency", str(exc),
                                        consistency=exc.lives_in)
+            except consensus.OverloadedError as exc:
+                status = 503
+                response = http_util.error(503, "overloaded", str(exc))
+                response.headers["Retry-After"] = "1"
+                return response
             except web.HTTPException as exc:
                 status = exc.status
                 raise
@@ -98,6 +107,9 @@ class _Routes:
                 return http_util.error(503, "timeout", "the cluster did not answer in time; "
                                        "the outcome of a write is unknown, retry it with the "
                                        "same Idempotency-Key")
+            except Exception:  # a bug: the traceback goes to the log, the client gets JSON
+                log.exception("%s %s failed", request.method, request.path)
+                return http_util.error(500, "internal", "internal error (see the node's log)")
             finally:
                 self.node.metrics.observe_request(name, status, time.perf_counter() - start)
         return wrapped

@@ -1,0 +1,63 @@
+"""How the HTTP API reports a node's refusals: the status, the error code and what is safe."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from continuum.federation.distributed import api, consensus
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, int]] = []
+
+    def observe_request(self, name: str, status: int, seconds: float) -> None:
+        self.requests.append((name, status))
+
+
+class _Node:
+    """Only what the concept routes call; each write raises what the test gives it."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+        self.metrics = _Metrics()
+
+    async def put_strong(self, concept_id: str, value: Any, key: str) -> dict[str, Any]:
+        raise self.error
+
+    async def put_eventual(self, concept_id: str, value: Any) -> dict[str, Any]:
+        raise self.error
+
+
+async def _put(error: BaseException, query: str) -> tuple[web.Response, dict[str, Any], _Node]:
+    node = _Node(error)
+    app = web.Application()
+    api.mount(app, node)  # type: ignore[arg-type]
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        resp = await client.put(f"/v1/concepts/c1{query}", json={"a": 1})
+        return resp, await resp.json(), node  # type: ignore[return-value]
+
+
+async def test_an_overloaded_node_answers_503_with_retry_after() -> None:
+    resp, body, node = await _put(consensus.OverloadedError("raft inbox full"),
+                                  "?consistency=strong")
+    assert resp.status == 503
+    assert resp.headers["Retry-After"] == "1"
+    assert body["error"] == "overloaded" and "inbox full" in body["message"]
+    assert node.metrics.requests == [("put", 503)]
+
+
+async def test_a_timed_out_strong_write_is_503_and_says_the_outcome_is_unknown() -> None:
+    resp, body, _ = await _put(TimeoutError(), "?consistency=strong")
+    assert resp.status == 503
+    assert body["error"] == "timeout" and "Idempotency-Key" in body["message"]
+
+
+async def test_an_unexpected_error_is_a_json_500_without_its_details() -> None:
+    resp, body, node = await _put(RuntimeError("secret detail"), "")
+    assert resp.status == 500
+    assert body["error"] == "internal" and "secret detail" not in body["message"]
+    assert node.metrics.requests == [("put", 500)]
