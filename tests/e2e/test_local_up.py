@@ -141,6 +141,11 @@ def test_a_signal_stops_the_running_cluster(sig: int, first_ip: str, tmp_path: P
     runs.append(run)
     run.wait_line("cluster ready in", 120)
     run.wait_line("node-3", 30)  # the status table (stdout is not a terminal: printed plainly)
+    # The printed hint works as typed, from anywhere (program path and --data-dir included).
+    hint = next(line for line in run.lines if line.startswith("try: "))
+    done = subprocess.run(["bash", "-c", hint.removeprefix("try: ")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "Raft" in done.stdout, (hint, done.stdout, done.stderr)
     run.proc.send_signal(sig)
     assert run.finish() == 0, run.output
     _assert_stopped_cleanly(run, ["node-1", "node-2", "node-3"])

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import signal
 import sys
 import time
@@ -158,8 +159,8 @@ async def _local_up_async(args: argparse.Namespace, cluster: local.LocalCluster)
         took = await cluster.up(args.ready_timeout, progress, stop, notes=sys.stdout)
         print(f"cluster ready in {took:.2f}s")
         print(f"client certificate: {data_dir}/pki/client.crt (key client.key, CA ca.crt)")
-        print("try: continuum-federation put demo '{\"name\": \"Raft\"}' && "
-              "continuum-federation get demo", flush=True)
+        put = _client_hint(data_dir, "put", "demo", '{"name": "Raft"}')
+        print(f"try: {put} && {_client_hint(data_dir, 'get', 'demo')}", flush=True)
         if args.exit_when_ready:
             print(local.render_table(await local.poll_status(data_dir)))
             return 0
@@ -172,6 +173,15 @@ async def _local_up_async(args: argparse.Namespace, cluster: local.LocalCluster)
             print("\nstopping the cluster ...", flush=True)
             cluster.stop()
             print("stopped", flush=True)
+
+
+def _client_hint(data_dir: Path, command: str, *args: str) -> str:
+    """A client command as the user can type it: this very program (the venv's, when it
+    was started by path), with --data-dir unless it is the default."""
+    words = [sys.argv[0] if os.sep in sys.argv[0] else "continuum-federation", command]
+    if data_dir != Path(DEFAULT_LOCAL_DIR).resolve():
+        words += ["--data-dir", str(data_dir)]
+    return shlex.join([*words, *args])
 
 
 async def _watch(cluster: local.LocalCluster, data_dir: Path, stop: asyncio.Event) -> int:
