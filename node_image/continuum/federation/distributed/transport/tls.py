@@ -6,9 +6,10 @@ Files follow cert-manager's Secret layout (``tls.crt``, ``tls.key``,
 Identity: a certificate speaks for the names in its subjectAltName (DNS and
 URI entries) and its common name. A wildcard DNS name ``*.peers.ns.svc``
 speaks for ``<label>.peers.ns.svc``; with ``peer_domain`` set, a bare node id
-``demo-0`` is checked as ``demo-0.<peer_domain>``. That is how one wildcard
-certificate per cluster (issued once, never re-issued on scaling) still binds
-every message to the pod that sent it.
+``demo-0`` is checked as ``demo-0.<peer_domain>``. A per-node certificate thus
+binds every message to the node that sent it; one wildcard certificate per
+cluster (issued once, never re-issued on scaling, as on Kubernetes) binds it only
+to the cluster, since every pod holds the same key and may claim any label.
 """
 
 from __future__ import annotations
