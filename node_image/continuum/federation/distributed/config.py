@@ -59,6 +59,8 @@ class ReplicationSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     conflict_strategy: Literal["last_write_wins", "highest_node_wins", "merge_union"] = (
         "last_write_wins")
+    # A tombstone every replica holds is collected after this long.
+    tombstone_grace_seconds: float = Field(60.0, ge=0)
 
 
 class NodeSettings(BaseSettings):

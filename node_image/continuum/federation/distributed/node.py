@@ -62,6 +62,7 @@ CERT_CHECK_SECONDS = 10.0
 STRONG_TIMEOUT_SECONDS = 10.0
 FORMATION_POLL_SECONDS = 0.5
 REMOVED_CHECK_SECONDS = 2.0
+DEPARTED_CHECK_SECONDS = 1.0
 
 
 def _version() -> str:
@@ -99,7 +100,8 @@ class FederationNode:
             self.node_id, crdt_resolver.ConflictResolver(strategy),
             storage_path=self.data_dir / "replication", transport=self.transport,
             fsync=settings.fsync,
-            anti_entropy_interval=settings.mesh.sync_interval_seconds)
+            anti_entropy_interval=settings.mesh.sync_interval_seconds,
+            tombstone_grace=settings.replication.tombstone_grace_seconds)
         self.mesh = mesh.GossipMesh(
             self.node_id,
             mesh.MeshConfig(fanout=settings.mesh.fanout,
@@ -195,7 +197,8 @@ class FederationNode:
         else:
             self._spawn(self._form, "formation")
         for loop_fn, name in ((self._report_load, "load"), (self._leader_duties, "leader"),
-                              (self._watch_certificates, "certs"), (self._measure_lag, "lag")):
+                              (self._watch_certificates, "certs"), (self._measure_lag, "lag"),
+                              (self._watch_departed_replicas, "departed")):
             self._spawn(loop_fn, name)
         log.info("node %s: peers and API on %s (mTLS), health on %s", self.node_id,
                  self.settings.bind_address, self.settings.health_address)
@@ -432,6 +435,33 @@ class FederationNode:
             self._learn_address(node_id, address)
         elif status in ("dead", "left"):
             self.replicator.remove_peer(node_id)
+            self._forget_departed_replicas()
+
+    def _forget_departed_replicas(self) -> None:
+        """Stop holding tombstones for replicas that left for good (a scale-down).
+
+        A replica departed when it is neither in the Raft configuration nor
+        reachable in the mesh. Either alone is not enough: every graceful
+        restart leaves the mesh, and a member removed from Raft keeps
+        replicating until its process stops. Judged only by a member that
+        follows a leader, so the configuration is current.
+        """
+        raft = self.raft
+        if raft is None or raft.leader_id is None or self.formation_state != "member":
+            return
+        members = {m["id"] for m in raft.members()}
+        if self.node_id not in members:
+            return  # we were removed ourselves: our view says nothing about the others
+        departed = self.replicator.known_replicas - members - set(self.mesh.alive_peers())
+        for node_id in sorted(departed):
+            log.info("replica %s left the cluster: tombstones no longer wait for it", node_id)
+            self.replicator.forget_replica(node_id)
+
+    async def _watch_departed_replicas(self) -> None:
+        """Raft reports no configuration changes as events, so check now and then."""
+        while True:
+            await asyncio.sleep(DEPARTED_CHECK_SECONDS)
+            self._forget_departed_replicas()
 
     # -- background duties -------------------------------------------------------------------
 

@@ -227,6 +227,11 @@ class MultiMasterReplicator:
             self._replica.known_replicas.discard(node_id)
             self._persist_replicas()
 
+    @property
+    def known_replicas(self) -> frozenset[str]:
+        """The other replicas whose confirmation tombstone collection waits for."""
+        return frozenset(self._replica.known_replicas)
+
     def _know(self, node_id: str) -> None:
         if node_id not in self._replica.known_replicas:
             self._replica.known_replicas.add(node_id)
