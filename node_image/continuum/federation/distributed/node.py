@@ -141,7 +141,6 @@ class FederationNode:
             methods.add(discovery.DiscoveryMethod.DNS)
         if s.mdns:
             methods.add(discovery.DiscoveryMethod.MDNS)
-        statefulset = formation.ordinal(self.node_id) is not None and bool(s.discovery_srv)
         return discovery.DiscoveryConfig(
             enabled_methods=methods,
             dns_domain=s.discovery_srv,
@@ -150,8 +149,9 @@ class FederationNode:
             dns_nameservers=list(s.dns_nameservers) or None,
             static_nodes={k: v for k, v in s.initial_members.items() if k != self.node_id},
             cluster_name=s.cluster_name,
-            formation_mode=formation.ORDINAL if statefulset else formation.LOWEST_ID,
+            formation_mode=s.formation_mode,
             formation_stable_seconds=s.formation_stable_seconds,
+            formation_min_nodes=s.bootstrap_expect or 1,
         )
 
     def _raft(self, *, cluster_nodes: list[str], join: bool) -> consensus.RaftConsensus:

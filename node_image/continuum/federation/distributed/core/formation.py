@@ -18,7 +18,9 @@ rule (the shape of Akka Cluster Bootstrap's, with StatefulSet ordinals):
 Safety: in ``ordinal`` mode only one id can ever be founder. In ``lowest_id``
 mode two founders need two nodes that each see ``min_nodes`` nodes but not
 each other; with ``min_nodes`` equal to the initial cluster size (every node
-must see every other) that cannot happen.
+must see every other) that cannot happen. The node daemon takes ``min_nodes``
+from ``bootstrap_expect`` (Consul's name for it) and refuses to start with
+discovery hints in ``lowest_id`` mode without one.
 """
 
 from __future__ import annotations
