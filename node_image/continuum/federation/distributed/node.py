@@ -427,15 +427,20 @@ class FederationNode:
         else:
             await self.mesh.remove_peer(found.node_id)
 
-    def _on_membership(self, node_id: str, status: str, address: str | None) -> None:
+    async def _on_membership(self, node_id: str, status: str, address: str | None) -> None:
         if node_id == self.node_id:
             return
         if status == "alive" and address:
             self.replicator.add_peer(node_id, address)
             self._learn_address(node_id, address)
+            # Discovery verifies it like any hint, and its cache then covers it.
+            with contextlib.suppress(ValueError):  # an address we cannot dial
+                await self.discovery.register_node(node_id, address)
         elif status in ("dead", "left"):
             self.replicator.remove_peer(node_id)
             self._forget_departed_replicas()
+            if status == "left":  # gone on purpose: a restarted node should not dial it
+                await self.discovery.remove_node(node_id)
 
     def _forget_departed_replicas(self) -> None:
         """Stop holding tombstones for replicas that left for good (a scale-down).
