@@ -90,10 +90,14 @@ def ordinal(node_id: str) -> int | None:
     return int(m.group("n")) if m else None
 
 
-def id_key(node_id: str) -> tuple[tuple[int, int | str], ...]:
-    """Natural sort key, so ``node-2`` sorts before ``node-10`` on every node alike."""
+def id_key(node_id: str) -> tuple[tuple[tuple[int, int | str], ...], str]:
+    """Natural sort key, so ``node-2`` sorts before ``node-10`` on every node alike.
+
+    The id itself breaks ties (``n01`` and ``n1`` read as equal numbers): two
+    ids must never compare equal, or both would take themselves for founder.
+    """
     parts = re.split(r"(\d+)", node_id)
-    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts if p)
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts if p), node_id
 
 
 def founder(self_id: str, peer_ids: Sequence[str], mode: str) -> str | None:
