@@ -1,11 +1,17 @@
 """Gossip mesh benchmark: real GossipMesh processes against real Serf agents, same run.
 
-    .venv/bin/python bench/gossip.py [--sizes 10,30] [--repeats 5] [--no-serf] [--no-sim]
+    .venv/bin/python bench/gossip.py [--sizes 10,30] [--repeats 5] [--profile serf-lan|daemon]
+                                     [--config JSON] [--no-serf] [--no-sim]
 
-For each N: N members on 127.0.2.x (GossipMesh, mutual TLS, ``MeshConfig()``
-defaults unless ``--config``) and, where the ``serf`` binary is installed, N
-Serf agents on 127.0.3.x (default LAN profile), driven through Serf's RPC
-(member lists polled every 100 ms, user events streamed). Measured alike:
+For each N: N members on 127.0.2.x (GossipMesh, mutual TLS) and, where the
+``serf`` binary is installed, N Serf agents on 127.0.3.x (``-profile=lan``),
+driven through Serf's RPC (member lists polled every 100 ms, user events
+streamed). Our members run, by default, the timings of Serf's LAN profile
+(memberlist's DefaultLANConfig: probe 1 s, probe timeout 500 ms, gossip 200 ms
+to 3 members, suspicion x4 up to x6, retransmit x4, push-pull 30 s), so the
+ratios compare the implementations, not their settings. ``--profile daemon``
+runs what the node daemon runs instead (NodeSettings defaults); ``--config``
+overrides either. Both sides' settings are printed. Measured alike:
 
 * join: the last member joins through the first; until every member lists it alive;
 * dissemination: one state update (Serf: one user event, coalescing off) until it
@@ -41,8 +47,35 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "node_image")]
 import msgpack  # noqa: E402
 
 from conftest import TestPKI  # noqa: E402
+from continuum.federation.distributed import config as node_config  # noqa: E402
+from continuum.federation.distributed import mesh  # noqa: E402
 from integration.mesh_proc import MeshCluster, MeshProc  # noqa: E402
 from sim.swim import simnet  # noqa: E402
+
+# memberlist's DefaultLANConfig, which `serf agent -profile=lan` runs, in MeshConfig's terms.
+SERF_LAN = {"probe_interval_ms": 1000, "probe_timeout_ms": 500, "gossip_interval_ms": 200,
+            "fanout": 3, "indirect_checks": 3, "suspicion_mult": 4,
+            "suspicion_max_timeout_mult": 6, "retransmit_mult": 4,
+            "sync_interval_seconds": 30.0, "awareness_max_multiplier": 8}
+SERF_LAN_TEXT = ("probe 1000 ms, probe timeout 500 ms, gossip 200 ms to 3, indirect checks 3, "
+                 "suspicion x4 (max x6), retransmit x4, push-pull 30 s, awareness max x8")
+
+
+def daemon_profile() -> dict[str, Any]:
+    """What the node daemon passes to MeshConfig with default NodeSettings."""
+    m = node_config.MeshSettings()
+    return {"fanout": m.fanout, "gossip_interval_ms": m.gossip_interval_ms,
+            "sync_interval_seconds": m.sync_interval_seconds,
+            "message_buffer_size": m.message_buffer_size}
+
+
+def describe(overrides: dict[str, Any]) -> str:
+    c = mesh.MeshConfig(**overrides)
+    return (f"probe {c.probe_interval_ms:g} ms, probe timeout {c.probe_timeout_ms:g} ms, "
+            f"gossip {c.gossip_interval_ms:g} ms to {c.fanout}, indirect checks "
+            f"{c.indirect_checks}, suspicion x{c.suspicion_mult} (max "
+            f"x{c.suspicion_max_timeout_mult}), retransmit x{c.retransmit_mult}, push-pull "
+            f"{c.sync_interval_seconds:g} s, awareness max x{c.awareness_max_multiplier}")
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -208,7 +241,7 @@ class SerfAgent:
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
-            "serf", "agent", f"-node={self.name}", f"-bind={self.ip}:7946",
+            "serf", "agent", "-profile=lan", f"-node={self.name}", f"-bind={self.ip}:7946",
             f"-rpc-addr={self.ip}:7373", "-log-level=err",
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
         deadline = time.monotonic() + 30
@@ -343,16 +376,23 @@ async def main() -> None:
     ap.add_argument("--sizes", default="10,30")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--idle", type=float, default=10.0, help="seconds of idle CPU measurement")
-    ap.add_argument("--config", default="{}", help="JSON MeshConfig overrides for our side")
+    ap.add_argument("--profile", choices=["serf-lan", "daemon"], default="serf-lan",
+                    help="our side's timings: Serf's LAN profile (like for like, the default) "
+                         "or the node daemon's own defaults")
+    ap.add_argument("--config", default="{}",
+                    help="JSON MeshConfig overrides for our side, on top of --profile")
     ap.add_argument("--settle", type=float, default=5.0,
                     help="seconds between the join and the dissemination runs")
     ap.add_argument("--no-serf", action="store_true")
     ap.add_argument("--no-sim", action="store_true")
     args = ap.parse_args()
-    config = json.loads(args.config)
+    base = dict(SERF_LAN) if args.profile == "serf-lan" else daemon_profile()
+    config = {**base, **json.loads(args.config)}
     have_serf = shutil.which("serf") is not None and not args.no_serf
-    print(f"GossipMesh: MeshConfig({config or 'defaults'}) over mutual TLS on 127.0.2.x; "
-          f"Serf: {'default LAN profile on 127.0.3.x' if have_serf else 'not installed'}")
+    print(f"GossipMesh ({args.profile} profile{' + --config' if args.config != '{}' else ''}), "
+          f"mutual TLS on 127.0.2.x: {describe(config)}")
+    print(f"Serf (-profile=lan), on 127.0.3.x: "
+          f"{SERF_LAN_TEXT if have_serf else 'not installed, not run'}")
     root = Path(tempfile.mkdtemp(prefix="gossip-bench-"))
     pki = TestPKI(root / "pki")
     try:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from continuum.federation.distributed import discovery, pki
+from continuum.federation.distributed.core import formation
 from continuum.federation.distributed.discovery import DiscoveryConfig, DiscoveryMethod
 from integration.discovery_helpers import eventually, make_node, verified_ids
 from integration.dns_server import DNSServer
@@ -136,6 +138,33 @@ async def test_srv_priority_and_weight_order_the_nodes(dns_server: DNSServer) ->
     assert [n.address for n in found] == ["127.0.9.4:7000", "127.0.9.3:7000", "127.0.9.2:7000",
                                           "127.0.9.1:7000"]
     assert [(n.priority, n.weight) for n in found] == [(0, 0), (10, 60), (10, 5), (20, 10)]
+
+
+async def test_join_targets_follow_srv_priority_and_weight(
+        tmp_path: Path, ca: pki.KeyPair, dns_server: DNSServer) -> None:
+    cfg = dns_config(dns_server)
+    names = ["demo-0", "demo-1", "demo-2", "demo-3"]
+    async with pods(tmp_path, ca, names, cfg) as nodes:
+        for name in names[1:]:
+            nodes[name].set_formed(True)  # a formed cluster: demo-0 joins it
+        address = {n: d.transport.address for n, d in nodes.items() if d.transport}
+        records = {n: (h, int(p)) for n, (h, _, p) in
+                   ((n, a.rpartition(":")) for n, a in address.items() if a)}
+        dns_server.headless_service(SVC, NS, PORT_NAME, records, ttl=30, priorities={
+            "demo-1": (1, 50), "demo-2": (0, 90), "demo-3": (0, 10)})
+        me = nodes["demo-0"]
+        await me.discover_now()
+        firsts: Counter[str] = Counter()
+        for _ in range(400):
+            decision = me.formation_decision()
+            assert isinstance(decision, formation.Join)
+            assert set(decision.targets) == {address["demo-1"], address["demo-2"],
+                                             address["demo-3"]}
+            assert decision.targets[-1] == address["demo-1"]  # the higher priority: last
+            firsts[decision.targets[0]] += 1
+        # Within priority 0, drawn in proportion to weight (90:10), not always the same one.
+        assert 320 <= firsts[address["demo-2"]] <= 390, firsts
+        assert firsts[address["demo-3"]] == 400 - firsts[address["demo-2"]]
 
 
 async def test_a_large_service_answer_falls_back_to_tcp(dns_server: DNSServer) -> None:

@@ -13,6 +13,7 @@ import pytest
 from conftest import TestPKI
 from continuum.federation.distributed import mesh as mesh_mod
 from continuum.federation.distributed.mesh import GossipMesh, MeshConfig
+from continuum.federation.distributed.transport import peer
 
 FAST = MeshConfig.local(seed=3)
 
@@ -78,6 +79,73 @@ async def test_leave_is_seen_as_left_and_stop_as_dead(trio: list[GossipMesh]) ->
     await until(lambda: any(c[:2] == ("m1", "dead") for c in changes), timeout=30, what="dead")
     statuses = {m["id"]: m["status"] for m in trio[0].members()}
     assert statuses == {"m0": "alive", "m1": "dead", "m2": "left"}
+
+
+async def _black_hole() -> tuple[asyncio.Server, str]:
+    """A TCP server that accepts and never answers: a link that cannot take a message."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"127.0.0.1:{port}"
+
+
+async def test_transport_drain_waits_for_writes_and_keeps_its_deadline(
+        cluster_pki: TestPKI) -> None:
+    a_files, b_files = cluster_pki.node("drain-a"), cluster_pki.node("drain-b")
+    a = peer.PeerTransport("drain-a", "127.0.0.1:0", a_files)
+    b = peer.PeerTransport("drain-b", "127.0.0.1:0", b_files)
+    got: list[int] = []
+    b.on("t.msg", lambda sender, body: got.append(body["i"]))
+    server, hole = await _black_hole()
+    await a.start()
+    await b.start()
+    try:
+        assert b.address is not None
+        assert await a.drain(0.1)  # nothing queued
+        for i in range(50):
+            a.send(b.address, "t.msg", {"i": i})
+        assert await a.drain(10.0)
+        assert a.stats["messages_sent"] == 50  # all written when drain returns
+        await until(lambda: got == list(range(50)), what="delivery")
+        a.send(hole, "t.msg", {"i": -1})
+        t0 = time.monotonic()
+        assert not await a.drain(0.5)  # the handshake never completes: the deadline holds
+        assert time.monotonic() - t0 < 2.0
+    finally:
+        await a.stop()
+        await b.stop()
+        server.close()
+
+
+async def test_leave_waits_for_its_announcement_up_to_the_deadline(
+        trio: list[GossipMesh]) -> None:
+    await until(lambda: all(m.get_stats()["active_peers"] == 2 for m in trio), what="join")
+    leaver = trio[2]
+    transport = leaver._transport
+    assert transport is not None
+    sent = transport.stats["messages_sent"]
+    server, hole = await _black_hole()
+    try:
+        # A member behind a link that cannot take the announcement.
+        core = leaver._core
+        assert core is not None
+        core.adopt(asyncio.get_running_loop().time(), "ghost", hole)
+        t0 = time.monotonic()
+        await leaver.leave(timeout=1.0)
+        elapsed = time.monotonic() - t0
+    finally:
+        server.close()
+    # It waited for the stuck link until the deadline, and no longer...
+    assert 0.9 <= elapsed < 3.0, elapsed
+    # ...while the announcement to the live members was written before it stopped.
+    assert transport.stats["messages_sent"] >= sent + 2
+    for m in trio[:2]:
+        await until(lambda m=m: m.get_stats()["members"]["left"] == 1,  # type: ignore[misc]
+                    what=f"left at {m.node_id}")
 
 
 async def test_restart_with_storage_raises_incarnation_and_rejoins(

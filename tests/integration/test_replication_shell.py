@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -91,6 +92,41 @@ async def test_corrupt_value_is_rejected_and_changes_nothing() -> None:
     assert a.get_stats()["rejected_values"] == 4
     with pytest.raises(replication.ReplicationError):
         await a.write("k", float("nan"))
+
+
+def _signed_without_dot(value: Any) -> values.ReplicatedValue:
+    """A value object with a matching checksum but no entry of its writer in its version."""
+    ts, version = clock.HLCTimestamp(int(time.time() * 1000), 0), clock.VectorClock({"z": 1})
+    checksum = values.compute_checksum(value, ts, "b", version)
+    return values.ReplicatedValue(value, ts, "b", version, checksum)
+
+
+async def test_invalid_value_objects_are_refused_on_every_path(tmp_path: Path) -> None:
+    a = replication.MultiMasterReplicator("a", storage_path=tmp_path)
+    await a.write("k", {"v": 1})
+    good = await replication.MultiMasterReplicator("b").write("k2", {"v": 2})
+    no_dot = _signed_without_dot({"v": 3})
+    assert no_dot.verify()  # the checksum alone would let it through
+    bad_ts = dataclasses.replace(good, timestamp=clock.HLCTimestamp(-1, 0))
+    bad_ts = dataclasses.replace(bad_ts, checksum=values.compute_checksum(
+        good.value, (-1, 0), "b", good.version))  # type: ignore[arg-type]
+    root, before = a.merkle_root, a.get_stats()["rejected_values"]
+    for bad, why in ((no_dot, "own entry"), (bad_ts, "HLC timestamp")):
+        with pytest.raises(replication.ReplicationError, match=why):
+            await a.replicate_from("b", "k2", bad)
+        with pytest.raises(replication.ReplicationError, match=why):
+            await a.merge_state({"k2": good, "k3": bad})
+    assert a.merkle_root == root and await a.read("k2") is None and await a.read("k3") is None
+    assert a.get_stats()["rejected_values"] == before + 4
+    # A valid object is taken as a copy: the caller changing it later changes nothing here.
+    assert await a.replicate_from("b", "k2", good)
+    good.value["v"] = 666
+    assert await a.read("k2") == {"v": 2}
+    await a.stop()
+    again = replication.MultiMasterReplicator("a", storage_path=tmp_path)
+    assert await again.read("k2") == {"v": 2} and await again.read("k") == {"v": 1}
+    assert await again.read("k3") is None
+    await again.stop()
 
 
 async def test_durable_across_restart(tmp_path: Path) -> None:

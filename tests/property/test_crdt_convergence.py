@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from continuum.federation.distributed.core.crdt import clock, replica, resolver, values
@@ -30,50 +30,107 @@ small_values = st.one_of(
     st.lists(st.integers(0, 3), max_size=3),
 )
 
-# An op: ("write", node, key, value) | ("delete", node, key) | ("deliver", index) | ("tick",)
+GRACE = 0.5  # tombstone grace: ticks in a schedule pass it
+# A message arrives within this many seconds or never (the transport's timeouts bound it in
+# the real system). Longer than GRACE, so old states do arrive after their key's tombstone
+# was collected; far shorter than a collected tombstone is remembered (Replica.collected_ttl).
+LIFETIME = 1.0
+
+# An op: ("write", node, key, value) | ("delete", node, key) | ("deliver", index, node)
+# | ("tick", seconds) | ("sync", initiator, peer) | ("gc", node)
 ops = st.lists(st.one_of(
     st.tuples(st.just("write"), st.sampled_from(NODES), st.sampled_from(KEYS), small_values),
     st.tuples(st.just("delete"), st.sampled_from(NODES), st.sampled_from(KEYS)),
     st.tuples(st.just("deliver"), st.integers(0, 10_000), st.sampled_from(NODES)),
     st.tuples(st.just("tick"), st.floats(0.0, 2.0)),
+    st.tuples(st.just("sync"), st.sampled_from(NODES), st.sampled_from(NODES)),
+    st.tuples(st.just("gc"), st.sampled_from(NODES)),
 ), max_size=60)
 
 
+def anti_entropy(a: replica.Replica, b: replica.Replica, now: float) -> None:
+    """One round as ``MultiMasterReplicator.sync_with`` runs it, ``a`` initiating.
+
+    The keys whose digests differ (what the Merkle descent finds) go to ``b``,
+    which merges them and answers with its states of those keys and the contexts
+    of the tombstones it already collected; then ``a`` confirms the tombstones
+    the round proved ``b`` holds too.
+    """
+    if a is b:
+        return
+    snapshot = a.tombstone_digests()
+    keys = {k for k in a.states.keys() | b.states.keys()
+            if k not in a.states or k not in b.states or a.states[k].digest != b.states[k].digest}
+    for k in sorted(keys):
+        if k in a.states:
+            b.merge(k, a.states[k], now, a.node_id)
+    for k in sorted(keys):
+        if k in b.states:
+            a.merge(k, b.states[k], now, b.node_id)
+    for k, ctx in b.collected_contexts(sorted(keys)).items():
+        a.peer_collected(b.node_id, k, clock.VectorClock.from_dict(ctx))
+    a.confirm_round(b.node_id, snapshot, keys)
+
+
 def run(schedule: list[tuple[Any, ...]], final_order: list[int],
-        strategy: resolver.ConflictResolutionStrategy
+        strategy: resolver.ConflictResolutionStrategy, *, collect: bool = True
         ) -> tuple[dict[str, replica.Replica], list[tuple[str, tuple[str, int]]]]:
     """Play a schedule; every written state becomes an in-flight message to every node.
 
     Messages are delivered when the schedule says, to whichever node it names, in any
-    order and any number of times; at the end each message is delivered once more in a
-    permuted order (a reliable-eventually network)."""
-    reps = {n: replica.Replica(n, make_resolver(strategy)) for n in NODES}
+    order and any number of times, while younger than ``LIFETIME`` (so states from
+    before a tombstone was collected still arrive afterwards); anti-entropy rounds
+    and tombstone collection run when the schedule says (collection only with
+    ``collect``). Then anti-entropy alone repairs what messages missed: every
+    pair runs a round, in an order ``final_order`` permutes, and every replica
+    collects, three times over."""
+    reps = {n: replica.Replica(n, make_resolver(strategy), tombstone_grace=GRACE)
+            for n in NODES}
+    for r in reps.values():
+        r.known_replicas.update(n for n in NODES if n != r.node_id)
     # Skewed wall clocks: LWW must still pick one winner everywhere.
     skew = {"n1": 0.0, "n2": -0.5, "n3": 0.7}
     now = 100.0
-    sent: list[tuple[str, replica.KeyState]] = []
+    sent: list[tuple[str, replica.KeyState, float]] = []
     acked: list[tuple[str, tuple[str, int]]] = []
     for op in schedule:
         if op[0] == "write":
             rv, state = reps[op[1]].write(op[2], op[3], now + skew[op[1]])
-            sent.append((op[2], state))
+            sent.append((op[2], state, now))
             acked.append((op[2], rv.dot))
         elif op[0] == "delete":
             out = reps[op[1]].delete(op[2], now + skew[op[1]])
             if out is not None:
-                sent.append((op[2], out[1]))
+                sent.append((op[2], out[1], now))
                 acked.append((op[2], out[0].dot))
         elif op[0] == "deliver" and sent:
-            key, state = sent[op[1] % len(sent)]
-            reps[op[2]].merge(key, state, now)
+            key, state, at = sent[op[1] % len(sent)]
+            if now - at <= LIFETIME:
+                reps[op[2]].merge(key, state, now)
         elif op[0] == "tick":
             now += op[1]
-    order = sorted(range(len(sent)), key=lambda i: final_order[i % len(final_order)] if
+        elif op[0] == "sync":
+            anti_entropy(reps[op[1]], reps[op[2]], now)
+        elif op[0] == "gc" and collect:
+            reps[op[1]].collect_garbage(now)
+    pairs = [(a, b) for a in NODES for b in NODES if a != b]
+    order = sorted(range(len(pairs)), key=lambda i: final_order[i % len(final_order)] if
                    final_order else i)
-    for target in NODES:
+    for _ in range(3):
         for i in order:
-            reps[target].merge(sent[i][0], sent[i][1], now)
+            anti_entropy(reps[pairs[i][0]], reps[pairs[i][1]], now)
+        now += GRACE + 1.0  # past the grace on every (skewed) clock
+        if collect:
+            for r in reps.values():
+                r.collect_garbage(now)
     return reps, acked
+
+
+def history(r: replica.Replica, key: str) -> clock.VectorClock:
+    """What ``r`` holds of ``key``'s causal history: its state, or its collected tombstone."""
+    if key in r.states:
+        return r.states[key].context
+    return r.collected[key][0]
 
 
 @settings(max_examples=150, deadline=None)
@@ -82,15 +139,53 @@ def test_any_schedule_converges_and_loses_nothing(
         schedule: list[tuple[Any, ...]], final_order: list[int],
         strategy: resolver.ConflictResolutionStrategy) -> None:
     reps, acked = run(schedule, final_order, strategy)
+    kept, _ = run(schedule, final_order, strategy, collect=False)
     first = reps["n1"]
     for r in reps.values():
         assert r.tree.root == first.tree.root
         assert {k: s.digest for k, s in r.states.items()} == \
             {k: s.digest for k, s in first.states.items()}
+        assert r.tombstones == 0  # every tombstone was collected in the end
         for key in KEYS:
             assert values.encode(r.read(key)) == values.encode(first.read(key))
+            # Nothing deleted comes back: collecting tombstones changes no read.
+            assert values.encode(r.read(key)) == values.encode(kept["n1"].read(key))
     for key, dot in acked:  # every acknowledged write is in the final causal history
-        assert first.states[key].context.covers(*dot)
+        assert history(first, key).covers(*dot)
+
+
+# One key, and collection-heavy: deletes, anti-entropy and collection interleave often.
+collection_ops = st.lists(st.one_of(
+    st.tuples(st.just("write"), st.sampled_from(NODES), st.just("k1"), st.integers(0, 3)),
+    st.tuples(st.just("delete"), st.sampled_from(NODES), st.just("k1")),
+    st.tuples(st.just("deliver"), st.integers(0, 10_000), st.sampled_from(NODES)),
+    st.tuples(st.just("tick"), st.floats(0.3, 1.2)),
+    st.tuples(st.just("sync"), st.sampled_from(NODES), st.sampled_from(NODES)),
+    st.tuples(st.just("gc"), st.sampled_from(NODES)),
+), min_size=4, max_size=40)
+
+WRITE_THEN_DELETE = [("write", "n1", "k1", 1), ("deliver", 0, "n2"), ("deliver", 0, "n3"),
+                     ("delete", "n1", "k1"), ("deliver", 1, "n2"), ("deliver", 1, "n3")]
+ALL_CONFIRM = [("sync", a, b) for a in NODES for b in NODES if a != b]
+
+
+@settings(max_examples=300, deadline=None)
+@given(collection_ops, st.sampled_from(STRATEGIES))
+# Collected while a replica still holds the live value: it must never come back.
+@example([("write", "n1", "k1", 1), ("deliver", 0, "n2"), ("delete", "n1", "k1"),
+          ("tick", 1.5), ("gc", "n1")], resolver.ConflictResolutionStrategy.LAST_WRITE_WINS)
+# Collected everywhere, then the old write arrives late at one replica.
+@example([*WRITE_THEN_DELETE, *ALL_CONFIRM, ("tick", 0.6), ("gc", "n1"), ("gc", "n2"),
+          ("gc", "n3"), ("deliver", 0, "n1")],
+         resolver.ConflictResolutionStrategy.HIGHEST_NODE_WINS)
+# Collected everywhere, then the key is written again.
+@example([*WRITE_THEN_DELETE, *ALL_CONFIRM, ("tick", 0.6), ("gc", "n1"), ("gc", "n2"),
+          ("gc", "n3"), ("write", "n3", "k1", 2), ("deliver", 2, "n1")],
+         resolver.ConflictResolutionStrategy.MERGE_UNION)
+def test_collecting_tombstones_brings_nothing_back(
+        schedule: list[tuple[Any, ...]], strategy: resolver.ConflictResolutionStrategy) -> None:
+    test_any_schedule_converges_and_loses_nothing.hypothesis.inner_test(  # type: ignore[attr-defined]
+        schedule, [0], strategy)
 
 
 @settings(max_examples=100, deadline=None)

@@ -2,9 +2,11 @@
 
 Virtual time only: an event heap of timer deadlines and message deliveries,
 a per-message delay drawn from ``latency``, independent loss with probability
-``loss``, crashed nodes (no timers, messages to them vanish) and slow nodes
-(every timer and every message handled ``delay`` seconds late, as a starved
-event loop would). Nothing sleeps; a 1,000-node run takes seconds.
+``loss``, crashed nodes (no timers, messages to them vanish), slow nodes
+(``slow``: every timer and every message handled ``delay`` seconds late, as a
+starved event loop would) and backlogged nodes (``backlog``: timers on time,
+but every message read ``delay`` seconds late, as with a receive queue the
+node cannot keep up with). Nothing sleeps; a 1,000-node run takes seconds.
 
 ``epidemic_rounds`` is the dissemination-only model for large N: the same
 ``BroadcastQueue`` and ``retransmit_limit`` as the core, with synchronous
@@ -45,6 +47,8 @@ class SimCluster:
         self.nodes: dict[str, node.SwimNode] = {}
         self.crashed: set[str] = set()
         self.slow: dict[str, float] = {}
+        self.backlog: dict[str, float] = {}
+        self.kind_loss: dict[type, float] = {}  # extra loss for one message type
         self.observed: list[Observed] = []
         self.sent = 0
         self.dropped = 0
@@ -74,10 +78,12 @@ class SimCluster:
         for out in ready.messages:
             self.sent += 1
             dest = out.address
-            if dest in self.crashed or dest not in self.nodes or self.rng.random() < self.loss:
+            loss = self.loss + self.kind_loss.get(type(out.message), 0.0)
+            if dest in self.crashed or dest not in self.nodes or self.rng.random() < loss:
                 self.dropped += 1
                 continue
-            at = self.now + self.rng.uniform(*self.latency) + self.slow.get(dest, 0.0)
+            at = (self.now + self.rng.uniform(*self.latency) + self.slow.get(dest, 0.0)
+                  + self.backlog.get(dest, 0.0))
             heapq.heappush(self._heap, (at, next(self._seq), "msg", dest, 0.0, nid, out.message))
         self._schedule(nid)
 

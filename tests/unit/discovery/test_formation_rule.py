@@ -28,6 +28,9 @@ CASES = [
     ("a", False, [P("b")], 0, 10, LOW3, f.Wait, "2 of 3"),
     ("a", False, [P("b"), P("c")], 0, 10, LOW3, f.Bootstrap, "3 verified"),
     ("node-2", False, [P("node-10")], 0, 10, LOW, f.Bootstrap, "founder"),  # natural order
+    # Ids that read as the same number still order one way: exactly one of them founds.
+    ("n01", False, [P("n1")], 0, 10, LOW, f.Bootstrap, "founder"),
+    ("n1", False, [P("n01")], 0, 10, LOW, f.Wait, "waiting for n01"),
     ("demo-0", False, [], 0, 5, ORD, f.Bootstrap, "founder"),
     ("demo-1", False, [], 0, 99, ORD, f.Wait, "waiting for demo-0"),  # alone, still not founder
     ("demo-1", False, [P("demo-2")], 0, 99, ORD, f.Wait, "waiting for demo-0"),

@@ -38,6 +38,14 @@ def test_environment_and_yaml_file(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         ({"node_id": "n", "raft": {"heartbeat_interval_ms": 200}}, "half the election"),
         ({"node_id": "n", "load_balance": {"algorithm": "fastest"}}, "algorithm"),
         ({"node_id": "n", "typo_field": 1}, "typo_field"),
+        ({"node_id": "n", "replication": {"tombstone_grace_seconds": -1}},
+         "tombstone_grace_seconds"),
+        ({"node_id": "n", "bootstrap_expect": 0}, "bootstrap_expect"),
+        # Hints without ordinals and without an expected size could found two clusters.
+        ({"node_id": "n", "bootstrap": ["a:1"]}, "bootstrap_expect is required"),
+        ({"node_id": "n", "mdns": True}, "bootstrap_expect is required"),
+        ({"node_id": "node-a", "discovery_srv": "_p._tcp.svc"}, "bootstrap_expect is required"),
+        ({"node_id": "demo-1", "bootstrap": ["demo-0:7000"]}, "bootstrap_expect is required"),
     ],
 )
 def test_bad_settings_name_the_field(kwargs: dict[str, object], message: str,
@@ -53,3 +61,19 @@ def test_bad_yaml_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONTINUUM_CONFIG_FILE", str(cfg))
     with pytest.raises(ValueError, match="mapping"):
         config.NodeSettings(node_id="n")
+
+
+@pytest.mark.parametrize(("kwargs", "mode", "expect"), [
+    ({"node_id": "n"}, "lowest_id", None),  # no hints: a lone node founds its own cluster
+    ({"node_id": "n", "bootstrap": ["a:1"], "bootstrap_expect": 3}, "lowest_id", 3),
+    ({"node_id": "n", "mdns": True, "bootstrap_expect": 1}, "lowest_id", 1),  # chosen: alone
+    ({"node_id": "n", "bootstrap": ["a:1"], "initial_members": {"n": "127.0.0.1:1"}},
+     "lowest_id", None),  # a static member list never runs the formation rule
+    ({"node_id": "demo-1", "discovery_srv": "_p._tcp.svc", "bootstrap": ["demo-0:7000"]},
+     "ordinal", None),  # StatefulSet pods: only demo-0 can found
+])
+def test_formation_settings(kwargs: dict[str, object], mode: str, expect: int | None,
+                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CONTINUUM_CONFIG_FILE", raising=False)
+    s = config.NodeSettings(**kwargs)  # type: ignore[arg-type]
+    assert s.formation_mode == mode and s.bootstrap_expect == expect

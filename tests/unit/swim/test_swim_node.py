@@ -140,6 +140,32 @@ def test_confirmations_shorten_the_suspicion() -> None:
     assert a.members["n1"].status == Status.DEAD
 
 
+def test_next_deadline_follows_suspicions_as_they_shorten_and_end() -> None:
+    many = tuple(f"n{i}" for i in range(20))
+    a = make("a", peers=many)
+    far = 1e6  # no probing or syncing in the way: only suspicion timers are due
+    a._next_probe = a._next_sync = far
+    a.receive(1.0, "n2", messages.Gossip((
+        messages.MemberUpdate("n1", "addr-n1", 0, Status.SUSPECT, "n2"),
+        messages.MemberUpdate("n5", "addr-n5", 0, Status.SUSPECT, "n2"))))
+    a.ready()
+    a._next_gossip = far
+    first = a.next_deadline()
+    assert first == a._suspicions["n1"].deadline() == a._suspicions["n5"].deadline()
+    a.receive(1.1, "n3", messages.Gossip((
+        messages.MemberUpdate("n5", "addr-n5", 0, Status.SUSPECT, "n3"),)))
+    a._next_gossip = far
+    shorter = a._suspicions["n5"].deadline()
+    assert shorter < first and a.next_deadline() == shorter  # the confirmation counts now
+    a.receive(1.2, "n5", messages.Gossip((
+        messages.MemberUpdate("n5", "addr-n5", 1, Status.ALIVE, "n5"),)))  # refuted
+    a._next_gossip = far
+    assert "n5" not in a._suspicions and a.next_deadline() == first
+    a.tick(first)
+    assert a.members["n1"].status == Status.DEAD and a.members["n5"].status == Status.ALIVE
+    assert a.stats["declared_dead"] == 1
+
+
 def test_state_updates_are_versioned_and_never_roll_back() -> None:
     a, b = make("a", peers=("b",)), make("b", peers=("a",))
     v1 = a.update_state(0.0, "load", 0.1)

@@ -22,6 +22,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from .core import formation
 from .transport import peer
 
 # Value names the operator's FederationCluster spec uses as they are (one list, here).
@@ -62,6 +63,8 @@ class LoadBalanceSettings(BaseModel):
 class ReplicationSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     conflict_strategy: ConflictStrategy = "last_write_wins"
+    # A tombstone every replica holds is collected after this long.
+    tombstone_grace_seconds: float = Field(60.0, ge=0)
 
 
 class NodeSettings(BaseSettings):
@@ -82,6 +85,12 @@ class NodeSettings(BaseSettings):
     bootstrap: Annotated[list[str], NoDecode] = Field(default_factory=list)  # host:port, comma list
     mdns: bool = False
     formation_stable_seconds: float = Field(3.0, ge=0)
+    # Like Consul's bootstrap_expect: how many nodes start together to form a new cluster.
+    # Outside StatefulSet ordinals the founder is the lowest id it has verified, so it
+    # waits until it has verified this many nodes (itself included); a node that finds a
+    # formed cluster joins it whatever the number. Required with discovery hints (see
+    # _check_formation); 1 founds alone, which is safe only when nodes start one at a time.
+    bootstrap_expect: int | None = Field(None, ge=1)
     config_file: Path | None = None
     fsync: bool = True
     raft: RaftSettings = Field(default_factory=RaftSettings)
@@ -102,6 +111,26 @@ class NodeSettings(BaseSettings):
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _check_formation(self) -> NodeSettings:
+        hinted = bool(self.bootstrap or self.mdns or self.discovery_srv)
+        if (hinted and not self.initial_members and self.formation_mode == formation.LOWEST_ID
+                and self.bootstrap_expect is None):
+            raise ValueError(
+                "bootstrap_expect is required with bootstrap, mdns or discovery_srv outside "
+                "StatefulSet ordinal names: fresh nodes that start together and hear of each "
+                "other at different times could each found a cluster. Set it to the number "
+                "of nodes started together (a node that finds a formed cluster joins it "
+                "anyway); 1 founds a cluster alone, safe only when nodes start one at a time")
+        return self
+
+    @property
+    def formation_mode(self) -> str:
+        """``ordinal`` for StatefulSet pods (``<name>-<n>`` found through SRV): ``<name>-0``
+        founds the cluster; otherwise ``lowest_id``."""
+        ordinal = formation.ordinal(self.node_id) is not None
+        return formation.ORDINAL if ordinal and self.discovery_srv else formation.LOWEST_ID
 
     @property
     def peer_address(self) -> str:

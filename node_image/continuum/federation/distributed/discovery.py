@@ -30,7 +30,7 @@ import random
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -338,9 +338,22 @@ class NodeDiscovery:
         view = frozenset((r.address, r.node_id, r.verified, r.formed)
                          for r in self._peers.records())
         stable_for = self._stability.update(view, now)
-        return formation.decide(self.node_id, has_membership=self._formed, peers=ours,
-                                unresolved=unresolved, stable_for=stable_for,
-                                config=self.config.formation)
+        decision = formation.decide(self.node_id, has_membership=self._formed, peers=ours,
+                                    unresolved=unresolved, stable_for=stable_for,
+                                    config=self.config.formation)
+        if isinstance(decision, formation.Join):
+            decision = replace(decision, targets=tuple(
+                self.dial_order(decision.targets, views)))
+        return decision
+
+    def dial_order(self, addresses: Iterable[str],
+                   views: Iterable[peers.PeerView] | None = None) -> list[str]:
+        """``addresses`` in the order to try them: RFC 2782 (lowest SRV priority first,
+        then a draw weighted by SRV weight), so joins spread as the DNS records say."""
+        known = {v.address: v for v in (views if views is not None else self._peers.views())}
+        records = [(known[a].priority, known[a].weight, a) if a in known else (0, 0, a)
+                   for a in addresses]
+        return peers.srv_order(records, self._rng)
 
     # -- the loop ----------------------------------------------------------------------------
 

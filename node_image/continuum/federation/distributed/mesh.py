@@ -220,12 +220,18 @@ class GossipMesh:
             self._store = None
 
     async def leave(self, timeout: float = 1.0) -> None:
-        """Announce a graceful leave (members mark us LEFT, not dead) and stop."""
+        """Announce a graceful leave (members mark us LEFT, not dead) and stop.
+
+        Returns once the announcement is written to every member it was sent to,
+        or after ``timeout`` seconds if some link cannot take it (it is then lost
+        there, and that member detects us as dead instead).
+        """
         core = self._require()
         core.leave(asyncio.get_running_loop().time())
         self._flush()
-        # The announcement goes out through the transport's queues; give them a moment.
-        await asyncio.sleep(min(timeout, max(0.2, 3 * self.config.gossip_interval_ms / 1000)))
+        if self._transport is not None and not await self._transport.drain(timeout):
+            log.info("mesh %s: leave announcement not written to every member within %.1fs",
+                     self.node_id, timeout)
         await self.stop()
 
     # -- the spec's API -------------------------------------------------------------------

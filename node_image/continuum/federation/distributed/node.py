@@ -66,6 +66,7 @@ REMOVED_CHECK_SECONDS = 2.0
 # In-flight requests get this long to finish on shutdown, then are cancelled: one waiting
 # on a quorum that is shutting down too must not hold the process past its grace period.
 REQUEST_GRACE_SECONDS = 2.0
+DEPARTED_CHECK_SECONDS = 1.0
 
 
 def _version() -> str:
@@ -103,7 +104,8 @@ class FederationNode:
             self.node_id, crdt_resolver.ConflictResolver(strategy),
             storage_path=self.data_dir / "replication", transport=self.transport,
             fsync=settings.fsync,
-            anti_entropy_interval=settings.mesh.sync_interval_seconds)
+            anti_entropy_interval=settings.mesh.sync_interval_seconds,
+            tombstone_grace=settings.replication.tombstone_grace_seconds)
         self.mesh = mesh.GossipMesh(
             self.node_id,
             mesh.MeshConfig(fanout=settings.mesh.fanout,
@@ -149,7 +151,6 @@ class FederationNode:
             methods.add(discovery.DiscoveryMethod.DNS)
         if s.mdns:
             methods.add(discovery.DiscoveryMethod.MDNS)
-        statefulset = formation.ordinal(self.node_id) is not None and bool(s.discovery_srv)
         return discovery.DiscoveryConfig(
             enabled_methods=methods,
             dns_domain=s.discovery_srv,
@@ -158,8 +159,9 @@ class FederationNode:
             dns_nameservers=list(s.dns_nameservers) or None,
             static_nodes={k: v for k, v in s.initial_members.items() if k != self.node_id},
             cluster_name=s.cluster_name,
-            formation_mode=formation.ORDINAL if statefulset else formation.LOWEST_ID,
+            formation_mode=s.formation_mode,
             formation_stable_seconds=s.formation_stable_seconds,
+            formation_min_nodes=s.bootstrap_expect or 1,
         )
 
     def _raft(self, *, cluster_nodes: list[str], join: bool) -> consensus.RaftConsensus:
@@ -207,7 +209,8 @@ class FederationNode:
         else:
             self._spawn(self._form, "formation")
         for loop_fn, name in ((self._report_load, "load"), (self._leader_duties, "leader"),
-                              (self._watch_certificates, "certs"), (self._measure_lag, "lag")):
+                              (self._watch_certificates, "certs"), (self._measure_lag, "lag"),
+                              (self._watch_departed_replicas, "departed")):
             self._spawn(loop_fn, name)
         log.info("node %s: peers and API on %s (mTLS), health on %s", self.node_id,
                  self.settings.bind_address, self.settings.health_address)
@@ -437,14 +440,46 @@ class FederationNode:
         else:
             await self.mesh.remove_peer(found.node_id)
 
-    def _on_membership(self, node_id: str, status: str, address: str | None) -> None:
+    async def _on_membership(self, node_id: str, status: str, address: str | None) -> None:
         if node_id == self.node_id:
             return
         if status == "alive" and address:
             self.replicator.add_peer(node_id, address)
             self._learn_address(node_id, address)
+            # Discovery verifies it like any hint, and its cache then covers it.
+            with contextlib.suppress(ValueError):  # an address we cannot dial
+                await self.discovery.register_node(node_id, address)
         elif status in ("dead", "left"):
             self.replicator.remove_peer(node_id)
+            self._forget_departed_replicas()
+            if status == "left":  # gone on purpose: a restarted node should not dial it
+                await self.discovery.remove_node(node_id)
+
+    def _forget_departed_replicas(self) -> None:
+        """Stop holding tombstones for replicas that left for good (a scale-down).
+
+        A replica departed when it is neither in the Raft configuration nor
+        reachable in the mesh. Either alone is not enough: every graceful
+        restart leaves the mesh, and a member removed from Raft keeps
+        replicating until its process stops. Judged only by a member that
+        follows a leader, so the configuration is current.
+        """
+        raft = self.raft
+        if raft is None or raft.leader_id is None or self.formation_state != "member":
+            return
+        members = {m["id"] for m in raft.members()}
+        if self.node_id not in members:
+            return  # we were removed ourselves: our view says nothing about the others
+        departed = self.replicator.known_replicas - members - set(self.mesh.alive_peers())
+        for node_id in sorted(departed):
+            log.info("replica %s left the cluster: tombstones no longer wait for it", node_id)
+            self.replicator.forget_replica(node_id)
+
+    async def _watch_departed_replicas(self) -> None:
+        """Raft reports no configuration changes as events, so check now and then."""
+        while True:
+            await asyncio.sleep(DEPARTED_CHECK_SECONDS)
+            self._forget_departed_replicas()
 
     # -- background duties -------------------------------------------------------------------
 

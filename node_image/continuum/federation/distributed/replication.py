@@ -227,6 +227,11 @@ class MultiMasterReplicator:
             self._replica.known_replicas.discard(node_id)
             self._persist_replicas()
 
+    @property
+    def known_replicas(self) -> frozenset[str]:
+        """The other replicas whose confirmation tombstone collection waits for."""
+        return frozenset(self._replica.known_replicas)
+
     def _know(self, node_id: str) -> None:
         if node_id not in self._replica.known_replicas:
             self._replica.known_replicas.add(node_id)
@@ -295,20 +300,15 @@ class MultiMasterReplicator:
                              value: values.ReplicatedValue | Mapping[str, Any]) -> bool:
         """Merge a value written elsewhere; True if it changed our state.
 
-        Raises ``ReplicationError`` (changing nothing) if the checksum does not verify.
+        Raises ``ReplicationError`` (changing nothing) if the checksum does not verify
+        or the value is malformed; a value object passes the same checks as a dict.
         """
         replica.check_key(key)
-        if isinstance(value, values.ReplicatedValue):
-            if not value.verify():
-                self.stats["rejected_values"] += 1
-                raise ReplicationError(f"value for {key!r} from {node_id!r} fails its checksum")
-            rv = value
-        else:
-            try:
-                rv = values.ReplicatedValue.from_dict(value)
-            except (ValueError, TypeError) as exc:
-                self.stats["rejected_values"] += 1
-                raise ReplicationError(f"value for {key!r} from {node_id!r}: {exc}") from None
+        try:
+            rv = _parse_value(value)
+        except (ValueError, TypeError) as exc:
+            self.stats["rejected_values"] += 1
+            raise ReplicationError(f"value for {key!r} from {node_id!r}: {exc}") from None
         return await self._merge({key: replica.KeyState.single(rv)}, node_id) > 0
 
     async def get_updates_since(self, vector_clock: clock.VectorClock | Mapping[str, int] | None
@@ -334,14 +334,10 @@ class MultiMasterReplicator:
         for key, raw in state.items():
             replica.check_key(key)
             try:
-                if isinstance(raw, values.ReplicatedValue):
-                    if not raw.verify():
-                        raise values.ChecksumError("checksum mismatch")
-                    parsed[key] = replica.KeyState.single(raw)
-                elif isinstance(raw, Mapping) and "s" in raw:
+                if isinstance(raw, Mapping) and "s" in raw:
                     parsed[key] = replica.KeyState.from_wire(raw)
                 else:
-                    parsed[key] = replica.KeyState.single(values.ReplicatedValue.from_dict(raw))
+                    parsed[key] = replica.KeyState.single(_parse_value(raw))
             except (ValueError, TypeError) as exc:
                 self.stats["rejected_values"] += 1
                 raise ReplicationError(f"state for {key!r}: {exc}") from None
@@ -644,6 +640,17 @@ class MultiMasterReplicator:
         sent = {k for k, _ in batch}
         return {"states": batch, "more": [k for k in have if k not in sent],
                 "collected": self._replica.collected_contexts(want)}
+
+
+def _parse_value(raw: object) -> values.ReplicatedValue:
+    """A value from a caller, in either form, with every check a reload or a peer applies:
+    what we acknowledge here must never be skipped on reload or refused by a peer."""
+    if isinstance(raw, values.ReplicatedValue):
+        return values.ReplicatedValue.validated(raw)
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"a replicated value is a ReplicatedValue or a mapping, "
+                         f"got {type(raw).__name__}")
+    return values.ReplicatedValue.from_dict(raw)
 
 
 def _default_resolver() -> resolver.ConflictResolver:

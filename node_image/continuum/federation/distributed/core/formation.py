@@ -18,7 +18,9 @@ rule (the shape of Akka Cluster Bootstrap's, with StatefulSet ordinals):
 Safety: in ``ordinal`` mode only one id can ever be founder. In ``lowest_id``
 mode two founders need two nodes that each see ``min_nodes`` nodes but not
 each other; with ``min_nodes`` equal to the initial cluster size (every node
-must see every other) that cannot happen.
+must see every other) that cannot happen. The node daemon takes ``min_nodes``
+from ``bootstrap_expect`` (Consul's name for it) and refuses to start with
+discovery hints in ``lowest_id`` mode without one.
 """
 
 from __future__ import annotations
@@ -88,10 +90,14 @@ def ordinal(node_id: str) -> int | None:
     return int(m.group("n")) if m else None
 
 
-def id_key(node_id: str) -> tuple[tuple[int, int | str], ...]:
-    """Natural sort key, so ``node-2`` sorts before ``node-10`` on every node alike."""
+def id_key(node_id: str) -> tuple[tuple[tuple[int, int | str], ...], str]:
+    """Natural sort key, so ``node-2`` sorts before ``node-10`` on every node alike.
+
+    The id itself breaks ties (``n01`` and ``n1`` read as equal numbers): two
+    ids must never compare equal, or both would take themselves for founder.
+    """
     parts = re.split(r"(\d+)", node_id)
-    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts if p)
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts if p), node_id
 
 
 def founder(self_id: str, peer_ids: Sequence[str], mode: str) -> str | None:

@@ -94,11 +94,13 @@ def split_address(address: str) -> tuple[str, int]:
 
 
 class _Outbox:
-    __slots__ = ("event", "queue", "task")
+    __slots__ = ("event", "idle", "queue", "task")
 
     def __init__(self) -> None:
         self.queue: deque[wire.Message] = deque()
         self.event = asyncio.Event()
+        self.idle = asyncio.Event()  # nothing queued and nothing being written
+        self.idle.set()
         self.task: asyncio.Task[None] | None = None
 
 
@@ -253,6 +255,7 @@ class PeerTransport:
             self.stats["messages_dropped"] += 1
             return False
         box.queue.append(wire.Message(kind, body))
+        box.idle.clear()
         box.event.set()
         if box.task is None or box.task.done():
             box.task = asyncio.get_running_loop().create_task(self._drain(address, box))
@@ -265,6 +268,7 @@ class PeerTransport:
         try:
             while not self._closing:
                 if not box.queue:
+                    box.idle.set()
                     box.event.clear()
                     await box.event.wait()
                     continue
@@ -307,6 +311,7 @@ class PeerTransport:
                     await _hang_up(ws, watcher)
                     ws = watcher = None
         finally:
+            box.idle.set()
             await _hang_up(ws, watcher)
 
     async def _watch_stream(self, address: str, ws: aiohttp.ClientWebSocketResponse) -> None:
@@ -324,6 +329,22 @@ class PeerTransport:
             self.stats["streams_lost"] += 1
             log.debug("stream to %s ended (code %s): %s", address, ws.close_code,
                       ws.exception())
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until every one-way message queued so far is written (or given up on).
+
+        True once all outboxes are empty; False if ``timeout`` seconds passed first.
+        """
+        busy = [box.idle for box in self._outboxes.values() if not box.idle.is_set()]
+        if not busy:
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                for idle in busy:
+                    await idle.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def request(
         self,

@@ -122,11 +122,11 @@ class HLCTimestamp(NamedTuple):
 
     @classmethod
     def parse(cls, raw: object) -> HLCTimestamp:
-        if isinstance(raw, HLCTimestamp):
-            return raw
+        # An HLCTimestamp is a tuple too, and is checked like one: nothing stops a caller
+        # from building HLCTimestamp(-5, 0).
         if (isinstance(raw, list | tuple) and len(raw) == 2
                 and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in raw)):
-            return cls(raw[0], raw[1])
+            return raw if type(raw) is HLCTimestamp else cls(raw[0], raw[1])
         raise ValueError(f"an HLC timestamp is [wall_ms, logical], non-negative ints; got {raw!r}")
 
     @property

@@ -214,9 +214,9 @@ class ReplicatedValue:
     def create(cls, value: Any, timestamp: clock.HLCTimestamp, node_id: str,
                version: clock.VectorClock, deleted: bool = False) -> ReplicatedValue:
         data = encode(value)
-        if len(data) > MAX_VALUE_BYTES:
-            raise EncodingError(f"value of {len(data)} bytes exceeds {MAX_VALUE_BYTES}")
+        _check_size(data)
         version = version.copy()
+        _check_metadata(timestamp, node_id, version, deleted)
         checksum = checksum_of_encoded(data, timestamp, node_id, version, deleted)
         # Keep a decoded copy, never the caller's object: later mutation cannot corrupt it.
         return cls(decode(data), timestamp, node_id, version, checksum, deleted, data)
@@ -274,15 +274,57 @@ class ReplicatedValue:
             version = clock.VectorClock.from_dict(d["version"])
         except KeyError as exc:
             raise ValueError(f"replicated value lacks {exc.args[0]!r}") from None
-        if not isinstance(node_id, str) or not node_id:
-            raise ValueError("replicated value needs a non-empty node_id")
-        if not isinstance(checksum, str) or not isinstance(deleted, bool):
-            raise ValueError("checksum must be a string and deleted a bool")
-        if version.get(node_id) < 1:
-            raise ValueError(f"version {version!r} lacks the writer's own entry {node_id!r}")
-        rv = cls(value, ts, node_id, version, checksum, deleted, data)
-        if verify and checksum_of_encoded(data, ts, node_id, version, deleted) != checksum:
+        return cls._checked(value, data, ts, node_id, version, checksum, deleted, verify)
+
+    @classmethod
+    def validated(cls, rv: object) -> ReplicatedValue:
+        """``rv``, built in memory rather than parsed, held to every check ``from_dict`` applies.
+
+        Returns a copy rebuilt from the canonical bytes (value and version
+        copied), so neither a malformed field nor a later change to the
+        caller's objects reaches a replica. Raises ``ValueError`` (or
+        ``ChecksumError``) like ``from_dict``.
+        """
+        if not isinstance(rv, ReplicatedValue):
+            raise ValueError(f"expected a ReplicatedValue, got {type(rv).__name__}")
+        if not isinstance(rv.version, clock.VectorClock):
+            raise ValueError(f"version must be a VectorClock, got {type(rv.version).__name__}")
+        data = encode(rv.value)
+        ts = clock.HLCTimestamp.parse(rv.timestamp)
+        return cls._checked(decode(data), data, ts, rv.node_id, rv.version.copy(), rv.checksum,
+                            rv.deleted, True)
+
+    @classmethod
+    def _checked(cls, value: Any, data: bytes, ts: clock.HLCTimestamp, node_id: object,
+                 version: clock.VectorClock, checksum: object, deleted: object,
+                 verify: bool) -> ReplicatedValue:
+        """The checks every way into a replica shares (parsing, or a value object)."""
+        _check_size(data)
+        writer, tombstone = _check_metadata(ts, node_id, version, deleted)
+        if not isinstance(checksum, str):
+            raise ValueError("checksum must be a string")
+        rv = cls(value, ts, writer, version, checksum, tombstone, data)
+        if verify and checksum_of_encoded(data, ts, writer, version, tombstone) != checksum:
             raise ChecksumError(
-                f"checksum mismatch for a value written by {node_id!r} at {list(ts)}: "
+                f"checksum mismatch for a value written by {writer!r} at {list(ts)}: "
                 "content corrupted or forged")
         return rv
+
+
+def _check_size(data: bytes) -> None:
+    if len(data) > MAX_VALUE_BYTES:
+        raise EncodingError(f"value of {len(data)} bytes exceeds {MAX_VALUE_BYTES}")
+
+
+def _check_metadata(ts: object, node_id: object, version: clock.VectorClock,
+                    deleted: object) -> tuple[str, bool]:
+    """A replica stores nothing it would refuse to read back (or that peers would refuse)."""
+    clock.HLCTimestamp.parse(ts)
+    if not isinstance(node_id, str) or not node_id:
+        raise ValueError("replicated value needs a non-empty node_id")
+    if not isinstance(deleted, bool):
+        raise ValueError("deleted must be a bool")
+    if version.get(node_id) < 1:
+        # The write's own event (its dot) is what lets later writes supersede it.
+        raise ValueError(f"version {version!r} lacks the writer's own entry {node_id!r}")
+    return node_id, deleted

@@ -9,7 +9,9 @@ queued one: the queue never carries stale news.
 
 from __future__ import annotations
 
+import heapq
 import math
+import operator
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -27,14 +29,24 @@ def retransmit_limit(mult: int, n: int) -> int:
 
 @dataclass(slots=True)
 class _Queued(Generic[T]):
+    key: Hashable
     item: T
     transmits: int
     born: float
-    order: int  # insertion order; breaks ties so newer updates go first
+
+
+_TRANSMITS = operator.attrgetter("transmits")
 
 
 class BroadcastQueue(Generic[T]):
-    """Updates waiting to be piggybacked, keyed by subject, bounded and aged."""
+    """Updates waiting to be piggybacked, keyed by subject, bounded and aged.
+
+    Every message a member sends takes from this queue, so its order does the
+    work: a (re)queued update goes to the end of the dict, so dict order is
+    age order (oldest first). Newest-first among equals is then a stable sort
+    by transmit count of the reversed dict, the oldest are a prefix (expiry
+    stops at the first fresh one), and the first most-sent is the eviction.
+    """
 
     def __init__(self, capacity: int, ttl: float) -> None:
         if capacity < 1 or ttl <= 0:
@@ -42,7 +54,7 @@ class BroadcastQueue(Generic[T]):
         self.capacity = capacity
         self.ttl = ttl
         self._items: dict[Hashable, _Queued[T]] = {}
-        self._order = 0
+        self._last_born = -math.inf
         self.dropped = 0  # evicted before reaching the retransmit limit
 
     def __len__(self) -> int:
@@ -50,30 +62,32 @@ class BroadcastQueue(Generic[T]):
 
     def push(self, key: Hashable, item: T, now: float) -> None:
         """Queue ``item``, replacing anything queued about the same ``key``."""
-        self._order += 1
         self._items.pop(key, None)
         if len(self._items) >= self.capacity:
             # Make room by dropping the most-sent (then oldest) update: it has spread furthest.
-            items = self._items
-            worst = max(items, key=lambda k: (items[k].transmits, -items[k].order))
-            del self._items[worst]
+            worst = max(self._items.values(), key=_TRANSMITS)
+            del self._items[worst.key]
             self.dropped += 1
-        self._items[key] = _Queued(item, 0, now, self._order)
+        self._last_born = max(self._last_born, now)  # keeps dict order = age order
+        self._items[key] = _Queued(key, item, 0, self._last_born)
 
     def take(self, max_items: int, limit: int, now: float) -> list[T]:
         """Up to ``max_items`` updates, least-sent and newest first; counts a transmission each."""
-        if not self._items or max_items <= 0:
+        items = self._items
+        if not items or max_items <= 0:
             return []
-        expired = [k for k, q in self._items.items() if now - q.born > self.ttl]
-        for k in expired:
-            del self._items[k]
-        picked = sorted(self._items.items(), key=lambda kv: (kv[1].transmits, -kv[1].order))
+        while items:
+            oldest = next(iter(items.values()))
+            if now - oldest.born <= self.ttl:
+                break
+            del items[oldest.key]
+        picked = heapq.nsmallest(max_items, reversed(items.values()), key=_TRANSMITS)
         out: list[T] = []
-        for key, queued in picked[:max_items]:
+        for queued in picked:
             out.append(queued.item)
             queued.transmits += 1
             if queued.transmits >= limit:
-                del self._items[key]
+                del items[queued.key]
         return out
 
     def clear(self) -> None:

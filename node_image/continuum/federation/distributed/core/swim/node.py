@@ -22,6 +22,7 @@ sent in gossip rounds to ``fanout`` random members until it has gone out
 
 from __future__ import annotations
 
+import heapq
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -135,6 +136,9 @@ class SwimNode:
         self._probe: _Probe | None = None
         self._relays: dict[int, _Relay] = {}
         self._suspicions: dict[str, suspicion.Suspicion] = {}
+        # (deadline, node) of every suspicion's current deadline, and stale ones (refuted,
+        # or moved earlier by a confirmation) that are skipped when they reach the top.
+        self._suspicion_heap: list[tuple[float, str]] = []
         self._tombstones: dict[str, float] = {}
         self._joins: dict[str, _Join] = {}
         self._seq = 0
@@ -179,7 +183,9 @@ class SwimNode:
         if p is not None:
             times.append(p.end_at if p.indirect_sent else p.timeout_at)
         times.extend(r.deadline for r in self._relays.values())
-        times.extend(s.deadline() for s in self._suspicions.values())
+        first_suspicion = self._next_suspicion()
+        if first_suspicion is not None:
+            times.append(first_suspicion[0])
         times.extend(j.next_try for j in self._joins.values())
         return min(times)
 
@@ -395,13 +401,25 @@ class SwimNode:
 
     # -- suspicion ------------------------------------------------------------------------
 
+    def _next_suspicion(self) -> tuple[float, str] | None:
+        """The earliest live suspicion deadline, dropping stale heap entries on the way."""
+        heap = self._suspicion_heap
+        while heap:
+            deadline, node = heap[0]
+            s = self._suspicions.get(node)
+            if s is not None and s.deadline() == deadline:
+                return heap[0]
+            heapq.heappop(heap)
+        return None
+
     def _tick_suspicions(self, now: float) -> None:
-        for node, s in list(self._suspicions.items()):
-            if now >= s.deadline():
-                m = self.members[node]
-                self.stats["declared_dead"] += 1
-                self._apply_member(now, messages.MemberUpdate(node, m.address, m.incarnation,
-                                                              Status.DEAD, self.node_id))
+        while (due := self._next_suspicion()) is not None and due[0] <= now:
+            heapq.heappop(self._suspicion_heap)
+            node = due[1]
+            m = self.members[node]
+            self.stats["declared_dead"] += 1
+            self._apply_member(now, messages.MemberUpdate(node, m.address, m.incarnation,
+                                                          Status.DEAD, self.node_id))
 
     def _start_suspicion(self, now: float, node: str, accuser: str) -> None:
         n = self._cluster_size()
@@ -409,7 +427,8 @@ class SwimNode:
                                             self.config.suspicion_max_timeout_mult, n,
                                             self.config.probe_interval)
         k = suspicion.expected_confirmations(self.config.suspicion_mult, n)
-        self._suspicions[node] = suspicion.Suspicion(now, k, lo, hi, accuser)
+        s = self._suspicions[node] = suspicion.Suspicion(now, k, lo, hi, accuser)
+        heapq.heappush(self._suspicion_heap, (s.deadline(), node))
         self.stats["suspicions"] += 1
 
     # -- applying updates -----------------------------------------------------------------
@@ -451,6 +470,7 @@ class SwimNode:
             s = self._suspicions.get(u.node)
             if s is not None and s.confirm(u.origin):
                 self.stats["confirmations"] += 1
+                heapq.heappush(self._suspicion_heap, (s.deadline(), u.node))
                 self._push(u, now)  # spread the confirmation so others shorten their timers too
             return
         if not membership.supersedes(m.status, m.incarnation, u.status, u.incarnation):

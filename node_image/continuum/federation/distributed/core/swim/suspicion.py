@@ -49,13 +49,23 @@ class Suspicion:
     hi: float
     accuser: str  # the first to suspect; does not count as a confirmation
     confirmers: set[str] = field(default_factory=set)
+    _deadline: float = field(init=False, default=0.0)
+
+    def __post_init__(self) -> None:
+        self._update()
 
     def confirm(self, node: str) -> bool:
-        """Count ``node``'s independent suspicion; True when it is new."""
+        """Count ``node``'s independent suspicion; True when it is new (the deadline moved)."""
         if node == self.accuser or node in self.confirmers or len(self.confirmers) >= self.k:
             return False
         self.confirmers.add(node)
+        self._update()
         return True
 
     def deadline(self) -> float:
-        return self.started + suspicion_timeout(len(self.confirmers), self.k, self.lo, self.hi)
+        return self._deadline
+
+    def _update(self) -> None:
+        # Kept, not recomputed: a member asks for every deadline on every message it handles.
+        self._deadline = self.started + suspicion_timeout(len(self.confirmers), self.k,
+                                                          self.lo, self.hi)

@@ -1,0 +1,186 @@
+"""Real node processes on 127.0.12.x: forming a cluster, and what membership changes do.
+
+* Fresh nodes that know one another's addresses only in part (and learn the
+  rest through the mesh), started together, form exactly one cluster: each
+  waits until it has verified ``bootstrap_expect`` nodes. The members the mesh
+  taught them are verified and cached by discovery, and forgotten when they
+  leave.
+* A member removed from the cluster for good no longer holds back tombstone
+  collection on the replicas that remain.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from continuum.federation.distributed import client, pki
+from continuum.federation.distributed.transport import tls
+from e2e.cluster import Cluster, NodeProcess
+
+IPS = {"fa": "127.0.12.21", "fb": "127.0.12.22", "fc": "127.0.12.23", "fd": "127.0.12.24",
+       "fe": "127.0.12.25"}
+# Two islands that do not know of each other, {fa, fd} and {fb, fc}, and a bridge fe that
+# knows one node of each and starts later.
+HINTS = {"fa": ["fd"], "fd": ["fa"], "fb": ["fc"], "fc": ["fb"], "fe": ["fd", "fc"]}
+
+
+async def _status(admin: tls.TLSFiles, node: NodeProcess) -> dict[str, Any]:
+    async with client.ApiClient(node.api_url, admin, timeout=5) as c:
+        return await c.status()
+
+
+@pytest.mark.parametrize("expect", [len(IPS), 1])
+async def test_fresh_nodes_with_partial_bootstrap_hints_form_one_cluster(
+        tmp_path: Path, expect: int) -> None:
+    ca = pki.create_ca()
+    admin = tls.TLSFiles.from_dir(pki.write_secret_dir(tmp_path / "admin",
+                                                       pki.issue_client(ca, "admin"), ca.cert_pem))
+    procs: dict[str, NodeProcess] = {}
+    for nid, ip in IPS.items():
+        certs = pki.write_secret_dir(tmp_path / nid / "tls",
+                                     pki.issue_node(ca, nid, ip_addresses=[ip]), ca.cert_pem)
+        procs[nid] = NodeProcess(nid, ip, tmp_path / nid, certs, {
+            "CONTINUUM_CLUSTER_NAME": "partial-hints",
+            "CONTINUUM_BOOTSTRAP": ",".join(f"{IPS[h]}:7000" for h in HINTS[nid]),
+            "CONTINUUM_BOOTSTRAP_EXPECT": str(expect),
+            "CONTINUUM_FORMATION_STABLE_SECONDS": "1",
+        })
+    waiter = Cluster(tmp_path / "unused", 1, "127.0.12.200")
+
+    async def statuses(ids: list[str]) -> list[dict[str, Any]]:
+        return [await _status(admin, procs[i]) for i in ids]
+
+    try:
+        islands = ["fa", "fb", "fc", "fd"]
+        random.Random(7).shuffle(islands)
+        for nid in islands:  # all at once, in no particular order
+            procs[nid].start()
+        if expect == 1:
+            # The control: founding on the first verified peer splits the islands for good.
+            async def split() -> bool:
+                st = await statuses(["fa", "fb"])
+                return all(s["role"] == "leader" and len(s["members"]) == 2 for s in st)
+
+            await waiter.wait_for(split, 60, "each island to found its own cluster")
+            return
+
+        async def counting() -> bool:
+            # Each island's founder has verified its island and waits only for the count.
+            st = await statuses(["fa", "fb"])
+            return all(s["formation"] == f"wait: 2 of {expect} nodes verified" for s in st)
+
+        await waiter.wait_for(counting, 60, "both island founders waiting for the count")
+        procs["fe"].start()
+
+        async def one_cluster() -> bool:
+            st = await statuses(list(IPS))
+            leaders = {s["leader_id"] for s in st}
+            members = {tuple(sorted(m["id"] for m in s["members"] if m["voter"])) for s in st}
+            return (len(leaders) == 1 and None not in leaders
+                    and members == {tuple(sorted(IPS))} and all(s["ready"] for s in st))
+
+        await waiter.wait_for(one_cluster, 120, "one cluster of all five nodes")
+        founders = [nid for nid in IPS
+                    if "bootstrapping a new cluster" in (tmp_path / nid / "node.log").read_text()]
+        assert founders == ["fa"], founders
+
+        # fa was told only of fd: the mesh taught it the others; discovery verified and
+        # cached them.
+        disc = (await _status(admin, procs["fa"]))["discovery"]
+        assert disc["verified_nodes"] == 4 and disc["nodes_by_source"].get("gossip", 0) >= 3
+        procs["fa"].stop()
+        procs["fa"].start()
+
+        async def resumed() -> dict[str, Any] | None:
+            st = await _status(admin, procs["fa"])
+            return st if st["ready"] else None
+
+        st = await waiter.wait_for(resumed, 60, "fa back in its cluster")
+        assert st["discovery"]["cache_loaded"] == 4
+
+        # fb leaves: fa forgets it (no other source would ever withdraw it).
+        procs["fb"].stop()
+
+        async def forgotten() -> bool:
+            d = (await _status(admin, procs["fa"]))["discovery"]
+            return bool(d["verified_nodes"] == 3 and d["total_nodes"] == 3)
+
+        await waiter.wait_for(forgotten, 30, "fa's discovery to forget fb")
+    finally:
+        for p in procs.values():
+            p.stop()
+
+
+@pytest.fixture
+def cluster3(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path / "c3", 3, "127.0.12.1", env={
+        "CONTINUUM_REPLICATION__TOMBSTONE_GRACE_SECONDS": "0.5",
+        "CONTINUUM_MESH__SYNC_INTERVAL_SECONDS": "1",  # also the anti-entropy interval
+    })
+    c.start()
+    yield c
+    c.stop()
+
+
+async def _replication(c: Cluster, node_id: str) -> dict[str, Any]:
+    st = await c.call(node_id, lambda cl: cl.status())
+    stats: dict[str, Any] = st["replication"]
+    return stats
+
+
+async def test_tombstones_are_collected_once_a_removed_member_is_gone(cluster3: Cluster) -> None:
+    c = cluster3
+    leader = await c.wait_for(lambda: c.agreed_leader(), 60, "one leader on every node")
+    ids = [n.node_id for n in c.nodes]
+    victim = next(i for i in ids if i != leader)
+    survivors = [i for i in ids if i != victim]
+    await c.call(survivors[0], lambda cl: cl.put("doomed", {"v": 1}))
+    await c.call(survivors[0], lambda cl: cl.put("kept", {"v": 2}))
+
+    async def everywhere() -> bool:
+        for nid in ids:
+            try:
+                await c.call(nid, lambda cl: cl.get("doomed"))
+            except client.ApiError:
+                return False
+        return True
+
+    await c.wait_for(everywhere, 30, "the value on every node")
+
+    # The victim dies without a word: it may come back, so its vote is still awaited.
+    c.local.kill(victim)
+    await c.call(survivors[0], lambda cl: cl.delete("doomed"))
+    rounds = {nid: (await _replication(c, nid))["anti_entropy_rounds"] for nid in survivors}
+
+    async def held_back() -> bool:
+        for nid in survivors:
+            r = await _replication(c, nid)
+            if r["tombstones"] != 1 or r["anti_entropy_rounds"] < rounds[nid] + 3:
+                return False
+        return True
+
+    await c.wait_for(held_back, 60, "anti-entropy rounds among the survivors")
+    for nid in survivors:
+        assert (await _replication(c, nid))["tombstones_collected"] == 0
+
+    # The operator's scale-down: the member leaves the Raft configuration for good.
+    async with client.ApiClient(c.url(leader), c.files, timeout=30) as admin:  # type: ignore[arg-type]
+        await admin.call("DELETE", f"/v1/members/{victim}")
+
+    async def collected() -> bool:
+        for nid in survivors:
+            r = await _replication(c, nid)
+            if r["tombstones"] != 0 or r["tombstones_collected"] < 1:
+                return False
+        return True
+
+    await c.wait_for(collected, 60, "the tombstone collected on every survivor")
+    for nid in survivors:
+        with pytest.raises(client.ApiError):
+            await c.call(nid, lambda cl: cl.get("doomed"))
+        assert (await c.call(nid, lambda cl: cl.get("kept")))["value"] == {"v": 2}
