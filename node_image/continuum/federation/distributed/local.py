@@ -113,6 +113,8 @@ def node_env(data_dir: Path, node: LocalNode, nodes: list[LocalNode], extra: dic
         env["CONTINUUM_INITIAL_MEMBERS"] = json.dumps({n.node_id: n.peer_address for n in nodes})
     else:
         env["CONTINUUM_BOOTSTRAP"] = ",".join(n.peer_address for n in join_through)
+        # More than will ever be fresh together: the joiner only joins, it never founds.
+        env["CONTINUUM_BOOTSTRAP_EXPECT"] = str(len(nodes))
     env.update(extra)
     return env
 
