@@ -42,6 +42,7 @@ class Inputs:
     cert_renew_before: float = 0.0
     previous: Mapping[str, Any] = field(default_factory=dict)
     recovery_handled: str | None = None
+    force_new_cluster_handled: str | None = None
     certificates: api.Certificates | None = None
 
 
@@ -201,6 +202,7 @@ def compute(i: Inputs) -> dict[str, Any]:
         "currentVersion": version,
         "blockedReason": i.step.reason if isinstance(i.step, planner.Blocked) else None,
         "recoveryHandled": i.recovery_handled,
+        "forceNewClusterHandled": i.force_new_cluster_handled,
         "conditions": _merge_conditions(i, fresh),
     }
     if i.invalid:  # keep what was last observed; only say why nothing is reconciled
