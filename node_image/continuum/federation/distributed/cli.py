@@ -193,6 +193,8 @@ async def _recover(args: argparse.Namespace) -> int:
                 raise ValueError(f"{node_id} sees a leader ({exc.body.get('leader_id')}): "
                                  "quorum is not lost, nothing was changed") from None
             raise
+    if "://" not in args.node:
+        local.record_sole_member(Path(args.data_dir), node_id)
     _print_recovered(node_id, int(result.get("kept_through_index", 0)),
                      int(result.get("discarded_entries", 0)),
                      list(result.get("former_members", [])))
@@ -204,7 +206,8 @@ def _print_recovered(node_id: str, kept: int, discarded: int, former: list[str])
           f"{kept}, discarded {discarded} uncommitted entries")
     if former:
         print(f"former members ({', '.join(former)}) must not come back with their old data: "
-              "wipe their data directories and add them as new members")
+              "they discard it and join as new members (a local cluster: 'local up' adds "
+              "them back)")
 
 
 def _local_up(args: argparse.Namespace) -> int:
