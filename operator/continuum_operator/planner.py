@@ -240,6 +240,9 @@ def _force_new_cluster(o: Observed, target: str) -> Decision:
                                              f"refused: {why}"), o.operation)
 
     if o.members is not None:
+        if o.leader == target and [m.id for m in o.voters] == [target]:
+            # Our call went through but its answer was lost (or someone else did it).
+            return refuse(f"{target} already leads alone: nothing to do")
         return refuse(f"the cluster has a leader ({o.leader}): quorum is not lost")
     ordinal = manifests.ordinal(o.name, target)
     if ordinal is None or ordinal >= (o.sts_replicas or 0):

@@ -272,6 +272,9 @@ REFUSED = "continuum.dev/force-new-cluster=demo-{} refused: "
     (_lost({0: (3, 40)}, force_new_cluster="demo-7"),
      p.RefuseForceNewCluster("demo-7", REFUSED.format(7) + "demo-7 is not a pod of this "
                              "cluster")),
+    # the call went through but its answer was lost: record it, do not call again
+    (replace(obs(3, 3, members=1), force_new_cluster="demo-0"), p.RefuseForceNewCluster(
+        "demo-0", REFUSED.format(0) + "demo-0 already leads alone: nothing to do")),
     # quorum is not lost: never split a working cluster
     (obs(3, 3, force_new_cluster="demo-1"), p.RefuseForceNewCluster(
         "demo-1", REFUSED.format(1) + "the cluster has a leader (demo-0): quorum is not lost")),
