@@ -67,7 +67,9 @@ def _quorum(i: Inputs) -> tuple[str, str, str]:
         if prev in _HAD_LEADER or i.previous.get("leader"):
             return ("False", "QuorumLost",
                     "no reachable leader: a majority of voters is down. Recovery: annotate "
-                    f"{api.RECOVER_QUORUM}=<any new value> to restart every NotReady pod")
+                    f"{api.RECOVER_QUORUM}=<any new value> to restart every NotReady pod; "
+                    f"if members are lost for good, {api.FORCE_NEW_CLUSTER}=<the most "
+                    "up-to-date surviving pod> (docs: Quorum loss and recovery)")
         return "Unknown", "Bootstrapping", "waiting for the first leader"
     voters = [m for m in i.leader_status.get("members", []) if m.get("voter")]
     healthy = [m for m in voters if m.get("healthy")]
