@@ -148,3 +148,14 @@ def test_in_place_recovery_is_refused_while_a_leader_is_known_then_works() -> No
     net.tick(times=3)
     assert c.conf.voters == {"b", "c"}
     assert [e.data for e in net.applied["b"] if e.kind == m.NORMAL] == [b"one", b"two"]
+
+
+def test_a_node_without_configuration_votes_for_nobody() -> None:
+    # A fresh node waiting to be added (e.g. a pod whose volume was replaced) would
+    # otherwise grant an empty-log vote to a stale member of the old configuration.
+    fresh = rnode.RaftNode("b", CFG, random.Random(3))
+    for pre in (True, False):
+        fresh.step(m.VoteRequest(9, "a", "b", 40, 8, pre=pre))
+    rd = fresh.ready()
+    assert [x.granted for x in rd.messages if isinstance(x, m.VoteResponse)] == [False, False]
+    assert rd.hard_state is None or rd.hard_state.vote is None

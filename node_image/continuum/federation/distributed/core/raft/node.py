@@ -524,7 +524,11 @@ class RaftNode:
         can_vote = (self.vote == msg.frm
                     or (self.vote is None and self.leader_id is None)
                     or (msg.pre and msg.term > self.term))
-        grant = can_vote and self.log.is_up_to_date(msg.last_index, msg.last_term)
+        # A node waiting to be added has no configuration and must not help elect anyone:
+        # pod names are reused, so a member left out of a forced new cluster may count a
+        # fresh node of the same name as a voter of its old configuration.
+        grant = (can_vote and bool(self.conf.members)
+                 and self.log.is_up_to_date(msg.last_index, msg.last_term))
         if grant and not msg.pre:
             self.vote = msg.frm
             self.election_elapsed = 0
