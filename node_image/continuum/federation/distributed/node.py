@@ -377,9 +377,13 @@ class FederationNode:
                     await raft.stop()
                     self.raft = None
                     wipe_removed_member(self.data_dir)
+                    # Our applied state may hold entries the new cluster never committed
+                    # (a survivor left out of a forced new cluster): it is replayed from empty.
+                    self.state.reset()
                     self.formation_state = "joining"
                     self.discovery.set_formed(False)
                     self._spawn(self._form, "formation")
+                    quiet_since = None  # watch again once the new membership is in place
                     break
 
     def _on_info(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
