@@ -1,4 +1,5 @@
-"""The operator's mTLS client for the node API (GET /v1/status, members, leadership).
+"""The operator's mTLS client for the node API (GET /v1/status, members, leadership,
+disaster recovery).
 
 It presents the operator's client certificate (``urn:continuum:role:client:operator``)
 and checks that the server's certificate speaks for the pod it meant to reach: it dials
@@ -146,3 +147,9 @@ class NodeClient:
                                   timeout: float) -> dict[str, Any]:
         return await self.call(address, node, "POST", "/v1/leader/transfer", {"to": to},
                                timeout=timeout)
+
+    async def force_new_cluster(self, address: str, node: str, *,
+                                timeout: float) -> dict[str, Any]:
+        """Quorum lost for good: ``node`` becomes the sole voter of a new cluster."""
+        return await self.call(address, node, "POST", "/v1/cluster/force-new-cluster",
+                               {"confirm": node}, timeout=timeout)

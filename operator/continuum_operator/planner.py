@@ -19,6 +19,14 @@ observation, and every step is idempotent against both:
 
 A scale-down that would leave fewer healthy voters than a quorum is Blocked
 unless the ``continuum.dev/force-scale-down`` annotation is set.
+
+Disaster recovery (``continuum.dev/force-new-cluster=<pod>``): only while no leader
+is reachable, and only on the most up-to-date reachable survivor by (last log term,
+last log index), ForceNewCluster makes that pod the sole voter; any other case is
+refused (RefuseForceNewCluster, a Warning). Each annotation value is decided once.
+Afterwards the pods that are not members are added back one at a time by the
+ordinary path, but never while a pod still holds the old cluster's Raft state (it
+wipes that itself once the new leader says it is not a member).
 """
 
 from __future__ import annotations
@@ -40,6 +48,10 @@ class Pod:
     revision: str | None = None
     terminating: bool = False
     ip: str | None = None
+    # From the pod's own /v1/status (None: it did not answer): (last log term, last log index)
+    log_position: tuple[int, int] | None = None
+    # Its own configuration lists it: Raft state it keeps until it is told it was left out.
+    believes_member: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +77,7 @@ class Observed:
     pvcs: frozenset[str] = frozenset()
     force_scale_down: bool = False
     recover_quorum: bool = False      # a new recover-quorum annotation value
+    force_new_cluster: str | None = None  # the pod of a new force-new-cluster annotation value
     pvc_when_scaled: str = "Delete"
     started_at: str | None = None     # timestamp to stamp new operations with
 
@@ -147,8 +160,20 @@ class RecoverQuorum:
     pods: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class ForceNewCluster:
+    pod: str
+
+
+@dataclass(frozen=True, slots=True)
+class RefuseForceNewCluster:
+    pod: str
+    reason: str
+
+
 Step = (Wait | Idle | Blocked | GrowStatefulSet | ShrinkStatefulSet | AddMember | RemoveMember
-        | TransferLeadership | ApplyPVCRetention | DeletePod | RecoverQuorum)
+        | TransferLeadership | ApplyPVCRetention | DeletePod | RecoverQuorum | ForceNewCluster
+        | RefuseForceNewCluster)
 
 @dataclass(frozen=True, slots=True)
 class Decision:
@@ -188,6 +213,8 @@ def _safe_to_remove(o: Observed, victim: str) -> str | None:
 def plan(o: Observed) -> Decision:
     if o.sts_replicas is None:
         return _decide(Wait("StatefulSet not created yet"), o.operation)
+    if o.force_new_cluster is not None:
+        return _force_new_cluster(o, o.force_new_cluster)  # keeps any operation, too
     if o.members is None and o.recover_quorum:
         return _no_leader(o)  # recovery comes before any operation, which it keeps
     if o.operation is not None:
@@ -207,6 +234,45 @@ def _no_leader(o: Observed) -> Decision:
     return _decide(Wait("no leader: the cluster has no quorum"), o.operation)
 
 
+def _force_new_cluster(o: Observed, target: str) -> Decision:
+    def refuse(why: str) -> Decision:
+        return _decide(RefuseForceNewCluster(target, f"{api.FORCE_NEW_CLUSTER}={target} "
+                                             f"refused: {why}"), o.operation)
+
+    if o.members is not None:
+        if o.leader == target and [m.id for m in o.voters] == [target]:
+            # Our call went through but its answer was lost (or someone else did it).
+            return refuse(f"{target} already leads alone: nothing to do")
+        return refuse(f"the cluster has a leader ({o.leader}): quorum is not lost")
+    ordinal = manifests.ordinal(o.name, target)
+    if ordinal is None or ordinal >= (o.sts_replicas or 0):
+        return refuse(f"{target} is not a pod of this cluster")
+    pod = o.pod(target)
+    if pod is None or pod.terminating or pod.log_position is None:
+        return _decide(Wait(f"waiting for {target} to answer, to force a new cluster"),
+                       o.operation)
+    if pod.log_position[1] == 0:
+        return refuse(f"{target} holds no Raft data")
+    ahead = [p for p in o.pods if p.name != target and p.log_position is not None
+             and p.log_position > pod.log_position]
+    if ahead:
+        best = max(ahead, key=lambda p: (p.log_position, -p.ordinal))
+        return refuse(f"{best.name} is more up to date (last log term, index "
+                      f"{best.log_position}) than {target} {pod.log_position}; "
+                      f"name the most up-to-date survivor")
+    return _decide(ForceNewCluster(target), o.operation)
+
+
+def _stale(o: Observed, name: str) -> Wait | None:
+    """A pod left out of the cluster that still holds its old Raft state is not added
+    (its log conflicts with the leader's); it discards the state by itself first."""
+    pod = o.pod(name)
+    if pod is not None and pod.believes_member and o.member(name) is None:
+        return Wait(f"waiting for {name} to discard the Raft state of a configuration "
+                    "it is no longer part of")
+    return None
+
+
 def _next(o: Observed) -> Decision:
     size = o.sts_replicas or 0
     # A pod that exists but is not a member finishes joining first (an interrupted scale-up).
@@ -216,6 +282,8 @@ def _next(o: Observed) -> Decision:
         if (m is None or not m.voter) and ordinal < o.desired:
             if o.pod(name) is None:
                 return _decide(Wait(f"waiting for pod {name}"), None)
+            if (stale := _stale(o, name)) is not None:
+                return _decide(stale, None)
             op = _op(o, "ScaleUp", "AddMember", name, target=size)
             return _decide(AddMember(name), op)
     if o.desired > size:
@@ -318,6 +386,8 @@ def _resume_up(o: Observed, op: api.Operation) -> Decision:
     pod = o.pod(op.member)
     if pod is None or pod.terminating:
         return _decide(Wait(f"waiting for pod {op.member}"), replace_step(op, "AddMember"))
+    if (stale := _stale(o, op.member)) is not None:
+        return _decide(stale, op)
     return _decide(AddMember(op.member), replace_step(op, "AddMember"))
 
 

@@ -12,6 +12,7 @@ only what changed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -123,12 +124,15 @@ class Reconciler:
 
         operation = _operation(current.get("operation"))
         recover = annotations.get(api.RECOVER_QUORUM)
+        force = annotations.get(api.FORCE_NEW_CLUSTER) or None
+        # Removing the annotation forgets the record, so the same pod can be named again later.
+        force_handled = current.get("forceNewClusterHandled") if force else None
         observed = planner.Observed(
             name=name, desired=sp.replicas,
             sts_replicas=None if sts is None else int(sts.get("spec", {}).get("replicas") or 0),
             update_revision=(sts or {}).get("status", {}).get("updateRevision"),
-            pods=tuple(_pod_view(name, p) for p in pods
-                       if manifests.ordinal(name, p["metadata"]["name"]) is not None),
+            pods=tuple(_with_raft(_pod_view(name, p), statuses.get(p["metadata"]["name"]))
+                       for p in pods if manifests.ordinal(name, p["metadata"]["name"]) is not None),
             members=None if leader_status is None else tuple(
                 planner.Member(str(m.get("id")), bool(m.get("voter")), bool(m.get("healthy")))
                 for m in leader_status.get("members", [])),
@@ -138,6 +142,7 @@ class Reconciler:
             pvcs=frozenset(p["metadata"]["name"] for p in pvcs),
             force_scale_down=str(annotations.get(api.FORCE_SCALE_DOWN, "")).lower() == "true",
             recover_quorum=bool(recover) and recover != current.get("recoveryHandled"),
+            force_new_cluster=force if force != force_handled else None,
             pvc_when_scaled=sp.storage.retention.when_scaled,
             started_at=_iso(now),
         )
@@ -153,6 +158,9 @@ class Reconciler:
             done = await self._execute(c, cr, mem, step, observed, by_pod, client)
             if done and isinstance(step, planner.RecoverQuorum):
                 recovery_handled = recover
+            if (done and isinstance(step, planner.ForceNewCluster)) or isinstance(
+                    step, planner.RefuseForceNewCluster):
+                force_handled = force
 
         desired = status.compute(status.Inputs(
             name=name, now=now, generation=cr["metadata"].get("generation"),
@@ -163,6 +171,7 @@ class Reconciler:
             cert_not_after=certificates.not_after(tls_data),
             cert_renew_before=api.parse_duration(sp.tls.renew_before),
             previous=current, recovery_handled=recovery_handled,
+            force_new_cluster_handled=force_handled,
             certificates=api.Certificates(
                 secret_name=c.tls_secret, client_secret_name=c.client_secret,
                 ca_secret_name=c.ca_secret if sp.tls.mode == "SelfSigned" else None,
@@ -307,6 +316,9 @@ class Reconciler:
                 metrics.BLOCKED.inc()
                 await self.emit(cr, "Warning", "ScaleBlocked", step.reason)
             return False
+        if isinstance(step, planner.RefuseForceNewCluster):
+            await self.emit(cr, "Warning", "ForceNewClusterRefused", step.reason)
+            return False
         kind = type(step).__name__
         try:
             message = await self._act(c, step, o, pods, client)
@@ -317,7 +329,8 @@ class Reconciler:
             return False
         mem.last_warning = None
         metrics.ACTIONS.labels(kind).inc()
-        kind_type = "Warning" if isinstance(step, planner.RecoverQuorum) else "Normal"
+        kind_type = ("Warning" if isinstance(step, planner.RecoverQuorum
+                                             | planner.ForceNewCluster) else "Normal")
         await self.emit(cr, kind_type, kind, message)
         return True
 
@@ -342,6 +355,18 @@ class Reconciler:
                 await self.kube.delete(cluster.path("v1", "pods", c.namespace, pod))
             return (f"quorum recovery ({api.RECOVER_QUORUM}): restarted NotReady pods "
                     f"{', '.join(step.pods)}")
+        if isinstance(step, planner.ForceNewCluster):
+            address = self._address(pods.get(step.pod))
+            if client is None or address is None:
+                return None
+            result = await client.force_new_cluster(address, step.pod,
+                                                    timeout=s.membership_timeout)
+            former = ", ".join(result.get("former_members") or []) or "none"
+            return (f"{api.FORCE_NEW_CLUSTER}: {step.pod} is the sole voter of a new cluster "
+                    f"(kept its log through index {result.get('kept_through_index')}, "
+                    f"discarded {result.get('discarded_entries')} uncommitted entries; former "
+                    f"members {former} are added back one at a time, their old Raft state "
+                    "discarded)")
         # The rest talk to the leader.
         leader = o.leader
         address = self._address(pods.get(leader or ""))
@@ -458,6 +483,16 @@ def _pod_view(cluster_name: str, pod: Mapping[str, Any]) -> planner.Pod:
         revision=(meta.get("labels") or {}).get("controller-revision-hash"),
         terminating=bool(meta.get("deletionTimestamp")),
         ip=(pod.get("status") or {}).get("podIP"))
+
+
+def _with_raft(pod: planner.Pod, st: Mapping[str, Any] | None) -> planner.Pod:
+    """The pod's Raft position and own view of membership, from its /v1/status."""
+    if not st:
+        return pod
+    raft = st.get("raft") or {}
+    position = (int(raft.get("last_log_term") or 0), int(raft.get("last_log_index") or 0))
+    believes = any(m.get("id") == pod.name for m in st.get("members") or [])
+    return dataclasses.replace(pod, log_position=position, believes_member=believes)
 
 
 def _storage_drift(c: manifests.Cluster, sts: Mapping[str, Any]) -> str | None:

@@ -31,6 +31,9 @@ FINALIZER = f"{PREFIX}/finalizer"
 FORCE_SCALE_DOWN = f"{PREFIX}/force-scale-down"
 # Quorum-loss recovery: any new value restarts every NotReady pod once.
 RECOVER_QUORUM = f"{PREFIX}/recover-quorum"
+# Disaster recovery: the value names the surviving pod to make the sole voter of a new
+# cluster, acted on only while quorum is lost (status.forceNewClusterHandled).
+FORCE_NEW_CLUSTER = f"{PREFIX}/force-new-cluster"
 # Any new value restarts every pod in the safe order (followers, then leader).
 RESTART = f"{PREFIX}/restart"
 
@@ -281,6 +284,8 @@ class FederationClusterStatus(_Model):
     recovery_handled: str | None = Field(default=None,
                                          description="Last recover-quorum value acted on.")
     restart_handled: str | None = Field(default=None, description="Last restart value acted on.")
+    force_new_cluster_handled: str | None = Field(
+        default=None, description="Last force-new-cluster value decided (acted on or refused).")
     conditions: list[Condition] = Field(default_factory=list, json_schema_extra={
         "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
 

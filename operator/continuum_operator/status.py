@@ -42,6 +42,7 @@ class Inputs:
     cert_renew_before: float = 0.0
     previous: Mapping[str, Any] = field(default_factory=dict)
     recovery_handled: str | None = None
+    force_new_cluster_handled: str | None = None
     certificates: api.Certificates | None = None
 
 
@@ -66,7 +67,9 @@ def _quorum(i: Inputs) -> tuple[str, str, str]:
         if prev in _HAD_LEADER or i.previous.get("leader"):
             return ("False", "QuorumLost",
                     "no reachable leader: a majority of voters is down. Recovery: annotate "
-                    f"{api.RECOVER_QUORUM}=<any new value> to restart every NotReady pod")
+                    f"{api.RECOVER_QUORUM}=<any new value> to restart every NotReady pod; "
+                    f"if members are lost for good, {api.FORCE_NEW_CLUSTER}=<the most "
+                    "up-to-date surviving pod> (docs: Quorum loss and recovery)")
         return "Unknown", "Bootstrapping", "waiting for the first leader"
     voters = [m for m in i.leader_status.get("members", []) if m.get("voter")]
     healthy = [m for m in voters if m.get("healthy")]
@@ -201,6 +204,7 @@ def compute(i: Inputs) -> dict[str, Any]:
         "currentVersion": version,
         "blockedReason": i.step.reason if isinstance(i.step, planner.Blocked) else None,
         "recoveryHandled": i.recovery_handled,
+        "forceNewClusterHandled": i.force_new_cluster_handled,
         "conditions": _merge_conditions(i, fresh),
     }
     if i.invalid:  # keep what was last observed; only say why nothing is reconciled

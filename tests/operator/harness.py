@@ -204,6 +204,7 @@ class FakeFederation:
         app.router.add_post("/v1/members", self._add)
         app.router.add_delete("/v1/members/{id}", self._remove)
         app.router.add_post("/v1/leader/transfer", self._transfer)
+        app.router.add_post("/v1/cluster/force-new-cluster", self._force_new_cluster)
         runner = web.AppRunner(app)
         await runner.setup()
         await web.TCPSite(runner, self.ip(pod), self.port, ssl_context=ctx).start()
@@ -282,6 +283,7 @@ class FakeFederation:
                          "healthy": self.alive(m), "match_index": self.commit}
                         for m, v in self.members.items()],
             "membership_committed": self.membership_committed,
+            "raft": {"last_log_term": self.term, "last_log_index": self.commit},
             "certificate_not_after": "2027-01-01T00:00:00Z",
             "trusted_ca_sha256": self.loaded[pod][0],
             "certificate_sha256": self.loaded[pod][1],
@@ -326,6 +328,24 @@ class FakeFederation:
         if self.hold_reply is not None:
             await self.hold_reply.wait()
         return web.json_response({"id": member, "removed": True})
+
+    async def _force_new_cluster(self, request: web.Request) -> web.Response:
+        if (denied := self._guard(request, leader_only=False)) is not None:
+            return denied
+        pod = request.app[POD]
+        if (await request.json()).get("confirm") != pod:
+            return web.json_response({"error": "invalid", "message": "confirm"}, status=400)
+        if self.leader is not None:
+            return web.json_response({"error": "has_leader", "message": "quorum is not lost"},
+                                     status=409)
+        former = sorted(m for m in self.members if m != pod)
+        self.members = {pod: {"voter": True, "address": self._address(pod)}}
+        self.log.append(("force_new_cluster", pod))
+        self.commit += 1
+        self._elect()
+        return web.json_response({"id": pod, "leader_id": pod, "former_members": former,
+                                  "kept_through_index": self.commit - 1,
+                                  "discarded_entries": 0})
 
     async def _transfer(self, request: web.Request) -> web.Response:
         if (denied := self._guard(request, leader_only=True)) is not None:

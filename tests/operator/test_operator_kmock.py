@@ -229,6 +229,48 @@ async def test_unsafe_scale_down_is_refused_then_forced_and_quorum_recovered(env
         assert (await env.api.cr_status("demo"))["recoveryHandled"] == "attempt-1"
 
 
+async def test_force_new_cluster_only_without_quorum_then_members_are_added_back(
+        env: Env) -> None:
+    async with run_operator(env.settings):
+        await env.api.create_cluster("demo", {"replicas": 3})
+        await wait_until(lambda: env.converged(3), 60, "3 voters")
+
+        async def handled(value: str | None) -> bool:
+            return (await env.api.cr_status("demo")).get("forceNewClusterHandled") == value
+
+        # With a leader the annotation is refused (and recorded), never acted on.
+        await annotate(env, "continuum.dev/force-new-cluster", "demo-2")
+        await wait_until(lambda: handled("demo-2"), 30, "the refusal recorded")
+        refused = await env.api.events("ForceNewClusterRefused")
+        assert refused and refused[0]["type"] == "Warning"
+        assert "quorum is not lost" in refused[0]["message"]
+        await annotate(env, "continuum.dev/force-new-cluster", None)
+        await wait_until(lambda: handled(None), 30, "the record forgotten")
+
+        # Two of three members are lost for good; demo-0 survives.
+        for pod in ("demo-1", "demo-2"):
+            await env.fed.stop_node(pod)
+
+        async def lost() -> bool:
+            return (await env.api.cr_status("demo")).get("phase") == "QuorumLost"
+
+        await wait_until(lost, 60, "QuorumLost")
+        await annotate(env, "continuum.dev/force-new-cluster", "demo-0")
+        await wait_until(lambda: handled("demo-0"), 30, "the recovery recorded")
+        assert ("force_new_cluster", "demo-0") in env.fed.log
+        done = await env.api.events("ForceNewCluster")
+        assert done and done[0]["type"] == "Warning" and "sole voter" in done[0]["message"]
+        # The replaced pods come back empty; the ordinary path adds them one at a time.
+        for pod in ("demo-1", "demo-2"):
+            await env.api.call("DELETE", f"/api/v1/namespaces/prod/pods/{pod}")
+        await wait_until(lambda: env.converged(3), 90, "3 voters again")
+        adds = [e for e in env.fed.log[env.fed.log.index(("force_new_cluster", "demo-0")):]
+                if e[0] in ("add_learner", "promote")]
+        assert adds == [("add_learner", "demo-1"), ("promote", "demo-1"),
+                        ("add_learner", "demo-2"), ("promote", "demo-2")]
+        assert env.fed.log.count(("force_new_cluster", "demo-0")) == 1
+
+
 async def test_operator_killed_mid_removal_resumes_without_a_second_removal(env: Env) -> None:
     removed = asyncio.Event()
     async with run_operator(env.settings):

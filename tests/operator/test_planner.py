@@ -234,3 +234,82 @@ def test_quorum_recovery_comes_before_a_stuck_operation_and_keeps_it() -> None:
     d = p.plan(replace(stuck, recover_quorum=True))
     assert d.step == p.RecoverQuorum(("demo-1",))
     assert d.operation is not None and d.operation.member == "demo-2"
+
+
+# ---- force-new-cluster (disaster recovery) ----------------------------------------------------
+
+def _lost(positions: dict[int, tuple[int, int] | None], *, size: int = 3,
+          op: dict[str, Any] | None = None, **kw: Any) -> p.Observed:
+    """No leader; pod i answered /v1/status with (last log term, index) or not at all."""
+    o = obs(3, size, leader=None, not_ready=tuple(range(size)), op=op, **kw)
+    pods = tuple(replace(pod, log_position=positions.get(pod.ordinal),
+                         believes_member=positions.get(pod.ordinal) is not None)
+                 for pod in o.pods)
+    return replace(o, pods=pods)
+
+
+REFUSED = "continuum.dev/force-new-cluster=demo-{} refused: "
+
+
+@pytest.mark.parametrize(("o", "step"), [
+    # the only reachable survivor, or the most up-to-date one (ties are fine)
+    (_lost({0: (3, 40)}, force_new_cluster="demo-0"), p.ForceNewCluster("demo-0")),
+    (_lost({0: (3, 40), 1: (3, 38)}, force_new_cluster="demo-0"), p.ForceNewCluster("demo-0")),
+    (_lost({0: (3, 40), 1: (3, 40)}, force_new_cluster="demo-1"), p.ForceNewCluster("demo-1")),
+    (_lost({0: (2, 90), 2: (3, 10)}, force_new_cluster="demo-2"), p.ForceNewCluster("demo-2")),
+    # a later term beats a longer log
+    (_lost({0: (2, 90), 2: (3, 10)}, force_new_cluster="demo-0"), p.RefuseForceNewCluster(
+        "demo-0", REFUSED.format(0) + "demo-2 is more up to date (last log term, index "
+        "(3, 10)) than demo-0 (2, 90); name the most up-to-date survivor")),
+    (_lost({0: (3, 40), 1: (3, 41)}, force_new_cluster="demo-0"), p.RefuseForceNewCluster(
+        "demo-0", REFUSED.format(0) + "demo-1 is more up to date (last log term, index "
+        "(3, 41)) than demo-0 (3, 40); name the most up-to-date survivor")),
+    # the named pod has not answered yet: wait, do not decide
+    (_lost({1: (3, 41)}, force_new_cluster="demo-0"),
+     p.Wait("waiting for demo-0 to answer, to force a new cluster")),
+    (_lost({0: (0, 0)}, force_new_cluster="demo-0"),
+     p.RefuseForceNewCluster("demo-0", REFUSED.format(0) + "demo-0 holds no Raft data")),
+    (_lost({0: (3, 40)}, force_new_cluster="demo-7"),
+     p.RefuseForceNewCluster("demo-7", REFUSED.format(7) + "demo-7 is not a pod of this "
+                             "cluster")),
+    # the call went through but its answer was lost: record it, do not call again
+    (replace(obs(3, 3, members=1), force_new_cluster="demo-0"), p.RefuseForceNewCluster(
+        "demo-0", REFUSED.format(0) + "demo-0 already leads alone: nothing to do")),
+    # quorum is not lost: never split a working cluster
+    (obs(3, 3, force_new_cluster="demo-1"), p.RefuseForceNewCluster(
+        "demo-1", REFUSED.format(1) + "the cluster has a leader (demo-0): quorum is not lost")),
+])
+def test_force_new_cluster(o: p.Observed, step: p.Step) -> None:
+    assert _step(o) == step
+
+
+def test_force_new_cluster_keeps_a_stuck_operation() -> None:
+    op = {"type": "ScaleUp", "step": "AddMember", "member": "demo-2", "target": 3}
+    d = p.plan(_lost({0: (3, 40)}, op=op, force_new_cluster="demo-0"))
+    assert d.step == p.ForceNewCluster("demo-0")
+    assert d.operation is not None and d.operation.member == "demo-2"
+
+
+def _recovered(stale: tuple[int, ...], op: dict[str, Any] | None = None) -> p.Observed:
+    """demo-0 leads alone after the recovery; the ``stale`` pods still hold old Raft state."""
+    o = obs(3, 3, members=1, op=op)
+    pods = tuple(replace(pod, believes_member=pod.ordinal in stale or pod.ordinal == 0)
+                 for pod in o.pods)
+    return replace(o, pods=pods)
+
+
+@pytest.mark.parametrize(("o", "step"), [
+    # the others come back one at a time, lowest ordinal first
+    (_recovered(()), p.AddMember("demo-1")),
+    (replace(_recovered(()), members=(p.Member("demo-0", True, True),
+                                      p.Member("demo-1", True, True))), p.AddMember("demo-2")),
+    # a survivor with the old cluster's state is not added until it has wiped it
+    (_recovered((1,)), p.Wait("waiting for demo-1 to discard the Raft state of a "
+                              "configuration it is no longer part of")),
+    (_recovered((2,), op={"type": "ScaleUp", "step": "AddMember", "member": "demo-2",
+                          "target": 3}),
+     p.Wait("waiting for demo-2 to discard the Raft state of a configuration it is no "
+            "longer part of")),
+])
+def test_after_a_forced_new_cluster_members_are_added_back(o: p.Observed, step: p.Step) -> None:
+    assert _step(o) == step

@@ -65,6 +65,8 @@ def mount(app: web.Application, node: FederationNode) -> None:
     add.add_post("/v1/members", routes.timed("add_member", routes.add_member))
     add.add_delete("/v1/members/{id}", routes.timed("remove_member", routes.remove_member))
     add.add_post("/v1/leader/transfer", routes.timed("transfer", routes.transfer))
+    add.add_post("/v1/cluster/force-new-cluster",
+                 routes.timed("force_new_cluster", routes.force_new_cluster))
     add.add_get("/v1/concepts", routes.timed("list", routes.list_concepts))
     add.add_put("/v1/concepts/{id}", routes.timed("put", routes.put_concept))
     add.add_get("/v1/concepts/{id}", routes.timed("get", routes.get_concept))
@@ -157,6 +159,27 @@ class _Routes:
         self.node.require_leader()
         leader = await self.node.transfer_leadership(target)
         return web.json_response({"leader_id": leader})
+
+    async def force_new_cluster(self, request: web.Request) -> web.Response:
+        """Disaster recovery: quorum is lost for good; this node becomes the sole voter."""
+        body = await http_util.read_json(request) if request.can_read_body else None
+        me = self.node.node_id
+        if not isinstance(body, dict) or not isinstance(body.get("confirm"), str):
+            return http_util.error(400, "invalid",
+                                   f'body must be {{"confirm": "{me}"}} (this node\'s id)')
+        if body["confirm"] != me:
+            return http_util.error(400, "invalid", f"confirm must be this node's id {me!r}, "
+                                   f"not {body['confirm']!r}")
+        raft = self.node.raft
+        if raft is not None and raft.leader_id is not None:
+            return http_util.error(409, "has_leader", f"this node sees a leader "
+                                   f"({raft.leader_id}): quorum is not lost",
+                                   leader_id=raft.leader_id)
+        try:
+            result = await self.node.force_new_cluster()
+        except consensus.MembershipError as exc:
+            return http_util.error(409, exc.code, str(exc))
+        return web.json_response(result)
 
     # -- concepts ----------------------------------------------------------------------------
 

@@ -44,6 +44,24 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--tls-dir")
     run.add_argument("--log-level", default=os.environ.get("CONTINUUM_LOG_LEVEL", "INFO"))
 
+    rec = node_sub.add_parser(
+        "recover", help="offline disaster recovery on a STOPPED node's data directory")
+    rec.add_argument("--force-new-cluster", action="store_true", required=True,
+                     help="make this node the sole voter of a new cluster (quorum lost for good)")
+    rec.add_argument("--data-dir", required=True, help="the node's data directory")
+    rec.add_argument("--node-id", required=True, help="the node's id (as in its certificate)")
+    rec.add_argument("--address", help="its peer address host:port (default: as recorded)")
+
+    rc = sub.add_parser("recover", help="disaster recovery on a running node (quorum lost)")
+    rc.add_argument("--force-new-cluster", action="store_true", required=True,
+                    help="make the node the sole voter of a new cluster, keeping what it "
+                    "knew committed; writes acknowledged only by lost members are gone")
+    rc.add_argument("--node", required=True,
+                    help="the surviving node: its API URL or (local cluster) its id")
+    rc.add_argument("--data-dir", default=DEFAULT_LOCAL_DIR,
+                    help="a local cluster's directory (nodes.json, pki/)")
+    rc.add_argument("--tls-dir", help="client tls.crt/tls.key/ca.crt (default: the local pki)")
+
     loc = sub.add_parser("local", help="a local cluster of node processes on 127.0.0.x")
     loc_sub = loc.add_subparsers(dest="local_command", required=True)
     up = loc_sub.add_parser("up", help="start N nodes and show their status until Ctrl-C")
@@ -116,7 +134,11 @@ def _one_line(exc: BaseException) -> str:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "node":
+        if args.node_command == "recover":
+            return _node_recover(args)
         return _node_run(args)
+    if args.command == "recover":
+        return asyncio.run(_recover(args))
     if args.command == "local":
         return _local_up(args)
     if args.command == "certs":
@@ -136,6 +158,56 @@ def _node_run(args: argparse.Namespace) -> int:
     settings = config.NodeSettings(**overrides)
     asyncio.run(node_mod.FederationNode(settings).run_until_signal())
     return 0
+
+
+def _node_recover(args: argparse.Namespace) -> int:
+    from . import consensus  # imported late, like the node
+
+    r = consensus.force_new_cluster_offline(Path(args.data_dir) / "raft", args.node_id,
+                                            args.address)
+    _print_recovered(args.node_id, r.truncated_after, r.discarded,
+                     sorted(r.old_config.members - {args.node_id}))
+    return 0
+
+
+async def _recover(args: argparse.Namespace) -> int:
+    node_id, url = None, args.node
+    if "://" not in args.node:  # a node id of the local cluster
+        nodes, files = client.local_cluster(args.data_dir)
+        found = next((n for n in nodes if n["id"] == args.node), None)
+        if found is None:
+            raise ValueError(f"no node {args.node!r} in {args.data_dir}/nodes.json "
+                             f"(nodes: {', '.join(n['id'] for n in nodes)})")
+        node_id, url = found["id"], found["api"]
+    if args.tls_dir:
+        files = tls.TLSFiles.from_dir(args.tls_dir)
+    elif node_id is None:
+        _, files = client.local_cluster(args.data_dir)
+    async with client.ApiClient(url, files, timeout=60.0) as c:
+        if node_id is None:  # the confirmation names the node we reached, not the URL
+            node_id = str((await c.status())["node_id"])
+        try:
+            result = await c.force_new_cluster(node_id)
+        except client.ApiError as exc:
+            if exc.code == "has_leader":
+                raise ValueError(f"{node_id} sees a leader ({exc.body.get('leader_id')}): "
+                                 "quorum is not lost, nothing was changed") from None
+            raise
+    if "://" not in args.node:
+        local.record_sole_member(Path(args.data_dir), node_id)
+    _print_recovered(node_id, int(result.get("kept_through_index", 0)),
+                     int(result.get("discarded_entries", 0)),
+                     list(result.get("former_members", [])))
+    return 0
+
+
+def _print_recovered(node_id: str, kept: int, discarded: int, former: list[str]) -> None:
+    print(f"{node_id} is now the sole voter of a new cluster: kept the log through index "
+          f"{kept}, discarded {discarded} uncommitted entries")
+    if former:
+        print(f"former members ({', '.join(former)}) must not come back with their old data: "
+              "they discard it and join as new members (a local cluster: 'local up' adds "
+              "them back)")
 
 
 def _local_up(args: argparse.Namespace) -> int:

@@ -95,6 +95,13 @@ class ApiClient:
                                                  params=params)
         return result
 
+    async def force_new_cluster(self, node_id: str, timeout: float = 30.0) -> dict[str, Any]:
+        """Disaster recovery on this node (quorum lost for good): it becomes the sole voter.
+        ``node_id`` must be the id of the node this client talks to."""
+        result: dict[str, Any] = await self.call("POST", "/v1/cluster/force-new-cluster",
+                                                 {"confirm": node_id}, follow_leader=False)
+        return result
+
     async def delete(self, concept_id: str) -> dict[str, Any]:
         result: dict[str, Any] = await self.call("DELETE", f"/v1/concepts/{concept_id}")
         return result

@@ -51,6 +51,7 @@ from . import storage
 from .core.raft import config as rconfig
 from .core.raft import messages as rmsg
 from .core.raft import node as rnode
+from .core.raft import recovery
 from .transport import peer, tls
 
 log = logging.getLogger(__name__)
@@ -280,6 +281,11 @@ class RaftConsensus:
         if _LocalHub.members.get(self.node_id) is self:
             del _LocalHub.members[self.node_id]
         await self._flush_writes()
+        if self._store is not None and self._node is not None and self._failed is None:
+            # The commit index is persisted only along with other state, so it trails; a
+            # clean stop records the latest, which offline recovery keeps as committed.
+            with contextlib.suppress(storage.StorageError):
+                await self._store.commit([_hard_state_row(self._node.hard_state())])
         self._fail_all()
         if self._owns_transport and self._transport is not None:
             await self._transport.stop()
@@ -376,6 +382,37 @@ class RaftConsensus:
                 log.info("leadership went to %s instead of %s", self.leader_id, chosen)
             return self.leader_id
 
+    async def force_new_cluster(self, timeout: float = 10.0) -> recovery.Recovered:
+        """Quorum is lost for good: make this node the sole voter of a new cluster.
+
+        Runs in the loop like any admin call: the core rewrites its log in place (the
+        committed prefix stays, and so does the applied state machine) and elects itself;
+        the rewrite is persisted by the next Ready in one fsynced transaction. Returns
+        once this node leads and has committed an entry of its own term (ReadIndex and
+        writes work). ``MembershipError`` ``has_leader`` while a leader is known, and
+        ``refused`` for a node without committed data or configuration.
+        """
+        def rewrite(n: rnode.RaftNode) -> recovery.Recovered:
+            try:
+                r = n.force_new_cluster(self._self_address)
+            except rnode.ConfigChangeError as exc:
+                raise MembershipError(exc.code, str(exc)) from None
+            except ValueError as exc:
+                raise MembershipError("refused", str(exc)) from None
+            n.campaign()  # the sole voter wins at once; the same write carries its vote
+            return r
+
+        async with asyncio.timeout(timeout):
+            result = await self._call(rewrite)
+            log.warning("raft %s: forced a new cluster with itself as the sole voter (kept "
+                        "entries up to %d, discarded %d uncommitted; old voters: %s)",
+                        self.node_id, result.truncated_after, result.discarded,
+                        ", ".join(sorted(result.old_config.voters)))
+            await self._wait_until(
+                lambda: self._node is not None and self._node.is_leader
+                and self._node.committed_in_term(), None)
+            return result
+
     async def _change(self, op: str, node_id: str, address: str | None) -> None:
         def propose(n: rnode.RaftNode) -> tuple[int, int]:
             return n.change_config(op, node_id, address), n.term
@@ -452,6 +489,7 @@ class RaftConsensus:
             "leader_id": self.leader_id, "leader_address": self.leader_address(),
             "log_size": (n.log.last_index - n.log.snapshot_index) if n else 0,
             "last_log_index": n.log.last_index if n else 0,
+            "last_log_term": n.log.last_term if n else 0,
             "commit_index": n.log.commit if n else 0,
             "last_applied": n.log.applied if n else 0,
             "snapshot_index": n.log.snapshot_index if n else 0,
@@ -684,14 +722,10 @@ class RaftConsensus:
             first = rd.entries[0].index
             if first <= self._disk_last:  # a leader overwrote our uncommitted suffix
                 ops.append(storage.DeleteRange(_NS_LOG, first, None))
-            pack = msgpack.packb
-            ops.extend(storage.Put(_NS_LOG, e.index, pack([e.term, e.kind, e.data, e.request_id],
-                                                          use_bin_type=True))
-                       for e in rd.entries)
+            ops.extend(_entry_row(e) for e in rd.entries)
             self._disk_last = rd.entries[-1].index
         if rd.hard_state is not None:
-            hs = rd.hard_state
-            ops.append(storage.Put(_NS, "hard_state", msgpack.packb([hs.term, hs.vote, hs.commit])))
+            ops.append(_hard_state_row(rd.hard_state))
         return ops
 
     def _load(self) -> rnode.RaftNode:
@@ -699,27 +733,8 @@ class RaftConsensus:
         snap: rmsg.Snapshot | None = None
         entries: list[rmsg.Entry] = []
         if self._store is not None:
-            raw = self._store.get(_NS, "hard_state")
-            if raw is not None:
-                term, vote, commit = msgpack.unpackb(raw, raw=False)
-                hs = rmsg.HardState(term, vote, commit)
-            raw = self._store.get(_NS, "snapshot")
-            if raw is not None:
-                idx, term, conf, data = msgpack.unpackb(raw, raw=False)
-                snap = rmsg.Snapshot(idx, term, rmsg.ClusterConfig.decode(conf), data)
+            hs, snap, entries = read_durable(self._store, self.node_id)
             base = snap.index if snap else 0
-            for k, v in self._store.scan(_NS_LOG, base + 1):
-                assert isinstance(k, int)
-                if k != base + 1 + len(entries):
-                    # A failed write with a later one landing behind it left a hole. Nothing
-                    # after the hole was acknowledged (a failed node sends nothing more), so
-                    # it goes, as a crash would have taken it.
-                    log.warning("raft log of %s has a hole at %d; dropping entries from %d",
-                                self.node_id, base + 1 + len(entries), k)
-                    self._store.commit_sync([storage.DeleteRange(_NS_LOG, k, None)])
-                    break
-                t, kind, data, rid = msgpack.unpackb(v, raw=False)
-                entries.append(rmsg.Entry(t, k, kind, data, rid))
             self._disk_last = entries[-1].index if entries else base
         fresh = snap is None and not entries and hs == rmsg.HardState()
         bootstrap = None
@@ -840,3 +855,63 @@ class RaftConsensus:
                 fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
                 self._watchers.append(fut)
                 await fut
+
+
+# -- durable state, shared by the shell and the offline tools ----------------------------------
+
+def _entry_row(e: rmsg.Entry) -> storage.Put:
+    return storage.Put(_NS_LOG, e.index, msgpack.packb([e.term, e.kind, e.data, e.request_id],
+                                                       use_bin_type=True))
+
+
+def _hard_state_row(hs: rmsg.HardState) -> storage.Put:
+    return storage.Put(_NS, "hard_state", msgpack.packb([hs.term, hs.vote, hs.commit]))
+
+
+def read_durable(store: storage.DurableStore, node_id: str
+                 ) -> tuple[rmsg.HardState, rmsg.Snapshot | None, list[rmsg.Entry]]:
+    """Hard state, snapshot and log entries as ``store`` holds them."""
+    hs = rmsg.HardState()
+    snap: rmsg.Snapshot | None = None
+    entries: list[rmsg.Entry] = []
+    raw = store.get(_NS, "hard_state")
+    if raw is not None:
+        term, vote, commit = msgpack.unpackb(raw, raw=False)
+        hs = rmsg.HardState(term, vote, commit)
+    raw = store.get(_NS, "snapshot")
+    if raw is not None:
+        idx, term, conf, data = msgpack.unpackb(raw, raw=False)
+        snap = rmsg.Snapshot(idx, term, rmsg.ClusterConfig.decode(conf), data)
+    base = snap.index if snap else 0
+    for k, v in store.scan(_NS_LOG, base + 1):
+        assert isinstance(k, int)
+        if k != base + 1 + len(entries):
+            # A failed write with a later one landing behind it left a hole. Nothing
+            # after the hole was acknowledged (a failed node sends nothing more), so
+            # it goes, as a crash would have taken it.
+            log.warning("raft log of %s has a hole at %d; dropping entries from %d",
+                        node_id, base + 1 + len(entries), k)
+            store.commit_sync([storage.DeleteRange(_NS_LOG, k, None)])
+            break
+        t, kind, data, rid = msgpack.unpackb(v, raw=False)
+        entries.append(rmsg.Entry(t, k, kind, data, rid))
+    return hs, snap, entries
+
+
+def force_new_cluster_offline(storage_path: str | Path, node_id: str,
+                              address: str | None = None) -> recovery.Recovered:
+    """``force_new_cluster`` on a STOPPED node's ``storage_path`` (the directory holding
+    ``raft.db``): one fsynced transaction rewrites the log tail and the hard state. The
+    node starts as the sole voter (and leader) of a new cluster."""
+    db = Path(storage_path) / "raft.db"
+    if not db.is_file():
+        raise ValueError(f"no Raft state at {db}")
+    store = storage.DurableStore(db)
+    try:
+        hs, snap, entries = read_durable(store, node_id)
+        r = recovery.force_new_cluster(hs, snap, entries, node_id, address)
+        store.commit_sync([storage.DeleteRange(_NS_LOG, r.truncated_after + 1, None),
+                           _entry_row(r.config_entry), _hard_state_row(r.hard_state)])
+    finally:
+        store.close()
+    return r

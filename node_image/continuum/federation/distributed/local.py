@@ -130,6 +130,15 @@ def recorded_members(data_dir: Path) -> list[str]:
     return sorted(found, key=formation.id_key)
 
 
+def record_sole_member(data_dir: Path, node_id: str) -> None:
+    """After a forced new cluster: only ``node_id`` is a member, so ``local up`` starts the
+    other nodes as joiners. Started with the static member list instead, two fresh nodes
+    would found a second, empty cluster of the old configuration between them."""
+    tmp = data_dir / (MEMBERS_FILE + ".tmp")
+    tmp.write_text(json.dumps({"members": [node_id]}) + "\n")
+    tmp.replace(data_dir / MEMBERS_FILE)
+
+
 class LocalCluster:
     """Starts, grows, watches and stops the node processes of a local cluster."""
 

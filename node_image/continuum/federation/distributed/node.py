@@ -205,9 +205,11 @@ class FederationNode:
                                    join=False)
         elif self._has_raft_state():
             await self._start_raft(cluster_nodes=[], join=True, resume=True)
-            self._spawn(self._rejoin_if_removed, "removed-check")
         else:
             self._spawn(self._form, "formation")
+        if not self.settings.initial_members:
+            # Not only after a restart: a survivor left out of a forced new cluster runs on.
+            self._spawn(self._rejoin_if_removed, "removed-check")
         for loop_fn, name in ((self._report_load, "load"), (self._leader_duties, "leader"),
                               (self._watch_certificates, "certs"), (self._measure_lag, "lag"),
                               (self._watch_departed_replicas, "departed")):
@@ -348,14 +350,14 @@ class FederationNode:
         return {"ok": True}
 
     async def _rejoin_if_removed(self) -> None:
-        """A restarted node whose member was removed (scale-down, then the PVC came back)
-        hears from no leader. When the current leader itself says we are not a member,
-        discard our Raft state and join as a new member."""
+        """A node whose member was removed (scale-down, then the PVC came back; or a survivor
+        left out of a forced new cluster) hears from no leader. When the current leader
+        itself says we are not a member, discard our Raft state and join as a new member."""
         quiet_since: float | None = None
-        while self.formation_state == "member":
+        while True:
             await asyncio.sleep(REMOVED_CHECK_SECONDS)
             raft = self.raft
-            if raft is None or raft.leader_id is not None:
+            if raft is None or raft.leader_id is not None or self.formation_state != "member":
                 quiet_since = None
                 continue
             now = time.monotonic()
@@ -375,10 +377,14 @@ class FederationNode:
                     await raft.stop()
                     self.raft = None
                     wipe_removed_member(self.data_dir)
+                    # Our applied state may hold entries the new cluster never committed
+                    # (a survivor left out of a forced new cluster): it is replayed from empty.
+                    self.state.reset()
                     self.formation_state = "joining"
                     self.discovery.set_formed(False)
                     self._spawn(self._form, "formation")
-                    return
+                    quiet_since = None  # watch again once the new membership is in place
+                    break
 
     def _on_info(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
         raft = self.raft
@@ -420,6 +426,20 @@ class FederationNode:
             await self.require_leader().remove_member(node_id)
         with contextlib.suppress(Exception):
             await self.coordinator.deregister_node(node_id)
+
+    async def force_new_cluster(self) -> dict[str, Any]:
+        """Quorum is lost for good: this node becomes the sole voter (see
+        ``RaftConsensus.force_new_cluster``); the others are added back as new members."""
+        async with self._membership_lock:
+            raft = self.raft
+            if raft is None:
+                raise consensus.MembershipError("no_raft_state", "this node has no Raft state")
+            r = await raft.force_new_cluster()
+        self._became_member()
+        lost = sorted(r.old_config.members - {self.node_id})
+        return {"id": self.node_id, "leader_id": raft.leader_id, "term": raft.get_stats()[
+            "current_term"], "kept_through_index": r.truncated_after,
+            "discarded_entries": r.discarded, "former_members": lost}
 
     async def transfer_leadership(self, target: str | None) -> str:
         return await self.require_leader().transfer_leadership(target)

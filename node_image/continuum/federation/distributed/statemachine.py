@@ -101,6 +101,12 @@ class FederationStateMachine:
                                      "registry": self._coord_snapshot()}, use_bin_type=True)
         return data
 
+    def reset(self) -> None:
+        """Empty, as before the first command: for a node that discards its Raft state and
+        joins anew (the new cluster's log or snapshot is applied from scratch)."""
+        self.concepts.load({})
+        self._coord_restore({})
+
     def restore(self, data: bytes) -> None:
         state = msgpack.unpackb(data, raw=False, strict_map_key=False)
         self.concepts.load(state.get("concepts", {}))

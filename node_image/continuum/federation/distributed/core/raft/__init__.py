@@ -10,5 +10,6 @@ seeded ``random.Random``; nothing here awaits or touches a disk.
 Files: ``messages`` (entries and the wire messages), ``log`` (the in-memory
 log with its snapshot base), ``quorum`` (majority maths), ``progress`` (the
 leader's view of each follower: flow control), ``requests`` (the applied
-request table), ``config`` (tunables), ``node`` (the state machine).
+request table), ``config`` (tunables), ``node`` (the state machine),
+``recovery`` (forcing a one-voter cluster after a permanent loss of quorum).
 """

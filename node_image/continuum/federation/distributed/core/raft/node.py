@@ -27,7 +27,7 @@ from . import config as cfgmod
 from . import log as logmod
 from . import messages as m
 from . import progress as pmod
-from . import quorum
+from . import quorum, recovery
 from . import requests as reqmod
 
 FOLLOWER = "follower"
@@ -303,6 +303,34 @@ class RaftNode:
             self._send_append(target, allow_empty=True)
         return target
 
+    def force_new_cluster(self, address: str | None = None) -> recovery.Recovered:
+        """Quorum is lost for good: become the sole voter of a new cluster, in place.
+
+        Keeps the committed log (and so the applied state machine and request table, which
+        only ever saw committed entries); see ``recovery.force_new_cluster``. The next
+        Ready persists it in one write (truncation, the configuration entry, the hard
+        state); the node then elects itself. Refused while a leader is known: then quorum
+        is not lost, and a second cluster must not be split off a working one.
+        """
+        if self.leader_id is not None:
+            raise ConfigChangeError("has_leader", f"this node sees a leader ({self.leader_id}):"
+                                    " quorum is not lost; use the member add/remove calls")
+        r = recovery.force_new_cluster(self.hard_state(), self.log.snapshot, self.log.entries,
+                                       self.id, address)
+        commit = r.truncated_after
+        self._become_follower(r.hard_state.term, None)
+        self.log.entries = list(r.entries[:-1])
+        self.log.unstable = min(self.log.unstable, commit + 1)
+        self.log.persisted = min(self.log.persisted, commit)
+        self.log.append_new([r.config_entry])
+        self.log.commit = r.hard_state.commit
+        self._configs = [c for c in self._configs if c[0] <= commit] or self._configs[:1]
+        self._configs.append((r.config_entry.index, r.config))
+        self._truncate_after = commit
+        self._snap_buf = None
+        self.pending_conf_index = 0
+        return r
+
     def compact(self, app_data: bytes) -> m.Snapshot | None:
         """Snapshot the state at ``applied`` (``app_data``) and drop the log up to it."""
         idx = self.log.applied
@@ -496,7 +524,11 @@ class RaftNode:
         can_vote = (self.vote == msg.frm
                     or (self.vote is None and self.leader_id is None)
                     or (msg.pre and msg.term > self.term))
-        grant = can_vote and self.log.is_up_to_date(msg.last_index, msg.last_term)
+        # A node waiting to be added has no configuration and must not help elect anyone:
+        # pod names are reused, so a member left out of a forced new cluster may count a
+        # fresh node of the same name as a voter of its old configuration.
+        grant = (can_vote and bool(self.conf.members)
+                 and self.log.is_up_to_date(msg.last_index, msg.last_term))
         if grant and not msg.pre:
             self.vote = msg.frm
             self.election_elapsed = 0

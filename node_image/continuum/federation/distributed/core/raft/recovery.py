@@ -1,0 +1,79 @@
+"""Disaster recovery after a permanent loss of quorum (etcd's ``--force-new-cluster``).
+
+When a majority of voters is gone for good (their disks destroyed), no leader can
+ever be elected again. ``force_new_cluster`` rewrites one survivor's durable Raft
+state so that it alone forms a new cluster and keeps every entry it knew to be
+committed; the others are then added back as new members (learner, then voter).
+
+This is a decision only a human (or the operator, on a human's annotation) takes:
+entries committed by the lost majority that this node had not yet heard were
+committed are gone, and so are its own uncommitted entries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from . import messages as m
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """The rewritten durable state, and what changed (for the operator's log)."""
+
+    hard_state: m.HardState
+    snapshot: m.Snapshot | None       # unchanged
+    entries: tuple[m.Entry, ...]      # the committed prefix, then the new configuration
+    config: m.ClusterConfig           # this node as the sole voter
+    discarded: int                    # entries after the old commit index that were dropped
+    old_config: m.ClusterConfig       # the configuration the cluster had (last one kept)
+
+    @property
+    def config_entry(self) -> m.Entry:
+        return self.entries[-1]
+
+    @property
+    def truncated_after(self) -> int:
+        """The old commit index: log rows after it are replaced."""
+        return self.config_entry.index - 1
+
+
+def force_new_cluster(hard_state: m.HardState, snapshot: m.Snapshot | None,
+                      entries: Sequence[m.Entry], node_id: str,
+                      address: str | None = None) -> Recovered:
+    """This node's state rewritten as a one-voter cluster that keeps its committed log.
+
+    Raises ``ValueError`` (with the reason) for a node that holds nothing committed, has
+    no configuration, or is not a member of its own last configuration: recovering such a
+    node would found an empty or stale cluster over the survivors' data.
+    """
+    base = snapshot.index if snapshot is not None else 0
+    last = entries[-1].index if entries else base
+    if entries and entries[0].index != base + 1:
+        raise ValueError("log entries do not start right after the snapshot")
+    # The commit index is written with the log in one transaction, but clamp like the log.
+    commit = max(min(hard_state.commit, last), base)
+    if commit == 0:
+        raise ValueError(f"{node_id} has no committed Raft data: recovering it would found an "
+                         "empty cluster; choose the survivor with the most recent data")
+    kept = [e for e in entries if e.index <= commit]
+    old = snapshot.config if snapshot is not None else m.ClusterConfig()
+    for e in kept:
+        if e.kind == m.CONFIG:
+            old = m.ClusterConfig.decode(e.data)
+    if not old.members:
+        raise ValueError(f"{node_id} has no cluster configuration in its committed state")
+    if node_id not in old.members:
+        raise ValueError(f"{node_id} is not a member of its last committed configuration "
+                         f"({', '.join(sorted(old.members))}): its data may be stale")
+    addr = address or old.addresses.get(node_id)
+    new = m.ClusterConfig(frozenset({node_id}), frozenset(), {node_id: addr} if addr else {})
+    # A new term, not the current one: a lost member may hold an uncommitted entry at
+    # (commit + 1, term); an entry of the same index and term here would, by Log Matching,
+    # pass for the same entry should that member's disk ever come back.
+    term = hard_state.term + 1
+    entry = m.Entry(term, commit + 1, m.CONFIG, new.encode())
+    # The configuration is committed by fiat: this node is its only voter and holds it.
+    hs = m.HardState(term, None, entry.index)
+    return Recovered(hs, snapshot, (*kept, entry), new, last - commit, old)
