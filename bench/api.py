@@ -81,9 +81,10 @@ async def ours(seconds: float) -> dict[str, dict[int, tuple[float, float, float]
             for mode in ("strong", "default"):
                 params = {"consistency": "strong"} if mode == "strong" else {}
 
-                async def put(i: int, params: dict[str, str] = params) -> None:
+                # Each mode writes its own keys: a concept lives in one consistency domain.
+                async def put(i: int, params: dict[str, str] = params, mode: str = mode) -> None:
                     nonlocal url
-                    async with http.put(f"{url}/v1/concepts/bench-{i % 10000}", json=VALUE,
+                    async with http.put(f"{url}/v1/concepts/bench-{mode}-{i % 10000}", json=VALUE,
                                         params=params) as r:
                         if r.status == 421:  # leadership moved: follow it, as clients do
                             leaders["changes"] += 1
