@@ -103,7 +103,7 @@ def test_appends_accepted_without_the_prefix_check_break_log_matching(
     per-step log check says so the step it happens."""
     monkeypatch.setattr(rlog.RaftLog, "matches",
                         lambda self, index, term: index <= self.last_index)
-    for seed in range(100):
+    for seed in range(400):  # a budget: the first seed that shows it is ~180 today
         try:
             Sim(seed).run()
         except SafetyViolation as exc:

@@ -206,6 +206,7 @@ class RaftConsensus:
                            ] = deque()
         self._writes: deque[asyncio.Task[None]] = deque()  # in flight, oldest first
         self._ticks = 0
+        self._logged_leader: str | None = None
         self._wake = asyncio.Event()
         # index -> (term, future, deadline): resolved when that index is applied
         self._waiters: dict[int, tuple[int, asyncio.Future[bool], float]] = {}
@@ -540,9 +541,6 @@ class RaftConsensus:
         if self._failed is not None:
             raise self._failed  # a write failed: nothing after it may be acknowledged
         node = self._require_node()
-        for _ in range(self._ticks):
-            node.tick()
-        self._ticks = 0
         props: list[_Proposal] = []
         while self._inbox:
             item = self._inbox.popleft()
@@ -554,6 +552,12 @@ class RaftConsensus:
                 node.persisted_to(item.index, item.term)
             else:
                 self._step(node, *item)
+        # Ticks after the messages: when a busy loop wakes late, what arrived meanwhile
+        # is evidence of a live leader (or quorum) that the overdue ticks must not outrun,
+        # or a follower campaigns and a leader steps down with replies in its inbox.
+        for _ in range(self._ticks):
+            node.tick()
+        self._ticks = 0
         if props:
             self._propose(node, props)
 
@@ -654,6 +658,15 @@ class RaftConsensus:
             self._writes.popleft()
 
     def _after_cycles(self, node: rnode.RaftNode) -> None:
+        if node.leader_id != self._logged_leader:
+            # One line per change of leader: what an operator reads first after a hiccup.
+            if node.leader_id is None:
+                log.info("raft %s: no leader in term %d (was %s)", self.node_id, node.term,
+                         self._logged_leader)
+            else:
+                log.info("raft %s: %s is leader in term %d", self.node_id,
+                         "this node" if node.is_leader else node.leader_id, node.term)
+            self._logged_leader = node.leader_id
         if self._read_wait:
             still = []
             for idx, fut in self._read_wait:

@@ -73,7 +73,8 @@ class Ready:
 
     1. Send ``early_messages`` (the leader's appends and heartbeats: a leader
        may write its log in parallel with its followers, thesis 10.2.1, and
-       counts itself only once told its entries are durable).
+       counts itself only once told its entries are durable; a follower's
+       heartbeat replies, which vouch for no entry).
     2. Persist ``hard_state`` (if not None), ``snapshot`` (if not None; delete
        log entries up to its index) and ``entries`` (they replace the log
        from ``entries[0].index`` on), and delete log entries after
@@ -585,7 +586,12 @@ class RaftNode:
     def _on_heartbeat(self, msg: m.Heartbeat) -> None:
         self._heard_from_leader(msg.frm)
         self.log.commit_to(msg.commit)
-        self._send(m.HeartbeatResponse(self.term, self.id, msg.frm, msg.ctx))
+        reply = m.HeartbeatResponse(self.term, self.id, msg.frm, msg.ctx)
+        # The reply vouches for no log entry, only that we follow this leader's term, so it
+        # need not queue behind our disk writes: a slow fsync on the followers must not
+        # look like a lost quorum to the leader. A term raised by this very message still
+        # goes to disk first.
+        (self._msgs if self._vote_changed() else self._early).append(reply)
 
     def _on_snapshot_chunk(self, msg: m.SnapshotChunk) -> None:
         self._heard_from_leader(msg.frm)
