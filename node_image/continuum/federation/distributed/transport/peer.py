@@ -153,6 +153,7 @@ class PeerTransport:
             "calls_failed": 0,
             "streams_lost": 0,  # outbound streams that broke under us (no pong, closed)
             "streams_idle_closed": 0,  # inbound streams closed for silence
+            "streams_reset": 0,  # inbound streams whose peer vanished mid-frame
         }
 
     # -- configuration -------------------------------------------------------------------
@@ -474,6 +475,10 @@ class PeerTransport:
         self._streams.add(ws)
         try:
             await self._read_stream(ws, ids)
+        except ConnectionResetError:
+            # The peer vanished mid-frame (killed, or its connection dropped while we
+            # answered a ping): the stream is over, which is not a server error.
+            self.stats["streams_reset"] += 1
         finally:
             self._streams.discard(ws)
         return ws
