@@ -134,7 +134,8 @@ def test_exit_when_ready_writes_nodes_json_and_stops(tmp_path: Path,
 
 
 @pytest.mark.parametrize(("sig", "first_ip"), [(signal.SIGINT, "127.0.113.31"),
-                                               (signal.SIGTERM, "127.0.113.41")])
+                                               (signal.SIGTERM, "127.0.113.41"),
+                                               (signal.SIGHUP, "127.0.113.61")])
 def test_a_signal_stops_the_running_cluster(sig: int, first_ip: str, tmp_path: Path,
                                             runs: list[LocalUp]) -> None:
     run = LocalUp(tmp_path / "up", 3, first_ip)
@@ -149,6 +150,30 @@ def test_a_signal_stops_the_running_cluster(sig: int, first_ip: str, tmp_path: P
     run.proc.send_signal(sig)
     assert run.finish() == 0, run.output
     _assert_stopped_cleanly(run, ["node-1", "node-2", "node-3"])
+
+
+def test_nodes_are_stopped_even_when_stdout_is_gone(tmp_path: Path) -> None:
+    """A reader that went away (``| head``, a closed terminal) makes our last prints fail;
+    the nodes, in sessions of their own, must be stopped all the same."""
+    proc = subprocess.Popen(
+        [str(CLI), "local", "up", "--nodes", "3", "--first-ip", "127.0.113.71",
+         "--data-dir", str(tmp_path / "up")],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if "cluster ready in" in line:
+                break
+        proc.stdout.close()
+        assert all(_listening(f"127.0.113.{70 + i}", 8080) for i in (1, 2, 3))
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    for i in (1, 2, 3):
+        assert not _listening(f"127.0.113.{70 + i}", 8080), f"node-{i} outlived local up"
 
 
 def test_a_signal_while_waiting_for_ready_stops_at_once(tmp_path: Path,

@@ -221,7 +221,8 @@ async def _local_up_async(args: argparse.Namespace, cluster: local.LocalCluster)
     # Installed before any node starts: Ctrl-C or SIGTERM stops the cluster at any point.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    # SIGHUP too: the nodes run in sessions of their own, so a closed terminal reaches only us.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
     print(f"starting {len(nodes)} nodes (data and logs in {data_dir})", flush=True)
     for n in nodes:
@@ -242,9 +243,16 @@ async def _local_up_async(args: argparse.Namespace, cluster: local.LocalCluster)
         return 130
     finally:
         if cluster.procs:
-            print("\nstopping the cluster ...", flush=True)
+            # The nodes are stopped even when our stdout is gone (a closed pipe or terminal):
+            # a print that fails must not leave them running without us.
+            _say("\nstopping the cluster ...")
             cluster.stop()
-            print("stopped", flush=True)
+            _say("stopped")
+
+
+def _say(line: str) -> None:
+    with contextlib.suppress(OSError):
+        print(line, flush=True)
 
 
 def _client_hint(data_dir: Path, command: str, *args: str) -> str:
