@@ -15,15 +15,17 @@ PySyncObj (which never fsyncs); fsync on is the one a database needs.
 
 Run: .venv/bin/python bench/raft.py [--duration 4] [--trials 5] [--skip-pysyncobj] [--skip-etcd]
 
-Measured 2026-11-25 on the shared 2-core box (load average 8-17 from other work,
-so absolute figures are depressed and noisy; compare within one run):
-ours fsync on c=1/16/64: 66/1,039/3,474 commits/s (p50 14.6/15.0/17.3 ms, p99
-28/29/30 ms); fsync off c=64: 3,021/s; PySyncObj c=1/16/64: 1,089/2,367/1,645/s.
-Ratios at c=64: fsync on 2.11x PySyncObj, fsync off 1.84x (like for like).
-Failover: ours median 194 ms (max 330), PySyncObj 424 (max 3,305), etcd 358
-(max 558). What bounds c=1: per commit two fsyncs (~1.3 ms each here, the
-follower's on the path), four loopback sends that cost ~1 ms each under this
-load, and two handoffs to the disk thread; PySyncObj has none of the fsyncs.
+Measured 2026-12-02 on the 2-core machine, three runs (ranges over the runs):
+ours fsync on c=1/16/64: 622-750 / 7,587-9,736 / 19,740-23,415 commits/s (p99
+2.2-5.0 / 3.2-5.3 / 6.0-6.3 ms); fsync off c=64: 20,652-27,388/s; PySyncObj
+c=64: 10,114-16,874/s. Ratios at c=64: fsync on 1.39-1.95x PySyncObj, fsync off
+1.62-2.05x (like for like; target 2x, met in two runs of three). Failover: ours
+median 177-214 ms (max 465), etcd 333-403 ms (ours/etcd 0.53-0.57x); PySyncObj
+216 ms in one run, 3.1-3.3 s in two (its elections stall, with hundreds of its
+own "truncating already-applied" alarms). What bounds c=64 without fsync: a
+latency-bound pipeline (64 in flight / ~2.3 ms per round), whose round is asyncio
+loop hops, TLS records and handoffs to the disk thread, with three processes and
+the client on two cores; uvloop moved it by 5%, so it is not used.
 """
 
 from __future__ import annotations
