@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from continuum.federation.distributed import consensus
+from continuum.federation.distributed import consensus, raft_storage
 from unit.raft.test_raft_consensus import FAST, wait_for
 
 IDS = ["r-1", "r-2", "r-3"]
@@ -89,7 +89,7 @@ async def test_a_stopped_node_is_rewritten_offline_and_starts_as_the_sole_leader
     await wait_for(lambda: follower.get_stats()["last_applied"]
                    >= next(x for x in nodes.values() if x.is_leader).get_stats()["commit_index"])
     await asyncio.gather(*(x.stop() for x in nodes.values()))
-    r = await asyncio.to_thread(consensus.force_new_cluster_offline, tmp_path /
+    r = await asyncio.to_thread(raft_storage.force_new_cluster_offline, tmp_path /
                                 follower.node_id, follower.node_id, "127.0.0.9:7000")
     assert r.config.voters == {follower.node_id}
     assert r.config.addresses == {follower.node_id: "127.0.0.9:7000"}
@@ -109,4 +109,4 @@ async def test_a_stopped_node_is_rewritten_offline_and_starts_as_the_sole_leader
 
 def test_offline_recovery_refuses_a_node_without_state(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no Raft state"):
-        consensus.force_new_cluster_offline(tmp_path / "nothing", "x")
+        raft_storage.force_new_cluster_offline(tmp_path / "nothing", "x")

@@ -161,9 +161,9 @@ def _node_run(args: argparse.Namespace) -> int:
 
 
 def _node_recover(args: argparse.Namespace) -> int:
-    from . import consensus  # imported late, like the node
+    from . import raft_storage  # imported late, like the node
 
-    r = consensus.force_new_cluster_offline(Path(args.data_dir) / "raft", args.node_id,
+    r = raft_storage.force_new_cluster_offline(Path(args.data_dir) / "raft", args.node_id,
                                             args.address)
     _print_recovered(args.node_id, r.truncated_after, r.discarded,
                      sorted(r.old_config.members - {args.node_id}))

@@ -47,7 +47,7 @@ from typing import Any, TypeVar
 
 import msgpack
 
-from . import storage
+from . import raft_storage, storage
 from .core.raft import config as rconfig
 from .core.raft import messages as rmsg
 from .core.raft import node as rnode
@@ -61,9 +61,7 @@ ApplyCallback = Callable[[Any], Awaitable[Any] | Any]
 TakeSnapshot = Callable[[], bytes]
 RestoreSnapshot = Callable[[bytes], Awaitable[None] | None]
 
-_NS = "raft"
 _MAX_WRITES_IN_FLIGHT = 8
-_NS_LOG = "raft.log"
 
 
 class NotLeaderError(RuntimeError):
@@ -286,7 +284,7 @@ class RaftConsensus:
             # The commit index is persisted only along with other state, so it trails; a
             # clean stop records the latest, which offline recovery keeps as committed.
             with contextlib.suppress(storage.StorageError):
-                await self._store.commit([_hard_state_row(self._node.hard_state())])
+                await self._store.commit([raft_storage.hard_state_row(self._node.hard_state())])
         self._fail_all()
         if self._owns_transport and self._transport is not None:
             await self._transport.stop()
@@ -722,23 +720,7 @@ class RaftConsensus:
     # -- persistence ---------------------------------------------------------------------------
 
     def _ops(self, rd: rnode.Ready) -> list[storage.Op]:
-        ops: list[storage.Op] = []
-        if rd.snapshot is not None:
-            s = rd.snapshot
-            ops.append(storage.Put(_NS, "snapshot", msgpack.packb(
-                [s.index, s.term, s.config.encode(), s.data], use_bin_type=True)))
-            ops.append(storage.DeleteRange(_NS_LOG, 0, s.index + 1))
-        if rd.truncate_after is not None:
-            ops.append(storage.DeleteRange(_NS_LOG, rd.truncate_after + 1, None))
-            self._disk_last = rd.truncate_after
-        if rd.entries:
-            first = rd.entries[0].index
-            if first <= self._disk_last:  # a leader overwrote our uncommitted suffix
-                ops.append(storage.DeleteRange(_NS_LOG, first, None))
-            ops.extend(_entry_row(e) for e in rd.entries)
-            self._disk_last = rd.entries[-1].index
-        if rd.hard_state is not None:
-            ops.append(_hard_state_row(rd.hard_state))
+        ops, self._disk_last = raft_storage.ready_ops(rd, self._disk_last)
         return ops
 
     def _load(self) -> rnode.RaftNode:
@@ -746,7 +728,7 @@ class RaftConsensus:
         snap: rmsg.Snapshot | None = None
         entries: list[rmsg.Entry] = []
         if self._store is not None:
-            hs, snap, entries = read_durable(self._store, self.node_id)
+            hs, snap, entries = raft_storage.read_durable(self._store, self.node_id)
             base = snap.index if snap else 0
             self._disk_last = entries[-1].index if entries else base
         fresh = snap is None and not entries and hs == rmsg.HardState()
@@ -868,63 +850,3 @@ class RaftConsensus:
                 fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
                 self._watchers.append(fut)
                 await fut
-
-
-# -- durable state, shared by the shell and the offline tools ----------------------------------
-
-def _entry_row(e: rmsg.Entry) -> storage.Put:
-    return storage.Put(_NS_LOG, e.index, msgpack.packb([e.term, e.kind, e.data, e.request_id],
-                                                       use_bin_type=True))
-
-
-def _hard_state_row(hs: rmsg.HardState) -> storage.Put:
-    return storage.Put(_NS, "hard_state", msgpack.packb([hs.term, hs.vote, hs.commit]))
-
-
-def read_durable(store: storage.DurableStore, node_id: str
-                 ) -> tuple[rmsg.HardState, rmsg.Snapshot | None, list[rmsg.Entry]]:
-    """Hard state, snapshot and log entries as ``store`` holds them."""
-    hs = rmsg.HardState()
-    snap: rmsg.Snapshot | None = None
-    entries: list[rmsg.Entry] = []
-    raw = store.get(_NS, "hard_state")
-    if raw is not None:
-        term, vote, commit = msgpack.unpackb(raw, raw=False)
-        hs = rmsg.HardState(term, vote, commit)
-    raw = store.get(_NS, "snapshot")
-    if raw is not None:
-        idx, term, conf, data = msgpack.unpackb(raw, raw=False)
-        snap = rmsg.Snapshot(idx, term, rmsg.ClusterConfig.decode(conf), data)
-    base = snap.index if snap else 0
-    for k, v in store.scan(_NS_LOG, base + 1):
-        assert isinstance(k, int)
-        if k != base + 1 + len(entries):
-            # A failed write with a later one landing behind it left a hole. Nothing
-            # after the hole was acknowledged (a failed node sends nothing more), so
-            # it goes, as a crash would have taken it.
-            log.warning("raft log of %s has a hole at %d; dropping entries from %d",
-                        node_id, base + 1 + len(entries), k)
-            store.commit_sync([storage.DeleteRange(_NS_LOG, k, None)])
-            break
-        t, kind, data, rid = msgpack.unpackb(v, raw=False)
-        entries.append(rmsg.Entry(t, k, kind, data, rid))
-    return hs, snap, entries
-
-
-def force_new_cluster_offline(storage_path: str | Path, node_id: str,
-                              address: str | None = None) -> recovery.Recovered:
-    """``force_new_cluster`` on a STOPPED node's ``storage_path`` (the directory holding
-    ``raft.db``): one fsynced transaction rewrites the log tail and the hard state. The
-    node starts as the sole voter (and leader) of a new cluster."""
-    db = Path(storage_path) / "raft.db"
-    if not db.is_file():
-        raise ValueError(f"no Raft state at {db}")
-    store = storage.DurableStore(db)
-    try:
-        hs, snap, entries = read_durable(store, node_id)
-        r = recovery.force_new_cluster(hs, snap, entries, node_id, address)
-        store.commit_sync([storage.DeleteRange(_NS_LOG, r.truncated_after + 1, None),
-                           _entry_row(r.config_entry), _hard_state_row(r.hard_state)])
-    finally:
-        store.close()
-    return r
