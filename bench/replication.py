@@ -147,7 +147,8 @@ async def anti_entropy(root: Path, ca: pki.KeyPair, n_keys: int, n_diff: int) ->
         d = tls_dir(ca, root, nid, ip)
         r = replication.MultiMasterReplicator(
             nid, bind_address=f"{ip}:0", tls_cert=str(d / "tls.crt"), tls_key=str(d / "tls.key"),
-            tls_ca=str(d / "ca.crt"), anti_entropy_interval=3600)
+            tls_ca=str(d / "ca.crt"), anti_entropy_interval=3600,
+            sync_new_peers=False)
         made.append(r)
         return r
 

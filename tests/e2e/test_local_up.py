@@ -135,7 +135,7 @@ def test_exit_when_ready_writes_nodes_json_and_stops(tmp_path: Path,
 
 @pytest.mark.parametrize(("sig", "first_ip"), [(signal.SIGINT, "127.0.113.31"),
                                                (signal.SIGTERM, "127.0.113.41"),
-                                               (signal.SIGHUP, "127.0.113.61")])
+                                               (signal.SIGHUP, "127.0.113.81")])
 def test_a_signal_stops_the_running_cluster(sig: int, first_ip: str, tmp_path: Path,
                                             runs: list[LocalUp]) -> None:
     run = LocalUp(tmp_path / "up", 3, first_ip)

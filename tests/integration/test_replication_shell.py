@@ -220,7 +220,8 @@ async def test_pushes_and_anti_entropy_over_mtls(
 
 async def test_anti_entropy_ships_only_differences(make_node: Factory) -> None:
     # No background rounds and no disk: this test drives one round by hand.
-    a, b = [await make_node(i, anti_entropy_interval=3600, storage_path=None) for i in (0, 1)]
+    a, b = [await make_node(i, anti_entropy_interval=3600, sync_new_peers=False,
+                                 storage_path=None) for i in (0, 1)]
     for i in range(3000):
         await a.write(f"key-{i:05d}", {"v": i})
     await b.merge_state(await a.get_updates_since({}))
@@ -237,6 +238,22 @@ async def test_anti_entropy_ships_only_differences(make_node: Factory) -> None:
     assert out["bytes"] < full / 20, (out, full)
     again = await a.sync_with(b.node_id)
     assert again["differing_keys"] == 0 and again["calls"] == 1
+
+
+async def test_a_peer_met_later_gets_the_data_at_once(make_node: Factory) -> None:
+    """No interval to wait (it is an hour here): a peer new to us gets a round at once, so a
+    node that joins holds what was written before it came."""
+    a, b = [await make_node(i, anti_entropy_interval=3600, storage_path=None) for i in (0, 1)]
+    for i in range(200):
+        await a.write(f"before-{i}", i)
+    await until(lambda: a.get_stats()["pending_pushes"] == 0)  # pushed to nobody
+    b.add_peer(a.node_id, a.address or "")  # only b meets a: the round is b's
+    await until(lambda: converged([a, b]), timeout=10)
+    assert await b.read("before-199") == 199
+    assert b.get_stats()["anti_entropy_rounds"] == 1 and a.get_stats()["anti_entropy_rounds"] == 0
+    b.add_peer(a.node_id, a.address or "")  # met already: no second round
+    await asyncio.sleep(0)
+    assert b.get_stats()["anti_entropy_rounds"] == 1
 
 
 async def test_wrong_peer_identity_fails_the_round(
@@ -286,7 +303,8 @@ async def test_a_known_replica_holds_back_collection_until_forgotten(tmp_path: P
 
 
 async def test_large_values_travel_in_messages_under_the_budget(make_node: Factory) -> None:
-    a, b = [await make_node(i, anti_entropy_interval=3600, storage_path=None) for i in (0, 1)]
+    a, b = [await make_node(i, anti_entropy_interval=3600, sync_new_peers=False,
+                                 storage_path=None) for i in (0, 1)]
     big = "x" * (replication.MESSAGE_BUDGET // 3)
     for i in range(8):  # ~2.7 budgets on each side, none of it pushed
         await a.write(f"a-{i}", big + str(i))

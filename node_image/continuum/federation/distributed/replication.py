@@ -8,7 +8,9 @@ Pushed states a peer receives are applied at once and written to its disk by
 one flusher in batches (the writer already holds them durably). Pushes can
 be lost, so every ``anti_entropy_interval`` the replicator picks the next
 peer, compares Merkle digests (``repl.digest``) top-down and exchanges only
-the keys that differ, both ways (``repl.fetch``). Merging is a CRDT join, so
+the keys that differ, both ways (``repl.fetch``). A peer new to us gets such
+a round at once, so a node that joins (or returns) holds the others' data
+within a round trip, not an interval later. Merging is a CRDT join, so
 duplicated, reordered or repeated deliveries are harmless. Messages stay
 under ``MESSAGE_BUDGET`` bytes.
 
@@ -90,6 +92,7 @@ class MultiMasterReplicator:
         peers: Mapping[str, str] | None = None,
         peer_domain: str | None = None,
         anti_entropy_interval: float = 5.0,
+        sync_new_peers: bool = True,
         push_interval: float = 0.02,
         tombstone_grace: float = 60.0,
         max_clock_offset: float = 60.0,
@@ -108,6 +111,8 @@ class MultiMasterReplicator:
         self._now = clock_fn
         self._rng = random.Random(seed)
         self.anti_entropy_interval = anti_entropy_interval
+        # Off: only the periodic rounds (tests and benchmarks that drive rounds by hand).
+        self.sync_new_peers = sync_new_peers
         self.push_interval = push_interval
         self.push_batch = push_batch
         self.sync_batch = sync_batch
@@ -118,6 +123,8 @@ class MultiMasterReplicator:
         self._push_event: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._ae_cursor = 0
+        self._first_contact: dict[str, None] = {}  # peers new to us, awaiting their first sync
+        self._ae_event: asyncio.Event | None = None
         self._lag: float | None = None
         self._dirty: set[str] = set()  # pushed changes not yet on disk
         self._flush_event: asyncio.Event | None = None
@@ -169,6 +176,9 @@ class MultiMasterReplicator:
         if self._pending:
             self._push_event.set()
         self._flush_event = asyncio.Event()
+        self._ae_event = asyncio.Event()
+        if self._first_contact:
+            self._ae_event.set()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._push_loop(), name=f"repl-push:{self.node_id}"),
                        loop.create_task(self._anti_entropy_loop(), name=f"repl-ae:{self.node_id}"),
@@ -205,6 +215,8 @@ class MultiMasterReplicator:
         if node_id == self.node_id:
             return
         peer.split_address(address)
+        if node_id not in self._peers:
+            self._met(node_id)
         self._peers[node_id] = address
         self._know(node_id)
 
@@ -216,9 +228,19 @@ class MultiMasterReplicator:
         """Replace the peer list with the peers the mesh reports alive."""
         for address in peers.values():
             peer.split_address(address)
-        self._peers = {n: a for n, a in peers.items() if n != self.node_id}
+        new = {n: a for n, a in peers.items() if n != self.node_id}
+        for n in new.keys() - self._peers.keys():
+            self._met(n)
+        self._peers = new
         for n in self._peers:
             self._know(n)
+
+    def _met(self, node_id: str) -> None:
+        if not self.sync_new_peers:
+            return
+        self._first_contact[node_id] = None
+        if self._ae_event is not None:
+            self._ae_event.set()
 
     def forget_replica(self, node_id: str) -> None:
         """A member left for good: stop waiting for it before collecting tombstones."""
@@ -515,15 +537,24 @@ class MultiMasterReplicator:
     # -- anti-entropy --------------------------------------------------------------------------
 
     async def _anti_entropy_loop(self) -> None:
+        assert self._ae_event is not None
         while True:
-            # Jitter so replicas do not all sync in lockstep.
-            await asyncio.sleep(self.anti_entropy_interval * self._rng.uniform(0.8, 1.2))
+            # Jitter so replicas do not all sync in lockstep; a peer met meanwhile cuts it short.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.anti_entropy_interval
+                                           * self._rng.uniform(0.8, 1.2)):
+                    await self._ae_event.wait()
+            self._ae_event.clear()
+            met = [p for p in self._first_contact if p in self._peers]
+            self._first_contact.clear()
             peers = sorted(self._peers)
+            if not met and peers:
+                self._ae_cursor = (self._ae_cursor + 1) % len(peers)
+                met = [peers[self._ae_cursor]]
             try:
-                if peers:
-                    self._ae_cursor = (self._ae_cursor + 1) % len(peers)
+                for peer_id in met:
                     with contextlib.suppress(peer.PeerError, ValueError):
-                        await self.sync_with(peers[self._ae_cursor])
+                        await self.sync_with(peer_id)
                 await self._collect_garbage()
             except Exception:  # e.g. a failing disk: log, keep the loop alive, retry later
                 log.exception("replication: anti-entropy round failed")
