@@ -84,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--tls-dir", help="client tls.crt/tls.key/ca.crt (default: the local pki)")
         if name in ("put", "get", "delete"):
             c.add_argument("concept_id")
+            c.add_argument("--wait", type=float, default=5.0, metavar="SECONDS",
+                           help="how long to keep trying while no node can take the call, "
+                           "e.g. during a leader election (default: 5)")
         if name == "put":
             c.add_argument("value", help="the concept as JSON, e.g. '{\"name\": \"Raft\"}'")
             c.add_argument("--strong", action="store_true", help="commit through Raft")
@@ -336,7 +339,10 @@ async def _client_command(args: argparse.Namespace) -> int:
     else:
         def call(c: client.ApiClient) -> Awaitable[dict[str, Any]]:
             return c.delete(args.concept_id)
-    result = await client.first_reachable([n["api"] for n in nodes], files, call)
+    if args.wait < 0:
+        raise ValueError("--wait must be zero or more seconds")
+    result = await client.first_reachable([n["api"] for n in nodes], files, call,
+                                          wait=args.wait)
     print(json.dumps(result, indent=2, sort_keys=True))
     return 0
 

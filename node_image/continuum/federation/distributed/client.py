@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,6 +17,9 @@ T = TypeVar("T")
 
 # Failures that happen before a request is sent: the next node may be tried safely.
 NOT_REACHED = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+# Answers that refuse a call without doing it: no leader known (421), overloaded (503).
+# A 503 "timeout" is not one of them: its outcome is unknown.
+RETRIED_STATUSES = (421, 503)
 
 
 class ApiError(RuntimeError):
@@ -108,19 +113,45 @@ class ApiClient:
 
 
 async def first_reachable(urls: list[str], tls_files: tls.TLSFiles,
-                          fn: Callable[[ApiClient], Awaitable[T]], *, timeout: float = 10.0) -> T:
-    """``fn`` on the first node of ``urls`` that accepts a connection (nodes that are down
-    are skipped; an answer from a node, error or not, is final)."""
+                          fn: Callable[[ApiClient], Awaitable[T]], *, timeout: float = 10.0,
+                          wait: float = 0.0) -> T:
+    """``fn`` on the first node of ``urls`` that takes the call. Nodes that are down are
+    skipped; an answer from a node, error or not, is final, except "not the leader and no
+    leader known" (421) and "overloaded" (503), which nothing was done for. While no node
+    takes the call (every one down, or the cluster between leaders) rounds repeat, with
+    backoff, for up to ``wait`` seconds."""
     if not urls:
         raise ValueError("no node to call")
-    failures = []
-    for url in urls:
-        try:
-            async with ApiClient(url, tls_files, timeout=timeout) as c:
-                return await fn(c)
-        except NOT_REACHED as exc:
-            failures.append(f"{url} ({type(exc).__name__})")
-    raise ConnectionError("no node answered: " + ", ".join(failures))
+    deadline = time.monotonic() + wait
+    backoff = 0.05
+    while True:
+        failures: list[str] = []
+        refusal: ApiError | None = None
+        for url in urls:
+            try:
+                async with ApiClient(url, tls_files, timeout=timeout) as c:
+                    return await fn(c)
+            except NOT_REACHED as exc:
+                failures.append(f"{url} ({_reason(exc)})")
+            except ApiError as exc:
+                if exc.status not in RETRIED_STATUSES or exc.code == "timeout":
+                    raise
+                refusal = exc
+                failures.append(f"{url} ({exc.code})")
+        if time.monotonic() + backoff > deadline:
+            if refusal is not None:
+                raise refusal
+            raise ConnectionError("no node answered: " + ", ".join(failures))
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, 1.0)
+
+
+def _reason(exc: Exception) -> str:
+    """Why a node was not reached, in a few words (the OS error when there is one)."""
+    os_error = getattr(exc, "os_error", None)
+    if isinstance(os_error, OSError) and os_error.strerror:
+        return os_error.strerror
+    return type(exc).__name__
 
 
 def local_cluster(data_dir: str | Path) -> tuple[list[dict[str, str]], tls.TLSFiles]:
