@@ -176,7 +176,7 @@ async def test_sigterm_on_the_leader_hands_over_and_flushes(make_cluster: Any) -
 
     assert await asyncio.to_thread(proc.wait, 30) == 0
     log = (c.local.log_dir / f"{leader}.log").read_text()
-    assert f"leadership handed to {new}" in log
+    assert f"leadership handed over to {new}" in log
     assert log.rstrip().endswith(f"node {leader} stopped")
     # what the leader held is on its disk: the replicated writes it had received ...
     offline = replication.MultiMasterReplicator(

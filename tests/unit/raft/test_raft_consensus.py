@@ -137,6 +137,14 @@ async def test_transfer_leadership(cluster: Cluster) -> None:
     assert await cluster.nodes[target].append_entry({"after": "transfer"})
 
 
+async def test_a_leaving_leader_returns_once_it_has_stepped_down(cluster: Cluster) -> None:
+    leader = await cluster.leader()
+    target = next(i for i in cluster.nodes if i != leader.node_id)
+    assert await leader.transfer_leadership(target, wait_for_successor=False) == target
+    assert not leader.is_leader
+    assert (await cluster.leader()).node_id == target
+
+
 async def test_add_and_remove_members() -> None:
     c = Cluster(["m-1", "m-2", "m-3"])
     await c.start()

@@ -299,6 +299,18 @@ def test_leadership_transfer_via_timeout_now() -> None:
         net.nodes["a"].propose([b"x"])
 
 
+def test_a_transfer_without_a_target_skips_a_voter_that_stopped_answering() -> None:
+    net = Net("a", "b", "c")
+    net.elect("a")
+    net.isolate("b")  # as caught up as c, and first by name: the old choice
+    # a check-quorum round, then a heartbeat that c answers
+    net.tick("a", times=CFG.election_ticks_max + CFG.heartbeat_ticks)
+    assert net.nodes["a"].is_leader
+    assert net.nodes["a"].transfer_leader() == "c"
+    net.stabilize()
+    assert net.leaders() == ["c"]
+
+
 def test_proposals_are_refused_during_a_transfer() -> None:
     net = Net("a", "b", "c")
     net.elect("a")

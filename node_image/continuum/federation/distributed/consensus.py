@@ -366,15 +366,20 @@ class RaftConsensus:
         async with asyncio.timeout(timeout):
             await self._change(rnode.REMOVE, node_id, None)
 
-    async def transfer_leadership(self, target: str | None = None,
-                                  timeout: float = 10.0) -> str:
+    async def transfer_leadership(self, target: str | None = None, timeout: float = 10.0,
+                                  *, wait_for_successor: bool = True) -> str:
         """Hand leadership to ``target`` (default: the most up-to-date voter); returns the
-        new leader's id once it has taken over."""
+        new leader's id once it has taken over. Without ``wait_for_successor`` it returns
+        the chosen voter's id as soon as this node has stepped down (the chosen one has
+        started its election): enough for a node that is leaving anyway."""
         async with asyncio.timeout(timeout):
             try:
                 chosen = await self._call(lambda n: n.transfer_leader(target))
             except rnode.ConfigChangeError as exc:
                 raise MembershipError(exc.code, str(exc)) from None
+            if not wait_for_successor:
+                await self._wait_until(lambda: not self.is_leader, None)
+                return chosen
             await self._wait_until(lambda: self.leader_id not in (None, self.node_id), None)
             assert self.leader_id is not None
             if self.leader_id != chosen:

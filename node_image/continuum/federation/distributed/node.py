@@ -254,8 +254,12 @@ class FederationNode:
         raft = self.raft
         if raft is not None and raft.is_leader and len(raft.members()) > 1:
             try:
-                new = await raft.transfer_leadership(timeout=5.0)
-                log.info("leadership handed to %s", new)
+                # Once we have stepped down the chosen voter is campaigning; waiting for
+                # it to win would only delay our exit (and it may be stopping too).
+                chosen = await raft.transfer_leadership(timeout=5.0, wait_for_successor=False)
+                log.info("leadership handed over to %s", chosen)
+            except TimeoutError:
+                log.warning("leadership transfer on shutdown timed out after 5 s")
             except Exception as exc:
                 log.warning("leadership transfer on shutdown failed: %s", exc)
         with contextlib.suppress(Exception):

@@ -294,7 +294,10 @@ class RaftNode:
         if target is None:
             if not others:
                 raise ConfigChangeError("no_target", "no other voter to transfer to")
-            target = max(sorted(others), key=lambda v: self.progress[v].match)
+            # a voter we heard from this round over one that may be down, then the most
+            # caught-up
+            target = max(sorted(others), key=lambda v: (self.progress[v].recent_active,
+                                                        self.progress[v].match))
         if target not in others:
             raise ConfigChangeError("no_target", f"{target!r} is not another voter")
         self.lead_transferee, self._transfer_elapsed = target, 0
