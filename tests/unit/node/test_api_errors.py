@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aiohttp import web
@@ -32,18 +33,21 @@ class _Node:
         raise self.error
 
 
-async def _put(error: BaseException, query: str) -> tuple[web.Response, dict[str, Any], _Node]:
+async def _put(error: BaseException, query: str, value: Any
+               ) -> tuple[web.Response, dict[str, Any], _Node]:
     node = _Node(error)
     app = web.Application()
     api.mount(app, node)  # type: ignore[arg-type]
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
-        resp = await client.put(f"/v1/concepts/c1{query}", json={"a": 1})
+        resp = await client.put(f"/v1/concepts/c1{query}",
+                                data="null" if value is None else json.dumps(value),
+                                headers={"Content-Type": "application/json"})
         return resp, await resp.json(), node  # type: ignore[return-value]
 
 
 async def test_an_overloaded_node_answers_503_with_retry_after() -> None:
     resp, body, node = await _put(consensus.OverloadedError("raft inbox full"),
-                                  "?consistency=strong")
+                                  "?consistency=strong", {"a": 1})
     assert resp.status == 503
     assert resp.headers["Retry-After"] == "1"
     assert body["error"] == "overloaded" and "inbox full" in body["message"]
@@ -51,13 +55,22 @@ async def test_an_overloaded_node_answers_503_with_retry_after() -> None:
 
 
 async def test_a_timed_out_strong_write_is_503_and_says_the_outcome_is_unknown() -> None:
-    resp, body, _ = await _put(TimeoutError(), "?consistency=strong")
+    resp, body, _ = await _put(TimeoutError(), "?consistency=strong", {"a": 1})
     assert resp.status == 503
     assert body["error"] == "timeout" and "Idempotency-Key" in body["message"]
 
 
 async def test_an_unexpected_error_is_a_json_500_without_its_details() -> None:
-    resp, body, node = await _put(RuntimeError("secret detail"), "")
+    resp, body, node = await _put(RuntimeError("secret detail"), "", {"a": 1})
     assert resp.status == 500
     assert body["error"] == "internal" and "secret detail" not in body["message"]
     assert node.metrics.requests == [("put", 500)]
+
+
+async def test_a_null_concept_is_refused_before_any_write() -> None:
+    for query in ("", "?consistency=strong"):
+        # the node would raise if the route reached it
+        resp, body, node = await _put(RuntimeError("written"), query, None)
+        assert resp.status == 400
+        assert body["error"] == "invalid" and "DELETE" in body["message"]
+        assert node.metrics.requests == [("put", 400)]

@@ -186,6 +186,8 @@ class _Routes:
     async def put_concept(self, request: web.Request) -> web.Response:
         concept_id = _concept_id(request)
         value = await http_util.read_json(request)
+        if value is None:  # a stored null would read back as "no such concept"
+            raise ValueError("a concept cannot be null: DELETE removes a concept")
         if _strong(request):
             key = request.headers.get("Idempotency-Key") or uuid.uuid4().hex
             result = await self.node.put_strong(concept_id, value, key)
