@@ -5,6 +5,7 @@ hub; real sockets and TLS are covered by tests/integration/test_raft_processes.p
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,20 @@ async def test_transfer_leadership(cluster: Cluster) -> None:
     new = await leader.transfer_leadership(target)
     assert new == target and cluster.nodes[target].is_leader
     assert await cluster.nodes[target].append_entry({"after": "transfer"})
+
+
+async def test_a_transfer_to_a_stopped_voter_fails_at_once_and_keeps_the_leader(
+        cluster: Cluster) -> None:
+    leader = await cluster.leader()
+    target = next(i for i in cluster.nodes if i != leader.node_id)
+    await cluster.nodes[target].stop()
+    started = time.monotonic()
+    with pytest.raises(consensus.MembershipError) as err:
+        await leader.transfer_leadership(target, timeout=30)
+    assert err.value.code == "transfer_failed"
+    # given up after an election timeout, not at the call's timeout
+    assert time.monotonic() - started < 5
+    assert leader.is_leader and await leader.append_entry({"after": "failed transfer"})
 
 
 async def test_a_leaving_leader_returns_once_it_has_stepped_down(cluster: Cluster) -> None:

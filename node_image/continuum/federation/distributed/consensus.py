@@ -17,7 +17,8 @@ order, and again after a restart for entries after the last snapshot (so a
 state machine is either rebuilt from the log or restored by the snapshot
 callbacks). ``NotLeaderError`` carries ``leader_id`` and ``leader_address`` for
 redirects; ``MembershipError.code`` is ``exists``, ``not_member``, ``busy``,
-``not_learner``, ``last_voter`` or ``no_target``.
+``not_learner``, ``last_voter``, ``no_target`` or ``transfer_failed`` (the chosen
+voter did not take over within an election timeout; this node is still the leader).
 
 The inbox is bounded (``max_inbox``): when the loop falls that far behind (a slow
 disk or apply callback), peer messages are dropped (Raft tolerates loss; counted
@@ -377,10 +378,21 @@ class RaftConsensus:
                 chosen = await self._call(lambda n: n.transfer_leader(target))
             except rnode.ConfigChangeError as exc:
                 raise MembershipError(exc.code, str(exc)) from None
+
+            def abandoned() -> bool:  # the core gives up after an election timeout
+                n = self._node
+                return n is not None and n.is_leader and n.lead_transferee is None
+
+            if wait_for_successor:
+                await self._wait_until(
+                    lambda: self.leader_id not in (None, self.node_id) or abandoned(), None)
+            else:
+                await self._wait_until(lambda: not self.is_leader or abandoned(), None)
+            if abandoned():
+                raise MembershipError("transfer_failed", f"{chosen} did not take over within "
+                                      "an election timeout; this node is still the leader")
             if not wait_for_successor:
-                await self._wait_until(lambda: not self.is_leader, None)
                 return chosen
-            await self._wait_until(lambda: self.leader_id not in (None, self.node_id), None)
             assert self.leader_id is not None
             if self.leader_id != chosen:
                 log.info("leadership went to %s instead of %s", self.leader_id, chosen)
