@@ -32,6 +32,12 @@ class _Node:
     async def put_eventual(self, concept_id: str, value: Any) -> dict[str, Any]:
         raise self.error
 
+    def require_leader(self) -> None:
+        pass
+
+    async def transfer_leadership(self, target: str | None) -> str:
+        raise self.error
+
 
 async def _put(error: BaseException, query: str, value: Any
                ) -> tuple[web.Response, dict[str, Any], _Node]:
@@ -74,3 +80,15 @@ async def test_a_null_concept_is_refused_before_any_write() -> None:
         assert resp.status == 400
         assert body["error"] == "invalid" and "DELETE" in body["message"]
         assert node.metrics.requests == [("put", 400)]
+
+
+async def test_a_refused_membership_change_is_409_with_its_reason() -> None:
+    node = _Node(consensus.MembershipError("transfer_failed", "node-2 did not take over"))
+    app = web.Application()
+    api.mount(app, node)  # type: ignore[arg-type]
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        resp = await client.post("/v1/leader/transfer", json={"to": "node-2"})
+        body = await resp.json()
+    assert resp.status == 409
+    assert body == {"error": "transfer_failed", "message": "node-2 did not take over"}
+    assert node.metrics.requests == [("transfer", 409)]

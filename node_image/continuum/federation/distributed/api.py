@@ -101,6 +101,9 @@ class _Routes:
             except web.HTTPException as exc:
                 status = exc.status
                 raise
+            except consensus.MembershipError as exc:  # a refused change: nothing was changed
+                status = 409
+                return http_util.error(409, exc.code, str(exc))
             except (ValueError, TypeError) as exc:
                 status = 400
                 return http_util.error(400, "invalid", str(exc))
