@@ -176,9 +176,8 @@ async def test_add_and_remove_members() -> None:
         assert members["m-4"]["voter"] and members["m-4"]["address"] == "127.0.0.1:7004"
         assert leader.get_stats()["cluster_size"] == 4
         assert {"before": 1} in seen  # it caught up before being promoted
-        with pytest.raises(consensus.MembershipError) as err:
-            await leader.add_member("m-4", "127.0.0.1:7004")
-        assert err.value.code == "exists"
+        await leader.add_member("m-4", "127.0.0.1:7004")  # a retried call: nothing changes
+        assert leader.get_stats()["cluster_size"] == 4
         victim = next(i for i in c.nodes if i != leader.node_id)
         await leader.remove_member(victim)
         assert leader.get_stats()["cluster_size"] == 3
@@ -193,6 +192,40 @@ async def test_add_and_remove_members() -> None:
     finally:
         await joiner.stop()
         await c.stop()
+
+
+async def test_adding_a_learner_again_resumes_its_catch_up_and_promotes_it() -> None:
+    c = Cluster(["m-1", "m-2", "m-3"])
+    await c.start()
+    joiner = consensus.RaftConsensus("m-4", [], join=True, **FAST)
+    try:
+        leader = await c.leader()
+        assert await leader.append_entry({"before": 1})
+        with pytest.raises(consensus.MembershipError) as err:  # m-4 is not running yet
+            await leader.add_member("m-4", "127.0.0.1:7004", timeout=0.5)
+        assert err.value.code == "not_caught_up"
+        assert {m["id"]: m["voter"] for m in leader.members()}["m-4"] is False
+        await joiner.start()
+        await leader.add_member("m-4", "127.0.0.1:7004")  # no "exists": it carries on
+        assert {m["id"]: m["voter"] for m in leader.members()}["m-4"] is True
+        assert leader.get_stats()["cluster_size"] == 4
+    finally:
+        await joiner.stop()
+        await c.stop()
+
+
+async def test_removing_a_learner_that_is_being_added_ends_the_addition(
+        cluster: Cluster) -> None:
+    leader = await cluster.leader()
+    adding = asyncio.create_task(leader.add_member("ghost", "127.0.0.1:7009", timeout=30))
+    await wait_for(lambda: "ghost" in {m["id"] for m in leader.members()})
+    started = time.monotonic()
+    await leader.remove_member("ghost")  # does not queue behind the addition's catch-up
+    with pytest.raises(consensus.MembershipError) as err:
+        await adding
+    assert err.value.code == "removed"
+    assert time.monotonic() - started < 5
+    assert "ghost" not in {m["id"] for m in leader.members()}
 
 
 async def test_single_node_restarts_from_disk_and_replays(tmp_path: Path) -> None:

@@ -209,6 +209,7 @@ class RaftConsensus:
         self._wake = asyncio.Event()
         # index -> (term, future, deadline): resolved when that index is applied
         self._waiters: dict[int, tuple[int, asyncio.Future[bool], float]] = {}
+        self._config_lock = asyncio.Lock()  # one configuration change at a time
         self._next_sweep = 0.0
         self._reads: dict[int, asyncio.Future[int]] = {}
         self._read_wait: list[tuple[int, asyncio.Future[int]]] = []
@@ -350,18 +351,42 @@ class RaftConsensus:
             return await fut
 
     async def add_member(self, node_id: str, address: str, timeout: float = 60.0) -> None:
-        """Add ``node_id`` as a learner, wait until it caught up, promote it to voter."""
-        async with asyncio.timeout(timeout):
-            await self._change(rnode.ADD_LEARNER, node_id, address)
-            # One catch-up round (thesis 4.2.1): the learner must hold everything that was
-            # committed when it was added; under load it never quite matches a moving commit.
-            target = self._require_leader_node().log.commit
+        """Add ``node_id`` as a learner, wait until it caught up, promote it to voter.
 
-            def caught_up() -> bool:
-                pr = self._require_leader_node().progress.get(node_id)
-                return pr is not None and pr.match >= target
-            await self._wait_until(caught_up, None)
-            await self._change(rnode.PROMOTE, node_id, None)
+        Resumable and idempotent, so a caller whose earlier call ran out of time simply
+        calls again: a learner already there is not added twice, only caught up and
+        promoted, and a voter is left as it is. ``MembershipError`` ``not_caught_up`` when
+        the learner has not caught up within ``timeout`` (it stays a learner), and
+        ``removed`` when it is removed while this call waits for it.
+        """
+        deadline = asyncio.get_running_loop().time() + timeout
+        async with asyncio.timeout_at(deadline):
+            conf = self._require_leader_node().conf
+            if node_id in conf.voters:
+                return
+            if node_id not in conf.learners:
+                await self._change(rnode.ADD_LEARNER, node_id, address)
+        # One catch-up round (thesis 4.2.1): the learner must hold everything that was
+        # committed when it was added; under load it never quite matches a moving commit.
+        target = self._require_leader_node().log.commit
+
+        def caught_up() -> bool:
+            n = self._require_leader_node()
+            if node_id not in n.conf.learners:
+                if node_id in n.conf.voters:  # promoted by a concurrent call
+                    return True
+                raise MembershipError("removed", f"{node_id} was removed before it caught up")
+            pr = n.progress.get(node_id)
+            return pr is not None and pr.match >= target
+        try:
+            await self._wait_until(caught_up, deadline - asyncio.get_running_loop().time())
+        except TimeoutError:
+            raise MembershipError(
+                "not_caught_up", f"{node_id} did not catch up within {timeout:g} s; it stays "
+                "a learner, and adding it again resumes") from None
+        async with asyncio.timeout_at(deadline):
+            if node_id in self._require_leader_node().conf.learners:
+                await self._change(rnode.PROMOTE, node_id, None)
 
     async def remove_member(self, node_id: str, timeout: float = 30.0) -> None:
         async with asyncio.timeout(timeout):
@@ -419,7 +444,8 @@ class RaftConsensus:
             return r
 
         async with asyncio.timeout(timeout):
-            result = await self._call(rewrite)
+            async with self._config_lock:
+                result = await self._call(rewrite)
             log.warning("raft %s: forced a new cluster with itself as the sole voter (kept "
                         "entries up to %d, discarded %d uncommitted; old voters: %s)",
                         self.node_id, result.truncated_after, result.discarded,
@@ -430,16 +456,20 @@ class RaftConsensus:
             return result
 
     async def _change(self, op: str, node_id: str, address: str | None) -> None:
+        """Propose one configuration change and wait for its commit. Changes queue here,
+        one at a time, rather than fail ``busy`` on each other; the wait for a learner to
+        catch up is outside, so a removal never waits behind an addition."""
         def propose(n: rnode.RaftNode) -> tuple[int, int]:
             return n.change_config(op, node_id, address), n.term
-        try:
-            idx, term = await self._call(propose)
-        except rnode.ConfigChangeError as exc:
-            raise MembershipError(exc.code, str(exc)) from None
-        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._waiters[idx] = (term, fut, math.inf)
-        if not await fut:
-            raise NotLeaderError(self.leader_id, self.leader_address())
+        async with self._config_lock:
+            try:
+                idx, term = await self._call(propose)
+            except rnode.ConfigChangeError as exc:
+                raise MembershipError(exc.code, str(exc)) from None
+            fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            self._waiters[idx] = (term, fut, math.inf)
+            if not await fut:
+                raise NotLeaderError(self.leader_id, self.leader_address())
 
     def set_peer_address(self, node_id: str, address: str) -> None:
         """Tell Raft where a node listens (e.g. learned by discovery). Addresses carried by

@@ -128,7 +128,6 @@ class FederationNode:
         self._latency_ms: float | None = None
         self._loop_lag_ms = 0.0
         self._cert_mtime: tuple[float, float, float] | None = None
-        self._membership_lock = asyncio.Lock()  # Raft takes one configuration change at a time
         self._heartbeats: set[asyncio.Task[None]] = set()
         self._not_after = pki.not_after(Path(self.tls_files.cert).read_bytes())
         # What the loaded TLS files are, for the operator's two-phase CA rotation: it re-issues
@@ -411,13 +410,12 @@ class FederationNode:
                                 raft.leader_address() if raft else None)
         return raft
 
-    async def add_member(self, node_id: str, address: str) -> None:
-        async with self._membership_lock:
-            raft = self.require_leader()
-            current = {m["id"]: m for m in raft.members()}
-            if node_id in current and current[node_id]["voter"]:
-                return  # idempotent: already a voter
-            await raft.add_member(node_id, address)
+    async def add_member(self, node_id: str, address: str, timeout: float = 60.0) -> None:
+        """Idempotent and resumable (see ``RaftConsensus.add_member``)."""
+        raft = self.require_leader()
+        if any(m["id"] == node_id and m["voter"] for m in raft.members()):
+            return
+        await raft.add_member(node_id, address, timeout=timeout)
         await self.mesh.add_peer(node_id, address)
         self.replicator.add_peer(node_id, address)
 
@@ -426,19 +424,17 @@ class FederationNode:
         if node_id == self.node_id:
             await raft.transfer_leadership()
             raise api.NotLeader(raft.leader_id, raft.leader_address())
-        async with self._membership_lock:
-            await self.require_leader().remove_member(node_id)
+        await self.require_leader().remove_member(node_id)
         with contextlib.suppress(Exception):
             await self.coordinator.deregister_node(node_id)
 
     async def force_new_cluster(self) -> dict[str, Any]:
         """Quorum is lost for good: this node becomes the sole voter (see
         ``RaftConsensus.force_new_cluster``); the others are added back as new members."""
-        async with self._membership_lock:
-            raft = self.raft
-            if raft is None:
-                raise consensus.MembershipError("no_raft_state", "this node has no Raft state")
-            r = await raft.force_new_cluster()
+        raft = self.raft
+        if raft is None:
+            raise consensus.MembershipError("no_raft_state", "this node has no Raft state")
+        r = await raft.force_new_cluster()
         self._became_member()
         lost = sorted(r.old_config.members - {self.node_id})
         return {"id": self.node_id, "leader_id": raft.leader_id, "term": raft.get_stats()[
