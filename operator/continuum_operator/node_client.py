@@ -129,8 +129,13 @@ class NodeClient:
 
     async def add_member(self, address: str, node: str, member: str, member_address: str,
                          *, timeout: float) -> dict[str, Any]:
+        # The node gives up a little before we do, so a learner that has not caught up yet
+        # comes back as "not_caught_up" (it stays a learner; the next call resumes), not as
+        # a timeout that looks like an unreachable node.
+        deadline = min(600.0, max(timeout * 0.5, timeout - 5.0))
         return await self.call(address, node, "POST", "/v1/members",
-                               {"id": member, "address": member_address}, timeout=timeout)
+                               {"id": member, "address": member_address, "timeout": deadline},
+                               timeout=timeout)
 
     async def remove_member(self, address: str, node: str, member: str, *,
                             timeout: float) -> bool:

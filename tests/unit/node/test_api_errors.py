@@ -25,6 +25,7 @@ class _Node:
     def __init__(self, error: BaseException) -> None:
         self.error = error
         self.metrics = _Metrics()
+        self.added: tuple[Any, ...] = ()
 
     async def put_strong(self, concept_id: str, value: Any, key: str) -> dict[str, Any]:
         raise self.error
@@ -36,6 +37,10 @@ class _Node:
         pass
 
     async def transfer_leadership(self, target: str | None) -> str:
+        raise self.error
+
+    async def add_member(self, node_id: str, address: str, timeout: float) -> None:
+        self.added = (node_id, address, timeout)
         raise self.error
 
 
@@ -92,3 +97,23 @@ async def test_a_refused_membership_change_is_409_with_its_reason() -> None:
     assert resp.status == 409
     assert body == {"error": "transfer_failed", "message": "node-2 did not take over"}
     assert node.metrics.requests == [("transfer", 409)]
+
+
+async def test_a_member_addition_runs_on_the_callers_deadline_or_is_refused() -> None:
+    node = _Node(consensus.MembershipError("not_caught_up", "node-4 did not catch up"))
+    app = web.Application()
+    api.mount(app, node)  # type: ignore[arg-type]
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        resp = await client.post("/v1/members", json={"id": "node-4", "address": "h:7000",
+                                                      "timeout": 2.5})
+        assert resp.status == 409 and (await resp.json())["error"] == "not_caught_up"
+        assert node.added == ("node-4", "h:7000", 2.5)
+        await client.post("/v1/members", json={"id": "node-4", "address": "h:7000"})
+        assert node.added[2] == api.ADD_MEMBER_TIMEOUT
+        node.added = ()
+        for bad in (0, -1, "5", True, 10_000, None):
+            resp = await client.post("/v1/members", json={"id": "node-4", "address": "h:7000",
+                                                          "timeout": bad})
+            assert resp.status == 400, bad
+            assert "timeout" in (await resp.json())["message"]
+        assert node.added == ()  # refused before the node was asked

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 CONCEPT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,255}$")
 MAX_PAGE = 1000
+ADD_MEMBER_TIMEOUT = 60.0  # seconds a new member has to catch up before it is promoted
+MAX_ADD_MEMBER_TIMEOUT = 600.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -141,9 +143,16 @@ class _Routes:
         body = await http_util.read_json(request)
         if not isinstance(body, dict) or not isinstance(body.get("id"), str) \
                 or not isinstance(body.get("address"), str):
-            return http_util.error(400, "invalid", "body must be {\"id\": str, \"address\": str}")
+            return http_util.error(400, "invalid", "body must be {\"id\": str, \"address\": str"
+                                   ", \"timeout\": seconds (optional)}")
+        # The caller's deadline, so it hears "not_caught_up" rather than timing out blind.
+        timeout = body.get("timeout", ADD_MEMBER_TIMEOUT)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) \
+                or not 0 < timeout <= MAX_ADD_MEMBER_TIMEOUT:
+            return http_util.error(400, "invalid", "timeout must be a number of seconds in "
+                                   f"(0, {MAX_ADD_MEMBER_TIMEOUT:g}]")
         self.node.require_leader()
-        await self.node.add_member(body["id"], body["address"])
+        await self.node.add_member(body["id"], body["address"], timeout=float(timeout))
         return web.json_response({"id": body["id"], "voter": True})
 
     async def remove_member(self, request: web.Request) -> web.Response:
