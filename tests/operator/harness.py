@@ -302,7 +302,7 @@ class FakeFederation:
             self.commit += 1
         if not self.alive(member):
             return web.json_response({"error": "not_caught_up",
-                                      "message": "the learner is not reachable"}, status=503)
+                                      "message": "the learner is not reachable"}, status=409)
         self.members[member]["voter"] = True
         self.log.append(("promote", member))
         self.commit += 1
@@ -313,7 +313,7 @@ class FakeFederation:
             return denied
         member = request.match_info["id"]
         if member not in self.members:
-            return web.json_response({"error": "not_found", "message": "not a member"},
+            return web.json_response({"error": "not_a_member", "message": "not a member"},
                                      status=404)
         del self.members[member]
         self.log.append(("remove", member))
