@@ -126,6 +126,9 @@ class MeshProc:
         self.incarnation: int | None = None
         self.status: dict[str, str] = {}  # node -> latest status seen here
         self.first_seen: dict[tuple[str, str], float] = {}  # (node, status) -> first time
+        # Every membership change seen here, in order: (time.monotonic() on arrival, node,
+        # status); what "nobody else was declared dead after the kill" is checked against.
+        self.history: list[tuple[float, str, str]] = []
         self.state: dict[tuple[str, str], tuple[Any, float]] = {}  # (node, key) -> value, t
         self.updated_at: dict[str, float] = {}
         self._replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -166,6 +169,7 @@ class MeshProc:
             elif kind == "member":
                 self.status[ev["node"]] = ev["status"]
                 self.first_seen.setdefault((ev["node"], ev["status"]), ev["t"])
+                self.history.append((time.monotonic(), ev["node"], ev["status"]))
             elif kind == "state":
                 self.state[(ev["node"], ev["key"])] = (ev["value"], ev["t"])
             elif kind == "updated":
@@ -291,6 +295,22 @@ class MeshCluster:
     def converged(self, expected: set[str]) -> bool:
         """Every live member sees exactly ``expected`` (itself aside) as alive."""
         return all(p.alive_view() == expected - {p.node_id} for p in self.live())
+
+    def settled(self, quiet_for: float) -> bool:
+        """Every live member sees every other one alive (none suspect), and no membership
+        change has arrived from anyone for ``quiet_for`` seconds."""
+        live = self.live()
+        ids = {p.node_id for p in live}
+        if not all({n for n, s in p.status.items() if s == "alive"} == ids - {p.node_id}
+                   for p in live):
+            return False
+        last = max((p.history[-1][0] for p in live if p.history), default=0.0)
+        return time.monotonic() - last >= quiet_for
+
+    def declared_dead_since(self, since: float) -> set[str]:
+        """Members that any live member declared dead after ``since`` (monotonic)."""
+        return {node for p in self.live() for t, node, status in p.history
+                if t > since and status == "dead"}
 
     async def stop(self) -> None:
         await asyncio.gather(*(p.stop() for p in self.procs), return_exceptions=True)

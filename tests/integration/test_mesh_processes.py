@@ -6,6 +6,7 @@ is shared. Figures go to ``bench/gossip.py``; here only correctness is checked.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,15 @@ async def test_join_disseminate_detect_restart(n: int, cluster_pki: TestPKI,
             lambda: all(p.state.get(("g3", "load"), (None, 0))[0] == 0.42 for p in cluster.procs),
             30, "the update at every member")
 
+        # The kill must land on a settled mesh, or the false-positive check below measures
+        # the join: on two cores the burst of handshakes and full-state syncs of 30 starting
+        # processes starves some members long enough to be suspected, even declared dead,
+        # before they refute (Lifeguard slows the accusers, but cannot stop it all).
+        t = await cluster.wait(lambda: cluster.settled(quiet_for=3.0), 120, "a settled mesh")
+        print(f"N={n}: settled {t:.1f} s later")
+
         victim = cluster.procs[-1]
+        killed_at = time.monotonic()
         victim.kill()
         assert victim.proc is not None
         await victim.proc.wait()
@@ -37,21 +46,21 @@ async def test_join_disseminate_detect_restart(n: int, cluster_pki: TestPKI,
             lambda: all(p.status.get(victim.node_id) == "dead" for p in cluster.live()),
             90, "the killed member dead everywhere")
         print(f"N={n}: kill -9 detected everywhere in {t:.1f} s")
-        # Nobody else was declared dead on the way.
-        for p in cluster.live():
-            assert {k for k, s in p.status.items() if s == "dead"} == {victim.node_id}
+        # Nobody else was declared dead on the way, not even for a moment.
+        assert cluster.declared_dead_since(killed_at) == {victim.node_id}
 
         # Restart from the same storage: a higher incarnation, a new port, peers from disk.
         old_incarnation = victim.incarnation
         assert old_incarnation is not None
         await victim.start()
         assert victim.incarnation is not None and victim.incarnation > old_incarnation
-        t = await cluster.wait(lambda: cluster.converged(cluster.ids), 90,
-                               "the restarted member back")
+        # Back means alive everywhere at once. While it starts (imports, a handshake with
+        # every peer) a starved newcomer may be suspected for a moment; it refutes that.
+        t = await cluster.wait(
+            lambda: cluster.converged(cluster.ids) and all(
+                p.status.get(victim.node_id) == "alive" for p in cluster.live()
+                if p is not victim), 90, "the restarted member alive everywhere")
         print(f"N={n}: restarted member alive everywhere in {t:.1f} s")
-        for p in cluster.live():
-            if p is not victim:
-                assert p.status[victim.node_id] == "alive"
         await cluster.wait(lambda: ("g3", "load") in victim.state, 60,
                            "state pulled by the restarted member")
     finally:
