@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
@@ -44,12 +46,19 @@ class _Node:
         raise self.error
 
 
-async def _put(error: BaseException, query: str, value: Any
-               ) -> tuple[web.Response, dict[str, Any], _Node]:
-    node = _Node(error)
+@contextlib.asynccontextmanager
+async def _serving(node: _Node) -> AsyncIterator[TestClient[Any, Any]]:
+    """The API routes over ``node``, and a client for them."""
     app = web.Application()
     api.mount(app, node)  # type: ignore[arg-type]
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        yield client
+
+
+async def _put(error: BaseException, query: str, value: Any
+               ) -> tuple[web.Response, dict[str, Any], _Node]:
+    node = _Node(error)
+    async with _serving(node) as client:
         resp = await client.put(f"/v1/concepts/c1{query}",
                                 data="null" if value is None else json.dumps(value),
                                 headers={"Content-Type": "application/json"})
@@ -89,9 +98,7 @@ async def test_a_null_concept_is_refused_before_any_write() -> None:
 
 async def test_a_refused_membership_change_is_409_with_its_reason() -> None:
     node = _Node(consensus.MembershipError("transfer_failed", "node-2 did not take over"))
-    app = web.Application()
-    api.mount(app, node)  # type: ignore[arg-type]
-    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+    async with _serving(node) as client:
         resp = await client.post("/v1/leader/transfer", json={"to": "node-2"})
         body = await resp.json()
     assert resp.status == 409
@@ -101,9 +108,7 @@ async def test_a_refused_membership_change_is_409_with_its_reason() -> None:
 
 async def test_a_member_addition_runs_on_the_callers_deadline_or_is_refused() -> None:
     node = _Node(consensus.MembershipError("not_caught_up", "node-4 did not catch up"))
-    app = web.Application()
-    api.mount(app, node)  # type: ignore[arg-type]
-    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+    async with _serving(node) as client:
         resp = await client.post("/v1/members", json={"id": "node-4", "address": "h:7000",
                                                       "timeout": 2.5})
         assert resp.status == 409 and (await resp.json())["error"] == "not_caught_up"
