@@ -17,8 +17,10 @@ order, and again after a restart for entries after the last snapshot (so a
 state machine is either rebuilt from the log or restored by the snapshot
 callbacks). ``NotLeaderError`` carries ``leader_id`` and ``leader_address`` for
 redirects; ``MembershipError.code`` is ``exists``, ``not_member``, ``busy``,
-``not_learner``, ``last_voter``, ``no_target`` or ``transfer_failed`` (the chosen
-voter did not take over within an election timeout; this node is still the leader).
+``not_learner``, ``last_voter``, ``no_target``, ``transfer_failed`` (the chosen
+voter did not take over within an election timeout; this node is still the leader),
+``not_caught_up`` (a learner did not catch up in time; it stays a learner) or
+``removed`` (a learner was removed while its addition waited for it).
 
 The inbox is bounded (``max_inbox``): when the loop falls that far behind (a slow
 disk or apply callback), peer messages are dropped (Raft tolerates loss; counted
