@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 import msgpack
 from raft_linearizability import Op
 
+from continuum.federation.distributed import errors
 from continuum.federation.distributed.core.raft import config as rconfig
 from continuum.federation.distributed.core.raft import messages as m
-from continuum.federation.distributed.core.raft import node as rnode
+from continuum.federation.distributed.core.raft import raft_node as rnode
 
 
 class SafetyViolation(AssertionError):
@@ -469,7 +470,7 @@ class Sim:
         if op.kind == "get":
             try:
                 ctx = n.core.read_index()
-            except rnode.NotLeader:
+            except errors.NotLeader:
                 self._finish(op, None, failed=True)
                 return
             self.reads[(n.id, ctx)] = (op, n.core.term)
@@ -478,7 +479,7 @@ class Sim:
         op.attempts += 1
         try:
             idx = n.core.propose([msgpack.packb([op.key, op.value])], [op.rid])
-        except (rnode.NotLeader, rnode.ProposalDropped):
+        except (errors.NotLeader, errors.Overloaded):
             self._give_up_maybe(op)
             return
         self.attempts[(n.id, idx)] = Attempt(op.id, n.id, idx, n.core.term, self.now + 40)
@@ -576,7 +577,7 @@ class Sim:
                 core.change_config(rnode.REMOVE, nid)
             else:
                 core.transfer_leader(None)
-        except (rnode.ConfigChangeError, rnode.NotLeader, rnode.ProposalDropped):
+        except (errors.MembershipError, errors.NotLeader, errors.Overloaded):
             return
         ld.process()
 

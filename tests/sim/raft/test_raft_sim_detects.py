@@ -18,7 +18,7 @@ from raft_sim import Faults, SafetyViolation, Sim, SimDisk
 
 from continuum.federation.distributed.core.raft import log as rlog
 from continuum.federation.distributed.core.raft import messages as m
-from continuum.federation.distributed.core.raft import node as rnode
+from continuum.federation.distributed.core.raft import raft_node as rnode
 from continuum.federation.distributed.core.raft import requests as rreq
 
 CRASHY = Faults(crash=0.03, restart=0.3, crash_mid_ready=0.01, partition=0.02)

@@ -22,7 +22,8 @@ import random
 from dataclasses import dataclass
 
 from continuum.federation.distributed.core.swim import config as cfg
-from continuum.federation.distributed.core.swim import dissemination, node
+from continuum.federation.distributed.core.swim import dissemination
+from continuum.federation.distributed.core.swim import swim_node as node
 from continuum.federation.distributed.core.swim.membership import Status
 
 # Heap entries: (at, seq, kind, target, due, sender, payload); kind is "tick" or "msg".

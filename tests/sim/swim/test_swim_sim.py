@@ -17,7 +17,8 @@ import math
 import pytest
 
 from continuum.federation.distributed.core.swim import config as cfg
-from continuum.federation.distributed.core.swim import messages, node, suspicion
+from continuum.federation.distributed.core.swim import messages, suspicion
+from continuum.federation.distributed.core.swim import swim_node as node
 from continuum.federation.distributed.core.swim.membership import Status
 from sim.swim import simnet
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from continuum.federation.distributed.core import health
-from continuum.federation.distributed.core.health import Event, HealthMonitor, HealthPolicy
-from continuum.federation.distributed.core.health import NodeStatus as S
+from continuum.federation.distributed.core import health_checks as health
+from continuum.federation.distributed.core.health_checks import Event, HealthMonitor, HealthPolicy
+from continuum.federation.distributed.core.health_checks import NodeStatus as S
 
 POLICY = HealthPolicy(unhealthy_threshold=3, healthy_threshold=2, panic_threshold=0.5)
 

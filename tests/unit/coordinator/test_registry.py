@@ -9,7 +9,7 @@ import msgpack
 import pytest
 
 from continuum.federation.distributed.core import registry
-from continuum.federation.distributed.core.health import NodeStatus as S
+from continuum.federation.distributed.core.health_checks import NodeStatus as S
 from continuum.federation.distributed.core.registry import Registry
 
 

@@ -12,7 +12,7 @@ from collections import deque
 
 from continuum.federation.distributed.core.raft import config as rconfig
 from continuum.federation.distributed.core.raft import messages as m
-from continuum.federation.distributed.core.raft import node as rnode
+from continuum.federation.distributed.core.raft import raft_node as rnode
 
 CFG = rconfig.RaftConfig(election_ticks_min=10, election_ticks_max=20, heartbeat_ticks=2)
 

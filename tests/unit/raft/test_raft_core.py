@@ -8,9 +8,10 @@ import random
 
 import pytest
 
+from continuum.federation.distributed import errors
 from continuum.federation.distributed.core.raft import config as rconfig
 from continuum.federation.distributed.core.raft import messages as m
-from continuum.federation.distributed.core.raft import node as rnode
+from continuum.federation.distributed.core.raft import raft_node as rnode
 from continuum.federation.distributed.core.raft import quorum
 from unit.raft.raft_net import CFG, Net, conf
 
@@ -247,21 +248,21 @@ def test_one_membership_change_at_a_time_and_clear_errors() -> None:
     a = net.nodes["a"]
     net.isolate("a")
     a.change_config(rnode.ADD_LEARNER, "d", "d:1")
-    with pytest.raises(rnode.ConfigChangeError) as busy:
+    with pytest.raises(errors.MembershipError) as busy:
         a.change_config(rnode.ADD_LEARNER, "e", "e:1")
     assert busy.value.code == "busy"
     net.heal()
     net.tick(times=2)
-    with pytest.raises(rnode.ConfigChangeError) as exists:
+    with pytest.raises(errors.MembershipError) as exists:
         a.change_config(rnode.ADD_LEARNER, "d", "d:1")
     assert exists.value.code == "exists"
-    with pytest.raises(rnode.ConfigChangeError) as missing:
+    with pytest.raises(errors.MembershipError) as missing:
         a.change_config(rnode.REMOVE, "zz")
     assert missing.value.code == "not_member"
-    with pytest.raises(rnode.ConfigChangeError) as notl:
+    with pytest.raises(errors.MembershipError) as notl:
         a.change_config(rnode.PROMOTE, "b")
     assert notl.value.code == "not_learner"
-    with pytest.raises(rnode.NotLeader):
+    with pytest.raises(errors.NotLeader):
         net.nodes["b"].change_config(rnode.REMOVE, "c")
 
 
@@ -280,7 +281,7 @@ def test_a_removed_leader_steps_down_once_the_change_commits() -> None:
 def test_removing_the_last_voter_is_refused() -> None:
     net = Net("a")
     net.elect("a")
-    with pytest.raises(rnode.ConfigChangeError) as err:
+    with pytest.raises(errors.MembershipError) as err:
         net.nodes["a"].change_config(rnode.REMOVE, "a")
     assert err.value.code == "last_voter"
 
@@ -295,7 +296,7 @@ def test_leadership_transfer_via_timeout_now() -> None:
     net.nodes["a"].transfer_leader("c")
     net.stabilize()
     assert net.leaders() == ["c"] and net.nodes["c"].term == term + 1
-    with pytest.raises(rnode.NotLeader):
+    with pytest.raises(errors.NotLeader):
         net.nodes["a"].propose([b"x"])
 
 
@@ -316,7 +317,7 @@ def test_proposals_are_refused_during_a_transfer() -> None:
     net.elect("a")
     net.isolate("b")
     net.nodes["a"].transfer_leader("b")
-    with pytest.raises(rnode.ProposalDropped):
+    with pytest.raises(errors.Overloaded):
         net.nodes["a"].propose([b"x"])
 
 
@@ -358,7 +359,7 @@ def test_reads_wait_for_the_new_leaders_first_commit() -> None:
 def test_a_follower_cannot_serve_read_index() -> None:
     net = Net("a", "b", "c")
     net.elect("a")
-    with pytest.raises(rnode.NotLeader) as err:
+    with pytest.raises(errors.NotLeader) as err:
         net.nodes["b"].read_index()
     assert err.value.leader_id == "a"
 
@@ -458,7 +459,7 @@ def test_a_leader_without_quorum_stops_taking_proposals_at_the_cap() -> None:
     net.isolate("a")
     a = net.nodes["a"]
     a.propose([b"1", b"2", b"3", b"4", b"5"])
-    with pytest.raises(rnode.ProposalDropped):
+    with pytest.raises(errors.Overloaded):
         a.propose([b"6"])
 
 

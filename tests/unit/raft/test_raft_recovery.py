@@ -6,8 +6,9 @@ import random
 
 import pytest
 
+from continuum.federation.distributed import errors
 from continuum.federation.distributed.core.raft import messages as m
-from continuum.federation.distributed.core.raft import node as rnode
+from continuum.federation.distributed.core.raft import raft_node as rnode
 from continuum.federation.distributed.core.raft import recovery
 from unit.raft.raft_net import CFG, Net, conf
 
@@ -120,7 +121,7 @@ def test_in_place_recovery_is_refused_while_a_leader_is_known_then_works() -> No
     net.elect("a")
     net.propose("a", b"one")
     c = net.nodes["c"]
-    with pytest.raises(rnode.ConfigChangeError) as exc:
+    with pytest.raises(errors.MembershipError) as exc:
         c.force_new_cluster()
     assert exc.value.code == "has_leader"
     assert c.conf == ABC  # nothing changed

@@ -7,7 +7,8 @@ import random
 import pytest
 
 from continuum.federation.distributed.core.swim import config as cfg
-from continuum.federation.distributed.core.swim import messages, node, state
+from continuum.federation.distributed.core.swim import messages, state
+from continuum.federation.distributed.core.swim import swim_node as node
 from continuum.federation.distributed.core.swim.membership import Status
 
 CONF = cfg.SwimConfig(probe_interval=1.0, probe_timeout=0.4, sync_interval=1000.0)

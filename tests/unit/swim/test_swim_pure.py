@@ -7,7 +7,8 @@ import math
 import pytest
 
 from continuum.federation.distributed.core.swim import config as cfg
-from continuum.federation.distributed.core.swim import dissemination, health, state, suspicion
+from continuum.federation.distributed.core.swim import dissemination, state, suspicion
+from continuum.federation.distributed.core.swim import local_health as health
 from continuum.federation.distributed.core.swim.membership import TRANSITIONS, Status, supersedes
 
 A, S, D, L = Status.ALIVE, Status.SUSPECT, Status.DEAD, Status.LEFT

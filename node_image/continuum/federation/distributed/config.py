@@ -23,6 +23,7 @@ from pydantic_settings import (
 )
 
 from .core import formation
+from .core.raft import config as raft_config
 from .transport import peer
 
 # Value names the operator's FederationCluster spec uses as they are (one list, here).
@@ -37,11 +38,9 @@ class RaftSettings(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> RaftSettings:
-        lo, hi = self.election_timeout_ms
-        if not 0 < lo < hi:
-            raise ValueError("election_timeout_ms must be (low, high) with 0 < low < high")
-        if self.heartbeat_interval_ms * 2 > lo:
-            raise ValueError("heartbeat_interval_ms must be at most half the election timeout")
+        problem = raft_config.timing_error(self.election_timeout_ms, self.heartbeat_interval_ms)
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
 

@@ -53,7 +53,7 @@ import msgpack
 from . import raft_storage, storage
 from .core.raft import config as rconfig
 from .core.raft import messages as rmsg
-from .core.raft import node as rnode
+from .core.raft import raft_node as rnode
 from .core.raft import recovery
 from .transport import peer, tls
 
@@ -124,9 +124,10 @@ class _LocalHub:
 def ticks_for(election_timeout_ms: tuple[int, int], heartbeat_interval_ms: int
               ) -> tuple[float, rconfig.RaftConfig]:
     """The tick length (seconds) and the core's config for the spec's millisecond settings."""
+    problem = rconfig.timing_error(election_timeout_ms, heartbeat_interval_ms)
+    if problem is not None:
+        raise ValueError(problem)
     lo, hi = election_timeout_ms
-    if not 0 < heartbeat_interval_ms < lo <= hi:
-        raise ValueError("need 0 < heartbeat_interval_ms < election_timeout_ms[0] <= [1]")
     tick_ms = min(10.0, heartbeat_interval_ms / 2)
     cfg = rconfig.RaftConfig(
         election_ticks_min=max(2, math.ceil(lo / tick_ms)),

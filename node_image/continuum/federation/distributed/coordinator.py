@@ -9,7 +9,7 @@ The asyncio shell around three pure cores:
   from the same registry. Without it, commands apply here and persist under
   ``storage_path`` (with ``replicate``, Raft's own storage holds the registry
   and ``storage_path`` is not used).
-* ``core.health``: consecutive-result counters, the status transition table
+* ``core.health_checks``: consecutive-result counters, the status transition table
   and the panic guard. Only the *active* coordinator (``is_active()``: "am I
   the Raft leader") probes and proposes status changes.
 * ``core.balancing``: the selection algorithms.
@@ -55,12 +55,12 @@ from typing import Any
 import msgpack
 
 from . import storage
-from .core import balancing, health, registry
+from .core import balancing, health_checks, registry
 from .transport import peer, tls
 
 log = logging.getLogger(__name__)
 
-NodeStatus = health.NodeStatus
+NodeStatus = health_checks.NodeStatus
 
 Replicate = Callable[[dict[str, Any]], Awaitable[bool]]
 IsActive = Callable[[], bool]
@@ -108,8 +108,8 @@ class LoadBalance:
         _ = self.policy  # building the policy validates the thresholds
 
     @property
-    def policy(self) -> health.HealthPolicy:
-        return health.HealthPolicy(self.unhealthy_threshold, self.healthy_threshold,
+    def policy(self) -> health_checks.HealthPolicy:
+        return health_checks.HealthPolicy(self.unhealthy_threshold, self.healthy_threshold,
                                    self.panic_threshold)
 
 
@@ -122,7 +122,7 @@ class NodeInfo:
 
     node_id: str
     address: str
-    status: health.NodeStatus
+    status: health_checks.NodeStatus
     metadata: Mapping[str, Any]
     load_score: float | None
     latency_ms: float | None
@@ -155,7 +155,7 @@ class NodeInfo:
         return out
 
 
-StatusListener = Callable[[NodeInfo, health.NodeStatus], None]
+StatusListener = Callable[[NodeInfo, health_checks.NodeStatus], None]
 
 
 class _Entry:
@@ -280,7 +280,7 @@ class FederationCoordinator:
         self._is_active = is_active
         self._registry = registry.Registry()
         self._entries: dict[str, _Entry] = {}
-        self._monitor = health.HealthMonitor(self.load_balance.policy)
+        self._monitor = health_checks.HealthMonitor(self.load_balance.policy)
         self._rng = random.Random(self.load_balance.seed)
         self._cursor = 0
         self._last_criteria: tuple[dict[str, Any], balancing.Criteria | None] | None = None
@@ -541,9 +541,9 @@ class FederationCoordinator:
             self._dirty = True
         return applied
 
-    def _status_changed(self, entry: _Entry, old: health.NodeStatus) -> None:
+    def _status_changed(self, entry: _Entry, old: health_checks.NodeStatus) -> None:
         new = entry.status
-        if new is NodeStatus.UNHEALTHY and old in health.SELECTABLE:
+        if new is NodeStatus.UNHEALTHY and old in health_checks.SELECTABLE:
             self._stats["failovers"] += 1
         elif new is NodeStatus.HEALTHY and old is NodeStatus.UNHEALTHY:
             self._stats["recoveries"] += 1
@@ -727,7 +727,7 @@ class FederationCoordinator:
     def _info(self, e: _Entry) -> NodeInfo:
         if e.info is not None:
             return e.info
-        counters = self._monitor.counters.get(e.node_id, health.ZERO)
+        counters = self._monitor.counters.get(e.node_id, health_checks.ZERO)
         e.info = NodeInfo(
             node_id=e.node_id, address=e.address, status=e.status, metadata=e.metadata,
             load_score=e.load_score, latency_ms=e.latency_ms, capacity=dict(e.capacity),

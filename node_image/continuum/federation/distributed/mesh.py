@@ -1,6 +1,6 @@
 """``GossipMesh``: SWIM membership and state dissemination over the mutual-TLS peer transport.
 
-A thin asyncio shell around ``core.swim.node.SwimNode``: one timer
+A thin asyncio shell around ``core.swim.swim_node.SwimNode``: one timer
 (``loop.call_at`` at the core's next deadline), one handler per ``swim.*``
 message kind, and a dispatcher task that hands state and membership changes
 to the application's callbacks in order. The protocol lives in the core.
@@ -36,7 +36,7 @@ from typing import Any
 
 from . import storage
 from .core.swim import config as swim_config
-from .core.swim import messages, node
+from .core.swim import messages, swim_node
 from .core.swim.membership import Status
 from .transport import peer, tls
 
@@ -137,14 +137,14 @@ class GossipMesh:
         self._owns_transport = False
         self._handlers_registered = False
         self._rng = random.Random(self.config.seed)
-        self._core: node.SwimNode | None = None
+        self._core: swim_node.SwimNode | None = None
         self._store: storage.DurableStore | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._pending_peers: dict[str, str] = {}
         self._state_callbacks: list[tuple[StateCallback, int]] = []
         self._member_callbacks: list[MembershipCallback] = []
-        self._events: asyncio.Queue[node.Event] | None = None
+        self._events: asyncio.Queue[swim_node.Event] | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._writes: set[asyncio.Task[None]] = set()
         self._calls: set[asyncio.Task[None]] = set()
@@ -183,7 +183,7 @@ class GossipMesh:
         address = (self.advertise_address
                    or (self._transport.address if self._transport is not None else None)
                    or self.bind_address or self.node_id)
-        self._core = node.SwimNode(self.node_id, address, self.config.swim(), self._rng,
+        self._core = swim_node.SwimNode(self.node_id, address, self.config.swim(), self._rng,
                                    loop.time(), incarnation=incarnation,
                                    version_base=incarnation << 32)
         self._events = asyncio.Queue()
@@ -330,7 +330,7 @@ class GossipMesh:
 
     # -- plumbing -------------------------------------------------------------------------
 
-    def _require(self) -> node.SwimNode:
+    def _require(self) -> swim_node.SwimNode:
         if self._core is None:
             raise RuntimeError("the mesh is not started")
         return self._core
@@ -383,7 +383,7 @@ class GossipMesh:
         if ready.events and self._events is not None:
             for ev in ready.events:
                 self._events.put_nowait(ev)
-                if isinstance(ev, node.MemberChanged) and ev.status == Status.ALIVE:
+                if isinstance(ev, swim_node.MemberChanged) and ev.status == Status.ALIVE:
                     self._warm(ev.address)
             self._persist_members(ready.events)
         if self._running:
@@ -448,12 +448,12 @@ class GossipMesh:
         self._timer_at = deadline
         self._timer = asyncio.get_running_loop().call_at(deadline, self._on_timer)
 
-    def _persist_members(self, events: tuple[node.Event, ...]) -> None:
+    def _persist_members(self, events: tuple[swim_node.Event, ...]) -> None:
         if self._store is None:
             return
         ops: list[storage.Op] = []
         for ev in events:
-            if isinstance(ev, node.MemberChanged):
+            if isinstance(ev, swim_node.MemberChanged):
                 if ev.status == Status.ALIVE:
                     ops.append(storage.Put(_NS_PEERS, ev.node, ev.address.encode()))
                 elif ev.status == Status.LEFT:
@@ -485,8 +485,8 @@ class GossipMesh:
             except Exception:
                 log.exception("a mesh callback failed")
 
-    async def _deliver(self, ev: node.Event) -> None:
-        if isinstance(ev, node.StateChanged):
+    async def _deliver(self, ev: swim_node.Event) -> None:
+        if isinstance(ev, swim_node.StateChanged):
             for cb, arity in self._state_callbacks:
                 r = cb(ev.node, ev.key, ev.value) if arity >= 3 else cb(ev.key, ev.value)
                 if inspect.isawaitable(r):

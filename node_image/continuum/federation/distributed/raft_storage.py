@@ -15,7 +15,7 @@ import msgpack
 
 from . import storage
 from .core.raft import messages as rmsg
-from .core.raft import node as rnode
+from .core.raft import raft_node as rnode
 from .core.raft import recovery
 
 log = logging.getLogger(__name__)

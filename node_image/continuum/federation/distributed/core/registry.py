@@ -29,7 +29,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .health import NodeStatus
+from .health_checks import NodeStatus
 
 REGISTER = "coord.register"
 DEREGISTER = "coord.deregister"

@@ -41,10 +41,6 @@ def encode(value: Any) -> bytes:
     return _enc(value, 0)
 
 
-def encode_at(value: Any, depth: int) -> bytes:
-    return _enc(value, depth)
-
-
 def _enc(v: Any, depth: int) -> bytes:
     # Exact-type checks first: this is the hot path of every write and merge.
     t = type(v)

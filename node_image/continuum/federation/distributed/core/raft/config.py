@@ -1,8 +1,25 @@
-"""Tunables of the Raft core, in logical ticks."""
+"""Tunables of the Raft core, in logical ticks, and the one rule for Raft's timing."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+# The timing rule, in milliseconds, that the node's settings, the shell and the
+# operator's CRD all apply (the CRD states the same in CEL, with these messages).
+# A fixed timeout (low == high) lets split votes repeat; fewer than two heartbeats
+# per timeout lets one lost heartbeat start an election.
+ELECTION_RULE = "election_timeout_ms must be (low, high) with 0 < low < high"
+HEARTBEAT_RULE = "heartbeat_interval_ms must be positive and at most half the election timeout"
+
+
+def timing_error(election_timeout_ms: tuple[int, int], heartbeat_interval_ms: int) -> str | None:
+    """Which rule the settings break (its message), or None when they are sound."""
+    lo, hi = election_timeout_ms
+    if not 0 < lo < hi:
+        return ELECTION_RULE
+    if not 0 < heartbeat_interval_ms * 2 <= lo:
+        return HEARTBEAT_RULE
+    return None
 
 
 @dataclass(frozen=True, slots=True)

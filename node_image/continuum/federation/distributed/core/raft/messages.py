@@ -170,20 +170,6 @@ class TimeoutNow:
 Message = (VoteRequest | VoteResponse | AppendRequest | AppendResponse | Heartbeat
            | HeartbeatResponse | SnapshotChunk | SnapshotResponse | TimeoutNow)
 
-# -- local inputs ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Tick:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Propose:
-    commands: tuple[bytes, ...]
-    request_ids: tuple[str | None, ...] = ()
-
-
 # -- wire -----------------------------------------------------------------------------------
 
 _KINDS: dict[type, str] = {

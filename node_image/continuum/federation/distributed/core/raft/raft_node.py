@@ -23,6 +23,7 @@ from typing import Any
 
 import msgpack
 
+from ... import errors
 from . import config as cfgmod
 from . import log as logmod
 from . import messages as m
@@ -38,25 +39,6 @@ LEADER = "leader"
 ADD_LEARNER = "add_learner"
 PROMOTE = "promote"
 REMOVE = "remove"
-
-
-class NotLeader(Exception):
-    """The request needs the leader; ``leader_id`` is the one we know of (or None)."""
-
-    def __init__(self, leader_id: str | None) -> None:
-        super().__init__(f"not the leader (leader: {leader_id})")
-        self.leader_id = leader_id
-
-
-class ProposalDropped(Exception):
-    """The leader cannot take proposals right now (a leadership transfer is in progress,
-    or too many entries wait for a quorum)."""
-
-
-class ConfigChangeError(ValueError):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,12 +218,10 @@ class RaftNode:
 
     # -- inputs ------------------------------------------------------------------------------
 
-    def step(self, msg: m.Message | m.Tick | m.Propose) -> None:
-        if isinstance(msg, m.Tick):
-            self.tick()
-        elif isinstance(msg, m.Propose):
-            self.propose(msg.commands, msg.request_ids)
-        elif self._check_term(msg):
+    def step(self, msg: m.Message) -> None:
+        """A message from a peer. Local inputs have methods of their own: ``tick``,
+        ``propose``, ``read_index``, ``change_config``, ``transfer_leader``."""
+        if self._check_term(msg):
             self._handlers[type(msg)](msg)
 
     def tick(self) -> None:
@@ -259,7 +239,7 @@ class RaftNode:
         """Append client commands; returns the index of the first. Leader only."""
         self._require_leader()
         if self.log.last_index - self.log.commit + len(commands) > self.cfg.max_uncommitted_entries:
-            raise ProposalDropped("too many uncommitted entries (no quorum?)")
+            raise errors.Overloaded("too many uncommitted entries (no quorum?)")
         rids = list(request_ids) + [None] * (len(commands) - len(request_ids))
         first = self.log.last_index + 1
         self._append_own([m.Entry(self.term, first + k, m.NORMAL, c, rids[k])
@@ -269,7 +249,7 @@ class RaftNode:
     def read_index(self) -> int:
         """Start a linearizable read; a ``ReadState`` with the returned ctx follows."""
         if self.role != LEADER:
-            raise NotLeader(self.leader_id)
+            raise errors.NotLeader(self.leader_id)
         self._read_seq += 1
         if self.committed_in_term():
             self._start_read(self._read_seq)
@@ -281,7 +261,7 @@ class RaftNode:
         """Single-server membership change; returns the config entry's index."""
         self._require_leader()
         if self.pending_conf_index > self.log.commit or not self.committed_in_term():
-            raise ConfigChangeError("busy", "another configuration change is in progress")
+            raise errors.MembershipError("busy", "another configuration change is in progress")
         new = _changed(self.conf, op, node_id, address)
         self._append_own([m.Entry(self.term, self.log.last_index + 1, m.CONFIG, new.encode())])
         return self.pending_conf_index
@@ -289,17 +269,17 @@ class RaftNode:
     def transfer_leader(self, target: str | None = None) -> str:
         """Hand leadership to ``target`` (default: the most up-to-date voter)."""
         if self.role != LEADER:
-            raise NotLeader(self.leader_id)
+            raise errors.NotLeader(self.leader_id)
         others = [v for v in self.conf.voters if v != self.id and v in self.progress]
         if target is None:
             if not others:
-                raise ConfigChangeError("no_target", "no other voter to transfer to")
+                raise errors.MembershipError("no_target", "no other voter to transfer to")
             # a voter we heard from this round over one that may be down, then the most
             # caught-up
             target = max(sorted(others), key=lambda v: (self.progress[v].recent_active,
                                                         self.progress[v].match))
         if target not in others:
-            raise ConfigChangeError("no_target", f"{target!r} is not another voter")
+            raise errors.MembershipError("no_target", f"{target!r} is not another voter")
         self.lead_transferee, self._transfer_elapsed = target, 0
         if self.progress[target].match == self.log.last_index:
             self._send(m.TimeoutNow(self.term, self.id, target))
@@ -317,7 +297,7 @@ class RaftNode:
         is not lost, and a second cluster must not be split off a working one.
         """
         if self.leader_id is not None:
-            raise ConfigChangeError("has_leader", f"this node sees a leader ({self.leader_id}):"
+            raise errors.MembershipError("has_leader", f"this node sees a leader ({self.leader_id}):"
                                     " quorum is not lost; use the member add/remove calls")
         r = recovery.force_new_cluster(self.hard_state(), self.log.snapshot, self.log.entries,
                                        self.id, address)
@@ -484,9 +464,9 @@ class RaftNode:
 
     def _require_leader(self) -> None:
         if self.role != LEADER:
-            raise NotLeader(self.leader_id)
+            raise errors.NotLeader(self.leader_id)
         if self.lead_transferee is not None:
-            raise ProposalDropped("leadership transfer in progress")
+            raise errors.Overloaded("leadership transfer in progress")
 
     # -- ticks -------------------------------------------------------------------------------
 
@@ -835,23 +815,23 @@ def _changed(conf: m.ClusterConfig, op: str, node_id: str,
     addrs = dict(conf.addresses)
     if op == ADD_LEARNER:
         if node_id in conf.members:
-            raise ConfigChangeError("exists", f"{node_id!r} is already a member")
+            raise errors.MembershipError("exists", f"{node_id!r} is already a member")
         learners.add(node_id)
     elif op == PROMOTE:
         if node_id not in conf.learners:
-            raise ConfigChangeError("not_learner", f"{node_id!r} is not a learner")
+            raise errors.MembershipError("not_learner", f"{node_id!r} is not a learner")
         learners.discard(node_id)
         voters.add(node_id)
     elif op == REMOVE:
         if node_id not in conf.members:
-            raise ConfigChangeError("not_member", f"{node_id!r} is not a member")
+            raise errors.MembershipError("not_member", f"{node_id!r} is not a member")
         voters.discard(node_id)
         learners.discard(node_id)
         addrs.pop(node_id, None)
     else:
-        raise ConfigChangeError("bad_op", f"unknown configuration change {op!r}")
+        raise errors.MembershipError("bad_op", f"unknown configuration change {op!r}")
     if not voters:
-        raise ConfigChangeError("last_voter", "cannot remove the last voter")
+        raise errors.MembershipError("last_voter", "cannot remove the last voter")
     if address is not None:
         addrs[node_id] = address
     return m.ClusterConfig(frozenset(voters), frozenset(learners), addrs)

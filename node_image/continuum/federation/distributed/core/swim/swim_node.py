@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import config as cfg
-from . import dissemination, health, membership, messages, state, suspicion
+from . import dissemination, local_health, membership, messages, state, suspicion
 from .membership import Status
 
 
@@ -125,7 +125,7 @@ class SwimNode:
         self.members: dict[str, membership.Member] = {
             node_id: membership.Member(node_id, address, incarnation, Status.ALIVE, now)}
         self.state = state.StateMap()
-        self.health = health.LocalHealth(config.awareness_max_multiplier)
+        self.health = local_health.LocalHealth(config.awareness_max_multiplier)
         self._version = version_base
         self._queue: dissemination.BroadcastQueue[messages.Update] = (
             dissemination.BroadcastQueue(config.message_buffer_size, config.update_ttl))
