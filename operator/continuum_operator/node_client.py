@@ -22,6 +22,7 @@ from typing import Any
 
 import aiohttp
 
+from continuum.federation.distributed import errors
 from continuum.federation.distributed.transport import tls
 
 
@@ -42,18 +43,17 @@ class Material:
 
 
 class NodeError(RuntimeError):
-    def __init__(self, node: str, status: int, code: str, message: str = "") -> None:
+    """A node refused a call (``status`` and ``code`` as the node's API answered them;
+    ``error`` is the node library's error they stand for, e.g. ``errors.NotLeader``
+    with the leader's address), or could not be reached (``status`` 0)."""
+
+    def __init__(self, node: str, status: int, code: str, message: str = "",
+                 error: errors.FederationError | None = None) -> None:
         super().__init__(f"{node}: {status} {code} {message}".strip())
         self.node = node
         self.status = status
         self.code = code
-
-
-class NotLeader(NodeError):
-    def __init__(self, node: str, leader_id: str | None, leader_address: str | None) -> None:
-        super().__init__(node, 421, "not_leader", f"leader is {leader_id}")
-        self.leader_id = leader_id
-        self.leader_address = leader_address
+        self.error = error
 
 
 def _context(material: Material) -> ssl.SSLContext:
@@ -114,11 +114,9 @@ class NodeClient:
             payload = {"error": "bad_response"}
         if not isinstance(payload, dict):
             payload = {"error": "bad_response"}
-        if status == 421:
-            raise NotLeader(node, payload.get("leader_id"), payload.get("leader_address"))
         if status >= 400:
             raise NodeError(node, status, str(payload.get("error", status)),
-                            str(payload.get("message", "")))
+                            str(payload.get("message", "")), errors.from_answer(status, payload))
         return payload
 
     def _hostname(self, node: str) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from continuum.federation.distributed import pki
+from continuum.federation.distributed import errors, pki
 from continuum_operator import certificates, node_client
 from e2e.cluster import Cluster
 from e2e.operator_world import harness  # tests/operator/harness.py (puts its folder on the path)
@@ -50,9 +50,10 @@ async def outcome(call: Awaitable[Any]) -> tuple[Any, ...]:
     """What the operator can tell apart: success (and its shape), a redirect, a refusal."""
     try:
         result = await call
-    except node_client.NotLeader as exc:
-        return ("not_leader", exc.leader_id is not None, exc.leader_address is not None)
     except node_client.NodeError as exc:
+        if isinstance(exc.error, errors.NotLeader):
+            return ("not_leader", exc.error.leader_id is not None,
+                    exc.error.leader_address is not None)
         return ("error", exc.status, exc.code)
     if isinstance(result, dict):
         return ("ok", tuple(sorted(result)))

@@ -67,7 +67,7 @@ async def wait_status(co: FederationCoordinator, node_id: str, status: NodeStatu
         if info.node_id == node_id and info.status is status:
             reached.set()
 
-    co.add_listener(listener)
+    co.register_status_callback(listener)
     try:
         current = await co.get_node(node_id)
         if current is None or current.status is not status:

@@ -8,7 +8,7 @@ daemon calls ``apply_command`` from Raft's apply callback.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import msgpack
@@ -31,12 +31,14 @@ class FakeLog:
         self.replicas: list[FederationCoordinator] = []
         self.entries: list[dict[str, Any]] = []
 
-    async def append(self, command: dict[str, Any]) -> bool:
-        entry = msgpack.unpackb(msgpack.packb(command, use_bin_type=True), raw=False)
-        self.entries.append(entry)
-        for replica in self.replicas:
-            replica.apply_command(entry)
-        return True
+    def replicate(self, proposer: str) -> Callable[[dict[str, Any]], Awaitable[Any]]:
+        """The ``replicate`` of coordinator ``proposer``: its replica's apply result."""
+        async def append(command: dict[str, Any]) -> Any:
+            entry = msgpack.unpackb(msgpack.packb(command, use_bin_type=True), raw=False)
+            self.entries.append(entry)
+            results = {r.node_id: r.apply_command(entry) for r in self.replicas}
+            return results[proposer]
+        return append
 
 
 async def reach(co: FederationCoordinator, node_id: str, status: NodeStatus,
@@ -47,7 +49,7 @@ async def reach(co: FederationCoordinator, node_id: str, status: NodeStatus,
         if info.node_id == node_id and info.status is status:
             done.set()
 
-    co.add_listener(listener)
+    co.register_status_callback(listener)
     try:
         node = await co.get_node(node_id)
         if node is None or node.status is not status:
@@ -65,7 +67,7 @@ async def cluster(cluster_pki: TestPKI) -> AsyncIterator[dict[str, Any]]:
         files = cluster_pki.node(cid, ips=(f"127.0.6.{i}",))
         coords.append(FederationCoordinator(
             cid, f"127.0.6.{i}:0", files.cert, files.key, files.ca, load_balance=LB,
-            replicate=log.append, is_active=lambda cid=cid: leader["id"] == cid))
+            replicate=log.replicate(cid), is_active=lambda cid=cid: leader["id"] == cid))
     log.replicas = coords
     nodes: dict[str, peer.PeerTransport] = {}
     for i, nid in enumerate(("node-1", "node-2", "node-3"), start=41):

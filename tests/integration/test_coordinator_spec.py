@@ -113,7 +113,7 @@ async def test_security_snippet_refuses_a_node_of_another_ca(
         await coordinator.register_node("node-2", good.address)
         await coordinator.register_node("node-3", rogue.address)
         evicted = asyncio.Event()
-        coordinator.add_listener(
+        coordinator.register_status_callback(
             lambda info, old: evicted.set()
             if info.node_id == "node-3" and info.status is NodeStatus.UNHEALTHY else None)
         await asyncio.wait_for(evicted.wait(), 30.0)

@@ -75,7 +75,7 @@ async def test_headless_service_pods_are_found_verified_and_tracked(
         publish(dns_server, three)
         me = nodes["demo-0"]
         events: list[tuple[str, str | None]] = []
-        me.register_listener(lambda kind, node: events.append((kind, node.node_id)))
+        me.register_discovery_callback(lambda kind, node: events.append((kind, node.node_id)))
         found = await me.discover_now()
         # DNS lists us too: our own address is recognised and never reported
         assert {n.node_id for n in found if n.verified} == {"demo-1", "demo-2"}

@@ -84,7 +84,7 @@ async def _child(node_id: str, cluster: str, certs: Path) -> None:
     node = discovery.NodeDiscovery(node_id, config, bind_address="127.0.0.1:0",
                                    tls_cert=str(certs / "tls.crt"), tls_key=str(certs / "tls.key"),
                                    tls_ca=str(certs / "ca.crt"))
-    node.register_listener(lambda kind, n: print(kind, n.node_id, flush=True))
+    node.register_discovery_callback(lambda kind, n: print(kind, n.node_id, flush=True))
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await node.start()

@@ -51,7 +51,8 @@ async def test_peers_verify_each_other_and_hello_teaches_the_callee(
         assert b.transport is not None and b.transport.address
         a = make_node(tmp_path, ca, "node-a", cfg(bootstrap_nodes=[b.transport.address]))
         ups: list[str | None] = []
-        a.register_listener(lambda kind, n: ups.append(n.node_id) if kind == "up" else None)
+        a.register_discovery_callback(
+            lambda kind, n: ups.append(n.node_id) if kind == "up" else None)
         await a.start()
         try:
             await eventually(lambda: ups == ["node-b"])
@@ -76,7 +77,7 @@ async def test_a_peer_with_a_foreign_ca_is_never_verified(tmp_path: Path,
         a = make_node(tmp_path, ca, "node-a", cfg(static_nodes={"node-b": addr},
                                                   bootstrap_nodes=[addr]))
         ups: list[str] = []
-        a.register_listener(lambda kind, n: ups.append(kind))
+        a.register_discovery_callback(lambda kind, n: ups.append(kind))
         async with serving(a):
             for _ in range(2):
                 found = await a.discover_now()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +10,7 @@ import msgpack
 import pytest
 
 from continuum.federation.distributed import coordinator as coord
+from continuum.federation.distributed import errors
 from continuum.federation.distributed.coordinator import (
     CoordinatorError,
     FederationCoordinator,
@@ -159,22 +160,27 @@ class FakeLog:
         self.entries: list[dict[str, Any]] = []
         self.up = True
 
-    async def append(self, command: dict[str, Any]) -> bool:
-        if not self.up:
-            return False
-        wire = msgpack.unpackb(msgpack.packb(command, use_bin_type=True), raw=False)
-        self.entries.append(wire)
-        for r in self.replicas:
-            r.apply_command(wire)
-        return True
+    def replicate(self, proposer: str) -> Callable[[dict[str, Any]], Awaitable[Any]]:
+        """The ``replicate`` of the coordinator ``proposer``: what its replica's apply
+        returned, as Raft hands it back, or ``NotLeader`` while the log is down."""
+        async def append(command: dict[str, Any]) -> Any:
+            if not self.up:
+                raise errors.NotLeader(None)
+            wire = msgpack.unpackb(msgpack.packb(command, use_bin_type=True), raw=False)
+            self.entries.append(wire)
+            results = {r.node_id: r.apply_command(wire) for r in self.replicas}
+            return results[proposer]
+        return append
 
 
 async def test_replicated_coordinators_stay_identical_and_fail_over() -> None:
     log = FakeLog()
     leader = {"id": "c1"}
-    c1 = FederationCoordinator("c1", load_balance=LoadBalance(seed=1), replicate=log.append,
+    c1 = FederationCoordinator("c1", load_balance=LoadBalance(seed=1),
+                               replicate=log.replicate("c1"),
                                is_active=lambda: leader["id"] == "c1")
-    c2 = FederationCoordinator("c2", load_balance=LoadBalance(seed=2), replicate=log.append,
+    c2 = FederationCoordinator("c2", load_balance=LoadBalance(seed=2),
+                               replicate=log.replicate("c2"),
                                is_active=lambda: leader["id"] == "c2")
     log.replicas = [c1, c2]
     await c1.start()
@@ -209,7 +215,7 @@ async def test_replicated_coordinators_stay_identical_and_fail_over() -> None:
 
 async def test_uncommitted_change_raises_and_changes_nothing() -> None:
     log = FakeLog()
-    c = FederationCoordinator("c1", replicate=log.append)
+    c = FederationCoordinator("c1", replicate=log.replicate("c1"))
     log.replicas = [c]
     await c.start()
     try:
@@ -263,11 +269,11 @@ async def test_a_log_that_raises_does_not_break_heartbeats_or_rounds() -> None:
     log = FakeLog()
     calls = {"n": 0}
 
-    async def flaky(command: dict[str, Any]) -> bool:
+    async def flaky(command: dict[str, Any]) -> Any:
         calls["n"] += 1
         if command["type"] == "coord.status" and calls["n"] < 4:
             raise RuntimeError("not the leader")
-        return await log.append(command)
+        return await log.replicate("c1")(command)
 
     c = FederationCoordinator("c1", replicate=flaky)
     log.replicas = [c]

@@ -336,19 +336,28 @@ async def test_a_proposal_without_a_quorum_times_out_false(cluster: Cluster) -> 
     assert {"lonely": 1} not in cluster.applied[leader.node_id]
 
 
-async def test_a_shared_transport_can_host_a_new_instance_after_the_old_one() -> None:
+async def test_a_removed_member_restarts_the_same_object_with_its_state_discarded(
+        tmp_path: Path) -> None:
     from continuum.federation.distributed.transport import peer
 
     t = peer.PeerTransport("shared", insecure=True)
-    first = consensus.RaftConsensus("shared", ["shared"], transport=t, **FAST)
-    await first.start()
-    await first.stop()
-    second = consensus.RaftConsensus("shared", ["shared"], transport=t, **FAST)
-    await second.start()  # the handlers of ``first`` are taken over, not registered twice
+    n = consensus.RaftConsensus("shared", ["shared"], transport=t, storage_path=tmp_path, **FAST)
+    with pytest.raises(ValueError, match="already registered"):  # one Raft per transport
+        consensus.RaftConsensus("shared", ["shared"], transport=t, **FAST)
+    seen: list[Any] = []
+    n.register_apply_callback(seen.append)
+    await n.start()
+    assert await n.append_entry({"old": 1})
+    with pytest.raises(RuntimeError, match="stop"):
+        n.discard_state()  # running: refused
+    await n.stop()
+    n.discard_state()
+    await n.start(cluster_nodes=[], join=True)  # fresh, waiting to be added
     try:
-        assert second.is_leader and await second.append_entry({"ok": 1})
+        assert not n.is_leader and n.members() == [] and seen == [{"old": 1}]
+        assert n.get_stats()["last_log_index"] == 0
     finally:
-        await second.stop()
+        await n.stop()
 
 
 async def test_the_same_object_can_stop_and_start_again(tmp_path: Path) -> None:

@@ -11,8 +11,8 @@ import pytest
 from continuum.federation.distributed import errors
 from continuum.federation.distributed.core.raft import config as rconfig
 from continuum.federation.distributed.core.raft import messages as m
-from continuum.federation.distributed.core.raft import raft_node as rnode
 from continuum.federation.distributed.core.raft import quorum
+from continuum.federation.distributed.core.raft import raft_node as rnode
 from unit.raft.raft_net import CFG, Net, conf
 
 # -- elections --------------------------------------------------------------------------------

@@ -1,10 +1,13 @@
 """The node's HTTP API over mutual TLS (the contract is in docs/api.md).
 
-Handlers translate HTTP into calls on the node and its components and
-nothing more: validation errors are 400 with a JSON body, leader-only calls
-on a follower are 421 with the leader's address, an overloaded node answers
-503 with Retry-After (nothing was proposed), and every route is timed for the
-latency histograms.
+Handlers translate HTTP into calls on the node's services and nothing more.
+Every refusal is one of the package's ``errors``, mapped to its status and JSON
+body in one place (``_answer``): 400 invalid input, 404 not found, 409 a
+conflict or a refused membership change, 421 not the leader (not carried out;
+the body says where the leader is), 503 unavailable or overloaded (nothing
+done; Retry-After), 504 outcome unknown (a write that may or may not take
+effect). Anything else is a bug: 500 with no details, the traceback in the log.
+Every route is timed for the latency histograms.
 """
 
 from __future__ import annotations
@@ -16,15 +19,13 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from aiohttp import web
 from multidict import MultiMapping
 
-from . import consensus, http_util
-
-if TYPE_CHECKING:
-    from .node import FederationNode
+from . import concepts, coordinator, errors, http_util, membership
 
 log = logging.getLogger(__name__)
 
@@ -36,30 +37,24 @@ MAX_ADD_MEMBER_TIMEOUT = 600.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class WrongConsistency(Exception):
-    """The concept id lives in the other consistency domain (answered as 409)."""
-
-    def __init__(self, concept_id: str, lives_in: str) -> None:
-        if lives_in == "strong":
-            message = (f"concept {concept_id!r} lives in the strong store (written with "
-                       "?consistency=strong): write and delete it with ?consistency=strong")
-        else:
-            message = (f"concept {concept_id!r} lives in the multi-master store (written "
-                       "without ?consistency=strong): use the default consistency for it")
-        super().__init__(message)
-        self.concept_id = concept_id
-        self.lives_in = lives_in
+class RequestMetrics(Protocol):
+    def observe_request(self, route: str, status: int, seconds: float) -> None: ...
 
 
-class NotLeader(Exception):
-    def __init__(self, leader_id: str | None, leader_address: str | None) -> None:
-        super().__init__("this node is not the leader")
-        self.leader_id = leader_id
-        self.leader_address = leader_address
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What the API serves, each handed in by the node."""
+
+    node_id: str
+    concepts: concepts.ConceptService
+    membership: membership.Membership
+    coordinator: coordinator.FederationCoordinator
+    status: Callable[[], dict[str, Any]]
+    metrics: RequestMetrics
 
 
-def mount(app: web.Application, node: FederationNode) -> None:
-    routes = _Routes(node)
+def mount(app: web.Application, services: Services) -> None:
+    routes = _Routes(services)
     add = app.router
     add.add_get("/v1/status", routes.timed("status", routes.status))
     add.add_get("/v1/nodes", routes.timed("nodes", routes.nodes))
@@ -75,9 +70,15 @@ def mount(app: web.Application, node: FederationNode) -> None:
     add.add_delete("/v1/concepts/{id}", routes.timed("delete", routes.delete_concept))
 
 
+def _answer(exc: errors.FederationError) -> web.Response:
+    response = http_util.error(exc.http_status, exc.code, str(exc), **exc.details())
+    response.headers.update(exc.headers())
+    return response
+
+
 class _Routes:
-    def __init__(self, node: FederationNode) -> None:
-        self.node = node
+    def __init__(self, services: Services) -> None:
+        self.s = services
 
     def timed(self, name: str, handler: Handler) -> Handler:
         async def wrapped(request: web.Request) -> web.StreamResponse:
@@ -87,54 +88,39 @@ class _Routes:
                 response = await handler(request)
                 status = response.status
                 return response
-            except NotLeader as exc:
-                status = 421
-                return http_util.error(421, "not_leader", str(exc), leader_id=exc.leader_id,
-                                       leader_address=exc.leader_address)
-            except WrongConsistency as exc:
-                status = 409
-                return http_util.error(409, "wrong_consistency", str(exc),
-                                       consistency=exc.lives_in)
-            except consensus.OverloadedError as exc:
-                status = 503
-                response = http_util.error(503, "overloaded", str(exc))
-                response.headers["Retry-After"] = "1"
-                return response
+            except errors.FederationError as exc:
+                status = exc.http_status
+                return _answer(exc)
             except web.HTTPException as exc:
                 status = exc.status
                 raise
-            except consensus.MembershipError as exc:  # a refused change: nothing was changed
-                status = 409
-                return http_util.error(409, exc.code, str(exc))
-            except (ValueError, TypeError) as exc:
-                status = 400
-                return http_util.error(400, "invalid", str(exc))
-            except TimeoutError:
-                status = 503
-                return http_util.error(503, "timeout", "the cluster did not answer in time; "
-                                       "the outcome of a write is unknown, retry it with the "
-                                       "same Idempotency-Key")
             except Exception:  # a bug: the traceback goes to the log, the client gets JSON
                 log.exception("%s %s failed", request.method, request.path)
                 return http_util.error(500, "internal", "internal error (see the node's log)")
             finally:
-                self.node.metrics.observe_request(name, status, time.perf_counter() - start)
+                self.s.metrics.observe_request(name, status, time.perf_counter() - start)
         return wrapped
 
     # -- cluster -----------------------------------------------------------------------------
 
     async def status(self, request: web.Request) -> web.Response:
-        return web.json_response(self.node.status())
+        return web.json_response(self.s.status())
 
     async def nodes(self, request: web.Request) -> web.Response:
         status = request.query.get("status")
-        found = await self.node.coordinator.get_all_nodes(status_filter=status)
+        try:
+            found = await self.s.coordinator.get_all_nodes(status_filter=status)
+        except ValueError as exc:
+            raise errors.InvalidInput(str(exc)) from None
         return web.json_response({"nodes": [_plain(n) for n in found],
-                                  "stats": self.node.coordinator.get_stats()})
+                                  "stats": self.s.coordinator.get_stats()})
 
     async def route(self, request: web.Request) -> web.Response:
-        criteria = route_criteria(request.query)
-        chosen = await self.node.coordinator.select_node(criteria or None)
+        try:
+            criteria = route_criteria(request.query)
+            chosen = await self.s.coordinator.select_node(criteria or None)
+        except (ValueError, TypeError) as exc:
+            raise errors.InvalidInput(str(exc)) from None
         if chosen is None:
             return http_util.error(503, "no_healthy_node", "no healthy node matches")
         return web.json_response(_plain(chosen))
@@ -143,55 +129,40 @@ class _Routes:
         body = await http_util.read_json(request)
         if not isinstance(body, dict) or not isinstance(body.get("id"), str) \
                 or not isinstance(body.get("address"), str):
-            return http_util.error(400, "invalid", "body must be {\"id\": str, \"address\": str"
-                                   ", \"timeout\": seconds (optional)}")
+            raise errors.InvalidInput('body must be {"id": str, "address": str, '
+                                      '"timeout": seconds (optional)}')
         # The caller's deadline, so it hears "not_caught_up" rather than timing out blind.
         timeout = body.get("timeout", ADD_MEMBER_TIMEOUT)
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) \
                 or not 0 < timeout <= MAX_ADD_MEMBER_TIMEOUT:
-            return http_util.error(400, "invalid", "timeout must be a number of seconds in "
-                                   f"(0, {MAX_ADD_MEMBER_TIMEOUT:g}]")
-        self.node.require_leader()
-        await self.node.add_member(body["id"], body["address"], timeout=float(timeout))
+            raise errors.InvalidInput("timeout must be a number of seconds in "
+                                      f"(0, {MAX_ADD_MEMBER_TIMEOUT:g}]")
+        await self.s.membership.add_member(body["id"], body["address"], timeout=float(timeout))
         return web.json_response({"id": body["id"], "voter": True})
 
     async def remove_member(self, request: web.Request) -> web.Response:
         member = request.match_info["id"]
-        raft = self.node.require_leader()
-        if member not in {m["id"] for m in raft.members()}:
-            return http_util.error(404, "not_a_member", f"{member} is not a member")
-        await self.node.remove_member(member)
+        await self.s.membership.remove_member(member)
         return web.json_response({"id": member, "removed": True})
 
     async def transfer(self, request: web.Request) -> web.Response:
         body = await http_util.read_json(request) if request.can_read_body else {}
         target = body.get("to") if isinstance(body, dict) else None
         if target is not None and not isinstance(target, str):
-            return http_util.error(400, "invalid", "'to' must be a node id or null")
-        self.node.require_leader()
-        leader = await self.node.transfer_leadership(target)
+            raise errors.InvalidInput("'to' must be a node id or null")
+        leader = await self.s.membership.transfer_leadership(target)
         return web.json_response({"leader_id": leader})
 
     async def force_new_cluster(self, request: web.Request) -> web.Response:
         """Disaster recovery: quorum is lost for good; this node becomes the sole voter."""
         body = await http_util.read_json(request) if request.can_read_body else None
-        me = self.node.node_id
+        me = self.s.node_id
         if not isinstance(body, dict) or not isinstance(body.get("confirm"), str):
-            return http_util.error(400, "invalid",
-                                   f'body must be {{"confirm": "{me}"}} (this node\'s id)')
+            raise errors.InvalidInput(f'body must be {{"confirm": "{me}"}} (this node\'s id)')
         if body["confirm"] != me:
-            return http_util.error(400, "invalid", f"confirm must be this node's id {me!r}, "
-                                   f"not {body['confirm']!r}")
-        raft = self.node.raft
-        if raft is not None and raft.leader_id is not None:
-            return http_util.error(409, "has_leader", f"this node sees a leader "
-                                   f"({raft.leader_id}): quorum is not lost",
-                                   leader_id=raft.leader_id)
-        try:
-            result = await self.node.force_new_cluster()
-        except consensus.MembershipError as exc:
-            return http_util.error(409, exc.code, str(exc))
-        return web.json_response(result)
+            raise errors.InvalidInput(f"confirm must be this node's id {me!r}, "
+                                      f"not {body['confirm']!r}")
+        return web.json_response(await self.s.membership.force_new_cluster())
 
     # -- concepts ----------------------------------------------------------------------------
 
@@ -199,30 +170,30 @@ class _Routes:
         concept_id = _concept_id(request)
         value = await http_util.read_json(request)
         if value is None:  # a stored null would read back as "no such concept"
-            raise ValueError("a concept cannot be null: DELETE removes a concept")
+            raise errors.InvalidInput("a concept cannot be null: DELETE removes a concept")
         if _strong(request):
             key = request.headers.get("Idempotency-Key") or uuid.uuid4().hex
-            result = await self.node.put_strong(concept_id, value, key)
+            result = await self.s.concepts.put_strong(concept_id, value, key)
         else:
-            result = await self.node.put_eventual(concept_id, value)
+            result = await self.s.concepts.put_eventual(concept_id, value)
         return web.json_response(result)
 
     async def get_concept(self, request: web.Request) -> web.Response:
         concept_id = _concept_id(request)
-        found = await self.node.get_concept(concept_id, strong=_strong(request))
+        found = await self.s.concepts.get(concept_id, strong=_strong(request))
         if found is None:
-            return http_util.error(404, "not_found", f"no concept {concept_id!r}")
+            raise errors.NotFound(f"no concept {concept_id!r}")
         return web.json_response(found)
 
     async def delete_concept(self, request: web.Request) -> web.Response:
         concept_id = _concept_id(request)
         if _strong(request):
             key = request.headers.get("Idempotency-Key") or uuid.uuid4().hex
-            existed = await self.node.delete_strong(concept_id, key)
+            existed = await self.s.concepts.delete_strong(concept_id, key)
         else:
-            existed = await self.node.delete_eventual(concept_id)
+            existed = await self.s.concepts.delete_eventual(concept_id)
         if not existed:
-            return http_util.error(404, "not_found", f"no concept {concept_id!r}")
+            raise errors.NotFound(f"no concept {concept_id!r}")
         return web.json_response({"id": concept_id, "deleted": True})
 
     async def list_concepts(self, request: web.Request) -> web.Response:
@@ -230,10 +201,10 @@ class _Routes:
         try:
             limit = int(request.query.get("limit", "100"))
         except ValueError:
-            return http_util.error(400, "invalid", "limit must be an integer")
+            raise errors.InvalidInput("limit must be an integer") from None
         if not 1 <= limit <= MAX_PAGE:
-            return http_util.error(400, "invalid", f"limit must be between 1 and {MAX_PAGE}")
-        ids = self.node.list_concepts(after, limit)
+            raise errors.InvalidInput(f"limit must be between 1 and {MAX_PAGE}")
+        ids = self.s.concepts.list(after, limit)
         next_after = ids[-1] if len(ids) == limit else None
         return web.json_response({"items": ids, "next": next_after})
 
@@ -287,7 +258,7 @@ def _json_or_text(value: str) -> Any:
 def _concept_id(request: web.Request) -> str:
     concept_id = request.match_info["id"]
     if not CONCEPT_ID.match(concept_id):
-        raise ValueError("concept id must be 1-256 characters of letters, digits and ._:- "
+        raise errors.InvalidInput("concept id must be 1-256 characters of letters, digits and ._:- "
                          "starting with a letter or digit")
     return concept_id
 
@@ -295,7 +266,7 @@ def _concept_id(request: web.Request) -> str:
 def _strong(request: web.Request) -> bool:
     consistency = request.query.get("consistency", "eventual")
     if consistency not in ("strong", "eventual"):
-        raise ValueError("consistency must be 'strong' or 'eventual'")
+        raise errors.InvalidInput("consistency must be 'strong' or 'eventual'")
     return consistency == "strong"
 
 

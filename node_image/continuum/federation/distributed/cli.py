@@ -323,6 +323,7 @@ async def _client_command(args: argparse.Namespace) -> int:
                 rows = [{"id": nodes[0]["id"], **(await c.status())}]
         print(json.dumps(rows, indent=2) if args.json else local.render_table(rows))
         return 0
+    idempotent = args.command != "put" or args.strong
     if args.command == "put":
         try:
             value = json.loads(args.value)
@@ -342,7 +343,7 @@ async def _client_command(args: argparse.Namespace) -> int:
     if args.wait < 0:
         raise ValueError("--wait must be zero or more seconds")
     result = await client.first_reachable([n["api"] for n in nodes], files, call,
-                                          wait=args.wait)
+                                          wait=args.wait, idempotent=idempotent)
     print(json.dumps(result, indent=2, sort_keys=True))
     return 0
 

@@ -5,29 +5,37 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
 
+from . import errors
 from .transport import tls
 
 T = TypeVar("T")
 
 # Failures that happen before a request is sent: the next node may be tried safely.
 NOT_REACHED = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
-# Answers that refuse a call without doing it: no leader known (421), overloaded (503).
-# A 503 "timeout" is not one of them: its outcome is unknown.
-RETRIED_STATUSES = (421, 503)
+# Answers that refuse a call without doing it: not the leader (421), unavailable or
+# overloaded (503). Any of these may be sent again, to another node or later.
+REFUSED = (errors.NotLeader.http_status, errors.Unavailable.http_status)
+# A write whose outcome is unknown (504) may be sent again only with the idempotency
+# key of its first attempt: the node then applies it at most once.
+UNKNOWN = errors.OutcomeUnknown.http_status
 
 
 class ApiError(RuntimeError):
+    """An error answer; ``error`` is the package's error it stands for, when it is one."""
+
     def __init__(self, status: int, code: str, message: str, body: dict[str, Any]) -> None:
         super().__init__(f"{code}: {message}" if message else code)
         self.status = status
         self.code = code
         self.body = body
+        self.error = errors.from_answer(status, body)
 
 
 class ApiClient:
@@ -51,8 +59,8 @@ class ApiClient:
     async def call(self, method: str, path: str, body: Any = None,
                    params: dict[str, str] | None = None, *, follow_leader: bool = True,
                    headers: dict[str, str] | None = None) -> Any:
-        """One API call; a leader-only call that reached a follower (421) is sent once
-        more to the leader the follower named."""
+        """One API call; a leader-only call that reached a follower (421: not carried
+        out) is sent once more to the leader the follower named."""
         try:
             return await self._call(self.base_url, method, path, body, params, headers)
         except ApiError as exc:
@@ -88,7 +96,11 @@ class ApiClient:
 
     async def put(self, concept_id: str, value: Any, *, strong: bool = False,
                   idempotency_key: str | None = None) -> dict[str, Any]:
+        """A strong write always carries an idempotency key (one is made when none is
+        given), so sending it again after an unknown outcome applies it at most once."""
         params = {"consistency": "strong"} if strong else None
+        if strong and idempotency_key is None:
+            idempotency_key = uuid.uuid4().hex
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         result: dict[str, Any] = await self.call("PUT", f"/v1/concepts/{concept_id}", value,
                                                  params, headers=headers)
@@ -114,12 +126,14 @@ class ApiClient:
 
 async def first_reachable(urls: list[str], tls_files: tls.TLSFiles,
                           fn: Callable[[ApiClient], Awaitable[T]], *, timeout: float = 10.0,
-                          wait: float = 0.0) -> T:
+                          wait: float = 0.0, idempotent: bool = False) -> T:
     """``fn`` on the first node of ``urls`` that takes the call. Nodes that are down are
-    skipped; an answer from a node, error or not, is final, except "not the leader and no
-    leader known" (421) and "overloaded" (503), which nothing was done for. While no node
-    takes the call (every one down, or the cluster between leaders) rounds repeat, with
-    backoff, for up to ``wait`` seconds."""
+    skipped; an answer from a node, error or not, is final, except refusals that nothing
+    was done for (421 not the leader, 503 unavailable or overloaded) and, for an
+    ``idempotent`` call (a read, or a write that carries the same idempotency key on
+    every attempt), 504 outcome unknown. While no node takes the call (every one down,
+    or the cluster between leaders) rounds repeat, with backoff, for up to ``wait``
+    seconds."""
     if not urls:
         raise ValueError("no node to call")
     deadline = time.monotonic() + wait
@@ -134,7 +148,7 @@ async def first_reachable(urls: list[str], tls_files: tls.TLSFiles,
             except NOT_REACHED as exc:
                 failures.append(f"{url} ({_reason(exc)})")
             except ApiError as exc:
-                if exc.status not in RETRIED_STATUSES or exc.code == "timeout":
+                if not (exc.status in REFUSED or (idempotent and exc.status == UNKNOWN)):
                     raise
                 refusal = exc
                 failures.append(f"{url} ({exc.code})")

@@ -1,31 +1,28 @@
-"""RaftConsensus: the asyncio shell around the pure Raft core (``core.raft``).
+"""RaftConsensus: the spec's Raft API, a shell around the pure core (``core.raft``).
 
 The shell owns the clock (a ticker), the disk (``storage.DurableStore``), the
-network (``transport.peer.PeerTransport``, or an in-process hub when neither
-``bind_address`` nor ``transport`` is given) and the application callbacks.
-Every input (peer message, tick, proposal, admin call) lands in one inbox;
-a single loop task steps the core with everything queued, then carries out
-each ``Ready`` in the documented order: leader appends out, the write queued
-to the disk thread (one atomic, fsynced transaction; consecutive ones share an
-fsync), committed entries applied, advance; a Ready's replies leave only once
-its write is durable. Proposals that arrive meanwhile wait in the inbox and go
-out together in the next append: batching comes from latency, with no timer.
-
-Wiring: ``raft.*`` message kinds over ``transport.send`` (one-way); the apply
-callback gets each committed command (any msgpack-able value) once, in log
-order, and again after a restart for entries after the last snapshot (so a
+network (a ``PeerTransport``, shared, its own, or an in-process hub: see
+``transport.link``) and the application callbacks; ``raft_loop.RaftLoop`` is its
+loop. Wiring: ``raft.*`` message kinds over ``transport.send`` (one-way); the
+apply callback gets each committed command (any msgpack-able value) once, in
+log order, and again after a restart for entries after the last snapshot (so a
 state machine is either rebuilt from the log or restored by the snapshot
-callbacks). ``NotLeaderError`` carries ``leader_id`` and ``leader_address`` for
-redirects; ``MembershipError.code`` is ``exists``, ``not_member``, ``busy``,
-``not_learner``, ``last_voter``, ``no_target``, ``transfer_failed`` (the chosen
-voter did not take over within an election timeout; this node is still the leader),
-``not_caught_up`` (a learner did not catch up in time; it stays a learner) or
-``removed`` (a learner was removed while its addition waited for it).
+callbacks); what it returns reaches the proposer.
 
-The inbox is bounded (``max_inbox``): when the loop falls that far behind (a slow
-disk or apply callback), peer messages are dropped (Raft tolerates loss; counted
-in ``messages_dropped``) and proposals, reads and admin calls raise
-``OverloadedError`` (counted in ``proposals_refused``) instead of queueing.
+Two ways to write: ``append_entry`` (the spec's, ``-> bool``: True once
+committed and applied here) and ``propose`` (``-> Applied(index, result)``, or
+``errors.NotLeader`` when the write was not carried out, or
+``errors.OutcomeUnknown`` when its fate is not known: retry with the same
+``request_id`` to have it applied exactly once). Refusals are the package's
+``errors``; ``MembershipError.code`` is ``exists``, ``not_member``, ``busy``,
+``not_learner``, ``last_voter``, ``no_target``, ``transfer_failed`` (the chosen
+voter did not take over within an election timeout; this node is still the
+leader), ``not_caught_up`` (a learner did not catch up in time; it stays a
+learner), ``removed`` (a learner was removed while its addition waited for it),
+``has_leader`` or ``refused`` (force-new-cluster).
+
+A RaftConsensus is restartable in place: ``stop()``, then ``start()`` again, with
+``discard_state()`` between for a member that was removed and joins anew.
 
 Durable layout in ``<storage_path>/raft.db``: namespace ``raft`` holds
 ``hard_state`` (term, vote and commit in one row, so one atomic write) and
@@ -36,123 +33,39 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import inspect
 import logging
 import math
 import random
-import weakref
-from collections import deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import msgpack
 
-from . import raft_storage, storage
-from .core.raft import config as rconfig
+from . import errors, raft_loop, raft_storage, storage
 from .core.raft import messages as rmsg
 from .core.raft import raft_node as rnode
 from .core.raft import recovery
-from .transport import peer, tls
+from .transport import link, peer
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-ApplyCallback = Callable[[Any], Awaitable[Any] | Any]
-TakeSnapshot = Callable[[], bytes]
-RestoreSnapshot = Callable[[bytes], Awaitable[None] | None]
+__all__ = ["Applied", "MembershipError", "NotLeaderError", "OverloadedError", "RaftConsensus"]
 
-_MAX_WRITES_IN_FLIGHT = 8
+Applied = raft_loop.Applied
+ApplyCallback = raft_loop.ApplyCallback
+TakeSnapshot = raft_loop.TakeSnapshot
+RestoreSnapshot = raft_loop.RestoreSnapshot
 
+# The names library users catch, as the package's errors.
+NotLeaderError = errors.NotLeader
+OverloadedError = errors.Overloaded
+MembershipError = errors.MembershipError
 
-class NotLeaderError(RuntimeError):
-    """A leader-only call reached a non-leader; says where the leader is, if known."""
-
-    def __init__(self, leader_id: str | None, leader_address: str | None) -> None:
-        super().__init__(f"not the leader (leader: {leader_id} at {leader_address})")
-        self.leader_id = leader_id
-        self.leader_address = leader_address
+DB_FILE = "raft.db"
 
 
-class OverloadedError(RuntimeError):
-    """The node is too far behind to queue more work; nothing was proposed. Retry later."""
-
-
-class MembershipError(ValueError):
-    """A membership change that cannot be made; ``code``: exists, not_member, busy, ..."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-@dataclass(slots=True)
-class _Proposal:
-    data: bytes
-    request_id: str | None
-    fut: asyncio.Future[bool]
-    deadline: float  # loop time after which the caller gets False (outcome unknown)
-
-
-@dataclass(frozen=True, slots=True)
-class _Persisted:
-    index: int
-    term: int
-
-
-@dataclass(slots=True)
-class _Admin:
-    fn: Callable[[rnode.RaftNode], Any]
-    fut: asyncio.Future[Any]
-
-
-class _LocalHub:
-    """In-process delivery between RaftConsensus objects on one event loop (no network)."""
-
-    members: dict[str, RaftConsensus] = {}
-
-    @classmethod
-    def send(cls, msg: rmsg.Message) -> None:
-        target = cls.members.get(msg.to)
-        if target is not None:
-            kind, body = rmsg.to_wire(msg)
-            asyncio.get_running_loop().call_soon(target._receive, kind, msg.frm, body)
-
-
-def ticks_for(election_timeout_ms: tuple[int, int], heartbeat_interval_ms: int
-              ) -> tuple[float, rconfig.RaftConfig]:
-    """The tick length (seconds) and the core's config for the spec's millisecond settings."""
-    problem = rconfig.timing_error(election_timeout_ms, heartbeat_interval_ms)
-    if problem is not None:
-        raise ValueError(problem)
-    lo, hi = election_timeout_ms
-    tick_ms = min(10.0, heartbeat_interval_ms / 2)
-    cfg = rconfig.RaftConfig(
-        election_ticks_min=max(2, math.ceil(lo / tick_ms)),
-        election_ticks_max=max(2, math.ceil(hi / tick_ms)),
-        heartbeat_ticks=max(1, round(heartbeat_interval_ms / tick_ms)),
-    )
-    return tick_ms / 1000, cfg
-
-
-_OWNERS: weakref.WeakKeyDictionary[peer.PeerTransport, RaftConsensus] = (
-    weakref.WeakKeyDictionary())
-
-
-def _handler(t: peer.PeerTransport, kind: str) -> Callable[[str, dict[str, Any]], None]:
-    ref = weakref.ref(t)
-
-    def handle(sender: str, body: dict[str, Any]) -> None:
-        tr = ref()
-        owner = _OWNERS.get(tr) if tr is not None else None
-        if owner is not None:
-            owner._receive(kind, sender, body)
-    return handle
-
-
-class RaftConsensus:
+class RaftConsensus(raft_loop.RaftLoop):
     def __init__(
         self,
         node_id: str,
@@ -176,61 +89,32 @@ class RaftConsensus:
     ) -> None:
         if not node_id:
             raise ValueError("node_id must not be empty")
-        if not join and node_id not in cluster_nodes:
-            raise ValueError(f"cluster_nodes must include this node ({node_id!r}) unless join=True")
+        _check_founders(node_id, cluster_nodes, join)
         if snapshot_threshold < 1:
             raise ValueError("snapshot_threshold must be positive")
         if max_inbox < 1:
             raise ValueError("max_inbox must be positive")
-        self.max_inbox = max_inbox
-        self.node_id = node_id
+        super().__init__(
+            node_id, election_timeout_ms, heartbeat_interval_ms,
+            link.PeerLink.build(node_id, transport=transport, bind_address=bind_address,
+                                tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca),
+            peers=dict(peers or {}), max_inbox=max_inbox, snapshot_threshold=snapshot_threshold)
         self.cluster_nodes = list(cluster_nodes)
         self.election_timeout_ms = election_timeout_ms
         self.heartbeat_interval_ms = heartbeat_interval_ms
-        self._tick_s, self._config = ticks_for(election_timeout_ms, heartbeat_interval_ms)
-        self.peers = dict(peers or {})
         self.join = join
-        self.snapshot_threshold = snapshot_threshold
         self._storage_path = Path(storage_path) if storage_path is not None else None
         self._fsync = fsync
-        self._tls = tls.TLSFiles.optional(tls_cert, tls_key, tls_ca)
-        self._bind_address = bind_address
         self._advertise = advertise_address
-        self._transport = transport
-        self._owns_transport = transport is None and bind_address is not None
         self._rng = rng or random.Random()
-        self._store: storage.DurableStore | None = None
-        self._node: rnode.RaftNode | None = None
-        self._apply_cb: ApplyCallback | None = None
-        self._take: TakeSnapshot | None = None
-        self._restore: RestoreSnapshot | None = None
-        self._inbox: deque[tuple[str, str, dict[str, Any]] | _Proposal | _Admin | _Persisted
-                           ] = deque()
-        self._writes: deque[asyncio.Task[None]] = deque()  # in flight, oldest first
-        self._ticks = 0
-        self._logged_leader: str | None = None
-        self._wake = asyncio.Event()
-        # index -> (term, future, deadline): resolved when that index is applied
-        self._waiters: dict[int, tuple[int, asyncio.Future[bool], float]] = {}
         self._config_lock = asyncio.Lock()  # one configuration change at a time
-        self._next_sweep = 0.0
-        self._reads: dict[int, asyncio.Future[int]] = {}
-        self._read_wait: list[tuple[int, asyncio.Future[int]]] = []
-        self._watchers: list[asyncio.Future[None]] = []
         self._tasks: list[asyncio.Task[None]] = []
-        self._running = False
-        self._failed: BaseException | None = None
-        self._disk_last = 0
-        self._self_address: str | None = None
-        self.stats = {"proposals": 0, "applied": 0, "writes": 0, "messages_sent": 0,
-                      "messages_received": 0, "messages_rejected": 0, "snapshots_taken": 0,
-                      "snapshots_installed": 0, "apply_errors": 0, "messages_dropped": 0,
-                      "proposals_refused": 0}
 
     # -- configuration -------------------------------------------------------------------------
 
     def register_apply_callback(self, callback: ApplyCallback) -> None:
-        """``callback(command)`` (sync or async) runs for each committed command, in log order.
+        """``callback(command)`` (sync or async) runs for each committed command, in log
+        order; what it returns is the proposer's ``Applied.result``.
 
         Register before ``start()`` to also see the entries replayed after a restart.
         """
@@ -244,25 +128,33 @@ class RaftConsensus:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    async def start(self, *, cluster_nodes: list[str] | None = None,
+                    join: bool | None = None) -> None:
+        """Start (or start again after ``stop``). Durable state, when there is some, is
+        resumed; otherwise a fresh node founds a cluster of ``cluster_nodes`` or, with
+        ``join``, waits to be added. Both default to the constructor's."""
         if self._running:
             return
+        if cluster_nodes is not None or join is not None:
+            founders = self.cluster_nodes if cluster_nodes is None else list(cluster_nodes)
+            joining = self.join if join is None else join
+            _check_founders(self.node_id, founders, joining)
+            self.cluster_nodes, self.join = founders, joining
         self._failed, self._ticks, self._disk_last = None, 0, 0
-        if self._owns_transport:
-            self._transport = peer.PeerTransport(
-                self.node_id, self._bind_address, self._tls, insecure=self._tls is None)
-            await self._transport.start()
-        self._register_handlers()
-        self._self_address = self._advertise or (
-            self._transport.address if self._transport is not None else None)
+        await self._link.start()
+        self._self_address = self._advertise or self._link.address
         if self._storage_path is not None:
-            self._store = storage.DurableStore(self._storage_path / "raft.db", fsync=self._fsync)
+            self._store = storage.DurableStore(self._storage_path / DB_FILE, fsync=self._fsync)
         self._node = self._load()
         snap = self._node.log.snapshot
         if snap is not None and snap.index > 0:
             await self._restore_app(snap)
-        if self._transport is None:
-            _LocalHub.members[self.node_id] = self
+        if self._link.transport is None:
+            raft_loop.in_process_members()[self.node_id] = self
         self._running = True
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._run(), name=f"raft:{self.node_id}"),
@@ -282,76 +174,85 @@ class RaftConsensus:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         self._tasks = []
-        if _LocalHub.members.get(self.node_id) is self:
-            del _LocalHub.members[self.node_id]
+        hub = raft_loop.in_process_members()
+        if hub.get(self.node_id) is self:
+            del hub[self.node_id]
         await self._flush_writes()
         if self._store is not None and self._node is not None and self._failed is None:
             # The commit index is persisted only along with other state, so it trails; a
             # clean stop records the latest, which offline recovery keeps as committed.
             with contextlib.suppress(storage.StorageError):
                 await self._store.commit([raft_storage.hard_state_row(self._node.hard_state())])
-        self._fail_all()
-        if self._owns_transport and self._transport is not None:
-            await self._transport.stop()
-            self._transport = None
+        self._fail_all(f"raft {self.node_id} stopped")
+        await self._link.stop()
         if self._store is not None:
             await asyncio.to_thread(self._store.close)
             self._store = None
 
-    def _fail_all(self) -> None:
-        for _, fut, _ in self._waiters.values():
-            if not fut.done():
-                fut.set_result(False)
-        self._waiters.clear()
-        err = NotLeaderError(self.leader_id, self.leader_address())
-        for rfut in [*self._reads.values(), *(f for _, f in self._read_wait)]:
-            if not rfut.done():
-                rfut.set_exception(err)
-        self._reads.clear()
-        self._read_wait.clear()
-        while self._inbox:
-            item = self._inbox.popleft()
-            if isinstance(item, (_Proposal, _Admin)) and not item.fut.done():
-                if isinstance(item, _Proposal):
-                    item.fut.set_result(False)
-                else:
-                    item.fut.set_exception(RuntimeError("raft stopped"))
-        self._notify()
+    def discard_state(self) -> None:
+        """Forget this node's Raft state (a stopped member the cluster removed, which
+        joins anew): the durable log, term and vote, and the in-memory core."""
+        if self._running:
+            raise RuntimeError("stop the node before discarding its Raft state")
+        if self._storage_path is not None:
+            for suffix in ("", "-wal", "-shm"):
+                (self._storage_path / (DB_FILE + suffix)).unlink(missing_ok=True)
+        self._node = None
 
-    # -- public API ----------------------------------------------------------------------------
+    # -- writes and reads ----------------------------------------------------------------------
 
-    async def append_entry(self, command: Any, request_id: str | None = None,
-                           timeout: float = 30.0) -> bool:
-        """Replicate ``command``; True once a majority committed it and it was applied here.
-
-        False on a non-leader, or when the outcome is not known in ``timeout`` (then
-        retry with the same ``request_id`` to have it applied exactly once).
-        """
+    async def propose(self, command: Any, *, request_id: str | None = None,
+                      timeout: float = 30.0) -> Applied:
+        """Replicate ``command``; its ``Applied(index, result)`` once committed and applied
+        here. ``errors.NotLeader``: not carried out (this node does not lead, or the entry
+        was overwritten by another leader's). ``errors.OutcomeUnknown``: not decided
+        within ``timeout`` (or this node stopped): retry with the same ``request_id``."""
         try:
             data = msgpack.packb(command, use_bin_type=True)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"command is not serializable: {exc}") from None
-        if not self._running or self._node is None or not self._node.is_leader:
-            return False
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise errors.NotSerializable(f"command is not serializable: {exc}") from None
+        if not self._running:
+            raise errors.Unavailable(f"raft {self.node_id} is not running")
         self._check_room()
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[bool] = loop.create_future()
+        fut: asyncio.Future[Applied] = loop.create_future()
         # No timer per call (a timer heap entry each is measurable at thousands per
         # second): the loop sweeps expired waiters every few ticks instead.
-        self._inbox.append(_Proposal(data, request_id, fut, loop.time() + timeout))
+        self._inbox.append(raft_loop._Proposal(data, request_id, fut, loop.time() + timeout))
         self._wake.set()
         return await fut
 
+    async def append_entry(self, command: Any, request_id: str | None = None,
+                           timeout: float = 30.0) -> bool:
+        """The spec's write: True once a majority committed ``command`` and it was applied
+        here; False when it was not carried out or its outcome is not known in
+        ``timeout`` (``propose`` tells the two apart)."""
+        try:
+            await self.propose(command, request_id=request_id, timeout=timeout)
+        except errors.Overloaded:
+            raise
+        except (errors.NotLeader, errors.OutcomeUnknown, errors.Unavailable):
+            return False
+        return True
+
     async def read_index(self, timeout: float = 5.0) -> int:
         """A linearizable read barrier: returns once this (leader) node has applied every
-        entry committed before the call; raises ``NotLeaderError`` elsewhere."""
-        async with asyncio.timeout(timeout):
-            fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        entry committed before the call. ``errors.NotLeader`` on a node that does not
+        lead (or stops leading meanwhile), ``errors.Unavailable`` when no quorum
+        confirmed the leadership within ``timeout``."""
+        try:
+            async with asyncio.timeout(timeout):
+                fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
-            def start(n: rnode.RaftNode) -> None:
-                self._reads[n.read_index()] = fut
-            await self._call(start)
-            return await fut
+                def start(n: rnode.RaftNode) -> None:
+                    self._reads[n.read_index()] = fut
+                await self._call(start)
+                return await fut
+        except TimeoutError:
+            raise errors.Unavailable(f"no quorum confirmed this node's leadership within "
+                                     f"{timeout:g} s") from None
+
+    # -- membership ----------------------------------------------------------------------------
 
     async def add_member(self, node_id: str, address: str, timeout: float = 60.0) -> None:
         """Add ``node_id`` as a learner, wait until it caught up, promote it to voter.
@@ -360,10 +261,11 @@ class RaftConsensus:
         calls again: a learner already there is not added twice, only caught up and
         promoted, and a voter is left as it is. ``MembershipError`` ``not_caught_up`` when
         the learner has not caught up within ``timeout`` (it stays a learner), and
-        ``removed`` when it is removed while this call waits for it.
+        ``removed`` when it is removed while this call waits for it; ``NotLeader`` when
+        this node does not lead or stops leading meanwhile (calling the new leader resumes).
         """
         deadline = asyncio.get_running_loop().time() + timeout
-        async with asyncio.timeout_at(deadline):
+        async with _decided_by(deadline, f"adding {node_id}"):
             conf = self._require_leader_node().conf
             if node_id in conf.voters:
                 return
@@ -378,21 +280,23 @@ class RaftConsensus:
             if node_id not in n.conf.learners:
                 if node_id in n.conf.voters:  # promoted by a concurrent call
                     return True
-                raise MembershipError("removed", f"{node_id} was removed before it caught up")
+                raise errors.MembershipError("removed",
+                                             f"{node_id} was removed before it caught up")
             pr = n.progress.get(node_id)
             return pr is not None and pr.match >= target
         try:
             await self._wait_until(caught_up, deadline - asyncio.get_running_loop().time())
         except TimeoutError:
-            raise MembershipError(
+            raise errors.MembershipError(
                 "not_caught_up", f"{node_id} did not catch up within {timeout:g} s; it stays "
                 "a learner, and adding it again resumes") from None
-        async with asyncio.timeout_at(deadline):
+        async with _decided_by(deadline, f"promoting {node_id}"):
             if node_id in self._require_leader_node().conf.learners:
                 await self._change(rnode.PROMOTE, node_id, None)
 
     async def remove_member(self, node_id: str, timeout: float = 30.0) -> None:
-        async with asyncio.timeout(timeout):
+        loop = asyncio.get_running_loop()
+        async with _decided_by(loop.time() + timeout, f"removing {node_id}"):
             await self._change(rnode.REMOVE, node_id, None)
 
     async def transfer_leadership(self, target: str | None = None, timeout: float = 10.0,
@@ -401,11 +305,9 @@ class RaftConsensus:
         new leader's id once it has taken over. Without ``wait_for_successor`` it returns
         the chosen voter's id as soon as this node has stepped down (the chosen one has
         started its election): enough for a node that is leaving anyway."""
-        async with asyncio.timeout(timeout):
-            try:
-                chosen = await self._call(lambda n: n.transfer_leader(target))
-            except rnode.ConfigChangeError as exc:
-                raise MembershipError(exc.code, str(exc)) from None
+        loop = asyncio.get_running_loop()
+        async with _decided_by(loop.time() + timeout, "the leadership transfer"):
+            chosen = await self._call(lambda n: n.transfer_leader(target))
 
             def abandoned() -> bool:  # the core gives up after an election timeout
                 n = self._node
@@ -417,8 +319,9 @@ class RaftConsensus:
             else:
                 await self._wait_until(lambda: not self.is_leader or abandoned(), None)
             if abandoned():
-                raise MembershipError("transfer_failed", f"{chosen} did not take over within "
-                                      "an election timeout; this node is still the leader")
+                raise errors.MembershipError(
+                    "transfer_failed", f"{chosen} did not take over within an election "
+                    "timeout; this node is still the leader")
             if not wait_for_successor:
                 return chosen
             assert self.leader_id is not None
@@ -439,14 +342,15 @@ class RaftConsensus:
         def rewrite(n: rnode.RaftNode) -> recovery.Recovered:
             try:
                 r = n.force_new_cluster(self._self_address)
-            except rnode.ConfigChangeError as exc:
-                raise MembershipError(exc.code, str(exc)) from None
+            except errors.MembershipError:
+                raise
             except ValueError as exc:
-                raise MembershipError("refused", str(exc)) from None
+                raise errors.MembershipError("refused", str(exc)) from None
             n.campaign()  # the sole voter wins at once; the same write carries its vote
             return r
 
-        async with asyncio.timeout(timeout):
+        loop = asyncio.get_running_loop()
+        async with _decided_by(loop.time() + timeout, "forcing a new cluster"):
             async with self._config_lock:
                 result = await self._call(rewrite)
             log.warning("raft %s: forced a new cluster with itself as the sole voter (kept "
@@ -459,26 +363,23 @@ class RaftConsensus:
             return result
 
     async def _change(self, op: str, node_id: str, address: str | None) -> None:
-        """Propose one configuration change and wait for its commit. Changes queue here,
+        """Propose one configuration change and wait for its fate. Changes queue here,
         one at a time, rather than fail ``busy`` on each other; the wait for a learner to
         catch up is outside, so a removal never waits behind an addition."""
         def propose(n: rnode.RaftNode) -> tuple[int, int]:
             return n.change_config(op, node_id, address), n.term
         async with self._config_lock:
-            try:
-                idx, term = await self._call(propose)
-            except rnode.ConfigChangeError as exc:
-                raise MembershipError(exc.code, str(exc)) from None
-            fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-            self._waiters[idx] = (term, fut, math.inf)
-            if not await fut:
-                raise NotLeaderError(self.leader_id, self.leader_address())
+            idx, term = await self._call(propose)
+            fut: asyncio.Future[Applied] = asyncio.get_running_loop().create_future()
+            self._waiters[idx] = raft_loop._Waiter(term, None, fut, math.inf)
+            await fut
 
     def set_peer_address(self, node_id: str, address: str) -> None:
-        """Tell Raft where a node listens (e.g. learned by discovery). Addresses carried by
-        the membership configuration take precedence."""
+        """Tell Raft where a node listens (learned by discovery, the mesh or a join).
+        Addresses carried by the membership configuration take precedence."""
         peer.split_address(address)
-        self.peers[node_id] = address
+        if node_id != self.node_id:
+            self.peers[node_id] = address
 
     # -- views ---------------------------------------------------------------------------------
 
@@ -490,16 +391,10 @@ class RaftConsensus:
     def leader_id(self) -> str | None:
         return self._node.leader_id if self._node is not None else None
 
-    def address_of(self, node_id: str) -> str | None:
-        if self._node is not None:
-            addr = self._node.conf.addresses.get(node_id)
-            if addr:
-                return addr
-        return self.peers.get(node_id)
-
-    def leader_address(self) -> str | None:
-        lid = self.leader_id
-        return self.address_of(lid) if lid is not None else None
+    def require_leader(self) -> None:
+        """``errors.NotLeader`` (with where the leader is) unless this node leads."""
+        if not self.is_leader:
+            raise self.not_leader()
 
     def members(self) -> list[dict[str, Any]]:
         n = self._node
@@ -551,227 +446,7 @@ class RaftConsensus:
         base.update(self.stats)
         return base
 
-    # -- the loop ------------------------------------------------------------------------------
-
-    async def _ticker(self) -> None:
-        # Ticks follow the monotonic clock, not the count of sleeps: a busy loop oversleeps,
-        # and counting sleeps would stretch every timeout by the same factor.
-        loop = asyncio.get_running_loop()
-        start, sent = loop.time(), 0
-        while True:
-            await asyncio.sleep(self._tick_s)
-            due = int((loop.time() - start) / self._tick_s)
-            if due > sent:
-                self._ticks += due - sent
-                sent = due
-                self._wake.set()
-
-    async def _run(self) -> None:
-        try:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                self._drain()
-                node = self._require_node()
-                while node.has_ready():
-                    await self._cycle(node)
-                    self._drain()
-                self._after_cycles(node)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # a failed fsync or a broken invariant: stop serving
-            log.exception("raft %s stopped", self.node_id)
-            self._failed = exc
-            self._running = False
-            self._fail_all()
-
-    def _drain(self) -> None:
-        if self._failed is not None:
-            raise self._failed  # a write failed: nothing after it may be acknowledged
-        node = self._require_node()
-        props: list[_Proposal] = []
-        while self._inbox:
-            item = self._inbox.popleft()
-            if isinstance(item, _Proposal):
-                props.append(item)
-            elif isinstance(item, _Admin):
-                self._run_admin(node, item)
-            elif isinstance(item, _Persisted):
-                node.persisted_to(item.index, item.term)
-            else:
-                self._step(node, *item)
-        # Ticks after the messages: when a busy loop wakes late, what arrived meanwhile
-        # is evidence of a live leader (or quorum) that the overdue ticks must not outrun,
-        # or a follower campaigns and a leader steps down with replies in its inbox.
-        for _ in range(self._ticks):
-            node.tick()
-        self._ticks = 0
-        if props:
-            self._propose(node, props)
-
-    def _step(self, node: rnode.RaftNode, kind: str, sender: str, body: dict[str, Any]) -> None:
-        try:
-            msg = rmsg.from_wire(kind, sender, self.node_id, body)
-        except ValueError as exc:
-            self.stats["messages_rejected"] += 1
-            log.warning("dropping malformed %s from %s: %s", kind, sender, exc)
-            return
-        node.step(msg)
-
-    def _run_admin(self, node: rnode.RaftNode, item: _Admin) -> None:
-        if item.fut.done():
-            return
-        try:
-            item.fut.set_result(item.fn(node))
-        except (rnode.NotLeader, rnode.ProposalDropped):
-            item.fut.set_exception(NotLeaderError(node.leader_id, self.leader_address()))
-        except Exception as exc:
-            item.fut.set_exception(exc)
-
-    def _propose(self, node: rnode.RaftNode, props: list[_Proposal]) -> None:
-        live = [p for p in props if not p.fut.done()]
-        try:
-            first = node.propose([p.data for p in live], [p.request_id for p in live])
-        except (rnode.NotLeader, rnode.ProposalDropped):
-            for p in live:
-                p.fut.set_result(False)
-            return
-        self.stats["proposals"] += len(live)
-        for k, p in enumerate(live):
-            self._waiters[first + k] = (node.term, p.fut, p.deadline)
-
-    async def _cycle(self, node: rnode.RaftNode) -> None:
-        """One Ready, with asynchronous storage writes (see ``node.Ready``).
-
-        The write is queued to the disk thread and the loop moves on: committed entries
-        are applied meanwhile (they are durable on a majority already) and the next
-        Ready can be prepared, so consecutive writes share fsyncs. A Ready's messages
-        leave, and the core hears its entries are durable, only when its write (and so
-        every earlier one: the disk thread keeps order) has completed.
-        """
-        rd = node.ready()
-        for msg in rd.early_messages:
-            self._send(msg)
-        queued = self._store is not None and (rd.must_persist or bool(self._writes))
-        if not queued:
-            for msg in rd.messages:
-                self._send(msg)
-        elif rd.must_persist:
-            await self._write(rd)
-        else:  # a reply that may vouch for entries still being written waits behind them
-            self._writes[-1].add_done_callback(functools.partial(self._written, rd))
-        if rd.snapshot_received and rd.snapshot is not None:
-            await self._flush_writes()
-            await self._restore_app(rd.snapshot)
-            self.stats["snapshots_installed"] += 1
-        await self._apply(rd)
-        node.advance(rd, persisted=not queued)
-        for rs in rd.read_states:
-            fut = self._reads.pop(rs.ctx, None)
-            if fut is not None:
-                self._read_wait.append((rs.index, fut))
-
-    async def _write(self, rd: rnode.Ready) -> None:
-        assert self._store is not None
-        while self._writes and self._writes[0].done():
-            self._writes.popleft()
-        if len(self._writes) >= _MAX_WRITES_IN_FLIGHT:
-            await self._writes[0]
-        task = asyncio.get_running_loop().create_task(self._store.commit(self._ops(rd)))
-        task.add_done_callback(functools.partial(self._written, rd))
-        self._writes.append(task)
-        self.stats["writes"] += 1
-        await asyncio.sleep(0)  # hand the batch to the disk thread before applying
-
-    def _written(self, rd: rnode.Ready, task: asyncio.Task[None]) -> None:
-        if task.cancelled() or task.exception() is not None:
-            self._failed = self._failed or task.exception() or RuntimeError("write cancelled")
-            self._wake.set()
-            return
-        if self._failed is not None:
-            # An earlier write failed (or the loop died): this later write may have landed,
-            # but its replies vouch for the whole log prefix, which is not on disk.
-            return
-        for msg in rd.messages:
-            self._send(msg)
-        if rd.entries:
-            last = rd.entries[-1]
-            self._inbox.append(_Persisted(last.index, last.term))
-            self._wake.set()
-
-    async def _flush_writes(self) -> None:
-        while self._writes:
-            with contextlib.suppress(Exception):
-                await self._writes[0]
-            self._writes.popleft()
-
-    def _after_cycles(self, node: rnode.RaftNode) -> None:
-        if node.leader_id != self._logged_leader:
-            # One line per change of leader: what an operator reads first after a hiccup.
-            if node.leader_id is None:
-                log.info("raft %s: no leader in term %d (was %s)", self.node_id, node.term,
-                         self._logged_leader)
-            else:
-                log.info("raft %s: %s is leader in term %d", self.node_id,
-                         "this node" if node.is_leader else node.leader_id, node.term)
-            self._logged_leader = node.leader_id
-        if self._read_wait:
-            still = []
-            for idx, fut in self._read_wait:
-                if fut.done():
-                    continue
-                if node.log.applied >= idx:
-                    fut.set_result(idx)
-                else:
-                    still.append((idx, fut))
-            self._read_wait = still
-        if self._reads and not node.is_leader:  # reads in progress died with our leadership
-            err = NotLeaderError(node.leader_id, self.leader_address())
-            for fut in self._reads.values():
-                if not fut.done():
-                    fut.set_exception(err)
-            self._reads.clear()
-        if (self._take is not None
-                and node.log.applied - node.log.snapshot_index >= self.snapshot_threshold
-                and node.compact(self._take()) is not None):
-            self.stats["snapshots_taken"] += 1
-            self._wake.set()
-        self._sweep()
-        self._notify()
-
-    def _sweep(self) -> None:
-        """Answer False to proposals whose caller's timeout passed (outcome unknown)."""
-        now = asyncio.get_running_loop().time()
-        if now < self._next_sweep:
-            return
-        self._next_sweep = now + 0.05
-        for idx, (_, fut, deadline) in list(self._waiters.items()):
-            if fut.done() or deadline <= now:
-                del self._waiters[idx]
-                if not fut.done():
-                    fut.set_result(False)
-
-    async def _apply(self, rd: rnode.Ready) -> None:
-        cb = self._apply_cb
-        for e in rd.committed:
-            if e.kind == rmsg.NORMAL and e.index not in rd.duplicates and cb is not None:
-                try:
-                    result = cb(msgpack.unpackb(e.data, raw=False))
-                    if inspect.isawaitable(result):
-                        await result
-                except Exception:
-                    self.stats["apply_errors"] += 1
-                    log.exception("apply callback failed at index %d", e.index)
-            self.stats["applied"] += 1
-            w = self._waiters.pop(e.index, None)
-            if w is not None and not w[1].done():
-                w[1].set_result(w[0] == e.term)
-
-    # -- persistence ---------------------------------------------------------------------------
-
-    def _ops(self, rd: rnode.Ready) -> list[storage.Op]:
-        ops, self._disk_last = raft_storage.ready_ops(rd, self._disk_last)
-        return ops
+    # -- helpers -------------------------------------------------------------------------------
 
     def _load(self) -> rnode.RaftNode:
         hs = rmsg.HardState()
@@ -792,111 +467,26 @@ class RaftConsensus:
         return rnode.RaftNode(self.node_id, self._config, random.Random(self._rng.random()),
                               hard_state=hs, snapshot=snap, entries=entries, bootstrap=bootstrap)
 
-    async def _restore_app(self, snap: rmsg.Snapshot) -> None:
-        app, _ = rnode.unpack_snapshot(snap.data)
-        if self._restore is not None:
-            result = self._restore(app)
-            if inspect.isawaitable(result):
-                await result
-        elif snap.index > 0:
-            log.warning("snapshot %d installed but no restore callback is registered", snap.index)
-
-    # -- messaging -----------------------------------------------------------------------------
-
-    def _register_handlers(self) -> None:
-        """Route ``raft.*`` to us. A shared transport keeps its handlers for its life, so a
-        later RaftConsensus on the same transport (a node that rejoined) takes them over."""
-        t = self._transport
-        if t is None:
-            return
-        first = t not in _OWNERS
-        _OWNERS[t] = self
-        if first:
-            for kind in rmsg.KINDS:
-                t.on(kind, _handler(t, kind))
-
-    def _receive(self, kind: str, sender: str, body: dict[str, Any]) -> None:
-        if not self._running:
-            return
-        self.stats["messages_received"] += 1
-        if len(self._inbox) >= self.max_inbox:
-            self.stats["messages_dropped"] += 1  # the sender retries: heartbeats, probes
-            return
-        self._learn_address(sender, body.get("a") if isinstance(body, dict) else None)
-        self._inbox.append((kind, sender, body))
-        self._wake.set()
-
-    def _send(self, msg: rmsg.Message) -> None:
-        self.stats["messages_sent"] += 1
-        if self._transport is None:
-            _LocalHub.send(msg)
-            return
-        addr = self.address_of(msg.to)
-        if addr is None:
-            log.debug("no address for %s; dropping %s", msg.to, type(msg).__name__)
-            return
-        kind, body = rmsg.to_wire(msg)
-        if self._self_address:
-            body["a"] = self._self_address  # so a joining node can answer its first probe
-        self._transport.send(addr, kind, body)
-
-    def _learn_address(self, sender: str, addr: Any) -> None:
-        """Remember where an authenticated sender listens, if nothing else told us.
-
-        A node that joins knows no addresses until the configuration reaches it, yet
-        must answer the leader's first probes; every message carries its sender's
-        address (the sender is the TLS identity, so it can only speak for itself)."""
-        if not isinstance(addr, str) or sender in self.peers or self.address_of(sender):
-            return
-        try:
-            peer.split_address(addr)
-        except ValueError:
-            return
-        self.peers[sender] = addr
-
-    # -- helpers -------------------------------------------------------------------------------
-
-    def _require_node(self) -> rnode.RaftNode:
-        if self._node is None:
-            raise RuntimeError("RaftConsensus is not started")
-        return self._node
 
     def _require_leader_node(self) -> rnode.RaftNode:
         n = self._require_node()
         if not n.is_leader:
-            raise NotLeaderError(n.leader_id, self.leader_address())
+            raise self.not_leader()
         return n
 
-    async def _call(self, fn: Callable[[rnode.RaftNode], T]) -> T:
-        """Run ``fn(core)`` inside the loop, between Readies (never mid-cycle)."""
-        if not self._running:
-            raise RuntimeError("RaftConsensus is not running")
-        self._check_room()
-        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._inbox.append(_Admin(fn, fut))
-        self._wake.set()
-        return await fut
 
-    def _check_room(self) -> None:
-        # Completions of our own writes (_Persisted) are never refused: only new work.
-        if len(self._inbox) >= self.max_inbox:
-            self.stats["proposals_refused"] += 1
-            raise OverloadedError(
-                f"raft {self.node_id} is overloaded ({len(self._inbox)} queued inputs, "
-                f"limit {self.max_inbox}); retry later")
+def _check_founders(node_id: str, cluster_nodes: list[str], join: bool) -> None:
+    if not join and node_id not in cluster_nodes:
+        raise ValueError(f"cluster_nodes must include this node ({node_id!r}) unless join=True")
 
-    def _notify(self) -> None:
-        for fut in self._watchers:
-            if not fut.done():
-                fut.set_result(None)
-        self._watchers = []
 
-    async def _wait_until(self, pred: Callable[[], bool], timeout: float | None) -> None:
-        """Re-check ``pred`` after every loop pass (ticks guarantee passes) until true."""
-        async with asyncio.timeout(timeout):
-            while not pred():
-                if not self._running:
-                    raise RuntimeError("raft stopped")
-                fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-                self._watchers.append(fut)
-                await fut
+@contextlib.asynccontextmanager
+async def _decided_by(deadline: float, what: str) -> AsyncIterator[None]:
+    """A membership call's deadline: passing it leaves the change's fate unknown."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            yield
+    except TimeoutError:
+        raise errors.OutcomeUnknown(
+            f"{what} was not decided in time: it may still take effect; calling again "
+            "resumes it") from None

@@ -34,6 +34,10 @@ Selection prefers HEALTHY nodes and falls back to DEGRADED ones (missed a
 probe, still inside ``unhealthy_threshold``) only when no healthy node
 qualifies, as Envoy does with degraded hosts; UNKNOWN and UNHEALTHY nodes are
 never selected.
+
+Why one long file: it is the spec's ``FederationCoordinator``, one class whose
+registry, health rounds and selection share the same entries; the decisions
+are in the cores above, and what stays here is the asyncio around them.
 """
 
 from __future__ import annotations
@@ -46,7 +50,6 @@ import math
 import os
 import random
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,22 +57,23 @@ from typing import Any
 
 import msgpack
 
-from . import storage
+from . import errors, storage
 from .core import balancing, health_checks, registry
-from .transport import peer, tls
+from .transport import link, peer
 
 log = logging.getLogger(__name__)
 
 NodeStatus = health_checks.NodeStatus
 
-Replicate = Callable[[dict[str, Any]], Awaitable[bool]]
+# Proposes a command through Raft; returns what applying it returned here (the
+# ``registry.Applied``), or raises one of the package's errors when it was not applied.
+Replicate = Callable[[dict[str, Any]], Awaitable[Any]]
 IsActive = Callable[[], bool]
 
 HEARTBEAT_KIND = "coord.heartbeat"
 HEARTBEAT_KEYS = frozenset({"load_score", "latency_ms", "capacity"})
 HEARTBEAT_TTL_INTERVALS = 1.5  # in-process mode: a heartbeat this recent passes a check
 RTT_EWMA_WEIGHT = 0.3  # weight of the newest probe round-trip in the average
-APPLY_TIMEOUT = 10.0  # seconds to wait for a committed command to be applied here
 
 _NODES_NS = "coord.nodes"
 _META_NS = "coord.meta"
@@ -192,25 +196,6 @@ class _Entry:
             else self.probe_rtt_ms
 
 
-CA_NEXT_TO_CERT = "ca.crt"  # a cert-manager Secret mounts tls.crt, tls.key and ca.crt together
-
-
-def _ca_for(cert: str | None, key: str | None, ca: str | None) -> str | None:
-    """``tls_ca``, or when only the certificate and key are given, the CA beside them.
-
-    Mutual authentication verifies peers against a CA, so without one there is no
-    secure mode: the CA file of the certificate's directory (cert-manager's layout)
-    is the only one we may assume."""
-    if ca or not (cert and key):
-        return ca
-    beside = Path(cert).parent / CA_NEXT_TO_CERT
-    if beside.is_file():
-        return str(beside)
-    raise tls.TLSConfigError(
-        f"mutual TLS needs a CA to verify peers: pass tls_ca, or put {CA_NEXT_TO_CERT} "
-        f"next to tls_cert (no {beside})")
-
-
 def _check_heartbeat(metrics: Any) -> tuple[float | None, float | None, dict[str, float] | None]:
     if metrics is None:
         return None, None, None
@@ -267,15 +252,11 @@ class FederationCoordinator:
         if not isinstance(self.load_balance, LoadBalance):
             raise TypeError("load_balance must be a LoadBalance")
         self.storage_path = Path(storage_path) if storage_path is not None else None
-        self._owns_transport = False
-        if transport is None:
-            files = tls.TLSFiles.optional(tls_cert, tls_key, _ca_for(tls_cert, tls_key, tls_ca))
-            if bind_address is not None or files is not None:
-                # Without bind_address this is a client only: enough to probe.
-                transport = peer.PeerTransport(node_id, bind_address, files,
-                                               peer_domain=peer_domain, insecure=files is None)
-                self._owns_transport = True
-        self.transport = transport
+        # Given TLS files but no bind_address, a client only: enough to probe.
+        self._link = link.PeerLink.build(node_id, transport=transport, bind_address=bind_address,
+                                         tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
+                                         peer_domain=peer_domain, client_only=True)
+        self.transport = self._link.transport
         self._replicate = replicate
         self._is_active = is_active
         self._registry = registry.Registry()
@@ -287,7 +268,6 @@ class FederationCoordinator:
         self._healthy: list[_Entry] = []
         self._degraded: list[_Entry] = []
         self._dirty = True
-        self._pending: dict[str, asyncio.Future[registry.Applied]] = {}
         self._listeners: list[StatusListener] = []
         self._store: storage.DurableStore | None = None
         self._task: asyncio.Task[None] | None = None
@@ -310,8 +290,7 @@ class FederationCoordinator:
         if self._task is not None:
             return
         self._stopping.clear()
-        if self._owns_transport and self.transport is not None:
-            await self.transport.start()
+        await self._link.start()
         if self.storage_path is not None and self._replicate is None:
             self._store = storage.DurableStore(self.storage_path / "coordinator.db")
             self._load(self._store)
@@ -328,15 +307,10 @@ class FederationCoordinator:
                 await t
         self._task = None
         self._background.clear()
-        for fut in self._pending.values():
-            if not fut.done():
-                fut.set_exception(CoordinatorError("coordinator stopped"))
-        self._pending.clear()
         if self._store is not None:
             self._store.close()
             self._store = None
-        if self._owns_transport and self.transport is not None:
-            await self.transport.stop()
+        await self._link.stop()
 
     @property
     def address(self) -> str | None:
@@ -346,7 +320,7 @@ class FederationCoordinator:
         """Whether this coordinator probes and proposes status changes (the Raft leader's)."""
         return self._is_active() if self._is_active is not None else True
 
-    def add_listener(self, listener: StatusListener) -> None:
+    def register_status_callback(self, listener: StatusListener) -> None:
         """Call ``listener(node_info, old_status)`` after every applied status change."""
         self._listeners.append(listener)
 
@@ -465,13 +439,9 @@ class FederationCoordinator:
     # -- replication -----------------------------------------------------------------------
 
     def apply_command(self, command: Mapping[str, Any]) -> registry.Applied:
-        """Apply a committed ``coord.*`` command (the node daemon calls this from Raft's apply)."""
-        applied = self._apply(command)
-        rid = command.get("rid") if isinstance(command, Mapping) else None
-        fut = self._pending.get(rid) if isinstance(rid, str) else None
-        if fut is not None and not fut.done():
-            fut.set_result(applied)
-        return applied
+        """Apply a committed ``coord.*`` command (the node daemon calls this from Raft's
+        apply); what it returns reaches the proposer through Raft."""
+        return self._apply(command)
 
     def snapshot(self) -> dict[str, Any]:
         """The registry as plain data (for Raft snapshots)."""
@@ -499,22 +469,13 @@ class FederationCoordinator:
             applied = self._apply(command)
             await self._persist(applied.changed)
             return applied
-        rid = uuid.uuid4().hex
-        command["rid"] = rid
-        fut: asyncio.Future[registry.Applied] = asyncio.get_running_loop().create_future()
-        self._pending[rid] = fut
         try:
-            if not await self._replicate(command):
-                raise CoordinatorError(
-                    f"{command['type']} was not committed (this node is not the Raft leader "
-                    "or has no quorum)")
-            try:
-                return await asyncio.wait_for(asyncio.shield(fut), APPLY_TIMEOUT)
-            except TimeoutError:
-                raise CoordinatorError(f"{command['type']} committed but not applied within "
-                                       f"{APPLY_TIMEOUT:.0f} s") from None
-        finally:
-            self._pending.pop(rid, None)
+            result = await self._replicate(command)
+        except errors.FederationError as exc:
+            raise CoordinatorError(f"{command['type']} was not committed: {exc}") from None
+        if not isinstance(result, registry.Applied):
+            raise CoordinatorError(f"{command['type']} committed but was not applied here")
+        return result
 
     def _apply(self, command: Mapping[str, Any]) -> registry.Applied:
         applied = self._registry.apply(command)

@@ -14,6 +14,10 @@ node finds them again without DNS; cached entries are re-verified before use.
 
 ``formation_decision()`` applies ``core.formation.decide`` to what we know:
 whether this node should resume, bootstrap a new cluster, join, or wait.
+
+Why one long file: it is the spec's ``NodeDiscovery``: four sources, the
+verification handshake and the peer cache feed one ``core.peers.PeerSet``,
+which holds the decisions.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from typing import Any
 
 from . import storage
 from .core import formation, peers
-from .transport import dns, mdns, peer, tls
+from .transport import dns, link, mdns, peer, tls
 
 log = logging.getLogger(__name__)
 
@@ -174,12 +178,10 @@ class NodeDiscovery:
         self.node_id = node_id
         self.config = config or DiscoveryConfig()
         self.storage_path = Path(storage_path) if storage_path is not None else None
-        self._owns_transport = transport is None and bind_address is not None
-        if self._owns_transport:
-            files = tls.TLSFiles.optional(tls_cert, tls_key, tls_ca)
-            transport = peer.PeerTransport(node_id, bind_address, files, peer_domain=peer_domain,
-                                           insecure=files is None)
-        self.transport = transport
+        self._link = link.PeerLink.build(node_id, transport=transport, bind_address=bind_address,
+                                         tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
+                                         peer_domain=peer_domain)
+        self.transport = transport = self._link.transport
         if transport is not None:
             transport.on(HELLO, self._on_hello)
         self._advertise = advertise_address
@@ -224,8 +226,7 @@ class NodeDiscovery:
     async def start(self) -> None:
         if self._task is not None:
             return
-        if self._owns_transport and self.transport is not None:
-            await self.transport.start()
+        await self._link.start()
         if self.advertise_address is not None:
             self._peers.set_self_address(self.advertise_address)
         methods = self.config.enabled_methods
@@ -253,8 +254,7 @@ class NodeDiscovery:
             if self._store is not None:
                 self._store.close()
                 self._store = None
-        if self._owns_transport and self.transport is not None:
-            await self.transport.stop()
+        await self._link.stop()
 
     # -- the spec's API --------------------------------------------------------------------------
 
@@ -300,7 +300,7 @@ class NodeDiscovery:
         await self._emit()
         return bool(gone)
 
-    def register_listener(self, callback: Listener) -> None:
+    def register_discovery_callback(self, callback: Listener) -> None:
         """``callback("up"|"down", node)`` for verified nodes appearing and going away."""
         self._listeners.append(callback)
 

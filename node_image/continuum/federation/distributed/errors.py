@@ -35,6 +35,11 @@ class FederationError(Exception):
     http_status: ClassVar[int] = 500
     code: str = "internal"
 
+    def __init__(self, *args: object, code: str | None = None) -> None:
+        super().__init__(*args)
+        if code is not None:
+            self.code = code
+
     def details(self) -> dict[str, Any]:
         """Extra fields of the JSON error body."""
         return {}
@@ -47,6 +52,10 @@ class FederationError(Exception):
 class InvalidInput(FederationError, ValueError):
     http_status = 400
     code = "invalid"
+
+
+class NotSerializable(InvalidInput, TypeError):
+    """A value that cannot be encoded for the log or the wire."""
 
 
 class NotFound(FederationError, LookupError):
@@ -83,9 +92,12 @@ class MembershipError(FederationError, ValueError):
 
     http_status = 409
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+    def __init__(self, code: str, message: str, **details: Any) -> None:
+        super().__init__(message, code=code)
+        self._details = details
+
+    def details(self) -> dict[str, Any]:
+        return dict(self._details)
 
 
 class NotLeader(FederationError):

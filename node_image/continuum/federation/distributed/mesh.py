@@ -11,11 +11,9 @@ per probe), and one-way ``swim.ack``, ``swim.ping_req``, ``swim.nack``,
 newly seen member's connection is opened at once (``peer.ping``) so the first
 gossip to it does not wait for a TLS handshake.
 
-Three ways to run, as every component here:
-
-* ``transport=`` an existing ``PeerTransport`` (the node daemon shares one port);
-* ``bind_address=`` (plus ``tls_cert/tls_key/tls_ca``): the mesh owns a transport;
-* neither: in-process only (the spec's snippets); nothing is sent.
+Three ways to run, as every component here (``transport.link``): a shared
+``transport=``, its own with ``bind_address=``, or neither (in-process only, the
+spec's snippets: nothing is sent).
 
 ``storage_path`` keeps the incarnation number (raised on every start, so a
 restarted node outbids its own old death at once) and the known peers (so a
@@ -38,7 +36,7 @@ from . import storage
 from .core.swim import config as swim_config
 from .core.swim import messages, swim_node
 from .core.swim.membership import Status
-from .transport import peer, tls
+from .transport import link, peer
 
 log = logging.getLogger(__name__)
 
@@ -131,11 +129,14 @@ class GossipMesh:
         self.bind_address = bind_address
         self.advertise_address = advertise_address
         self.storage_path = storage_path
-        self._tls = tls.TLSFiles.optional(tls_cert, tls_key, tls_ca)
-        self._peer_domain = peer_domain
-        self._transport = transport
-        self._owns_transport = False
-        self._handlers_registered = False
+        self._link = link.PeerLink.build(node_id, transport=transport, bind_address=bind_address,
+                                         tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
+                                         peer_domain=peer_domain)
+        self._transport = self._link.transport
+        if self._transport is not None:
+            for kind in messages.KINDS.values():
+                self._transport.on(kind, self._handler(kind))
+            self._transport.on(PING_CALL, self._on_ping_call)
         self._rng = random.Random(self.config.seed)
         self._core: swim_node.SwimNode | None = None
         self._store: storage.DurableStore | None = None
@@ -168,18 +169,7 @@ class GossipMesh:
             # Durable before announced: a crash right after never reuses this number.
             await self._store.commit([storage.Put(_NS, "incarnation", str(incarnation).encode())])
             stored_peers = {str(k): v.decode() for k, v in self._store.scan(_NS_PEERS)}
-        if self._transport is None and self.bind_address is not None:
-            self._transport = peer.PeerTransport(self.node_id, self.bind_address, self._tls,
-                                                 peer_domain=self._peer_domain,
-                                                 insecure=self._tls is None)
-            self._owns_transport = True
-        if self._owns_transport and self._transport is not None:
-            await self._transport.start()
-        if self._transport is not None and not self._handlers_registered:
-            for kind in messages.KINDS.values():
-                self._transport.on(kind, self._handler(kind))
-            self._transport.on(PING_CALL, self._on_ping_call)
-            self._handlers_registered = True
+        await self._link.start()
         address = (self.advertise_address
                    or (self._transport.address if self._transport is not None else None)
                    or self.bind_address or self.node_id)
@@ -213,8 +203,7 @@ class GossipMesh:
             await asyncio.gather(*self._calls, return_exceptions=True)
         if self._writes:
             await asyncio.gather(*self._writes, return_exceptions=True)
-        if self._owns_transport and self._transport is not None:
-            await self._transport.stop()
+        await self._link.stop()
         if self._store is not None:
             self._store.close()
             self._store = None

@@ -2,29 +2,26 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-if TYPE_CHECKING:
-    from .node import FederationNode
 
-
-def app(node: FederationNode) -> web.Application:
+def app(node_id: str, is_ready: Callable[[], bool], formation: Callable[[], str],
+        render_metrics: Callable[[], bytes]) -> web.Application:
     application = web.Application()
 
     async def healthz(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "node_id": node.node_id})
+        return web.json_response({"status": "ok", "node_id": node_id})
 
     async def readyz(request: web.Request) -> web.Response:
-        ready = node.is_ready()
-        return web.json_response({"ready": ready, "formation": node.formation_state},
+        ready = is_ready()
+        return web.json_response({"ready": ready, "formation": formation()},
                                  status=200 if ready else 503)
 
     async def prometheus(request: web.Request) -> web.Response:
-        body = node.metrics.render()
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=render_metrics(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     application.router.add_get("/healthz", healthz)
     application.router.add_get("/readyz", readyz)

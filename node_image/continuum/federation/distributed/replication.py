@@ -14,17 +14,16 @@ within a round trip, not an interval later. Merging is a CRDT join, so
 duplicated, reordered or repeated deliveries are harmless. Messages stay
 under ``MESSAGE_BUDGET`` bytes.
 
-Message kinds (all under ``repl.``):
-
-* ``repl.push``   one-way  ``{"states": [[key, state], ...]}``
-* ``repl.digest`` call     ``{"level": L, "nodes": [i, ...]}`` -> ``{"hashes": [...]}``;
-  with ``"entries": true`` (leaf level) -> ``{"entries": [[[key, digest], ...], ...]}``
-* ``repl.fetch``  call     ``{"states": [[key, state], ...], "want": [key, ...]}``
-  -> ``{"states": [[key, state], ...], "collected": {key: context}}`` (tombstones
-  the peer already garbage-collected count as seen by it)
+The wire messages (``repl.push``, ``repl.digest``, ``repl.fetch``) and the
+top-down comparison of the trees are the core's (``core.crdt.messages`` and
+``core.crdt.antientropy``); this shell sends, merges and persists.
 
 Without ``bind_address`` or ``transport`` the replicator runs in-process
 only, as in the spec's snippets.
+
+Why one long file: it is the spec's ``MultiMasterReplicator``: writes, pushes,
+anti-entropy and persistence share one replica and its dirty set; the CRDT,
+the Merkle tree, the wire messages and the descent are in ``core.crdt``.
 """
 
 from __future__ import annotations
@@ -44,8 +43,8 @@ from typing import Any
 import msgpack
 
 from . import storage
-from .core.crdt import clock, merkle, replica, resolver, values
-from .transport import peer, tls
+from .core.crdt import antientropy, clock, messages, replica, resolver, values
+from .transport import link, peer
 
 log = logging.getLogger(__name__)
 
@@ -135,17 +134,14 @@ class MultiMasterReplicator:
         if storage_path is not None:
             self._store = storage.DurableStore(Path(storage_path) / DB_FILE, fsync=fsync)
             self._load()
-        self._owns_transport = False
-        if transport is None and bind_address is not None:
-            files = tls.TLSFiles.optional(tls_cert, tls_key, tls_ca)
-            transport = peer.PeerTransport(node_id, bind_address, files,
-                                           peer_domain=peer_domain, insecure=files is None)
-            self._owns_transport = True
-        self.transport = transport
+        self._link = link.PeerLink.build(node_id, transport=transport, bind_address=bind_address,
+                                         tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
+                                         peer_domain=peer_domain)
+        self.transport = transport = self._link.transport
         if transport is not None:
-            transport.on("repl.push", self._on_push)
-            transport.on("repl.digest", self._on_digest)
-            transport.on("repl.fetch", self._on_fetch)
+            transport.on(messages.PUSH, self._on_push)
+            transport.on(messages.DIGEST, self._on_digest)
+            transport.on(messages.FETCH, self._on_fetch)
         if peers:
             self.set_peers(peers)
 
@@ -170,8 +166,7 @@ class MultiMasterReplicator:
         """Start the network side: the transport (if ours), pushes and anti-entropy."""
         if self.transport is None:
             return
-        if self._owns_transport:
-            await self.transport.start()
+        await self._link.start()
         self._push_event = asyncio.Event()
         if self._pending:
             self._push_event.set()
@@ -200,8 +195,7 @@ class MultiMasterReplicator:
             await asyncio.wait(list(self._bg), timeout=10.0)
         for t in list(self._bg):
             t.cancel()
-        if self.transport is not None and self._owns_transport:
-            await self.transport.stop()
+        await self._link.stop()
         if self._store is not None:
             self._store.close()
 
@@ -480,15 +474,16 @@ class MultiMasterReplicator:
             keys = list(self._pending)
             self._pending.clear()
             for batch in self._batches(keys, self.push_batch):
-                body = {"states": batch}
+                body = messages.encode_push(batch)
                 for address in self._peers.values():
-                    self.transport.send(address, "repl.push", body)
+                    self.transport.send(address, messages.PUSH, body)
                 self.stats["pushes_sent"] += 1
 
-    def _batches(self, keys: list[str], max_keys: int) -> Iterator[list[list[Any]]]:
-        """``[[key, state], ...]`` lists of at most ``max_keys`` keys and ~MESSAGE_BUDGET bytes."""
+    def _batches(self, keys: list[str], max_keys: int
+                 ) -> Iterator[list[tuple[str, replica.KeyState]]]:
+        """Lists of (key, state) of at most ``max_keys`` keys and ~MESSAGE_BUDGET bytes."""
         states = self._replica.states
-        batch: list[list[Any]] = []
+        batch: list[tuple[str, replica.KeyState]] = []
         size = 0
         for k in keys:
             st = states.get(k)
@@ -498,7 +493,7 @@ class MultiMasterReplicator:
             if batch and (len(batch) >= max_keys or size + n > MESSAGE_BUDGET):
                 yield batch
                 batch, size = [], 0
-            batch.append([k, st.to_wire()])
+            batch.append((k, st))
             size += n
         if batch:
             yield batch
@@ -517,22 +512,15 @@ class MultiMasterReplicator:
 
     async def _on_push(self, sender: str, body: dict[str, Any]) -> None:
         self.stats["push_messages_received"] += 1
-        parsed = self._parse_states(body.get("states"), sender)
-        await self._merge(parsed, sender, durable=False)
+        push = messages.decode_push(body)
+        await self._merge(self._accepted(push.states, sender), sender, durable=False)
 
-    def _parse_states(self, raw: Any, sender: str) -> dict[str, replica.KeyState]:
-        """Valid entries of a ``[[key, state], ...]`` list; corrupt ones are counted and dropped."""
-        if not isinstance(raw, list):
-            raise ValueError("'states' must be a list of [key, state]")
-        out: dict[str, replica.KeyState] = {}
-        for item in raw:
-            try:
-                key, st = item
-                out[replica.check_key(key)] = replica.KeyState.from_wire(st)
-            except (ValueError, TypeError) as exc:
-                self.stats["rejected_values"] += 1
-                log.warning("replication: rejected a state from %s: %s", sender, exc)
-        return out
+    def _accepted(self, received: messages.States, sender: str) -> dict[str, replica.KeyState]:
+        """The valid states a peer sent; corrupt ones were dropped: count and log them."""
+        for why in received.rejected:
+            self.stats["rejected_values"] += 1
+            log.warning("replication: rejected a state from %s: %s", sender, why)
+        return received.states
 
     # -- anti-entropy --------------------------------------------------------------------------
 
@@ -595,32 +583,12 @@ class MultiMasterReplicator:
 
     async def _find_differences(self, address: str, peer_id: str,
                                 counter: dict[str, int]) -> set[str]:
-        tree = self._replica.tree
-        level, nodes = 1, list(range(tree.fanout))
-        while True:  # hashes level by level, down to the leaves, only below differences
-            diff: list[int] = []
-            for i in range(0, len(nodes), 4096):
-                chunk = nodes[i:i + 4096]
-                reply = await self._call(address, peer_id, "repl.digest",
-                                         {"level": level, "nodes": chunk}, counter)
-                diff += merkle.differing(chunk, tree.hashes(level, chunk), reply["hashes"])
-            if not diff:
-                return set()
-            if level == tree.depth:
-                break
-            nodes, level = tree.children(level, diff), level + 1
-        keys: set[str] = set()
-        for i in range(0, len(diff), 512):  # then the entries of the differing leaves only
-            chunk = diff[i:i + 512]
-            reply = await self._call(address, peer_id, "repl.digest",
-                                     {"level": tree.depth, "nodes": chunk, "entries": True},
-                                     counter)
-            theirs = reply["entries"]
-            if not isinstance(theirs, list) or len(theirs) != len(chunk):
-                raise ValueError("leaf entries do not match the request")
-            for mine, other in zip(tree.entries(chunk), theirs, strict=True):
-                keys |= merkle.differing_keys(mine, [tuple(e) for e in other])
-        return keys
+        descent = antientropy.Descent(self._replica.tree)
+        while (req := descent.next_request()) is not None:
+            reply = await self._call(address, peer_id, messages.DIGEST,
+                                     messages.encode_digest_request(req), counter)
+            descent.on_reply(messages.decode_digest_reply(reply, req))
+        return descent.differing_keys
 
     async def _exchange(self, address: str, peer_id: str, keys: list[str],
                         counter: dict[str, int]) -> int:
@@ -635,42 +603,28 @@ class MultiMasterReplicator:
             want = [k for k in chunk if k in sent or k not in self._replica.states]
             if not want:
                 continue
-            body = {"states": ours, "want": want}
-            reply = await self._call(address, peer_id, "repl.fetch", body, counter)
-            more = reply.get("more", [])
-            if isinstance(more, list):  # theirs that did not fit: ask again
-                todo += [k for k in more if isinstance(k, str) and k in want]
-            repaired += await self._merge(self._parse_states(reply.get("states"), peer_id),
-                                          peer_id)
-            collected = reply.get("collected", {})
-            if isinstance(collected, dict):
-                for key, ctx in collected.items():
-                    with contextlib.suppress(ValueError, TypeError):
-                        self._replica.peer_collected(peer_id, key,
-                                                     clock.VectorClock.from_dict(ctx))
+            raw = await self._call(address, peer_id, messages.FETCH,
+                                   messages.encode_fetch_request(ours, want), counter)
+            reply = messages.decode_fetch_reply(raw, want)
+            todo += list(reply.more)  # theirs that did not fit: ask again
+            repaired += await self._merge(self._accepted(reply.states, peer_id), peer_id)
+            for key, context in reply.collected.items():
+                self._replica.peer_collected(peer_id, key, context)
         return repaired
 
     async def _on_digest(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
-        tree = self._replica.tree
-        level, nodes = body.get("level"), body.get("nodes")
-        if not isinstance(level, int) or not isinstance(nodes, list) or len(nodes) > 65536:
-            raise ValueError("repl.digest needs an int level and a list of at most 65536 nodes")
-        if body.get("entries"):
-            if level != tree.depth:
-                raise ValueError("entries exist only at the leaf level")
-            return {"entries": [[list(e) for e in leaf] for leaf in tree.entries(nodes)]}
-        return {"hashes": tree.hashes(level, nodes)}
+        req = messages.decode_digest_request(body)
+        reply = antientropy.answer_digest(self._replica.tree, req)
+        return messages.encode_digest_reply(reply, entries=req.entries)
 
     async def _on_fetch(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
-        want = body.get("want", [])
-        if not isinstance(want, list) or len(want) > 65536:
-            raise ValueError("'want' must be a list of at most 65536 keys")
-        await self._merge(self._parse_states(body.get("states", []), sender), sender)
-        have = [k for k in want if isinstance(k, str) and k in self._replica.states]
+        req = messages.decode_fetch_request(body)
+        await self._merge(self._accepted(req.states, sender), sender)
+        have = [k for k in req.want if k in self._replica.states]
         batch = next(self._batches(have, len(have)), []) if have else []
         sent = {k for k, _ in batch}
-        return {"states": batch, "more": [k for k in have if k not in sent],
-                "collected": self._replica.collected_contexts(want)}
+        return messages.encode_fetch_reply(batch, [k for k in have if k not in sent],
+                                           self._replica.collected_contexts(req.want))
 
 
 def _parse_value(raw: object) -> values.ReplicatedValue:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 # The timing rule, in milliseconds, that the node's settings, the shell and the
@@ -53,3 +54,22 @@ class RaftConfig:
             raise ValueError("byte limits must be positive")
         if self.request_window < 1:
             raise ValueError("request_window must be positive")
+
+
+def ticks_for(election_timeout_ms: tuple[int, int], heartbeat_interval_ms: int
+              ) -> tuple[float, RaftConfig]:
+    """The tick length (seconds) and the core's config for millisecond settings.
+
+    Ticks are at most 10 ms, and at least two per heartbeat, so timeouts keep
+    their resolution; ``ValueError`` when the settings break the timing rule."""
+    problem = timing_error(election_timeout_ms, heartbeat_interval_ms)
+    if problem is not None:
+        raise ValueError(problem)
+    lo, hi = election_timeout_ms
+    tick_ms = min(10.0, heartbeat_interval_ms / 2)
+    config = RaftConfig(
+        election_ticks_min=max(2, math.ceil(lo / tick_ms)),
+        election_ticks_max=max(2, math.ceil(hi / tick_ms)),
+        heartbeat_ticks=max(1, round(heartbeat_interval_ms / tick_ms)),
+    )
+    return tick_ms / 1000, config

@@ -12,6 +12,12 @@ The shell's loop (see ``Ready`` for the order of work)::
         node.advance(rd)
 
 No input may be stepped between ``ready()`` and ``advance()``.
+
+Why one long file: ``RaftNode`` is one state machine whose every handler reads
+and writes the same state (term, log, progress, reads); as in etcd's raft.go it
+is kept whole and split by message type into ``_on_*`` methods, while the
+pure pieces it uses live in ``log``, ``progress``, ``quorum``, ``requests`` and
+``recovery``.
 """
 
 from __future__ import annotations
@@ -297,8 +303,9 @@ class RaftNode:
         is not lost, and a second cluster must not be split off a working one.
         """
         if self.leader_id is not None:
-            raise errors.MembershipError("has_leader", f"this node sees a leader ({self.leader_id}):"
-                                    " quorum is not lost; use the member add/remove calls")
+            raise errors.MembershipError(
+                "has_leader", f"this node sees a leader ({self.leader_id}): quorum is not "
+                "lost; use the member add/remove calls")
         r = recovery.force_new_cluster(self.hard_state(), self.log.snapshot, self.log.entries,
                                        self.id, address)
         commit = r.truncated_after
@@ -631,13 +638,19 @@ class RaftNode:
         if self.role != LEADER:
             return
         members = self.conf.members
-        for pid in list(self.progress):
-            if pid not in members:
-                del self.progress[pid]
+        # A removed member keeps being replicated to until its removal commits (as etcd
+        # drops it on apply): it then holds the entry that removes it, and knows it was
+        # removed on purpose. It no longer counts for any quorum (those use conf.voters).
         for pid in sorted(members - set(self.progress)):
             self.progress[pid] = pmod.Progress(next=self.log.last_index + 1)
+        self._drop_departed()
         if self.lead_transferee not in self.conf.voters:
             self.lead_transferee = None
+
+    def _drop_departed(self) -> None:
+        if self.log.commit >= self.conf_index:
+            for pid in [p for p in self.progress if p not in self.conf.members]:
+                del self.progress[pid]
 
     def _flush_broadcasts(self) -> None:
         if self._bcast and self.role == LEADER:
@@ -717,6 +730,7 @@ class RaftNode:
             return
         self.log.commit_to(idx)
         self._bcast = True
+        self._drop_departed()
         if self._reads_waiting:
             for ctx in self._reads_waiting:
                 self._start_read(ctx)

@@ -18,6 +18,10 @@ independent confirmations, unless the member refutes it with a higher
 incarnation. Every update (membership and state) is piggybacked on probes and
 sent in gossip rounds to ``fanout`` random members until it has gone out
 ``retransmit_limit`` times; push-pull full syncs repair whatever gossip missed.
+
+Why one long file: ``SwimNode`` is one state machine (probe cycle, suspicion,
+dissemination, sync) over shared member state; its pure pieces live in
+``membership``, ``suspicion``, ``dissemination``, ``state`` and ``local_health``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,139 @@
+"""A node's background duties: timers that keep its parts in step.
+
+* load: every node gossips its load (``LOAD_STATE_KEY`` in the mesh state), and
+  every node's coordinator takes each report as that node's heartbeat, so
+  ``select_node`` is load-aware on any node;
+* leader: the leader keeps the coordinator's registry equal to Raft's membership;
+* certificates: rotated TLS files (cert-manager renews a Secret in place) are
+  reloaded, and what is loaded is described for ``/v1/status``;
+* loop lag: how late the event loop wakes us, the local-health part of the load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from . import concepts, consensus, coordinator, mesh, pki
+from .core import load
+from .transport import peer, tls
+
+log = logging.getLogger(__name__)
+
+LOAD_STATE_KEY = "load"
+LOAD_REPORT_SECONDS = 1.0
+LEADER_DUTY_SECONDS = 1.0
+CERT_CHECK_SECONDS = 10.0
+LAG_SAMPLE_SECONDS = 0.25
+
+
+class Certificates:
+    """The TLS files this node has loaded, reloaded when they are rotated."""
+
+    def __init__(self, files: tls.TLSFiles, transport: peer.PeerTransport) -> None:
+        self._files = files
+        self._transport = transport
+        self._mtime: tuple[float, float, float] | None = None
+        self._describe()
+
+    def _describe(self) -> None:
+        self.not_after = pki.not_after(Path(self._files.cert).read_bytes())
+        # For the operator's two-phase CA rotation: it re-issues leaves from a new CA only
+        # once every node trusts it, and retires the old CA only once every node serves a
+        # leaf of the new one.
+        self.trusted_ca_sha256 = tls.file_fingerprints(self._files.ca)
+        self.cert_sha256 = tls.file_fingerprints(self._files.cert)[0]
+
+    def check(self) -> None:
+        try:
+            mtime = self._files.mtime()
+            if self._mtime is not None and mtime != self._mtime:
+                self._transport.reload_tls()
+                self._describe()
+                log.info("reloaded rotated TLS certificates (valid until %s)",
+                         self.not_after.isoformat())
+            self._mtime = mtime
+        except (OSError, ValueError, tls.TLSConfigError) as exc:
+            log.warning("certificate reload failed, keeping the old ones: %s", exc)
+
+    async def watch(self) -> None:
+        while True:
+            self.check()
+            await asyncio.sleep(CERT_CHECK_SECONDS)
+
+
+class LoadReporter:
+    """This node's load, gossiped; every node's load, heard as coordinator heartbeats."""
+
+    def __init__(self, gossip: mesh.GossipMesh, registry: coordinator.FederationCoordinator,
+                 store: concepts.ConceptService) -> None:
+        self._mesh = gossip
+        self._coordinator = registry
+        self._concepts = store
+        self.loop_lag_ms = 0.0
+        self._beats: set[asyncio.Task[None]] = set()
+        gossip.register_state_update_callback(self._on_mesh_state)
+
+    def inputs(self) -> load.LoadInputs:
+        c = self._concepts
+        return load.LoadInputs(c.in_flight, self.loop_lag_ms, c.latency_ms or 0.0, c.count())
+
+    async def report(self) -> None:
+        while True:
+            await self._mesh.update_state(LOAD_STATE_KEY, load.heartbeat(self.inputs()))
+            await asyncio.sleep(LOAD_REPORT_SECONDS)
+
+    async def measure_lag(self) -> None:
+        while True:
+            start = time.monotonic()
+            await asyncio.sleep(LAG_SAMPLE_SECONDS)
+            lag = max(0.0, (time.monotonic() - start - LAG_SAMPLE_SECONDS) * 1000)
+            self.loop_lag_ms = load.ewma(self.loop_lag_ms, lag)
+
+    def _on_mesh_state(self, node_id: str, key: str, value: Any) -> None:
+        """A node's load arrived through the mesh (ours too): our coordinator's heartbeat."""
+        if key != LOAD_STATE_KEY:
+            return
+
+        async def beat() -> None:
+            try:
+                await self._coordinator.heartbeat(node_id, value)
+            except coordinator.UnknownNodeError:
+                pass  # not registered here yet: its next report counts
+            except ValueError as exc:
+                log.debug("ignoring a malformed load report from %s: %s", node_id, exc)
+            except coordinator.CoordinatorError as exc:
+                log.debug("heartbeat of %s not recorded: %s", node_id, exc)
+
+        # A first heartbeat may propose a status change through Raft: off the mesh's
+        # callback queue, so membership events are not held up behind a commit.
+        task = asyncio.get_running_loop().create_task(beat())
+        self._beats.add(task)
+        task.add_done_callback(self._beats.discard)
+
+    async def stop(self) -> None:
+        for task in list(self._beats):
+            task.cancel()
+        if self._beats:
+            await asyncio.gather(*self._beats, return_exceptions=True)
+
+
+async def sync_registry_with_raft(raft: consensus.RaftConsensus,
+                                  registry: coordinator.FederationCoordinator) -> None:
+    """On the leader: keep the coordinator's registry equal to Raft's membership."""
+    while True:
+        if raft.is_leader:
+            members = {m["id"]: m["address"] for m in raft.members() if m["address"]}
+            registered = {n.node_id: n.address for n in await registry.get_all_nodes()}
+            try:
+                for nid, addr in members.items():
+                    if registered.get(nid) != addr:
+                        await registry.register_node(nid, addr, {"raft": True})
+                for nid in set(registered) - set(members):
+                    await registry.deregister_node(nid)
+            except coordinator.CoordinatorError as exc:
+                log.debug("registry sync deferred: %s", exc)
+        await asyncio.sleep(LEADER_DUTY_SECONDS)
