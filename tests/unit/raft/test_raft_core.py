@@ -278,6 +278,21 @@ def test_a_removed_leader_steps_down_once_the_change_commits() -> None:
     assert "a" not in net.leaders()  # no longer a voter: it never campaigns
 
 
+def test_a_removed_follower_receives_its_removal_then_is_left_alone() -> None:
+    net = Net("a", "b", "c")
+    net.elect("a")
+    a, c = net.nodes["a"], net.nodes["c"]
+    idx = a.change_config(rnode.REMOVE, "c")
+    net.stabilize()
+    # c holds the entry that removes it, so it can tell it was removed on purpose
+    assert c.log.last_index >= idx and "c" not in c.conf.members
+    assert a.log.commit >= idx and "c" not in a.progress
+    sent = len(net.sent)
+    net.tick(times=CFG.election_ticks_max * 3)
+    assert not [msg for msg in net.sent[sent:] if msg.to == "c" or msg.frm == "c"]
+    assert net.leaders() == ["a"]
+
+
 def test_removing_the_last_voter_is_refused() -> None:
     net = Net("a")
     net.elect("a")
