@@ -119,3 +119,10 @@ def test_highest_node_wins_compares_numbered_nodes_by_number() -> None:
     assert all_orders(r, sibs).value == "ten"
     assert all_orders(r, [rv("a", "node-01", 5), rv("b", "node-1", 5)]).value == "b"
 
+
+def test_a_merged_value_remembers_the_siblings_it_was_built_from() -> None:
+    a, b = rv({"x"}, "n1", 10), rv({"y"}, "n2", 20)
+    out = resolver.ConflictResolver(S.MERGE_UNION).resolve([b, a])
+    assert out.resolved_from == (a, b)  # canonical order
+    assert resolver.ConflictResolver(S.LAST_WRITE_WINS).resolve([a, b]) is b
+    assert b.resolved_from == ()

@@ -135,7 +135,8 @@ def _synthesize(value: Any, live: list[values.ReplicatedValue],
     version = clock.VectorClock()
     for v in frontier:
         version.update(v.version)
-    return values.ReplicatedValue.create(value, latest.timestamp, latest.node_id, version)
+    return values.ReplicatedValue.create(value, latest.timestamp, latest.node_id, version,
+                                         resolved_from=tuple(frontier))
 
 
 def merge_values(items: list[Any]) -> Any:
