@@ -13,6 +13,11 @@ Run: .venv/bin/python bench/replication.py [--quick]
    the full state (an empty replica syncing from scratch through the same
    protocol, and the raw size of every key state). Also the message bytes the
    same comparison would cost at 1,000,000 keys (hash trees only, no network).
+4. Catching up a replica from ``get_updates_since``: the whole ``Updates`` to
+   ``merge_state`` (one step, one durable write) against its pairs fed to
+   ``replicate_from`` one by one (the original module's loop), and against its
+   wire form (what a peer would receive: parsed and checksummed again), in
+   memory and durable.
 
 Numbers are reported, never asserted.
 """
@@ -188,6 +193,38 @@ async def anti_entropy(root: Path, ca: pki.KeyPair, n_keys: int, n_diff: int) ->
             await r.stop()
 
 
+async def catch_up(root: Path, n_keys: int) -> None:
+    print(f"\n## Catching up {n_keys:,} keys from get_updates_since")
+    source = replication.MultiMasterReplicator("cu-src")
+    for i in range(n_keys):
+        await source.write(f"concept-{i:07d}", {"name": f"concept {i}", "weight": i / 7})
+    t = time.perf_counter()
+    updates = await source.get_updates_since({})
+    built = time.perf_counter() - t
+    print(f"get_updates_since: {built * 1000:.1f} ms ({len(updates):,} pairs)")
+    for durable in (False, True):
+        times = {}
+        for way in ("merge_state", "wire form", "replicate_from"):
+            path = root / f"cu-{way.replace(' ', '-')}-{durable}" if durable else None
+            target = replication.MultiMasterReplicator(f"cu-{way}", storage_path=path)
+            t = time.perf_counter()
+            if way == "merge_state":
+                await target.merge_state(updates)
+            elif way == "wire form":
+                await target.merge_state(updates.to_wire())
+            else:
+                for key, value in updates:
+                    await target.replicate_from(source.node_id, key, value)
+            times[way] = time.perf_counter() - t
+            assert target.merkle_root == source.merkle_root
+            await target.stop()
+        base = times["merge_state"]
+        print(f"{'durable' if durable else 'in memory'}: merge_state {base * 1000:.0f} ms; "
+              f"its wire form {times['wire form'] * 1000:.0f} ms "
+              f"(x{times['wire form'] / base:.1f}); replicate_from one by one "
+              f"{times['replicate_from'] * 1000:.0f} ms (x{times['replicate_from'] / base:.1f})")
+
+
 def tree_only(n_keys: int, n_diff: int) -> None:
     """The digest exchange at a larger scale, bytes only: two trees, no replicas, no network."""
     a, b = merkle.MerkleTree(), merkle.MerkleTree()
@@ -223,7 +260,7 @@ def tree_only(n_keys: int, n_diff: int) -> None:
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller runs (smoke test)")
-    ap.add_argument("--only", choices=["local", "propagation", "anti-entropy"],
+    ap.add_argument("--only", choices=["local", "propagation", "anti-entropy", "catch-up"],
                     help="run one part")
     ap.add_argument("--rate", type=float, default=1000.0,
                     help="total writes/s for the propagation runs")
@@ -247,6 +284,8 @@ async def main() -> None:
         if part("anti-entropy"):
             await anti_entropy(root, ca, 10_000 if q else 100_000, 10)
             tree_only(100_000 if q else 1_000_000, 10)
+        if part("catch-up"):
+            await catch_up(root, 1_000 if q else 10_000)
 
 
 if __name__ == "__main__":

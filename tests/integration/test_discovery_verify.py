@@ -117,6 +117,29 @@ async def test_a_peer_whose_cert_speaks_for_another_id_is_not_verified(
             assert await a.verify_node("node-2", verified=False)  # API: by hand, by id
 
 
+async def test_verifying_an_id_asks_the_nodes_known_by_address_only(
+        tmp_path: Path, ca: pki.KeyPair) -> None:
+    """verify_node("node-2") when node-2 is one of the bootstrap addresses: the one that
+    proves it is node-2 is verified, the others stay as they were (no automatic checks)."""
+    two = make_node(tmp_path, ca, "node-2", cfg(), host="127.0.20.42")
+    three = make_node(tmp_path, ca, "node-3", cfg(), host="127.0.20.43")
+    async with serving(two) as addr2, serving(three) as addr3:
+        a = make_node(tmp_path, ca, "node-a", cfg(bootstrap_nodes=[addr2, addr3], verify=False),
+                      host="127.0.20.41")
+        async with serving(a):
+            await a.discover_now()
+            assert [n.node_id for n in await a.get_nodes()] == [None, None]
+            assert await a.verify_node("node-2", verified=True)
+            [n] = await a.get_nodes(verified_only=True)
+            assert (n.node_id, n.address) == ("node-2", addr2)
+            assert {n.node_id for n in await a.get_nodes()} == {"node-2", None}
+            # an id none of them has: the verdict waits for a node that says it
+            assert await a.verify_node("node-9", verified=True)
+            assert a.get_stats()["pending_verifications"] == 1
+            assert not await a.verify_node("node-9", verified=False)
+            assert a.get_stats()["pending_verifications"] == 0
+
+
 async def test_a_node_that_lies_about_its_id_in_the_reply_is_not_verified(
         tmp_path: Path, ca: pki.KeyPair) -> None:
     # its certificate says node-3, and it claims node-2 in the frame: refused

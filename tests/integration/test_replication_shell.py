@@ -46,7 +46,7 @@ async def test_spec_snippet_in_process() -> None:
     assert not await r.replicate_from("node-2", "concept_456", remote_value.to_dict())
     assert await r.read("concept_456") == {"name": "CRDTs"}
 
-    remote_clock = (await other.get_replication_state())["vector_clock"]
+    remote_clock = other.vector_clock
     updates = await r.get_updates_since(remote_clock)
     assert set(updates["updates"]) == {"concept_123"}
     assert await other.merge_state(updates) == 1
@@ -92,6 +92,41 @@ async def test_corrupt_value_is_rejected_and_changes_nothing() -> None:
     assert a.get_stats()["rejected_values"] == 4
     with pytest.raises(replication.ReplicationError):
         await a.write("k", float("nan"))
+
+
+async def test_copying_a_merged_read_elsewhere_keeps_every_concurrent_write() -> None:
+    """A MERGE_UNION read is built from concurrent writes and borrows the latest one's
+    dot: merged on its own it would replace that write and hide the other. Replicators
+    merge the writes it was built from, so copies agree with the source."""
+    def make(node_id: str) -> replication.MultiMasterReplicator:
+        return replication.MultiMasterReplicator(
+            node_id, resolver=resolver.ConflictResolver(S.MERGE_UNION))
+
+    a, b, copy_by_state, copy_by_value = make("a"), make("b"), make("c"), make("d")
+    await a.write("tags", {"from-a"})
+    await b.write("tags", {"from-b"})
+    await a.merge_state(await b.get_updates_since({}))
+    merged = await a.read_value("tags")
+    assert merged is not None and merged.value == {"from-a", "from-b"}
+    await copy_by_state.merge_state(await a.get_replication_state())
+    await copy_by_value.replicate_from("a", "tags", merged)
+    for copy in (copy_by_state, copy_by_value):
+        await copy.merge_state(await b.get_updates_since({}))  # anti-entropy with a writer
+        assert await copy.read("tags") == {"from-a", "from-b"}
+        assert copy.merkle_root == a.merkle_root
+
+
+async def test_merge_state_takes_pairs_and_a_bad_pair_changes_nothing() -> None:
+    a, b = replication.MultiMasterReplicator("a"), replication.MultiMasterReplicator("b")
+    await a.write("k1", 1)
+    await a.write("k2", 2)
+    pairs = list(await a.get_updates_since({}))
+    assert await b.merge_state(pairs) == 2 and await b.read("k2") == 2
+    c = replication.MultiMasterReplicator("c")
+    for bad in ([("k1", "not a value")], [("k1",)], [("", pairs[0][1])]):
+        with pytest.raises(replication.ReplicationError):
+            await c.merge_state(pairs + bad)  # type: ignore[operator]
+    assert c.keys() == [] and c.get_stats()["rejected_values"] == 3
 
 
 def _signed_without_dot(value: Any) -> values.ReplicatedValue:
@@ -293,7 +328,7 @@ async def test_a_known_replica_holds_back_collection_until_forgotten(tmp_path: P
     assert r.get_stats()["tombstones"] == 1  # ghost never confirmed
     await r.stop()
     r = replication.MultiMasterReplicator("solo", storage_path=tmp_path, tombstone_grace=0.0)
-    assert (await r.get_replication_state())["known_replicas"] == ["ghost"]  # survived restart
+    assert r.get_stats()["known_replicas"] == ["ghost"]  # survived restart
     r.forget_replica("ghost")
     await r._collect_garbage()
     assert r.get_stats()["tombstones"] == 0 and r.get_stats()["tombstones_collected"] == 1

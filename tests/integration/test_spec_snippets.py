@@ -116,7 +116,7 @@ async def test_replication_snippet_and_monitoring(tmp_path: Path) -> None:
     remote_value = await other.write("concept_456", {"name": "Gossip"})
     await replicator.replicate_from("node-2", "concept_456", remote_value)
     assert await replicator.read("concept_456") == {"name": "Gossip"}
-    remote_clock = (await other.get_replication_state())["vector_clock"]
+    remote_clock = other.vector_clock
     updates = await replicator.get_updates_since(remote_clock)
     assert updates
     stats = replicator.get_stats()

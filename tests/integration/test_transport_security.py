@@ -104,6 +104,7 @@ async def test_client_certificate_cannot_speak_as_node(server: peer.PeerTranspor
     status, body = await _post(server, _raw_context(files, files.ca), _frame("admin"))
     assert status == 403
     assert b"not_a_node" in body
+    assert b"urn:continuum:role:node" in body  # says what a node certificate needs
 
 
 # Frames of kind "note", which only the stream test handles: none of them may get that far.

@@ -9,7 +9,6 @@ from typing import Any
 import msgpack
 import pytest
 
-from continuum.federation.distributed import coordinator as coord
 from continuum.federation.distributed import errors
 from continuum.federation.distributed.coordinator import (
     CoordinatorError,
@@ -131,9 +130,13 @@ async def test_bad_input_is_a_clear_error_and_changes_nothing(
 
 
 async def test_heartbeat_from_unknown_node(co: FederationCoordinator) -> None:
-    with pytest.raises(coord.UnknownNodeError, match="'ghost' is not registered"):
-        await co.heartbeat("ghost", {"load_score": 0.1})
+    before = co.get_stats()["heartbeats"]
+    assert await co.heartbeat("ghost", {"load_score": 0.1}) is False
+    assert await co.get_node("ghost") is None and co.get_stats()["heartbeats"] == before
     assert await co.deregister_node("ghost") is False
+    await co.register_node("ghost", "127.0.0.1:7000")
+    assert await co.heartbeat("ghost", {"load_score": 0.1, "uptime_seconds": 12.5}) is True
+    assert (await co.get_node("ghost")).uptime_seconds == 12.5  # type: ignore[union-attr]
 
 
 def test_load_balance_validation() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 from typing import Any
 
 import pytest
@@ -96,3 +97,32 @@ def test_bad_configuration() -> None:
     assert resolver.ConflictResolver("merge_union").strategy is S.MERGE_UNION  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         resolver.ConflictResolver().resolve([])
+
+
+@pytest.mark.parametrize("ids", [
+    ["node-1", "node-2", "node-9", "node-10", "node-11", "node-100"],
+    ["n2", "n10", "n10a", "n10b", "n11"],  # a digit run, then text
+    ["a", "a0", "a1", "a01x", "b"],  # text runs order character by character
+    ["node-01", "node-1", "node-001x"],  # leading zeros: numeric tie, then plain string order
+    ["", "0", "00", "1", "9", "10"],
+    ["x" + "9" * 5000, "x1" + "0" * 5000],  # longer than int() accepts: still numeric order
+])
+def test_node_order_is_natural(ids: list[str]) -> None:
+    shuffled = ids[::-1]
+    random.Random(7).shuffle(shuffled)
+    assert sorted(shuffled, key=resolver.node_order) == ids
+
+
+def test_highest_node_wins_compares_numbered_nodes_by_number() -> None:
+    r = resolver.ConflictResolver(S.HIGHEST_NODE_WINS)
+    sibs = [rv("nine", "node-9", 50), rv("ten", "node-10", 10), rv("two", "node-2", 99)]
+    assert all_orders(r, sibs).value == "ten"
+    assert all_orders(r, [rv("a", "node-01", 5), rv("b", "node-1", 5)]).value == "b"
+
+
+def test_a_merged_value_remembers_the_siblings_it_was_built_from() -> None:
+    a, b = rv({"x"}, "n1", 10), rv({"y"}, "n2", 20)
+    out = resolver.ConflictResolver(S.MERGE_UNION).resolve([b, a])
+    assert out.resolved_from == (a, b)  # canonical order
+    assert resolver.ConflictResolver(S.LAST_WRITE_WINS).resolve([a, b]) is b
+    assert b.resolved_from == ()

@@ -172,3 +172,45 @@ def test_unsettled_counts_candidates_not_yet_proven_either_way() -> None:
     assert ps.unsettled() == 1
     ps.mark_verified("b:1", "b", "c", now=2)
     assert ps.unsettled() == 0
+
+
+def test_a_node_verified_by_id_before_anyone_named_it_is_verified_when_named() -> None:
+    ps = PeerSet()
+    ps.observe(peers.BOOTSTRAP, [c("10.0.0.1:7000", peers.BOOTSTRAP),
+                                 c("10.0.0.2:7000", peers.BOOTSTRAP)], now=0)
+    assert [r.address for r in ps.anonymous()] == ["10.0.0.1:7000", "10.0.0.2:7000"]
+    assert ps.set_verified("node-2", True, now=1) == []
+    ps.expect_verified("node-2")
+    ps.observe(peers.GOSSIP, [c("10.0.0.1:7000", peers.GOSSIP, "node-1", ttl=60)], now=2)
+    assert not ps.get("10.0.0.1:7000").verified  # type: ignore[union-attr]
+    assert ps.expected == {"node-2"}
+    ps.observe(peers.GOSSIP, [c("10.0.0.2:7000", peers.GOSSIP, "node-2", ttl=60)], now=3)
+    rec = ps.get("10.0.0.2:7000")
+    assert rec is not None and rec.verified and rec.node_id == "node-2"
+    assert ps.expected == frozenset() and ps.anonymous() == []
+
+
+@pytest.mark.parametrize("cancel", ["unverify", "remove", "proven"])
+def test_a_waiting_verdict_can_be_withdrawn_or_overtaken(cancel: str) -> None:
+    ps = PeerSet()
+    ps.observe(peers.BOOTSTRAP, [c("10.0.0.2:7000", peers.BOOTSTRAP)], now=0)
+    ps.expect_verified("node-2")
+    if cancel == "unverify":
+        ps.set_verified("node-2", False, now=1)
+    elif cancel == "remove":
+        ps.remove("node-2")
+    else:
+        ps.mark_verified("10.0.0.2:7000", "node-2", "c", now=1)
+    assert ps.expected == frozenset()
+
+
+def test_a_full_set_refuses_new_addresses_and_keeps_the_known_ones() -> None:
+    ps = PeerSet(max_peers=2)
+    ps.observe(peers.STATIC, [c("a:1", peers.STATIC, "a"), c("b:1", peers.STATIC, "b")], now=0)
+    ps.mark_verified("a:1", "a", "c", now=0)
+    changes = ps.observe(peers.DNS, [c("b:1"), c("x:1"), c("y:1")], now=1, complete=True)
+    assert changes.added == () and sorted(r.address for r in ps.records()) == ["a:1", "b:1"]
+    assert ps.get("b:1").sources == {peers.STATIC, peers.DNS}  # type: ignore[union-attr]
+    assert (ps.added, ps.refused) == (2, 2)
+    with pytest.raises(ValueError, match="max_peers"):
+        PeerSet(max_peers=0)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import math
 import random
@@ -63,6 +64,39 @@ OverloadedError = errors.Overloaded
 MembershipError = errors.MembershipError
 
 DB_FILE = "raft.db"
+
+
+class NodeRole(enum.StrEnum):
+    """A member's role, as ``role()`` and ``get_stats()["role"]`` give it."""
+
+    FOLLOWER = "follower"
+    CANDIDATE = "candidate"  # pre-candidates too
+    LEADER = "leader"
+    LEARNER = "learner"  # a non-voting member catching up (the original had none)
+
+
+class ConsensusState(enum.StrEnum):
+    """Where the module is in its life, as ``get_stats()["state"]`` gives it."""
+
+    INITIALIZING = "initializing"  # constructed, not started
+    FOLLOWING = "following"  # a follower or learner
+    ELECTING = "electing"
+    LEADING = "leading"
+    SHUTDOWN = "shutdown"  # stopped (or failed)
+
+
+_STATE_OF_ROLE = {NodeRole.FOLLOWER: ConsensusState.FOLLOWING,
+                  NodeRole.LEARNER: ConsensusState.FOLLOWING,
+                  NodeRole.CANDIDATE: ConsensusState.ELECTING,
+                  NodeRole.LEADER: ConsensusState.LEADING}
+
+# The original module's names for the Raft messages; the shell sends and receives
+# them itself, so they are for reading, not for calling handlers by hand.
+LogEntry = rmsg.Entry
+VoteRequest = rmsg.VoteRequest
+VoteResponse = rmsg.VoteResponse
+AppendEntriesRequest = rmsg.AppendRequest
+AppendEntriesResponse = rmsg.AppendResponse
 
 
 class RaftConsensus(raft_loop.RaftLoop):
@@ -114,11 +148,12 @@ class RaftConsensus(raft_loop.RaftLoop):
 
     def register_apply_callback(self, callback: ApplyCallback) -> None:
         """``callback(command)`` (sync or async) runs for each committed command, in log
-        order; what it returns is the proposer's ``Applied.result``.
+        order; callbacks run in the order they were registered, and what the first one
+        returns is the proposer's ``Applied.result``.
 
         Register before ``start()`` to also see the entries replayed after a restart.
         """
-        self._apply_cb = callback
+        self._apply_cbs.append(callback)
 
     def register_snapshot_callbacks(self, take: TakeSnapshot, restore: RestoreSnapshot) -> None:
         """Let Raft compact its log: ``take()`` serializes the state machine as of the last
@@ -424,11 +459,22 @@ class RaftConsensus(raft_loop.RaftLoop):
             return "learner"
         return n.role
 
+    def consensus_state(self) -> ConsensusState:
+        if not self._running:
+            return ConsensusState.INITIALIZING if self._node is None else ConsensusState.SHUTDOWN
+        return _STATE_OF_ROLE[NodeRole(self.role())]
+
     def get_stats(self) -> dict[str, Any]:
+        """Figures of this member; ``state`` and ``votes_received`` (while a candidate,
+        else None) mean what they meant in the original module."""
         n = self._node
         role = self.role()
+        campaigning = n is not None and n.role in (rnode.CANDIDATE, rnode.PRE_CANDIDATE)
         base: dict[str, Any] = {
-            "node_id": self.node_id, "role": role, "state": role,
+            "node_id": self.node_id, "role": role,
+            "state": self.consensus_state().value,
+            "votes_received": sum(1 for granted in n.votes.values() if granted)
+            if n is not None and campaigning else None,
             "current_term": n.term if n else 0, "voted_for": n.vote if n else None,
             "leader_id": self.leader_id, "leader_address": self.leader_address(),
             "log_size": (n.log.last_index - n.log.snapshot_index) if n else 0,

@@ -71,7 +71,7 @@ Replicate = Callable[[dict[str, Any]], Awaitable[Any]]
 IsActive = Callable[[], bool]
 
 HEARTBEAT_KIND = "coord.heartbeat"
-HEARTBEAT_KEYS = frozenset({"load_score", "latency_ms", "capacity"})
+HEARTBEAT_KEYS = frozenset({"load_score", "latency_ms", "capacity", "uptime_seconds"})
 HEARTBEAT_TTL_INTERVALS = 1.5  # in-process mode: a heartbeat this recent passes a check
 RTT_EWMA_WEIGHT = 0.3  # weight of the newest probe round-trip in the average
 
@@ -84,7 +84,7 @@ class CoordinatorError(RuntimeError):
 
 
 class UnknownNodeError(LookupError):
-    """The node id is not registered."""
+    """The node id is not registered (``heartbeat`` returns False instead of raising it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +137,7 @@ class NodeInfo:
     consecutive_successes: int
     registered_at: float
     status_changed_at: float
+    uptime_seconds: float | None = None  # as the node last reported it
 
     @property
     def id(self) -> str:
@@ -161,13 +162,16 @@ class NodeInfo:
 
 StatusListener = Callable[[NodeInfo, health_checks.NodeStatus], None]
 
+# The original module's name for a registered node's record.
+NodeHealth = NodeInfo
+
 
 class _Entry:
     """The registry record plus local figures; what the balancer compares (a ``Candidate``)."""
 
     __slots__ = ("address", "capacity", "generation", "heartbeat_mono", "info", "last_heartbeat",
                  "load_score", "metadata", "node_id", "probe_rtt_ms", "registered_at",
-                 "reported_latency_ms", "status", "status_changed_at")
+                 "reported_latency_ms", "status", "status_changed_at", "uptime_seconds")
 
     def __init__(self, rec: registry.NodeRecord) -> None:
         self.node_id = rec.node_id
@@ -177,6 +181,7 @@ class _Entry:
         self.last_heartbeat: float | None = None
         self.heartbeat_mono: float | None = None
         self.probe_rtt_ms: float | None = None
+        self.uptime_seconds: float | None = None
         self.info: NodeInfo | None = None  # cached view; reset on every change
         self.update(rec)
 
@@ -196,9 +201,10 @@ class _Entry:
             else self.probe_rtt_ms
 
 
-def _check_heartbeat(metrics: Any) -> tuple[float | None, float | None, dict[str, float] | None]:
+def _check_heartbeat(metrics: Any) -> tuple[float | None, float | None, dict[str, float] | None,
+                                            float | None]:
     if metrics is None:
-        return None, None, None
+        return None, None, None, None
     if not isinstance(metrics, Mapping):
         raise ValueError(f"heartbeat metrics must be a dict, got {type(metrics).__name__}")
     unknown = set(metrics) - HEARTBEAT_KEYS
@@ -227,7 +233,8 @@ def _check_heartbeat(metrics: Any) -> tuple[float | None, float | None, dict[str
             if n is not None:
                 cap[k] = n
     return (number("load_score", metrics.get("load_score")),
-            number("latency_ms", metrics.get("latency_ms")), cap)
+            number("latency_ms", metrics.get("latency_ms")), cap,
+            number("uptime_seconds", metrics.get("uptime_seconds")))
 
 
 class FederationCoordinator:
@@ -277,6 +284,7 @@ class FederationCoordinator:
         self._background: set[asyncio.Task[None]] = set()
         self._was_active = False
         self._panic = False
+        self._created = time.monotonic()
         self._stats = dict.fromkeys(
             ("registrations", "deregistrations", "heartbeats", "selections", "selections_empty",
              "health_checks", "health_check_failures", "health_rounds", "failovers",
@@ -352,12 +360,19 @@ class FederationCoordinator:
             self._stats["deregistrations"] += 1
         return applied.ok
 
-    async def heartbeat(self, node_id: str, metrics: Mapping[str, Any] | None = None) -> None:
-        """Record a node's load report (kept locally, see the module docstring)."""
-        load, latency, capacity = _check_heartbeat(metrics)
+    async def heartbeat(self, node_id: str, metrics: Mapping[str, Any] | None = None) -> bool:
+        """Record a node's load report (kept locally, see the module docstring).
+
+        True when recorded; False, changing nothing, when ``node_id`` is not registered
+        (as in the original module). Malformed metrics raise ``ValueError``.
+        """
+        load, latency, capacity, uptime = _check_heartbeat(metrics)
         entry = self._entries.get(node_id)
         if entry is None:
-            raise UnknownNodeError(f"node {node_id!r} is not registered")
+            log.debug("heartbeat from unregistered node %r ignored", node_id)
+            return False
+        if uptime is not None:
+            entry.uptime_seconds = uptime
         if load is not None:
             entry.load_score = load
         if latency is not None:
@@ -371,6 +386,7 @@ class FederationCoordinator:
         if entry.status is NodeStatus.UNKNOWN and self.is_active():
             # First sign of life: a new node routes at once instead of after a round.
             await self._observe({node_id: True}, {node_id: entry.generation})
+        return True
 
     async def select_node(self, criteria: Mapping[str, Any] | None = None) -> NodeInfo | None:
         """A healthy node chosen by the configured algorithm, or None if none qualifies."""
@@ -414,7 +430,14 @@ class FederationCoordinator:
                 if wanted is None or e.status in wanted]
 
     def get_stats(self) -> dict[str, Any]:
-        """Counts and rates. ``success_rate`` is the fraction of health checks that passed."""
+        """Counts and rates. ``success_rate`` is the fraction of health checks that passed.
+
+        The original module's keys are there too: ``coordinator_id``,
+        ``load_balance_algorithm``, ``uptime_seconds`` (since construction), and
+        ``total_requests`` / ``total_failures``, the health checks this coordinator
+        made and those that failed, so ``success_rate`` is still
+        ``1 - total_failures / max(total_requests, 1)``.
+        """
         by_status = {s.value: 0 for s in NodeStatus}
         for e in self._entries.values():
             by_status[e.status.value] += 1
@@ -434,6 +457,11 @@ class FederationCoordinator:
             "avg_probe_rtt_ms": sum(rtts) / len(rtts) if rtts else None,
             "registry_revision": self._registry.revision,
             **self._stats,
+            "coordinator_id": self.node_id,
+            "load_balance_algorithm": self.load_balance.algorithm,
+            "uptime_seconds": time.monotonic() - self._created,
+            "total_requests": checks,
+            "total_failures": failed,
         }
 
     # -- replication -----------------------------------------------------------------------
@@ -671,10 +699,8 @@ class FederationCoordinator:
 
     async def _on_heartbeat_message(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
         """``coord.heartbeat`` from a node: the transport has proven the sender's identity."""
-        try:
-            await self.heartbeat(sender, body)
-        except UnknownNodeError as exc:
-            raise ValueError(str(exc)) from None
+        if not await self.heartbeat(sender, body):
+            raise ValueError(f"node {sender!r} is not registered")
         return {"ok": True}
 
     # -- views -----------------------------------------------------------------------------
@@ -695,6 +721,7 @@ class FederationCoordinator:
             last_heartbeat=e.last_heartbeat, probe_rtt_ms=e.probe_rtt_ms,
             consecutive_failures=counters.failures, consecutive_successes=counters.successes,
             registered_at=e.registered_at, status_changed_at=e.status_changed_at,
+            uptime_seconds=e.uptime_seconds,
         )
         return e.info
 

@@ -35,6 +35,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ CACHE_NS = "discovery.peers"
 _MAX_PARALLEL_PROBES = 16
 
 
-class DiscoveryMethod(enum.Enum):
+class DiscoveryMethod(enum.StrEnum):
     DNS = "dns"
     MDNS = "mdns"
     BOOTSTRAP = "bootstrap"
@@ -81,8 +82,21 @@ class DiscoveryConfig:
     formation_mode: str = formation.LOWEST_ID  # "ordinal" for StatefulSets: <name>-0 founds
     formation_stable_seconds: float = 5.0
     formation_min_nodes: int = 1  # verified nodes (us included) before the founder bootstraps
+    # The original module's fields. mdns_service_type names mdns_service; the cap is off
+    # by default (the original's 100 would cut a large cluster's DNS answer short).
+    mdns_service_type: str | None = None
+    max_discovered_nodes: int | None = None  # full: new addresses are refused, none evicted
+    mdns_interval_seconds: float | None = None  # no effect: mDNS answers arrive as announced
 
     def __post_init__(self) -> None:
+        if self.mdns_service_type is not None:
+            object.__setattr__(self, "mdns_service", self.mdns_service_type)
+        if self.max_discovered_nodes is not None and self.max_discovered_nodes < 1:
+            raise ValueError(f"max_discovered_nodes must be positive (or None for no cap), "
+                             f"got {self.max_discovered_nodes!r}")
+        if self.mdns_interval_seconds is not None:
+            log.info("DiscoveryConfig.mdns_interval_seconds has no effect: mDNS peers are "
+                     "heard as they announce themselves, and read every discovery round")
         methods = frozenset(_method(m) for m in self.enabled_methods)
         object.__setattr__(self, "enabled_methods", methods)
         object.__setattr__(self, "bootstrap_nodes", list(self.bootstrap_nodes))
@@ -128,12 +142,19 @@ def _method(m: DiscoveryMethod | str) -> DiscoveryMethod:
 
 @dataclass(frozen=True, slots=True)
 class DiscoveredNode:
-    """A peer as discovery sees it: ``node_id`` is proven if ``verified``, else a hint or None."""
+    """A peer as discovery sees it: ``node_id`` is proven if ``verified``, else a hint or None.
+
+    As in the original module, ``DiscoveredNode(node_id, address, discovery_method=...,
+    metadata=..., priority=...)`` builds one to hand to ``register_node``. A node found
+    several ways lists them all in ``sources``; ``discovery_method`` is then the first
+    of them in ``DiscoveryMethod`` order. ``priority`` is an SRV priority: lower is
+    preferred. ``discovered_at`` is ``first_seen`` as a datetime.
+    """
 
     node_id: str | None
     address: str
-    verified: bool
-    sources: frozenset[str]
+    verified: bool = False
+    sources: frozenset[str] = frozenset()
     cluster: str | None = None
     formed: bool = False  # it reported being a member of a formed cluster
     priority: int = 0
@@ -141,12 +162,38 @@ class DiscoveredNode:
     first_seen: float = 0.0  # wall-clock seconds
     last_seen: float = 0.0
     last_error: str | None = None
+    discovery_method: DiscoveryMethod | None = field(default=None, compare=False)
+    metadata: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    discovered_at: datetime | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.verified, bool):
+            raise TypeError(f"verified must be a bool, got {self.verified!r}; pass the "
+                            "original's discovery_method by keyword: DiscoveredNode(node_id, "
+                            "address, discovery_method=DiscoveryMethod.DNS)")
+        method = None if self.discovery_method is None else _method(self.discovery_method)
+        sources = frozenset(self.sources)
+        if method is not None and not sources:
+            sources = frozenset({method.value})
+        if method is None:
+            method = next((m for m in DiscoveryMethod if m.value in sources), None)
+        first_seen = self.first_seen
+        if self.discovered_at is not None and not first_seen:
+            first_seen = self.discovered_at.timestamp()
+        at = self.discovered_at or (datetime.fromtimestamp(first_seen, UTC) if first_seen
+                                    else None)
+        for name, value in (("discovery_method", method), ("sources", sources),
+                            ("first_seen", first_seen), ("discovered_at", at),
+                            ("metadata", dict(self.metadata))):
+            object.__setattr__(self, name, value)
 
     def to_dict(self) -> dict[str, Any]:
         return {"node_id": self.node_id, "address": self.address, "verified": self.verified,
                 "sources": sorted(self.sources), "cluster": self.cluster, "formed": self.formed,
                 "priority": self.priority, "weight": self.weight, "first_seen": self.first_seen,
-                "last_seen": self.last_seen, "last_error": self.last_error}
+                "last_seen": self.last_seen, "last_error": self.last_error,
+                "discovery_method": None if self.discovery_method is None
+                else self.discovery_method.value, "metadata": dict(self.metadata)}
 
 
 # A listener gets ("up" | "down", node) when a verified node appears (or moves) or goes away.
@@ -188,7 +235,8 @@ class NodeDiscovery:
         self._rng = rng or random.Random()
         self._peers = peers.PeerSet(advertise_address, peers.ProbePolicy(
             backoff_max=self.config.retry_backoff_max_seconds,
-            reverify_after=self.config.reverify_interval_seconds))
+            reverify_after=self.config.reverify_interval_seconds),
+            max_peers=self.config.max_discovered_nodes)
         self._stability = formation.StabilityTimer()
         self._formed = False
         self._listeners: list[Listener] = []
@@ -263,14 +311,36 @@ class NodeDiscovery:
         await self._round(full=True)
         return await self.get_nodes()
 
-    async def get_nodes(self, verified_only: bool = False) -> list[DiscoveredNode]:
-        """Known nodes, best SRV priority/weight first; with ``verified_only`` only proven ones."""
+    async def get_nodes(self, verified_only: bool = False,
+                        min_priority: int = 0) -> list[DiscoveredNode]:
+        """Known nodes, best SRV priority/weight first; with ``verified_only`` only proven ones.
+
+        ``min_priority`` (the original's filter) keeps nodes whose priority is at least that.
+        """
         self._expire(time.time())
-        return [_node(v) for v in self._peers.views(verified_only=verified_only)]
+        return [_node(v) for v in self._peers.views(verified_only=verified_only)
+                if v.priority >= min_priority]
 
     async def verify_node(self, node_id: str, verified: bool = True) -> bool:
-        """Set a node's verified flag by hand (id or address); False if no such node is known."""
+        """Set a node's verified flag by hand (by id or address).
+
+        A node found by address only (bootstrap, DNS) has no id until it answers.
+        Verifying such an id asks those nodes who they are (with a transport) and
+        verifies the one that proves it is ``node_id``; if none does yet, the verdict
+        waits and lands on the first node that turns up with that id (a hello,
+        gossip, static or mDNS entry), and this returns True. False when nothing
+        known is or could become that node.
+        """
         hit = self._peers.set_verified(node_id, verified, time.time())
+        if not hit and verified and node_id != self.node_id \
+                and not self._valid_address(node_id) and self._peers.anonymous():
+            if self.transport is not None:
+                await self._identify(node_id)
+                hit = [r for r in self._peers.records() if r.node_id == node_id and r.verified]
+            if not hit:
+                self._peers.expect_verified(node_id)
+                log.info("verify_node: %r verified once a node answers with that id", node_id)
+                return True
         if not hit:
             log.warning("verify_node: no known node %r", node_id)
             return False
@@ -278,18 +348,35 @@ class NodeDiscovery:
         await self._emit()
         return True
 
-    async def register_node(self, node_id: str, address: str, *,
+    async def register_node(self, node: DiscoveredNode | str, address: str | None = None, *,
                             method: DiscoveryMethod | str = DiscoveryMethod.GOSSIP) -> None:
-        """Add a peer learned through gossip (or a static entry); it is probed soon."""
+        """Add a peer by hand: ``(node_id, address)``, or a ``DiscoveredNode`` as the
+        original module took it. It is probed soon.
+
+        The claim is recorded under its method: gossip lapses after ``gossip_ttl_seconds``
+        unless heard again; an enabled DNS, mDNS or bootstrap source has the last word
+        on its own addresses at its next answer. ``verified=True`` verifies it by hand.
+        """
+        verified = False
+        if isinstance(node, DiscoveredNode):
+            if address is not None:
+                raise TypeError("pass a DiscoveredNode alone, or a node id and an address")
+            node_id, address, verified = node.node_id, node.address, node.verified
+            m, priority, weight = node.discovery_method or DiscoveryMethod.GOSSIP, \
+                node.priority, node.weight
+        else:
+            node_id, m, priority, weight = node, _method(method), 0, 0
         if not node_id:
             raise ValueError("node_id must not be empty")
+        if address is None:
+            raise TypeError("register_node needs the node's address ('host:port')")
         peer.split_address(address)
-        m = _method(method)
-        if m not in (DiscoveryMethod.GOSSIP, DiscoveryMethod.STATIC):
-            raise ValueError("register_node takes peers learned by gossip or static config")
         ttl = self.config.gossip_ttl_seconds if m is DiscoveryMethod.GOSSIP else None
-        self._peers.observe(m.value, [peers.Candidate(address, m.value, node_id, ttl)],
-                            time.time(), self_id=self.node_id)
+        now = time.time()
+        self._peers.observe(m.value, [peers.Candidate(address, m.value, node_id, ttl, priority,
+                                                      weight)], now, self_id=self.node_id)
+        if verified:
+            await self._persist(self._peers.set_verified(address, True, now))
         self._wake.set()
 
     async def remove_node(self, node_id: str) -> bool:
@@ -305,6 +392,9 @@ class NodeDiscovery:
         self._listeners.append(callback)
 
     def get_stats(self) -> dict[str, Any]:
+        """Counts. The original module's keys are there too: ``discovered_nodes`` (as
+        ``total_nodes``), ``discovery_attempts`` (discovery rounds), ``nodes_discovered``
+        (addresses ever added) and ``methods`` (nodes per method, every method listed)."""
         views = self._peers.views()
         by_source: dict[str, int] = {}
         for rec in self._peers.records():
@@ -318,6 +408,13 @@ class NodeDiscovery:
             "enabled_methods": sorted(_method(m).value for m in self.config.enabled_methods),
             "cluster_name": self.config.cluster_name,
             "formed": self._formed,
+            "pending_verifications": len(self._peers.expected),
+            "nodes_refused": self._peers.refused,
+            "node_id": self.node_id,
+            "discovered_nodes": len(views),
+            "discovery_attempts": self._stats["discovery_runs"],
+            "nodes_discovered": self._peers.added,
+            "methods": {m.value: by_source.get(m.value, 0) for m in DiscoveryMethod},
         }
 
     # -- formation ---------------------------------------------------------------------------
@@ -497,6 +594,25 @@ class NodeDiscovery:
         self._stats["verifications_succeeded"] += 1
         if rec is not None:
             await self._persist([rec])
+
+    async def _identify(self, wanted: str) -> None:
+        """Ask the peers known by address only who they are; verify the one that is
+        ``wanted`` (with the full proof of ``_probe``) and leave the others as they were."""
+        assert self.transport is not None
+        t, timeout = self.transport, self.config.verify_timeout_seconds
+        sem = asyncio.Semaphore(_MAX_PARALLEL_PROBES)
+
+        async def one(address: str) -> None:
+            async with sem:
+                try:
+                    pong = await t.request(address, "peer.ping", {}, timeout=timeout)
+                except peer.PeerError:
+                    return
+                if pong.get("node_id") == wanted:
+                    await self._probe(address, wanted)
+
+        async with self._lock:
+            await asyncio.gather(*(one(r.address) for r in self._peers.anonymous()))
 
     async def _prove_identity(self, address: str, claimed: str) -> None:
         """Check the certificate served at ``address`` ourselves: it must be a node

@@ -100,9 +100,8 @@ class LoadReporter:
 
         async def beat() -> None:
             try:
+                # False while the node is not registered here yet: its next report counts.
                 await self._coordinator.heartbeat(node_id, value)
-            except coordinator.UnknownNodeError:
-                pass  # not registered here yet: its next report counts
             except ValueError as exc:
                 log.debug("ignoring a malformed load report from %s: %s", node_id, exc)
             except coordinator.CoordinatorError as exc:

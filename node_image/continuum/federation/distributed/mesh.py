@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import inspect
 import logging
 import os
@@ -34,7 +35,7 @@ from typing import Any
 
 from . import storage
 from .core.swim import config as swim_config
-from .core.swim import messages, swim_node
+from .core.swim import membership, messages, swim_node
 from .core.swim.membership import Status
 from .transport import link, peer
 
@@ -49,6 +50,26 @@ PING_CALL = "swim.ping_call"
 
 _NS = "mesh"
 _NS_PEERS = "mesh.peers"
+
+# The original module's names: a gossip message is one of the SWIM messages here, and a
+# peer's state is its membership record (id, address, incarnation, status).
+GossipMessage = messages.Message
+PeerState = membership.Member
+
+
+class GossipMessageType(enum.StrEnum):
+    """The message kinds on the wire, under the original names where one fits."""
+
+    PING = "swim.ping"
+    ACK = "swim.ack"
+    PING_REQ = "swim.ping_req"
+    NACK = "swim.nack"
+    GOSSIP = "swim.gossip"
+    SYNC = "swim.sync"  # push-pull: both sides' members and state
+    PONG = "swim.ack"
+    PUSH = "swim.gossip"
+    PULL = "swim.sync"
+    PUSH_PULL = "swim.sync"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +89,19 @@ class MeshConfig:
     dead_node_ttl_seconds: float = 60.0  # dead/left members remembered (and gossiped to)
     max_piggyback: int = 32  # updates carried by one message
     seed: int | None = None  # seed the member's random choices (tests, simulations)
+    # The original module's fields that SWIM has no place for (see docs/migration.md).
+    peer_timeout_seconds: float | None = None  # no effect: probes and suspicion decide
+    max_ttl: int | None = None  # no effect: updates are resent retransmit_mult x log(N) times
+    enable_anti_entropy: bool = True  # push-pull sync cannot be turned off
 
     def __post_init__(self) -> None:
+        if not self.enable_anti_entropy:
+            raise ValueError("anti-entropy cannot be turned off here: it repairs the gossip "
+                             "that loss drops. To sync less often, raise sync_interval_seconds")
+        for name, governed_by in (("peer_timeout_seconds", "probe_interval_ms, probe_timeout_ms "
+                                   "and suspicion_mult"), ("max_ttl", "retransmit_mult")):
+            if getattr(self, name) is not None:
+                log.info("MeshConfig.%s has no effect: SWIM's %s govern it", name, governed_by)
         self.swim()  # validates, with the core's messages
 
     def swim(self) -> swim_config.SwimConfig:
@@ -269,10 +301,19 @@ class GossipMesh:
         self._member_callbacks.append(callback)
 
     def get_stats(self) -> dict[str, Any]:
+        """Counts. The original module's keys are there too: ``total_peers`` (every other
+        member known, whatever its status, and peers added that have not answered yet;
+        ``active_peers`` counts those alive or suspect), ``state_version`` (our state
+        updates so far), ``state_keys``, ``messages_buffered`` (updates waiting to be
+        piggybacked), ``seen_messages`` (update ids remembered against duplicates) and
+        ``sync_count`` (push-pull syncs received)."""
         core = self._core
         if core is None:
             return {"node_id": self.node_id, "running": False, "active_peers": 0,
-                    "messages_sent": self._sent, "messages_received": 0}
+                    "total_peers": len(self._pending_peers), "messages_sent": self._sent,
+                    "messages_received": 0, "messages_dropped": self._send_dropped,
+                    "messages_buffered": 0, "seen_messages": 0, "state_version": 0,
+                    "state_keys": 0, "sync_count": 0}
         counts = core.counts()
         stats: dict[str, Any] = {
             "node_id": self.node_id,
@@ -288,6 +329,11 @@ class GossipMesh:
             "incarnation": core.incarnation,
             "health_multiplier": core.health.multiplier,
             "state_keys": len(core.state),
+            "total_peers": len((core.members.keys() | core.joining()) - {self.node_id}),
+            "state_version": core.stats["state_updates"],
+            "messages_buffered": core.buffered(),
+            "seen_messages": core.seen_updates(),
+            "sync_count": core.stats["syncs_received"],
         }
         stats.update({k: v for k, v in core.stats.items()
                       if k not in ("messages_sent", "messages_received")})

@@ -119,7 +119,7 @@ class RaftLoop:
         self.snapshot_threshold = snapshot_threshold
         self._node: rnode.RaftNode | None = None
         self._store: storage.DurableStore | None = None
-        self._apply_cb: ApplyCallback | None = None
+        self._apply_cbs: list[ApplyCallback] = []
         self._take: TakeSnapshot | None = None
         self._restore: RestoreSnapshot | None = None
         self._inbox: deque[tuple[str, str, dict[str, Any]] | _Proposal | _Admin | _Persisted
@@ -366,17 +366,21 @@ class RaftLoop:
                     w.fut.set_exception(errors.OutcomeUnknown())
 
     async def _apply(self, rd: rnode.Ready) -> None:
-        cb = self._apply_cb
         for e in rd.committed:
             result = None
-            if e.kind == rmsg.NORMAL and e.index not in rd.duplicates and cb is not None:
-                try:
-                    result = cb(msgpack.unpackb(e.data, raw=False))
-                    if inspect.isawaitable(result):
-                        result = await result
-                except Exception:
-                    self.stats["apply_errors"] += 1
-                    log.exception("apply callback failed at index %d", e.index)
+            if e.kind == rmsg.NORMAL and e.index not in rd.duplicates and self._apply_cbs:
+                command = msgpack.unpackb(e.data, raw=False)
+                for k, cb in enumerate(self._apply_cbs):
+                    try:
+                        out = cb(command)
+                        if inspect.isawaitable(out):
+                            out = await out
+                    except Exception:
+                        self.stats["apply_errors"] += 1
+                        log.exception("apply callback failed at index %d", e.index)
+                        continue
+                    if k == 0:  # the first callback's result is the proposer's
+                        result = out
             self.stats["applied"] += 1
             w = self._waiters.pop(e.index, None)
             if w is None or w.fut.done():

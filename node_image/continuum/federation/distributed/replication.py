@@ -43,10 +43,19 @@ from typing import Any
 import msgpack
 
 from . import storage
-from .core.crdt import antientropy, clock, messages, replica, resolver, values
+from .core.crdt import antientropy, clock, messages, replica, resolver, updates, values
 from .transport import link, peer
 
 log = logging.getLogger(__name__)
+
+# The original module's names, importable from here as before; ReplicationLog (a key's
+# operations and resolved value) is a key's state here: its causal context and siblings.
+VectorClock = clock.VectorClock
+ReplicatedValue = values.ReplicatedValue
+ConflictResolver = resolver.ConflictResolver
+ConflictResolutionStrategy = resolver.ConflictResolutionStrategy
+ReplicationLog = replica.KeyState
+Updates = updates.Updates
 
 KEYS_NS = "repl.keys"
 META_NS = "repl.meta"
@@ -267,6 +276,11 @@ class MultiMasterReplicator:
     def peers(self) -> dict[str, str]:
         return dict(self._peers)
 
+    @property
+    def vector_clock(self) -> clock.VectorClock:
+        """Every event this replica holds (a copy): what ``get_updates_since`` takes."""
+        return self._replica.vclock.copy()
+
     def register_change_callback(self, callback: ChangeCallback) -> None:
         """``callback(key, value_or_None)`` after every change a read would see.
 
@@ -321,28 +335,37 @@ class MultiMasterReplicator:
         """
         replica.check_key(key)
         try:
-            rv = _parse_value(value)
+            state = _state_of(value)
         except (ValueError, TypeError) as exc:
             self.stats["rejected_values"] += 1
             raise ReplicationError(f"value for {key!r} from {node_id!r}: {exc}") from None
-        return await self._merge({key: replica.KeyState.single(rv)}, node_id) > 0
+        return await self._merge({key: state}, node_id) > 0
 
     async def get_updates_since(self, vector_clock: clock.VectorClock | Mapping[str, int] | None
-                                ) -> dict[str, Any]:
-        """Every key state holding an event ``vector_clock`` has not seen (wire form).
+                                ) -> updates.Updates:
+        """Every key state holding an event ``vector_clock`` has not seen.
 
-        The result feeds ``merge_state`` on another replicator.
+        A list of ``(key, ReplicatedValue)`` pairs that feed ``replicate_from`` one by
+        one, as in the original module; ``merge_state`` takes it whole, key states
+        and all, which is the cheaper way (see ``core.crdt.updates``).
         """
         since = (vector_clock if isinstance(vector_clock, clock.VectorClock)
                  else clock.VectorClock.from_dict(vector_clock or {}))
-        return {"node_id": self.node_id, "vector_clock": self._replica.vclock.to_dict(),
-                "updates": {k: s.to_wire() for k, s in self._replica.updates_since(since)}}
+        return updates.Updates(self.node_id, self._replica.vclock.to_dict(),
+                               self._replica.updates_since(since))
 
-    async def merge_state(self, state: Mapping[str, Any], from_node: str | None = None) -> int:
-        """Merge ``get_updates_since`` output (or ``{key: state or value}``); returns keys changed.
+    async def merge_state(self, state: Mapping[str, Any] | updates.Updates
+                          | list[tuple[str, Any]], from_node: str | None = None) -> int:
+        """Merge ``get_updates_since`` output, its wire form, ``get_replication_state``
+        output (``{key: value}``), or ``(key, value)`` pairs; returns keys changed.
 
         Every entry is checked first; one corrupt entry rejects the whole call.
         """
+        if isinstance(state, updates.Updates):
+            # Key states of a replica in this process, checked when they reached it.
+            return await self._merge(state.states, from_node or state.node_id)
+        if isinstance(state, list):
+            return await self._merge(self._parse_pairs(state), from_node)
         if "updates" in state and isinstance(state["updates"], Mapping):
             from_node = from_node or state.get("node_id")
             state = state["updates"]
@@ -353,24 +376,55 @@ class MultiMasterReplicator:
                 if isinstance(raw, Mapping) and "s" in raw:
                     parsed[key] = replica.KeyState.from_wire(raw)
                 else:
-                    parsed[key] = replica.KeyState.single(_parse_value(raw))
+                    parsed[key] = _state_of(raw)
             except (ValueError, TypeError) as exc:
                 self.stats["rejected_values"] += 1
                 raise ReplicationError(f"state for {key!r}: {exc}") from None
         return await self._merge(parsed, from_node)
 
-    async def get_replication_state(self) -> dict[str, Any]:
+    def _parse_pairs(self, pairs: list[tuple[str, Any]]) -> dict[str, replica.KeyState]:
+        checked: list[tuple[str, replica.KeyState]] = []
+        for item in pairs:
+            try:
+                key, raw = item
+                checked.append((replica.check_key(key), _state_of(raw)))
+            except (ValueError, TypeError) as exc:
+                self.stats["rejected_values"] += 1
+                raise ReplicationError(f"pair {item!r:.80}: {exc}") from None
+        return updates.join_per_key(checked)
+
+    async def get_replication_state(self, keys: Iterable[str] | None = None
+                                    ) -> dict[str, values.ReplicatedValue]:
+        """``{key: ReplicatedValue}``: the value a read sees, for every live key or ``keys``.
+
+        ``merge_state`` on another replicator takes it as it is (a value resolved from
+        concurrent writes brings those writes along). The replica's own figures
+        (vector clock, Merkle root, known replicas) are in ``get_stats``.
+        """
         r = self._replica
-        return {"node_id": self.node_id, "vector_clock": r.vclock.to_dict(),
-                "merkle_root": f"{r.tree.root:016x}", "keys_stored": r.live_keys,
-                "tombstones": r.tombstones, "strategy": self.resolver.strategy.value,
-                "peers": dict(self._peers), "known_replicas": sorted(r.known_replicas)}
+        wanted = r.states.keys() if keys is None else [replica.check_key(k) for k in keys]
+        out = {}
+        for key in wanted:
+            rv = r.resolved(key)
+            if rv is not None:
+                out[key] = rv
+        return out
 
     def get_stats(self) -> dict[str, Any]:
         r = self._replica
-        return {"keys_stored": r.live_keys, "tombstones": r.tombstones, **r.stats,
-                **self.stats, "peers": len(self._peers), "pending_pushes": len(self._pending),
-                "replication_lag_seconds": self._lag}
+        stats: dict[str, Any] = {
+            "keys_stored": r.live_keys, "tombstones": r.tombstones, **r.stats, **self.stats,
+            "peers": len(self._peers), "pending_pushes": len(self._pending),
+            "replication_lag_seconds": self._lag}
+        # The original module's keys, with its meanings: every remote write merged
+        # (changed or not), conflicts counted once each, this replica's vector clock.
+        stats.update(
+            node_id=self.node_id, vector_clock=r.vclock.to_dict(),
+            writes_replicated=r.stats["writes_remote"] + r.stats["merges_unchanged"],
+            total_conflicts=r.stats["conflicts_resolved"],
+            resolution_strategy=self.resolver.strategy.value,
+            merkle_root=f"{r.tree.root:016x}", known_replicas=sorted(r.known_replicas))
+        return stats
 
     @property
     def merkle_root(self) -> int:
@@ -625,6 +679,13 @@ class MultiMasterReplicator:
         sent = {k for k, _ in batch}
         return messages.encode_fetch_reply(batch, [k for k in have if k not in sent],
                                            self._replica.collected_contexts(req.want))
+
+
+def _state_of(raw: object) -> replica.KeyState:
+    """The state one incoming value stands for, held to every check ``_parse_value`` makes."""
+    if isinstance(raw, values.ReplicatedValue) and raw.resolved_from:
+        return updates.state_of(raw)
+    return replica.KeyState.single(_parse_value(raw))
 
 
 def _parse_value(raw: object) -> values.ReplicatedValue:

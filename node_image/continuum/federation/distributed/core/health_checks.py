@@ -41,6 +41,9 @@ class NodeStatus(enum.StrEnum):
     HEALTHY = "healthy"
     DEGRADED = "degraded"  # failing, below unhealthy_threshold: still routed
     UNHEALTHY = "unhealthy"  # out of rotation until healthy_threshold successes
+    # The original module's names for the same states (aliases, never listed apart):
+    JOINING = "unknown"  # registered, not yet heard from
+    DEAD = "unhealthy"  # unhealthy_threshold checks failed in a row
 
 
 class Event(enum.StrEnum):

@@ -9,7 +9,13 @@ the set while at least one claim on it is alive.
 Claims are hints. A peer becomes *verified* only when the shell reports a
 successful mutual-TLS hello whose certificate speaks for the node id and whose
 cluster name matches ours (``mark_verified``); a failed probe clears the flag
-and backs off before the next try.
+and backs off before the next try. An operator may also verify a peer by hand
+(``set_verified``), even one whose id is not known yet (``expect_verified``):
+the verdict then lands on the first claim that names that id.
+
+``max_peers`` caps the set: once full, new addresses are refused (counted in
+``refused``) rather than known ones evicted, so a flood of bogus candidates
+cannot push out verified peers.
 """
 
 from __future__ import annotations
@@ -141,11 +147,18 @@ class ProbePolicy:
 class PeerSet:
     """Candidates from all sources, merged per address, with expiry and verification."""
 
-    def __init__(self, self_address: str | None = None, policy: ProbePolicy | None = None) -> None:
+    def __init__(self, self_address: str | None = None, policy: ProbePolicy | None = None,
+                 *, max_peers: int | None = None) -> None:
+        if max_peers is not None and max_peers < 1:
+            raise ValueError(f"max_peers must be positive, got {max_peers!r}")
         self._self_address = self_address
         self._policy = policy or ProbePolicy()
         self._peers: dict[str, PeerRecord] = {}
         self._ignored: set[str] = set()
+        self._expected: set[str] = set()  # ids verified by hand before any claim named them
+        self.max_peers = max_peers
+        self.added = 0  # addresses ever added
+        self.refused = 0  # new addresses turned away because the set was full
 
     def set_self_address(self, address: str) -> None:
         """Our own address (known once our server is bound): never a peer."""
@@ -189,11 +202,19 @@ class PeerSet:
             seen.add(c.address)
             rec = self._peers.get(c.address)
             if rec is None:
+                if self.max_peers is not None and len(self._peers) >= self.max_peers:
+                    self.refused += 1
+                    continue
                 rec = self._peers[c.address] = PeerRecord(c.address, first_seen=now)
                 added.append(c.address)
+                self.added += 1
             expires = math.inf if c.ttl is None else now + c.ttl
             rec.claims[source] = _Claim(expires, c.node_id, c.priority, c.weight)
             rec.last_seen = max(rec.last_seen, now)
+            if c.node_id is not None and c.node_id in self._expected:
+                self._expected.discard(c.node_id)
+                if not rec.verified:
+                    rec.verified, rec.verified_id, rec.disproved = True, c.node_id, False
         removed: list[str] = []
         if complete:
             for addr in [a for a, r in self._peers.items() if source in r.claims and a not in seen]:
@@ -227,6 +248,7 @@ class PeerSet:
 
     def remove(self, key: str) -> list[str]:
         """Forget every record whose address or node id is ``key``; returns their addresses."""
+        self._expected.discard(key)
         gone = [a for a, r in self._peers.items() if key in (a, r.node_id)]
         for a in gone:
             del self._peers[a]
@@ -255,6 +277,7 @@ class PeerSet:
         rec = self._peers.get(address)
         if rec is None:
             return None
+        self._expected.discard(node_id)
         rec.verified, rec.verified_id, rec.cluster, rec.formed = True, node_id, cluster, formed
         rec.probed, rec.failures, rec.last_error, rec.disproved = True, 0, None, False
         rec.last_seen = max(rec.last_seen, now)
@@ -290,6 +313,8 @@ class PeerSet:
 
     def set_verified(self, key: str, verified: bool, now: float) -> list[PeerRecord]:
         """Operator override for every record whose address or id is ``key``."""
+        if not verified:
+            self._expected.discard(key)
         hit = [r for r in self.records() if key in (r.address, r.node_id)]
         for rec in hit:
             rec.verified = verified
@@ -300,6 +325,19 @@ class PeerSet:
             else:
                 rec.verified_id = None
         return hit
+
+    def anonymous(self) -> list[PeerRecord]:
+        """Peers known by address only: no source named them and none has proven an id."""
+        return [r for r in self.records() if r.node_id is None]
+
+    def expect_verified(self, node_id: str) -> None:
+        """Verify ``node_id`` by hand before any claim names it: the first one that does
+        (a hello, gossip, a static or mDNS entry) is verified on arrival."""
+        self._expected.add(node_id)
+
+    @property
+    def expected(self) -> frozenset[str]:
+        return frozenset(self._expected)
 
     # -- views -----------------------------------------------------------------------------------
 

@@ -119,8 +119,8 @@ class PeerTransport:
             raise ValueError("node_id must not be empty")
         if tls_files is None and not insecure:
             raise tls.TLSConfigError(
-                "TLS certificate, key and CA are required (insecure=True is for local benchmarks)"
-            )
+                "TLS certificate, key and CA are required (insecure=True is for local "
+                f"benchmarks). {tls.WHAT_TO_PASS}")
         if bind_address is not None:
             split_address(bind_address)
         self.node_id = node_id
@@ -397,7 +397,7 @@ class PeerTransport:
                                                                  self.peer_domain):
                 self.stats["calls_failed"] += 1
                 raise PeerError(address, f"reply claims to be {frame.sender!r} but its "
-                                         "certificate does not say so")
+                                         f"certificate does not say so: {tls.NODE_CERT_NEEDS}")
             if expect is not None and frame.sender != expect:
                 self.stats["calls_failed"] += 1
                 raise PeerError(address, f"expected node {expect!r}, reached {frame.sender!r}")
@@ -436,11 +436,13 @@ class PeerTransport:
         if not self.insecure:
             ids = _request_identities(request)
             if not tls.is_node(ids):
-                return self._reject(403, "not_a_node", "client certificate lacks the node role")
+                return self._reject(403, "not_a_node", "client certificate lacks the node role: "
+                                    + tls.NODE_CERT_NEEDS)
             if not tls.authorizes(ids, frame.sender, self.peer_domain):
                 return self._reject(
                     403, "forged_sender",
-                    f"sender {frame.sender!r} is not an identity of the client certificate",
+                    f"sender {frame.sender!r} is not an identity of the client certificate: "
+                    + tls.NODE_CERT_NEEDS,
                 )
         self.stats["frames_received"] += 1
         self.stats["messages_received"] += len(frame.messages)
@@ -469,7 +471,8 @@ class PeerTransport:
         if not self.insecure:
             ids = _request_identities(request)
             if not tls.is_node(ids):
-                return self._reject(403, "not_a_node", "client certificate lacks the node role")
+                return self._reject(403, "not_a_node", "client certificate lacks the node role: "
+                                    + tls.NODE_CERT_NEEDS)
         ws = web.WebSocketResponse(max_msg_size=self.limits.max_frame_bytes, autoping=True)
         await ws.prepare(request)
         self._streams.add(ws)

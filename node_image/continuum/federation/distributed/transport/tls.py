@@ -31,6 +31,19 @@ class TLSConfigError(ValueError):
     """TLS material missing, unreadable or inconsistent."""
 
 
+# Every peer connection is mutual TLS 1.3; errors about missing material end with this.
+WHAT_TO_PASS = (
+    "Pass tls_cert (this node's certificate: its node id as a DNS name, plus the URI SAN "
+    "urn:continuum:role:node), tls_key (its private key) and tls_ca (the cluster CA's "
+    "certificate, which every peer's certificate must chain to). "
+    "`continuum-federation certs init --dir CA` then `certs node --dir CA --id <node id> "
+    "--out DIR` make them as DIR/tls.crt, DIR/tls.key and DIR/ca.crt.")
+
+# A peer refused for its certificate hears what a node certificate needs.
+NODE_CERT_NEEDS = ("a node certificate carries the node id as a DNS name or CN and the URI "
+                   "SAN urn:continuum:role:node (`continuum-federation certs node` makes one)")
+
+
 @dataclass(frozen=True, slots=True)
 class TLSFiles:
     cert: str
@@ -49,7 +62,11 @@ class TLSFiles:
         if not given:
             return None
         if len(given) != 3:
-            raise TLSConfigError("tls_cert, tls_key and tls_ca must be given together")
+            missing = [n for n, x in (("tls_cert", cert), ("tls_key", key), ("tls_ca", ca))
+                       if not x]
+            raise TLSConfigError(
+                f"mutual TLS needs tls_cert, tls_key and tls_ca together; missing "
+                f"{', '.join(missing)}. {WHAT_TO_PASS}")
         assert cert and key and ca
         return cls(cert, key, ca)
 

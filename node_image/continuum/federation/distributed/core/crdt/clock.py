@@ -9,6 +9,7 @@ node that has seen a timestamp always writes after it (Kulkarni et al. 2014).
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from types import MappingProxyType
 from typing import Literal, NamedTuple
 
 Ordering = Literal["before", "after", "equal", "concurrent"]
@@ -19,12 +20,21 @@ class VectorClock:
 
     __slots__ = ("_c",)
 
-    def __init__(self, counters: Mapping[str, int] | None = None) -> None:
+    def __init__(self, counters: Mapping[str, int] | None = None, *,
+                 clocks: Mapping[str, int] | None = None) -> None:
+        if counters is not None and clocks is not None:
+            raise ValueError("pass the counters once: VectorClock(counters) or clocks=")
         self._c: dict[str, int] = {}
-        for node, n in (counters or {}).items():
+        for node, n in (counters if counters is not None else clocks or {}).items():
             _check_entry(node, n)
             if n:
                 self._c[node] = n
+
+    @property
+    def clocks(self) -> Mapping[str, int]:
+        """Node id -> counter, read-only (the original module's name; change it with
+        ``increment`` and ``update``)."""
+        return MappingProxyType(self._c)
 
     def get(self, node_id: str) -> int:
         return self._c.get(node_id, 0)

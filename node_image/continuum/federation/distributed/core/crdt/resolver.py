@@ -6,6 +6,14 @@ siblings, never on the order they arrived in:
 
 * ``LAST_WRITE_WINS``: the highest hybrid-logical timestamp; node id breaks ties.
 * ``HIGHEST_NODE_WINS``: the sibling written by the highest node id (then the latest).
+  Ids compare in natural order (``node_order``): runs of ASCII digits by their
+  numeric value, everything else character by character, so ``node-9`` <
+  ``node-10`` < ``node-10a`` < ``node-b``; ids that differ only in leading
+  zeros (``node-01``, ``node-1``) fall back to plain string order. The rule is
+  a pure function of the ids, so every replica picks the same winner. Nodes
+  that ordered ids as plain strings (before natural order) read a different
+  winner for the keys where the two orders disagree until they are upgraded;
+  the stored siblings are the same on both, only the read differs.
 * ``MERGE_UNION``: dicts merge key by key (recursively), sets unite, lists
   concatenate in canonical sibling order without duplicates; anything else
   falls back to last-write-wins. Live values beat tombstones (add wins).
@@ -16,6 +24,8 @@ siblings, never on the order they arrived in:
 from __future__ import annotations
 
 import enum
+import functools
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,7 +34,7 @@ from . import clock, values
 CustomFn = Callable[[list[values.ReplicatedValue]], Any]
 
 
-class ConflictResolutionStrategy(enum.Enum):
+class ConflictResolutionStrategy(enum.StrEnum):
     LAST_WRITE_WINS = "last_write_wins"
     HIGHEST_NODE_WINS = "highest_node_wins"
     MERGE_UNION = "merge_union"
@@ -33,6 +43,31 @@ class ConflictResolutionStrategy(enum.Enum):
 
 def canonical_order(v: values.ReplicatedValue) -> tuple[clock.HLCTimestamp, str, str]:
     return (v.timestamp, v.node_id, v.checksum)
+
+
+_DIGITS = re.compile(r"([0-9]+)")
+
+NaturalKey = tuple[tuple[str | tuple[int, str], ...], str]
+
+
+@functools.lru_cache(maxsize=1024)  # a cluster has few writers; reads of conflicts repeat them
+def node_order(node_id: str) -> NaturalKey:
+    """Sort key that puts ids in natural order: ``node-9`` before ``node-10``.
+
+    ``re.split`` with a capturing group alternates text and digit runs, text
+    first, so two keys always hold the same kind of part at the same place.
+    A digit run compares by (length without leading zeros, digits): numeric
+    order without ``int()``, which refuses runs of more than 4300 digits. The
+    id itself breaks the ties that leading zeros leave, so the order is total.
+    """
+    parts: list[str | tuple[int, str]] = []
+    for i, part in enumerate(_DIGITS.split(node_id)):
+        if i % 2:
+            digits = part.lstrip("0") or "0"
+            parts.append((len(digits), digits))
+        else:
+            parts.append(part)
+    return tuple(parts), node_id
 
 
 class ConflictResolver:
@@ -79,7 +114,7 @@ class ConflictResolver:
         if s is ConflictResolutionStrategy.LAST_WRITE_WINS:
             return frontier[-1]
         if s is ConflictResolutionStrategy.HIGHEST_NODE_WINS:
-            return max(frontier, key=lambda v: (v.node_id, canonical_order(v)))
+            return max(frontier, key=lambda v: (node_order(v.node_id), canonical_order(v)))
         live = [v for v in frontier if not v.deleted]
         if not live:
             return frontier[-1]
@@ -100,7 +135,8 @@ def _synthesize(value: Any, live: list[values.ReplicatedValue],
     version = clock.VectorClock()
     for v in frontier:
         version.update(v.version)
-    return values.ReplicatedValue.create(value, latest.timestamp, latest.node_id, version)
+    return values.ReplicatedValue.create(value, latest.timestamp, latest.node_id, version,
+                                         resolved_from=tuple(frontier))
 
 
 def merge_values(items: list[Any]) -> Any:

@@ -196,6 +196,12 @@ class ReplicatedValue:
     ``version`` is the writer's version vector for the key at the time of the
     write, including the write's own event ``(node_id, version[node_id])``
     (its *dot*). ``deleted`` marks a tombstone (``value`` is then None).
+
+    ``resolved_from`` is empty for a value someone wrote. A value that a
+    conflict strategy built from concurrent siblings (MERGE_UNION, CUSTOM)
+    carries them there: it borrows the latest sibling's dot, so merged into a
+    replica on its own it would stand in for that sibling and hide the others.
+    Replicators merge its siblings instead. It is not part of the wire form.
     """
 
     value: Any
@@ -205,17 +211,20 @@ class ReplicatedValue:
     checksum: str
     deleted: bool = False
     _encoded: bytes = field(default=b"", repr=False, compare=False)
+    resolved_from: tuple[ReplicatedValue, ...] = field(default=(), repr=False, compare=False)
 
     @classmethod
     def create(cls, value: Any, timestamp: clock.HLCTimestamp, node_id: str,
-               version: clock.VectorClock, deleted: bool = False) -> ReplicatedValue:
+               version: clock.VectorClock, deleted: bool = False, *,
+               resolved_from: tuple[ReplicatedValue, ...] = ()) -> ReplicatedValue:
         data = encode(value)
         _check_size(data)
         version = version.copy()
         _check_metadata(timestamp, node_id, version, deleted)
         checksum = checksum_of_encoded(data, timestamp, node_id, version, deleted)
         # Keep a decoded copy, never the caller's object: later mutation cannot corrupt it.
-        return cls(decode(data), timestamp, node_id, version, checksum, deleted, data)
+        return cls(decode(data), timestamp, node_id, version, checksum, deleted, data,
+                   resolved_from)
 
     @property
     def dot(self) -> tuple[str, int]:

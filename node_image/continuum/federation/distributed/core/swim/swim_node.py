@@ -298,6 +298,18 @@ class SwimNode:
                 out[node] = self.state.node_view(node)
         return out
 
+    def joining(self) -> frozenset[str]:
+        """Peers we were asked to join that have not answered yet."""
+        return frozenset(self._joins)
+
+    def buffered(self) -> int:
+        """Updates waiting to be piggybacked (at most ``message_buffer_size``)."""
+        return len(self._queue)
+
+    def seen_updates(self) -> int:
+        """Update ids remembered to drop duplicates (at most ``message_buffer_size``)."""
+        return len(self._dedup)
+
     def counts(self) -> dict[str, int]:
         by = {s.name.lower(): 0 for s in Status}
         for m in self.members.values():
