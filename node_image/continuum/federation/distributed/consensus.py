@@ -399,11 +399,16 @@ class RaftConsensus(raft_loop.RaftLoop):
 
     async def _change(self, op: str, node_id: str, address: str | None) -> None:
         """Propose one configuration change and wait for its fate. Changes queue here,
-        one at a time, rather than fail ``busy`` on each other; the wait for a learner to
-        catch up is outside, so a removal never waits behind an addition."""
+        one at a time, and behind a new leader's first commit, rather than fail ``busy``;
+        the wait for a learner to catch up is outside, so a removal never waits behind an
+        addition."""
         def propose(n: rnode.RaftNode) -> tuple[int, int]:
             return n.change_config(op, node_id, address), n.term
+
+        def settled() -> bool:  # a new leader changes nothing before its first commit
+            return self._require_leader_node().committed_in_term()
         async with self._config_lock:
+            await self._wait_until(settled, None)
             idx, term = await self._call(propose)
             fut: asyncio.Future[Applied] = asyncio.get_running_loop().create_future()
             self._waiters[idx] = raft_loop._Waiter(term, None, fut, math.inf)

@@ -70,4 +70,4 @@ def ca_beside(cert: str | None, key: str | None, ca: str | None) -> str | None:
         return str(beside)
     raise tls.TLSConfigError(
         f"mutual TLS needs a CA to verify peers: pass tls_ca, or put {CA_NEXT_TO_CERT} "
-        f"next to tls_cert (no {beside})")
+        f"next to tls_cert (no {beside}). {tls.WHAT_TO_PASS}")
