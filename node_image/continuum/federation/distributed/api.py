@@ -69,6 +69,8 @@ def mount(app: web.Application, node: FederationNode) -> None:
     add.add_post("/v1/leader/transfer", routes.timed("transfer", routes.transfer))
     add.add_post("/v1/cluster/force-new-cluster",
                  routes.timed("force_new_cluster", routes.force_new_cluster))
+    # Admin: streams a backup archive of this node (backup/source.py).
+    add.add_post("/v1/backup", routes.timed("backup", routes.backup))
     add.add_get("/v1/concepts", routes.timed("list", routes.list_concepts))
     add.add_put("/v1/concepts/{id}", routes.timed("put", routes.put_concept))
     add.add_get("/v1/concepts/{id}", routes.timed("get", routes.get_concept))
@@ -192,6 +194,10 @@ class _Routes:
         except consensus.MembershipError as exc:
             return http_util.error(409, exc.code, str(exc))
         return web.json_response(result)
+
+    async def backup(self, request: web.Request) -> web.StreamResponse:
+        """Admin: a consistent backup of this node, streamed (see backup/source.py)."""
+        return await self.node.backup.respond(request)
 
     # -- concepts ----------------------------------------------------------------------------
 

@@ -457,6 +457,24 @@ class RaftConsensus:
                 and self._node.committed_in_term(), None)
             return result
 
+    # -- backup hooks (used by backup.source) -----------------------------------------------
+
+    async def capture_snapshot(self) -> rmsg.Snapshot | None:
+        """The state machine as of the last applied entry, packed as a Raft snapshot (what
+        log compaction stores) without compacting; None before anything was applied.
+
+        Taken inside the loop between Readies, so the state machine holds exactly the
+        entries up to the snapshot's index, all of them committed."""
+        take = self._take
+        if take is None:
+            raise RuntimeError("no snapshot callbacks are registered")
+        return await self._call(lambda n: n.capture(take()))
+
+    async def wait_applied(self, index: int, timeout: float) -> None:
+        """Return once this node has applied ``index``; ``TimeoutError`` otherwise."""
+        await self._wait_until(
+            lambda: self._node is not None and self._node.log.applied >= index, timeout)
+
     async def _change(self, op: str, node_id: str, address: str | None) -> None:
         """Propose one configuration change and wait for its commit. Changes queue here,
         one at a time, rather than fail ``busy`` on each other; the wait for a learner to

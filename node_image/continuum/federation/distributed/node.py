@@ -47,6 +47,7 @@ from . import (
     replication,
     statemachine,
 )
+from .backup import source as backup_source
 from .core import formation
 from .core import load as loadmod
 from .core.crdt import resolver as crdt_resolver
@@ -136,6 +137,8 @@ class FederationNode:
         self._trusted_ca_sha256 = tls.file_fingerprints(self.tls_files.ca)
         self._cert_sha256 = tls.file_fingerprints(self.tls_files.cert)[0]
         self.metrics = metrics.NodeMetrics(self._stats_sources, self._named_metrics)
+        # Backup hook: serves POST /v1/backup (api.py) and the leader's ReadIndex for it.
+        self.backup = backup_source.BackupSource(self)
 
     # -- configuration ---------------------------------------------------------------------
 
@@ -539,6 +542,10 @@ class FederationNode:
         """On the leader: keep the coordinator's registry equal to Raft's membership."""
         while True:
             raft = self.raft
+            if raft is not None and raft.is_leader and self.state.identity is None:
+                # Backup hook: a cluster id, so a restore can tell clusters apart.
+                await raft.append_entry(statemachine.identity_command(
+                    self.settings.cluster_name, uuid.uuid4().hex))
             if raft is not None and raft.is_leader:
                 members = {m["id"]: m["address"] for m in raft.members() if m["address"]}
                 registered = {n.node_id: n.address for n in await self.coordinator.get_all_nodes()}
@@ -715,6 +722,7 @@ class FederationNode:
         return {
             "node_id": self.node_id,
             "cluster": self.settings.cluster_name,
+            "cluster_id": self.state.identity["id"] if self.state.identity else None,
             "address": self.settings.peer_address,
             "role": raft.role() if raft is not None else "none",
             "term": rstats.get("current_term", 0),
@@ -743,6 +751,7 @@ class FederationNode:
 
     def _stats_sources(self) -> dict[str, dict[str, Any]]:
         sources = {
+            "backup": dict(self.backup.stats),
             "replication": self.replicator.get_stats(),
             "mesh": self.mesh.get_stats(),
             "coordinator": self.coordinator.get_stats(),
