@@ -78,6 +78,9 @@ class _Checker:
         self._strong = bytearray()
         self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=128 * 1024 * 1024)
         self._last_key: str | None = None
+        # A row that does not decode is reported at the end of the part: if the part's
+        # checksum is wrong, that is the clearer reason, and the reader says it first.
+        self._bad_row: archive.CorruptArchive | None = None
         self.keys = 0
         self.snapshot: rmsg.Snapshot | None = None
         self.strong_concepts = 0
@@ -87,11 +90,15 @@ class _Checker:
             return
         if ev.name == "strong":
             self._strong += ev.data
-        else:
+        elif self._bad_row is None:
             self._unpacker.feed(ev.data)
             rows: list[tuple[str, bytes]] = []
-            for item in self._unpacker:
-                rows.append(self._check_row(item))
+            try:
+                for item in self._unpacker:
+                    rows.append(self._check_row(item))
+            except (archive.CorruptArchive, ValueError, msgpack.UnpackException) as exc:
+                self._bad_row = archive.CorruptArchive(f"the multi-master part: {exc}")
+                return
             self.on_rows(rows)
 
     def _check_row(self, item: Any) -> tuple[str, bytes]:
@@ -114,6 +121,8 @@ class _Checker:
         """Checked rows of the multi-master store (a restore writes them)."""
 
     def finish(self) -> None:
+        if self._bad_row is not None:
+            raise self._bad_row
         if self._unpacker.tell() != sum(p.size for p in self.manifest.parts
                                         if p.name == "multimaster"):
             raise archive.CorruptArchive("the multi-master part ends inside a row")
@@ -272,8 +281,11 @@ def read_identity(data_dir: Path) -> dict[str, str] | None:
     db = data_dir / "raft" / "raft.db"
     if not db.is_file():
         return None
+    # Without a WAL file the database is whole in raft.db: read it as immutable, which
+    # leaves no -shm or -wal file behind. With one (a node killed, or running), read it too.
+    wal = db.with_name(db.name + "-wal").exists()
     try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        conn = sqlite3.connect(f"file:{db}?mode=ro{'' if wal else '&immutable=1'}", uri=True)
     except sqlite3.Error:
         return None
     try:
