@@ -124,7 +124,7 @@ async def backup_loop(work: str, target_dir: str, prefix: str) -> None:
 
 async def ours(args: argparse.Namespace) -> dict[str, float]:
     work = Path(tempfile.mkdtemp(prefix="bench-backup-"))
-    nodes = local.plan(3, "127.0.60.1", 7000, 8080)
+    nodes = local.plan(3, "127.0.61.1", 7000, 8080)
     cluster = local.LocalCluster(work / "cluster", nodes)
     cluster.start()
     out: dict[str, float] = {}
@@ -180,7 +180,7 @@ async def ours(args: argparse.Namespace) -> dict[str, float]:
                 timings["verify"].append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
                 await restore.restore(target, f"b{n}", work / f"restored-{n}", "node-1",
-                                      "127.0.60.1:7000")
+                                      "127.0.61.1:7000")
                 timings["restore"].append(time.perf_counter() - t0)
             out["size_mib"] = size / MIB
             for what, ts in timings.items():
@@ -213,7 +213,7 @@ async def etcd(args: argparse.Namespace) -> dict[str, float] | None:
         print("  etcd not installed (apt-get install -y etcd-server etcd-client): skipped")
         return None
     work = Path(tempfile.mkdtemp(prefix="bench-backup-etcd-"))
-    hosts = [f"127.0.60.{101 + i}" for i in range(3)]
+    hosts = [f"127.0.61.{101 + i}" for i in range(3)]
     peers = [f"http://{h}:{_free_port(h)}" for h in hosts]
     clients = [f"http://{h}:{_free_port(h)}" for h in hosts]
     initial = ",".join(f"e{i}={p}" for i, p in enumerate(peers))

@@ -44,7 +44,7 @@ class _Raft:
     def get_stats(self) -> dict[str, Any]:
         return {"last_applied": 4}
 
-    async def capture_snapshot(self) -> rmsg.Snapshot | None:
+    async def capture_snapshot(self, freeze: Any = None) -> rmsg.Snapshot | None:
         if self.empty:
             return None
         conf = rmsg.ClusterConfig(frozenset({"n1", "n2"}), frozenset({"n3"}), {})
@@ -176,3 +176,31 @@ def test_a_consistent_read_does_not_see_later_writes(tmp_path: Path) -> None:
     finally:
         reader.close()
         store.close()
+
+
+async def test_a_captured_snapshot_is_the_state_at_its_index_packed_as_compaction_packs_it(
+        ) -> None:
+    from continuum.federation.distributed import consensus
+
+    sm = statemachine.FederationStateMachine(lambda c: None, dict, lambda s: None)
+    raft = consensus.RaftConsensus("solo", ["solo"], election_timeout_ms=(50, 100),
+                                   heartbeat_interval_ms=10)
+    raft.register_apply_callback(sm.apply)
+    raft.register_snapshot_callbacks(sm.snapshot, sm.restore)
+    await raft.start()
+    try:
+        for i in range(50):
+            assert await raft.append_entry({"type": "concept.put", "id": f"c{i}", "value": i},
+                                           request_id=f"r{i}")
+        plain = await raft.capture_snapshot()
+        frozen = await raft.capture_snapshot(sm.frozen)
+        assert plain is not None and plain == frozen
+        assert plain.index == raft.get_stats()["last_applied"]
+        assert await raft.append_entry({"type": "concept.put", "id": "later", "value": 1})
+        app, requests = rnode.unpack_snapshot(plain.data)
+        back = statemachine.FederationStateMachine(lambda c: None, dict, lambda s: None)
+        back.restore(app)
+        assert len(back.concepts) == 50 and "later" not in back.concepts
+        assert ["r49", plain.index] in requests
+    finally:
+        await raft.stop()

@@ -106,10 +106,19 @@ class FederationStateMachine:
         return None
 
     def snapshot(self) -> bytes:
-        data: bytes = msgpack.packb({"concepts": self.concepts.dump(),
-                                     "registry": self._coord_snapshot(),
-                                     "identity": self.identity}, use_bin_type=True)
-        return data
+        return self.frozen()()
+
+    def frozen(self) -> Callable[[], bytes]:
+        """The state as it is now, and a function that packs it as ``snapshot`` does, safe
+        to call later on another thread: the copy is shallow (cheap in the Raft loop),
+        which holds because stored values are replaced, never changed in place."""
+        state = {"concepts": self.concepts.dump(), "registry": self._coord_snapshot(),
+                 "identity": self.identity}
+
+        def pack() -> bytes:
+            data: bytes = msgpack.packb(state, use_bin_type=True)
+            return data
+        return pack
 
     def reset(self) -> None:
         """Empty, as before the first command: for a node that discards its Raft state and

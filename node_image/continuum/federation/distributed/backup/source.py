@@ -118,7 +118,7 @@ class BackupSource:
                 "from another node, or retry with a longer ?wait=") from None
         # Immutable once set: read before the capture, it is in the snapshot too.
         identity = self.node.state.identity
-        snap = await raft.capture_snapshot()
+        snap = await raft.capture_snapshot(self.node.state.frozen)
         if snap is None:
             raise BackupRefused(409, "empty", "nothing is committed yet: nothing to back up")
         synced, unreachable = await self._sync_multimaster() if sync else ([], [])
