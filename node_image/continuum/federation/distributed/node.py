@@ -543,9 +543,12 @@ class FederationNode:
         while True:
             raft = self.raft
             if raft is not None and raft.is_leader and self.state.identity is None:
-                # Backup hook: a cluster id, so a restore can tell clusters apart.
-                await raft.append_entry(statemachine.identity_command(
-                    self.settings.cluster_name, uuid.uuid4().hex))
+                # Backup hook: a cluster id, so a restore can tell clusters apart. Retried
+                # each round until applied; should two land, the first applied wins.
+                with contextlib.suppress(consensus.OverloadedError):
+                    await raft.append_entry(statemachine.identity_command(
+                        self.settings.cluster_name, uuid.uuid4().hex),
+                        timeout=LEADER_DUTY_SECONDS)
             if raft is not None and raft.is_leader:
                 members = {m["id"]: m["address"] for m in raft.members() if m["address"]}
                 registered = {n.node_id: n.address for n in await self.coordinator.get_all_nodes()}

@@ -206,10 +206,13 @@ class BackupSource:
             async for chunk in capture.records():
                 await response.write(chunk)
                 sent += len(chunk)
-        except (ConnectionError, asyncio.CancelledError):
+        except asyncio.CancelledError:
+            self.stats["backups_failed"] += 1
+            raise
+        except ConnectionError:
             self.stats["backups_failed"] += 1
             log.warning("backup: the client went away after %d bytes", sent)
-            raise
+            return response
         except Exception as exc:
             self.stats["backups_failed"] += 1
             log.exception("backup failed after %d bytes", sent)
