@@ -9,15 +9,17 @@ Then, against a directory target:
 * verify and restore: the archive read back and checked; restored into a new data
   directory (every state decoded and written, fsynced), MiB/s;
 * writes during a backup: closed-loop writes (strong to the leader, then default to every
-  node; concurrency 16) for ``--seconds``, first alone, then while ``backup create``
-  processes run back to back; the ratio is what the cluster keeps (target: >= 80%).
+  node; concurrency 16) for ``--seconds``, first alone, then while backups run back to
+  back, at full speed and paced (``--max-rate``, ``--paced`` MiB/s); the ratio is what the
+  cluster keeps (target: >= 80%).
 
 Where etcd is installed (``apt-get install -y etcd-server etcd-client``), the same run
 loads 100,000 keys into a 3-member etcd and measures ``etcdctl snapshot save``,
 ``etcdutl snapshot restore`` and etcd's puts with and without a snapshot running.
 Prints figures and ratios; never fails on a timing.
 
-Run: .venv/bin/python bench/backup.py [--concepts 100000] [--seconds 10] [--skip-etcd]
+Run: .venv/bin/python bench/backup.py [--concepts 100000] [--seconds 10] [--paced 4]
+     [--skip-etcd]
 """
 
 from __future__ import annotations
@@ -85,15 +87,15 @@ class BackgroundBackups:
     """Backups back to back from one long-lived process (as a Job running ``backup create``
     would take them, without counting each Python start-up) until stopped."""
 
-    def __init__(self, work: Path, target: Path, prefix: str) -> None:
-        self.work, self.target, self.prefix = work, target, prefix
+    def __init__(self, work: Path, target: Path, prefix: str, rate: float | None) -> None:
+        self.work, self.target, self.prefix, self.rate = work, target, prefix, rate
         self.done = 0
         self._proc: asyncio.subprocess.Process | None = None
 
     async def __aenter__(self) -> BackgroundBackups:
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable, __file__, "--backup-loop", str(self.work), str(self.target),
-            self.prefix, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            self.prefix, str(self.rate or 0), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         assert self._proc.stdout is not None
         await self._proc.stdout.readline()  # "ready": imports done, about to start
         return self
@@ -107,7 +109,7 @@ class BackgroundBackups:
         self.done = int(out.decode().split()[-1])
 
 
-async def backup_loop(work: str, target_dir: str, prefix: str) -> None:
+async def backup_loop(work: str, target_dir: str, prefix: str, rate: str) -> None:
     """The child of ``BackgroundBackups``: backups until its stdin closes; prints the count."""
     urls, files = await commands._candidates(argparse.Namespace(
         api=None, tls_dir=None, data_dir=work, node=None))
@@ -117,7 +119,8 @@ async def backup_loop(work: str, target_dir: str, prefix: str) -> None:
     print("ready", flush=True)
     n = 0
     while not closed.done():
-        await commands.create(urls, files, target, f"{prefix}-{n}")
+        await commands.create(urls, files, target, f"{prefix}-{n}",
+                              max_rate=float(rate) or None)
         n += 1
     print(n, flush=True)
 
@@ -195,12 +198,17 @@ async def ours(args: argparse.Namespace) -> dict[str, float]:
                         return put(None, f"s-w{i % 10000}", True)
                     return put(spread[i % 3], f"d-w{i % 10000}", False)
                 alone = await closed_loop(op, args.seconds)
-                async with BackgroundBackups(cluster.data_dir, bk, f"bg-{mode}") as bg:
-                    during = await closed_loop(op, args.seconds)
-                out[f"{mode}_alone"], out[f"{mode}_during"] = alone, during
-                print(f"  {mode} writes c={WRITE_CONCURRENCY}: {alone:6.0f}/s alone, "
-                      f"{during:6.0f}/s during {bg.done} backups: {during / alone:.0%} kept",
-                      flush=True)
+                out[f"{mode}_alone"] = alone
+                print(f"  {mode} writes c={WRITE_CONCURRENCY}: {alone:6.0f}/s alone", flush=True)
+                for rate in (None, args.paced):
+                    async with BackgroundBackups(cluster.data_dir, bk, f"bg-{mode}-{rate}",
+                                                 rate) as bg:
+                        during = await closed_loop(op, args.seconds)
+                    how = f"paced at {rate:g} MiB/s" if rate else "full speed"
+                    out[f"{mode}_during_{'paced' if rate else 'full'}"] = during
+                    print(f"  {mode} writes c={WRITE_CONCURRENCY}: {during:6.0f}/s during "
+                          f"{bg.done} backups back to back ({how}): {during / alone:.0%} kept",
+                          flush=True)
     finally:
         cluster.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -318,8 +326,10 @@ async def main(args: argparse.Namespace) -> None:
             line += f" | etcd {theirs[what]:6.1f} MiB/s | ours/etcd {ratio:.2f}x"
         print(line)
     for mode in ("strong", "default"):
-        kept = mine[f"{mode}_during"] / mine[f"{mode}_alone"]
-        line = f"  {mode} writes kept during backups: {kept:.0%} (target >= 80%)"
+        full = mine[f"{mode}_during_full"] / mine[f"{mode}_alone"]
+        paced = mine[f"{mode}_during_paced"] / mine[f"{mode}_alone"]
+        line = (f"  {mode} writes kept during backups: {full:.0%} at full speed, {paced:.0%} "
+                f"paced at {args.paced:g} MiB/s (target >= 80%)")
         if theirs and mode == "strong":
             line += f" | etcd puts kept during snapshots: " \
                     f"{theirs['strong_during'] / theirs['strong_alone']:.0%}"
@@ -331,10 +341,12 @@ async def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--backup-loop"]:
-        asyncio.run(backup_loop(*sys.argv[2:5]))
+        asyncio.run(backup_loop(*sys.argv[2:6]))
         sys.exit(0)
     ap = argparse.ArgumentParser()
     ap.add_argument("--concepts", type=int, default=100_000)
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--paced", type=float, default=4.0, metavar="MIB_PER_S",
+                    help="the backup's --max-rate in the paced runs")
     ap.add_argument("--skip-etcd", action="store_true")
     asyncio.run(main(ap.parse_args()))

@@ -204,3 +204,14 @@ async def test_a_captured_snapshot_is_the_state_at_its_index_packed_as_compactio
         assert ["r49", plain.index] in requests
     finally:
         await raft.stop()
+
+
+async def test_a_paced_backup_streams_no_faster_than_asked(tmp_path: Path) -> None:
+    async with _serving(tmp_path, _Raft()) as (client, _):
+        assert (await client.post("/v1/backup?max_rate=0")).status == 400
+        started = asyncio.get_running_loop().time()
+        resp = await client.post("/v1/backup?max_rate=0.5")
+        body = await resp.read()
+        took = asyncio.get_running_loop().time() - started
+    assert resp.status == 200 and len(body) > 100_000
+    assert took >= len(body) / (0.5 * 1024 * 1024) * 0.9

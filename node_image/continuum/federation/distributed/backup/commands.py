@@ -46,6 +46,8 @@ def add_parsers(sub: Any) -> None:
     c.add_argument("--tls-dir", help="client tls.crt/tls.key/ca.crt (default: the local pki)")
     c.add_argument("--wait", type=float, default=5.0, metavar="SECONDS",
                    help="how long a lagging node may take to catch up before it refuses")
+    c.add_argument("--max-rate", type=float, metavar="MIB_PER_S",
+                   help="pace the node's stream (default: as fast as it goes)")
     c.add_argument("--json", action="store_true", help="print the stored manifest")
     ls = bs.add_parser("list", help="the backups at a target (incomplete ones are reported)")
     ls.add_argument("url", metavar="URL")
@@ -98,7 +100,8 @@ async def _candidates(args: argparse.Namespace) -> tuple[list[str], tls.TLSFiles
 
 
 async def create(urls: list[str], files: tls.TLSFiles, target: targets.Target,
-                 name: str | None = None, wait: float = 5.0) -> archive.Manifest:
+                 name: str | None = None, wait: float = 5.0,
+                 max_rate: float | None = None) -> archive.Manifest:
     """Stream a backup from the first of ``urls`` that gives one into ``target``."""
     if not urls:
         raise ValueError("no node to back up from")
@@ -108,8 +111,10 @@ async def create(urls: list[str], files: tls.TLSFiles, target: targets.Target,
         last: Exception | None = None
         for url in urls:
             try:
-                async with session.post(url.rstrip("/") + "/v1/backup",
-                                        params={"wait": f"{wait:g}"}) as resp:
+                params = {"wait": f"{wait:g}"}
+                if max_rate is not None:
+                    params["max_rate"] = f"{max_rate:g}"
+                async with session.post(url.rstrip("/") + "/v1/backup", params=params) as resp:
                     if resp.status != 200:
                         raise await _api_error(resp)
                     return await _store(resp, target, name)
@@ -172,7 +177,7 @@ async def _create(args: argparse.Namespace) -> int:
     urls, files = await _candidates(args)
     target = targets.open_target(args.to)
     try:
-        m = await create(urls, files, target, args.name, args.wait)
+        m = await create(urls, files, target, args.name, args.wait, args.max_rate)
     finally:
         await target.close()
     if args.json:

@@ -84,6 +84,7 @@ class BackupSource:
         try:
             wait = _seconds(request.query.get("wait"), CATCH_UP_SECONDS, MAX_CATCH_UP_SECONDS)
             sync = request.query.get("sync", "true") != "false"
+            rate = _rate(request.query.get("max_rate"))
         except ValueError as exc:
             return http_util.error(400, "invalid", str(exc))
         if self._lock.locked():
@@ -97,7 +98,7 @@ class BackupSource:
                 log.info("backup refused: %s", exc)
                 return http_util.error(exc.status, exc.code, str(exc))
             try:
-                return await self._stream(request, capture)
+                return await self._stream(request, capture, rate)
             finally:
                 capture.close()
 
@@ -191,7 +192,8 @@ class BackupSource:
 
     # -- the stream --------------------------------------------------------------------------
 
-    async def _stream(self, request: web.Request, capture: _Capture) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, capture: _Capture, rate: float | None
+                      ) -> web.StreamResponse:
         f = capture.fields
         response = web.StreamResponse(headers={
             "Content-Type": CONTENT_TYPE,
@@ -206,6 +208,10 @@ class BackupSource:
             async for chunk in capture.records():
                 await response.write(chunk)
                 sent += len(chunk)
+                if rate is not None:  # paced: the backup takes longer, serving keeps more
+                    ahead = sent / rate - (time.monotonic() - started)
+                    if ahead > 0:
+                        await asyncio.sleep(ahead)
         except asyncio.CancelledError:
             self.stats["backups_failed"] += 1
             raise
@@ -270,6 +276,19 @@ def _pack_rows(reader: storage.ConsistentReader) -> tuple[bytes, int]:
             out += packer.pack([key, value])
         count += len(rows)
     return bytes(out), count
+
+
+def _rate(raw: str | None) -> float | None:
+    """``max_rate`` in MiB/s as bytes per second (None: as fast as it goes)."""
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"max_rate must be a number of MiB/s, got {raw!r}") from None
+    if not 0 < value < 1e6:
+        raise ValueError("max_rate must be a positive number of MiB/s")
+    return value * 1024 * 1024
 
 
 def _seconds(raw: str | None, default: float, limit: float) -> float:
