@@ -18,12 +18,12 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY node_image/ node_image/
 COPY operator/ operator/
-RUN python -m pip wheel --wheel-dir /wheels ".[operator]"
+RUN python -m pip wheel --wheel-dir /wheels ".[operator,backup]"
 # One virtualenv per image, without pip in it (the builder's pip installs into it); the
 # final stages run the same base image, so the paths hold.
 RUN python -m venv --without-pip /opt/node \
  && python -m pip --python /opt/node/bin/python install --no-index --find-links /wheels \
-      continuum-federation \
+      "continuum-federation[backup]" \
  && python -m venv --without-pip /opt/operator \
  && python -m pip --python /opt/operator/bin/python install --no-index --find-links /wheels \
       "continuum-federation[operator]" \

@@ -110,11 +110,12 @@ def test_no_build_tools_or_installs_in_the_runtime_stages(name: str) -> None:
 
 def test_the_builder_builds_the_wheel_from_the_project() -> None:
     runs = re.sub(r"\s+", " ", " ".join(STAGES["builder"].all("RUN")))
-    assert 'pip wheel --wheel-dir /wheels ".[operator]"' in runs
+    assert 'pip wheel --wheel-dir /wheels ".[operator,backup]"' in runs
     for venv in FINAL:
         assert f"python -m venv --without-pip /opt/{venv}" in runs  # no pip in the image
         assert f"pip --python /opt/{venv}/bin/python install --no-index" in runs
-    assert "--find-links /wheels continuum-federation " in runs
+    # The node image can write backups to object storage (the backup extra).
+    assert '--find-links /wheels "continuum-federation[backup]"' in runs
     assert '--find-links /wheels "continuum-federation[operator]"' in runs
 
 

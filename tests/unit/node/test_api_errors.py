@@ -44,7 +44,8 @@ async def serving(error: BaseException | None, node_id: str = "node-1"
                   ) -> AsyncIterator[tuple[TestClient[Any, Any], _Services, _Metrics]]:
     """The API routes over stand-in services, and a client for them."""
     fake, metrics = _Services(error), _Metrics()
-    services = api.Services(node_id, fake, fake, None, dict, metrics)  # type: ignore[arg-type]
+    services = api.Services(node_id, fake, fake, None, fake, dict,  # type: ignore[arg-type]
+                            metrics)
     app = web.Application()
     api.mount(app, services)
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:

@@ -160,3 +160,21 @@ def test_a_node_without_configuration_votes_for_nobody() -> None:
     rd = fresh.ready()
     assert [x.granted for x in rd.messages if isinstance(x, m.VoteResponse)] == [False, False]
     assert rd.hard_state is None or rd.hard_state.vote is None
+
+
+def test_a_backup_snapshot_becomes_a_new_one_voter_cluster_that_forgets_the_old_members() -> None:
+    old = m.ClusterConfig(frozenset({"a", "b", "c"}), frozenset(), {"a": "old-a:7", "b": "b:7"})
+    snap = m.Snapshot(40, 6, old, rnode.pack_snapshot(b"state", [["r1", 12]]))
+    r = recovery.from_snapshot(snap, "z", "new-z:7")
+    assert r.snapshot is not None and r.snapshot.data == snap.data
+    assert (r.snapshot.index, r.snapshot.term) == (40, 6)
+    # A member that installs this snapshot must never dial the old cluster's addresses.
+    assert r.snapshot.config == r.config == m.ClusterConfig(frozenset({"z"}), frozenset(),
+                                                            {"z": "new-z:7"})
+    assert r.config_entry == m.Entry(7, 41, m.CONFIG, r.config.encode())
+    assert r.hard_state == m.HardState(7, None, 41) and r.old_config == old
+    node = rnode.RaftNode("z", CFG, random.Random(1), hard_state=r.hard_state,
+                          snapshot=r.snapshot, entries=list(r.entries))
+    assert node.conf.voters == {"z"} and node.requests.dump() == [["r1", 12]]
+    with pytest.raises(ValueError, match="no committed entry"):
+        recovery.from_snapshot(m.Snapshot(0, 0, old, b""), "z")

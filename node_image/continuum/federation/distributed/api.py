@@ -26,6 +26,7 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from . import concepts, coordinator, errors, http_util, membership
+from .backup import source as backup_source
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class Services:
     concepts: concepts.ConceptService
     membership: membership.Membership
     coordinator: coordinator.FederationCoordinator
+    backup: backup_source.BackupSource
     status: Callable[[], dict[str, Any]]
     metrics: RequestMetrics
 
@@ -64,6 +66,8 @@ def mount(app: web.Application, services: Services) -> None:
     add.add_post("/v1/leader/transfer", routes.timed("transfer", routes.transfer))
     add.add_post("/v1/cluster/force-new-cluster",
                  routes.timed("force_new_cluster", routes.force_new_cluster))
+    # Admin: streams a backup archive of this node (backup/source.py).
+    add.add_post("/v1/backup", routes.timed("backup", routes.backup))
     add.add_get("/v1/concepts", routes.timed("list", routes.list_concepts))
     add.add_put("/v1/concepts/{id}", routes.timed("put", routes.put_concept))
     add.add_get("/v1/concepts/{id}", routes.timed("get", routes.get_concept))
@@ -163,6 +167,10 @@ class _Routes:
             raise errors.InvalidInput(f"confirm must be this node's id {me!r}, "
                                       f"not {body['confirm']!r}")
         return web.json_response(await self.s.membership.force_new_cluster())
+
+    async def backup(self, request: web.Request) -> web.StreamResponse:
+        """Admin: a consistent backup of this node, streamed (see backup/source.py)."""
+        return await self.s.backup.respond(request)
 
     # -- concepts ----------------------------------------------------------------------------
 

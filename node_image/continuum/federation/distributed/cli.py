@@ -62,6 +62,11 @@ def _parser() -> argparse.ArgumentParser:
                     help="a local cluster's directory (nodes.json, pki/)")
     rc.add_argument("--tls-dir", help="client tls.crt/tls.key/ca.crt (default: the local pki)")
 
+    # Backup hook: backup create|list|verify and restore (backup/commands.py).
+    from .backup import commands as backup_commands
+
+    backup_commands.add_parsers(sub)
+
     loc = sub.add_parser("local", help="a local cluster of node processes on 127.0.0.x")
     loc_sub = loc.add_subparsers(dest="local_command", required=True)
     up = loc_sub.add_parser("up", help="start N nodes and show their status until Ctrl-C")
@@ -144,6 +149,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return asyncio.run(_recover(args))
     if args.command == "local":
         return _local_up(args)
+    if args.command in ("backup", "restore"):
+        from .backup import commands as backup_commands
+
+        return backup_commands.run(args)
     if args.command == "certs":
         return _certs(args)
     return asyncio.run(_client_command(args))

@@ -37,7 +37,7 @@ import enum
 import logging
 import math
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -396,6 +396,39 @@ class RaftConsensus(raft_loop.RaftLoop):
                 lambda: self._node is not None and self._node.is_leader
                 and self._node.committed_in_term(), None)
             return result
+
+    # -- backup hooks (used by backup.source) -----------------------------------------------
+
+    async def capture_snapshot(self, freeze: Callable[[], Callable[[], bytes]] | None = None
+                               ) -> rmsg.Snapshot | None:
+        """The state machine as of the last applied entry, packed as a Raft snapshot (what
+        log compaction stores) without compacting; None before anything was applied.
+
+        Taken inside the loop between Readies, so the state machine holds exactly the
+        entries up to the snapshot's index, all of them committed. With ``freeze`` (a cheap
+        copy of the state, returning the function that packs it) only the copy is made in
+        the loop, and the packing runs on a thread: the loop is not held up by it."""
+        take = self._take
+        if take is None:
+            raise RuntimeError("no snapshot callbacks are registered")
+        if freeze is None:
+            return await self._call(lambda n: n.capture(take()))
+        frozen = freeze
+
+        def at_applied(n: rnode.RaftNode) -> tuple[Any, Callable[[], bytes]] | None:
+            point = n.capture_point()
+            return None if point is None else (point, frozen())
+        got = await self._call(at_applied)
+        if got is None:
+            return None
+        (idx, term, conf, requests), pack = got
+        app = await asyncio.to_thread(pack)
+        return rmsg.Snapshot(idx, term, conf, rnode.pack_snapshot(app, requests))
+
+    async def wait_applied(self, index: int, timeout: float) -> None:
+        """Return once this node has applied ``index``; ``TimeoutError`` otherwise."""
+        await self._wait_until(
+            lambda: self._node is not None and self._node.log.applied >= index, timeout)
 
     async def _change(self, op: str, node_id: str, address: str | None) -> None:
         """Propose one configuration change and wait for its fate. Changes queue here,

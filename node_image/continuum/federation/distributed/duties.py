@@ -3,7 +3,8 @@
 * load: every node gossips its load (``LOAD_STATE_KEY`` in the mesh state), and
   every node's coordinator takes each report as that node's heartbeat, so
   ``select_node`` is load-aware on any node;
-* leader: the leader keeps the coordinator's registry equal to Raft's membership;
+* leader: the leader keeps the coordinator's registry equal to Raft's membership,
+  and commits the cluster's id once;
 * certificates: rotated TLS files (cert-manager renews a Secret in place) are
   reloaded, and what is loaded is described for ``/v1/status``;
 * loop lag: how late the event loop wakes us, the local-health part of the load.
@@ -12,12 +13,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
-from . import concepts, consensus, coordinator, mesh, pki
+from . import concepts, consensus, coordinator, errors, mesh, pki, statemachine
 from .core import load
 from .transport import peer, tls
 
@@ -118,6 +121,18 @@ class LoadReporter:
             task.cancel()
         if self._beats:
             await asyncio.gather(*self._beats, return_exceptions=True)
+
+
+async def name_the_cluster(raft: consensus.RaftConsensus,
+                           state: statemachine.FederationStateMachine, cluster_name: str) -> None:
+    """On the leader, once: commit a cluster id, so a restore can tell clusters apart.
+    Retried each round until applied; should two land, the first applied wins."""
+    while state.identity is None:
+        if raft.is_leader:
+            with contextlib.suppress(errors.FederationError):
+                await raft.propose(statemachine.identity_command(cluster_name, uuid.uuid4().hex),
+                                   timeout=LEADER_DUTY_SECONDS)
+        await asyncio.sleep(LEADER_DUTY_SECONDS)
 
 
 async def sync_registry_with_raft(raft: consensus.RaftConsensus,

@@ -8,6 +8,8 @@ protocol errors carry ``error_status_hint``. What each promises:
 * ``InvalidInput`` (400): the request is malformed; nothing changed.
 * ``NotFound`` (404): no such object; nothing changed.
 * ``WrongConsistency`` (409): the concept lives in the other consistency domain.
+* ``Conflict`` (409, its own ``code``): the request conflicts with the node's
+  state now (e.g. a backup of a node that is not caught up); nothing changed.
 * ``MembershipError`` (409, its own ``code``): a membership change that cannot be
   made now (``busy``, ``exists``, ``not_caught_up``, ...); nothing changed that a
   retry would not resume.
@@ -82,6 +84,14 @@ class WrongConsistency(FederationError):
 
     def details(self) -> dict[str, Any]:
         return {"consistency": self.lives_in}
+
+
+class Conflict(FederationError):
+    """The request conflicts with this node's state now (``code`` says how); nothing
+    changed."""
+
+    http_status = 409
+    code = "conflict"
 
 
 class MembershipError(FederationError, ValueError):

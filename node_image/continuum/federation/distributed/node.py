@@ -43,6 +43,7 @@ from . import (
     statemachine,
     status,
 )
+from .backup import source as backup_source
 from .core.crdt import resolver as crdt_resolver
 from .transport import peer, tls
 
@@ -109,13 +110,16 @@ class FederationNode:
         self.replicator.register_change_callback(self.concepts.on_replicated_change)
         self.certificates = duties.Certificates(tls_files, self.transport)
         self.load = duties.LoadReporter(self.mesh, self.coordinator, self.concepts)
+        self.backup = backup_source.BackupSource(
+            self.node_id, s.cluster_name, self.raft, self.state, self.replicator,
+            self.membership, self.transport)
         self.view = status.NodeView(s, self.raft, self.membership, self.state, self.replicator,
                                     self.mesh, self.coordinator, self.discovery, self.transport,
-                                    self.load, self.certificates)
+                                    self.load, self.certificates, self.backup)
         self.server = server.NodeServer(
             self.transport,
             api.Services(self.node_id, self.concepts, self.membership, self.coordinator,
-                         self.view.status, self.metrics),
+                         self.backup, self.view.status, self.metrics),
             probes.app(self.node_id, self.membership.is_ready,
                        lambda: self.membership.formation_state, self.metrics.render))
 
@@ -126,6 +130,7 @@ class FederationNode:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
+        s = self.settings
         self.data_dir.mkdir(parents=True, exist_ok=True)
         await self.transport.start()
         await self.server.start(self.settings.bind_address, self.settings.health_address)
@@ -137,7 +142,9 @@ class FederationNode:
         for duty, name in ((self.load.report, "load"), (self.load.measure_lag, "lag"),
                            (self.certificates.watch, "certs"),
                            (lambda: duties.sync_registry_with_raft(self.raft, self.coordinator),
-                            "leader")):
+                            "leader"),
+                           (lambda: duties.name_the_cluster(self.raft, self.state,
+                                                            s.cluster_name), "cluster-id")):
             self._spawn(duty, name)
         log.info("node %s: peers and API on %s (mTLS), health on %s", self.node_id,
                  self.settings.bind_address, self.settings.health_address)

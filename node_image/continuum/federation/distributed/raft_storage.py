@@ -29,10 +29,8 @@ def ready_ops(rd: rnode.Ready, disk_last: int) -> tuple[list[storage.Op], int]:
     (``disk_last`` is the one before)."""
     ops: list[storage.Op] = []
     if rd.snapshot is not None:
-        s = rd.snapshot
-        ops.append(storage.Put(NS, "snapshot", msgpack.packb(
-            [s.index, s.term, s.config.encode(), s.data], use_bin_type=True)))
-        ops.append(storage.DeleteRange(NS_LOG, 0, s.index + 1))
+        ops.append(snapshot_row(rd.snapshot))
+        ops.append(storage.DeleteRange(NS_LOG, 0, rd.snapshot.index + 1))
     if rd.truncate_after is not None:
         ops.append(storage.DeleteRange(NS_LOG, rd.truncate_after + 1, None))
         disk_last = rd.truncate_after
@@ -52,6 +50,21 @@ def entry_row(e: rmsg.Entry) -> storage.Put:
                                                        use_bin_type=True))
 
 
+def snapshot_row(s: rmsg.Snapshot) -> storage.Put:
+    return storage.Put(NS, "snapshot", pack_snapshot_row(s))
+
+
+def pack_snapshot_row(s: rmsg.Snapshot) -> bytes:
+    """A snapshot as Raft stores it (and as a backup carries it)."""
+    data: bytes = msgpack.packb([s.index, s.term, s.config.encode(), s.data], use_bin_type=True)
+    return data
+
+
+def unpack_snapshot_row(raw: bytes) -> rmsg.Snapshot:
+    idx, term, conf, data = msgpack.unpackb(raw, raw=False)
+    return rmsg.Snapshot(idx, term, rmsg.ClusterConfig.decode(conf), data)
+
+
 def hard_state_row(hs: rmsg.HardState) -> storage.Put:
     return storage.Put(NS, "hard_state", msgpack.packb([hs.term, hs.vote, hs.commit]))
 
@@ -68,8 +81,7 @@ def read_durable(store: storage.DurableStore, node_id: str
         hs = rmsg.HardState(term, vote, commit)
     raw = store.get(NS, "snapshot")
     if raw is not None:
-        idx, term, conf, data = msgpack.unpackb(raw, raw=False)
-        snap = rmsg.Snapshot(idx, term, rmsg.ClusterConfig.decode(conf), data)
+        snap = unpack_snapshot_row(raw)
     base = snap.index if snap else 0
     for k, v in store.scan(NS_LOG, base + 1):
         assert isinstance(k, int)
@@ -100,6 +112,25 @@ def force_new_cluster_offline(storage_path: str | Path, node_id: str,
         r = recovery.force_new_cluster(hs, snap, entries, node_id, address)
         store.commit_sync([storage.DeleteRange(NS_LOG, r.truncated_after + 1, None),
                            entry_row(r.config_entry), hard_state_row(r.hard_state)])
+    finally:
+        store.close()
+    return r
+
+
+def restore_offline(storage_path: str | Path, snapshot: rmsg.Snapshot, node_id: str,
+                    address: str | None = None) -> recovery.Recovered:
+    """Found a new one-voter cluster in an EMPTY ``storage_path`` from ``snapshot`` (a
+    backup's): one fsynced transaction writes the snapshot, the configuration entry that
+    makes ``node_id`` the sole voter, and the hard state (``recovery.from_snapshot``)."""
+    db = Path(storage_path) / "raft.db"
+    if db.exists():
+        raise ValueError(f"{db} exists: a restore writes only into an empty directory")
+    r = recovery.from_snapshot(snapshot, node_id, address)
+    store = storage.DurableStore(db)
+    try:
+        assert r.snapshot is not None
+        store.commit_sync([snapshot_row(r.snapshot), entry_row(r.config_entry),
+                           hard_state_row(r.hard_state)])
     finally:
         store.close()
     return r

@@ -564,6 +564,19 @@ class MultiMasterReplicator:
             except storage.StorageError:
                 log.exception("replication: could not persist pushed changes")
 
+    async def flush(self) -> None:
+        """Return once every change this replica holds is on disk, pushed ones included
+        (the flusher writes those in batches): a copy of the store then has them all."""
+        keys, self._dirty = self._dirty, set()
+        # Always one commit: the store's single writer keeps order, so it lands after
+        # every commit queued before it (a flusher batch in flight among them).
+        await self._persist(keys)
+
+    @property
+    def store_path(self) -> Path | None:
+        """The SQLite file holding this replica (``None`` in memory)."""
+        return None if self._store is None else self._store.path
+
     async def _on_push(self, sender: str, body: dict[str, Any]) -> None:
         self.stats["push_messages_received"] += 1
         push = messages.decode_push(body)

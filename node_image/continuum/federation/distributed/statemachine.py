@@ -4,6 +4,8 @@ Commands are plain dicts with a ``type``:
 
 * ``concept.put`` / ``concept.delete``: the strongly consistent concept store;
 * ``coord.*``: the coordinator's registry (handed to the coordinator);
+* ``cluster.identity``: the cluster's id, proposed once by the first leader that finds
+  none (the first one applied wins); backups record it, restores check it;
 * ``noop``: ignored.
 
 Every node applies the same commands in the same order, so every node holds
@@ -23,6 +25,8 @@ from typing import Any
 import msgpack
 
 log = logging.getLogger(__name__)
+
+IDENTITY = "cluster.identity"
 
 
 class StrongStore:
@@ -74,6 +78,7 @@ class FederationStateMachine:
         self._coord_apply = coordinator_apply
         self._coord_snapshot = coordinator_snapshot
         self._coord_restore = coordinator_restore
+        self.identity: dict[str, str] | None = None  # {"id": ..., "name": ...}
         self.skipped = 0
 
     def apply(self, command: Any) -> Any:
@@ -89,6 +94,10 @@ class FederationStateMachine:
             return True
         if kind == "concept.delete":
             return self.concepts.delete(str(command["id"]))
+        if kind == IDENTITY:
+            if self.identity is None and isinstance(command.get("id"), str):
+                self.identity = {"id": command["id"], "name": str(command.get("name", ""))}
+            return self.identity
         if isinstance(kind, str) and kind.startswith("coord."):
             return self._coord_apply(command)
         if kind != "noop":
@@ -97,17 +106,47 @@ class FederationStateMachine:
         return None
 
     def snapshot(self) -> bytes:
-        data: bytes = msgpack.packb({"concepts": self.concepts.dump(),
-                                     "registry": self._coord_snapshot()}, use_bin_type=True)
-        return data
+        return self.frozen()()
+
+    def frozen(self) -> Callable[[], bytes]:
+        """The state as it is now, and a function that packs it as ``snapshot`` does, safe
+        to call later on another thread: the copy is shallow (cheap in the Raft loop),
+        which holds because stored values are replaced, never changed in place."""
+        state = {"concepts": self.concepts.dump(), "registry": self._coord_snapshot(),
+                 "identity": self.identity}
+
+        def pack() -> bytes:
+            data: bytes = msgpack.packb(state, use_bin_type=True)
+            return data
+        return pack
 
     def reset(self) -> None:
         """Empty, as before the first command: for a node that discards its Raft state and
         joins anew (the new cluster's log or snapshot is applied from scratch)."""
         self.concepts.load({})
         self._coord_restore({})
+        self.identity = None
 
     def restore(self, data: bytes) -> None:
         state = msgpack.unpackb(data, raw=False, strict_map_key=False)
         self.concepts.load(state.get("concepts", {}))
         self._coord_restore(state.get("registry", {}))
+        self.identity = state.get("identity")
+
+
+def identity_command(cluster_name: str, cluster_id: str) -> dict[str, str]:
+    return {"type": IDENTITY, "id": cluster_id, "name": cluster_name}
+
+
+def identity_in(app_snapshot: bytes, commands: list[Any]) -> dict[str, str] | None:
+    """The identity a state machine restored from ``app_snapshot`` holds once it applied
+    ``commands`` (a stopped node's committed log), without building the rest."""
+    identity = None
+    if app_snapshot:
+        state = msgpack.unpackb(app_snapshot, raw=False, strict_map_key=False)
+        identity = state.get("identity") if isinstance(state, dict) else None
+    for c in commands:
+        if identity is None and isinstance(c, Mapping) and c.get("type") == IDENTITY \
+                and isinstance(c.get("id"), str):
+            identity = {"id": c["id"], "name": str(c.get("name", ""))}
+    return identity

@@ -20,6 +20,7 @@ from . import (
     replication,
     statemachine,
 )
+from .backup import source as backup_source
 from .core import load
 from .transport import peer
 
@@ -39,7 +40,7 @@ class NodeView:
                  replicator: replication.MultiMasterReplicator, gossip: mesh.GossipMesh,
                  registry: coordinator.FederationCoordinator, finder: discovery.NodeDiscovery,
                  transport: peer.PeerTransport, reporter: duties.LoadReporter,
-                 certificates: duties.Certificates) -> None:
+                 certificates: duties.Certificates, backups: backup_source.BackupSource) -> None:
         self._settings = settings
         self._raft = raft
         self._membership = members
@@ -51,6 +52,7 @@ class NodeView:
         self._transport = transport
         self._reporter = reporter
         self._certs = certificates
+        self._backups = backups
         self._started = time.monotonic()
 
     def status(self) -> dict[str, Any]:
@@ -59,6 +61,7 @@ class NodeView:
         return {
             "node_id": self._settings.node_id,
             "cluster": self._settings.cluster_name,
+            "cluster_id": self._state.identity["id"] if self._state.identity else None,
             "address": self._settings.peer_address,
             "role": raft.role() if raft.running else "none",
             "term": rstats.get("current_term", 0),
@@ -87,6 +90,7 @@ class NodeView:
 
     def stats_sources(self) -> dict[str, dict[str, Any]]:
         sources = {
+            "backup": dict(self._backups.stats),
             "replication": self._replicator.get_stats(),
             "mesh": self._mesh.get_stats(),
             "coordinator": self._coordinator.get_stats(),

@@ -16,6 +16,7 @@ care about.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import queue
 import sqlite3
@@ -190,6 +191,29 @@ class DurableStore:
         self._thread.join()
         self._writer_db.close()
         self._reader.close()
+
+
+class ConsistentReader:
+    """The rows of one namespace as they were at one moment, read on a connection of its
+    own while writers go on: in WAL mode a read transaction sees the database as of its
+    first read. For a backup's copy. Blocking: use it from one thread at a time, and
+    ``close`` it (the WAL cannot be checkpointed past an open read transaction)."""
+
+    def __init__(self, path: str | os.PathLike[str], ns: str) -> None:
+        self._db = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True,
+                                   isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA busy_timeout=10000")
+        self._db.execute("BEGIN")
+        self._rows = self._db.execute("SELECT k, v FROM kv WHERE ns = ? ORDER BY k", (ns,))
+
+    def fetch(self, n: int) -> list[tuple[Key, bytes]]:
+        """Up to ``n`` more rows, in key order; [] at the end."""
+        return [(k, bytes(v)) for k, v in self._rows.fetchmany(n)]
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("COMMIT")
+        self._db.close()
 
 
 def _settle(fut: asyncio.Future[None], error: BaseException | None) -> None:

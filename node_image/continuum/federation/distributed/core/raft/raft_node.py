@@ -322,14 +322,32 @@ class RaftNode:
         self.pending_conf_index = 0
         return r
 
+    def capture(self, app_data: bytes) -> m.Snapshot | None:
+        """The snapshot of the state at ``applied`` (``app_data``), as ``compact`` stores
+        it, without compacting: a backup's copy. None before anything was applied."""
+        point = self.capture_point()
+        if point is None:
+            return None
+        idx, term, conf, requests = point
+        return m.Snapshot(idx, term, conf, pack_snapshot(app_data, requests))
+
+    def capture_point(self) -> tuple[int, int, m.ClusterConfig, list[list[str | int]]] | None:
+        """What a snapshot at ``applied`` holds besides the application's state: index,
+        term, configuration and request table (None before anything was applied)."""
+        idx = self.log.applied
+        term = self.log.term(idx)
+        if idx == 0 or term is None:
+            return None
+        return idx, term, self.config_at(idx), self.requests.dump()
+
     def compact(self, app_data: bytes) -> m.Snapshot | None:
         """Snapshot the state at ``applied`` (``app_data``) and drop the log up to it."""
         idx = self.log.applied
-        term = self.log.term(idx)
-        if idx <= self.log.snapshot_index or term is None:
+        if idx <= self.log.snapshot_index:
             return None
-        snap = m.Snapshot(idx, term, self.config_at(idx),
-                          pack_snapshot(app_data, self.requests.dump()))
+        snap = self.capture(app_data)
+        if snap is None:
+            return None
         self.log.compact(snap)
         self._configs = [(idx, snap.config)] + [c for c in self._configs if c[0] > idx]
         self._snapshot_out, self._snapshot_received = snap, False

@@ -67,8 +67,7 @@ def force_new_cluster(hard_state: m.HardState, snapshot: m.Snapshot | None,
     if node_id not in old.members:
         raise ValueError(f"{node_id} is not a member of its last committed configuration "
                          f"({', '.join(sorted(old.members))}): its data may be stale")
-    addr = address or old.addresses.get(node_id)
-    new = m.ClusterConfig(frozenset({node_id}), frozenset(), {node_id: addr} if addr else {})
+    new = _sole_voter(node_id, address or old.addresses.get(node_id))
     # A new term, not the current one: a lost member may hold an uncommitted entry at
     # (commit + 1, term); an entry of the same index and term here would, by Log Matching,
     # pass for the same entry should that member's disk ever come back.
@@ -77,3 +76,28 @@ def force_new_cluster(hard_state: m.HardState, snapshot: m.Snapshot | None,
     # The configuration is committed by fiat: this node is its only voter and holds it.
     hs = m.HardState(term, None, entry.index)
     return Recovered(hs, snapshot, (*kept, entry), new, last - commit, old)
+
+
+def from_snapshot(snapshot: m.Snapshot, node_id: str, address: str | None = None) -> Recovered:
+    """A new one-voter cluster whose state is ``snapshot`` (a backup being restored).
+
+    As ``force_new_cluster`` does for a survivor's log, the snapshot's state stays whole
+    and a configuration entry right after it makes ``node_id`` the sole voter, committed
+    by fiat; the others then join as new members. The snapshot's own configuration is
+    replaced too: it names the old cluster's members and addresses, which a member that
+    installs this snapshot must never dial. ``node_id`` need not have been a member of
+    the cluster the snapshot came from: a backup restores into a new cluster.
+    """
+    if snapshot.index == 0:
+        raise ValueError("the snapshot holds no committed entry: nothing to restore")
+    new = _sole_voter(node_id, address)
+    snap = m.Snapshot(snapshot.index, snapshot.term, new, snapshot.data)
+    term = snapshot.term + 1  # after every term of the snapshot's history
+    entry = m.Entry(term, snapshot.index + 1, m.CONFIG, new.encode())
+    hs = m.HardState(term, None, entry.index)
+    return Recovered(hs, snap, (entry,), new, 0, snapshot.config)
+
+
+def _sole_voter(node_id: str, address: str | None) -> m.ClusterConfig:
+    return m.ClusterConfig(frozenset({node_id}), frozenset(),
+                           {node_id: address} if address else {})
