@@ -31,7 +31,8 @@ def certs(tmp_path: Path) -> tuple[Path, tls.TLSFiles]:
     # One certificate for every pod, as cert-manager issues it: scaling never re-issues.
     wildcard = pki.issue(ca, "demo", dns_names=[f"*.{DOMAIN}"], uris=[tls.NODE_ROLE_URI])
     node_dir = pki.write_secret_dir(tmp_path / "tls", wildcard, ca.cert_pem)
-    admin = pki.write_secret_dir(tmp_path / "admin", pki.issue_client(ca, "admin"), ca.cert_pem)
+    admin = pki.write_secret_dir(tmp_path / "admin", pki.issue_client(ca, "admin", role="admin"),
+                                 ca.cert_pem)
     return node_dir, tls.TLSFiles.from_dir(admin)
 
 
