@@ -272,6 +272,9 @@ def check_own_node_certificate(files: TLSFiles, node_id: str, peer_domain: str |
             f"every peer would refuse this node: {make}")
     if not authorizes(identity, node_id, peer_domain, wildcard=wildcard):
         domain = f" or {node_id}.{peer_domain}" if peer_domain else ""
+        if any(name.startswith("*.") for name in identity.dns) and not wildcard:
+            make += ("; a shared wildcard certificate counts only with peer_domain set and "
+                     "wildcard_certificates: true")
         raise TLSConfigError(
             f"the certificate {files.cert} does not name this node ({node_id}{domain} as a "
             f"DNS SAN; it names {identity.describe()}): {make}")
