@@ -166,6 +166,11 @@ class TLS(_Model):
 
     mode: Literal["SelfSigned", "CertManager"] = "SelfSigned"
     issuer_ref: IssuerRef | None = None
+    wildcard: bool = Field(default=False, description=(
+        "CertManager mode: one shared *.<name>-peers certificate for every pod instead of "
+        "one per pod (issued by cert-manager's CSI driver, which must be installed). "
+        "SelfSigned mode always shares one. A shared key lets any pod speak as any member "
+        "and cannot be revoked per member: see docs/security.md."))
     duration: str = Field(default="2160h", pattern=DURATION)
     renew_before: str = Field(default="360h", pattern=DURATION)
 
