@@ -78,12 +78,12 @@ socket.getaddrinfo = _cluster_getaddrinfo
 _VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 
-def pod_env(template: dict[str, Any], pod: str, namespace: str) -> dict[str, str]:
+def pod_env(template: dict[str, Any], pod: str, namespace: str, ip: str) -> dict[str, str]:
     """The node container's environment as the kubelet builds it for ``pod``: downward-API
     fields filled in, ``$(VAR)`` expanded from variables defined earlier, ``$$`` kept as ``$``,
     references to unknown variables left as written."""
     container = next(c for c in template["spec"]["containers"] if c["name"] == "node")
-    fields = {"metadata.name": pod, "metadata.namespace": namespace}
+    fields = {"metadata.name": pod, "metadata.namespace": namespace, "status.podIP": ip}
     env: dict[str, str] = {}
     for var in container.get("env") or []:
         if "value" in var:
@@ -157,12 +157,12 @@ class RealFederation:
         assert sts is not None, "a pod is only made from its StatefulSet"
         # The node runs on the environment the operator rendered for the pod; only what one
         # shared host forces differs: loopback IPs instead of 0.0.0.0, paths for the mounts.
-        env = pod_env(sts["spec"]["template"], pod, NS)
-        assert env["CONTINUUM_ADVERTISE_ADDRESS"] == f"{pod}.{self.peer_domain}:{self.port}"
         ip = self.ip(pod)
+        env = pod_env(sts["spec"]["template"], pod, NS, ip)
+        assert env["CONTINUUM_ADVERTISE_ADDRESS"] == f"{pod}.{self.peer_domain}:{self.port}"
+        assert env["CONTINUUM_HEALTH_ADDRESS"] == f"{ip}:8080"  # the pod's IP, not 0.0.0.0
         env.update({
             "CONTINUUM_BIND_ADDRESS": f"{ip}:7000",
-            "CONTINUUM_HEALTH_ADDRESS": f"{ip}:8080",
             "CONTINUUM_DATA_DIR": str(self.root / pod / "data"),
             "CONTINUUM_TLS_DIR": str(tls_dir),
             "CONTINUUM_DNS_NAMESERVERS": self.dns.nameserver,  # the pod's resolv.conf

@@ -55,6 +55,7 @@ Handler = Callable[[str, dict[str, Any]], Awaitable[Reply] | Reply]
 STREAM_PATH = "/peer/v1/stream"
 CALL_PATH = "/peer/v1/call"
 FRAME_CONTENT_TYPE = "application/x-msgpack"
+_MAX_TRACKED = 10_000  # node ids whose certificates we remember (for revoking on removal)
 
 
 class PeerError(ConnectionError):
@@ -154,6 +155,7 @@ class PeerTransport:
         # Fingerprints of the certificates each node id was seen speaking with, and back.
         self._certs_of: dict[str, set[str]] = {}
         self._senders_of: dict[str, set[str]] = {}
+        self._closers: set[asyncio.Task[None]] = set()
         self._bound: str | None = None
         self._closing = False
         self.stats: dict[str, int] = {
@@ -271,8 +273,9 @@ class PeerTransport:
         for ws, fp in list(self._streams.items()):
             if fp is not None and fp in self._revoked and not ws.closed:
                 self.stats["revoked_refused"] += 1
-                asyncio.get_running_loop().create_task(
-                    ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION, message=b"revoked"))
+                task = asyncio.get_running_loop().create_task(_close_revoked(ws))
+                self._closers.add(task)
+                task.add_done_callback(self._closers.discard)
 
     def is_revoked(self, identity: tls.Identity) -> bool:
         return identity.fingerprint is not None and identity.fingerprint in self._revoked
@@ -287,6 +290,8 @@ class PeerTransport:
 
     def _saw(self, sender: str, identity: tls.Identity) -> None:
         fp = identity.fingerprint
+        if len(self._certs_of) >= _MAX_TRACKED and sender not in self._certs_of:
+            return  # a wildcard can name endless senders: remember the first ones only
         if fp is not None and fp not in self._certs_of.get(sender, ()):
             self._certs_of.setdefault(sender, set()).add(fp)
             self._senders_of.setdefault(fp, set()).add(sender)
@@ -633,6 +638,10 @@ class PeerTransport:
             return self._reject(400, "invalid", str(exc))
         out = wire.encode(wire.Frame(self.node_id, (wire.Message(msg.kind, reply or {}),)))
         return web.Response(body=out, content_type=FRAME_CONTENT_TYPE)
+
+
+async def _close_revoked(ws: web.WebSocketResponse) -> None:
+    await ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION, message=b"revoked")
 
 
 async def _hang_up(ws: aiohttp.ClientWebSocketResponse | None,
