@@ -73,7 +73,10 @@ class Membership:
         transport.on(JOIN_KIND, self._on_join)
         transport.on(INFO_KIND, self._on_info)
         raft.register_admission_callback(self._on_admission)
-        self._on_admission(frozenset())  # nobody, until Raft names the members
+        # Until Raft names the members, data is exchanged with nobody; the mesh hears any
+        # node (formation learns of peers through it; it carries no data).
+        gossip.set_admitted(None)
+        replicator.set_admitted(frozenset())
         state.on_revoked = transport.set_revoked
         finder.register_discovery_callback(self._on_discovered)
         gossip.register_membership_callback(self._on_mesh_membership)
