@@ -110,11 +110,9 @@ def test_importing_the_package_registers_the_handlers() -> None:
     assert {"validate", "delete"} <= changing
 
 
-def test_storage_drift_is_reported_not_patched() -> None:
-    from continuum_operator import manifests, reconciler
+def test_a_grown_storage_size_never_patches_the_statefulset() -> None:
+    """volumeClaimTemplates is immutable: a new size goes to the PVCs (volumes.py)."""
+    from continuum_operator import manifests
 
-    sts = manifests.statefulset(cluster())
-    assert reconciler._storage_drift(cluster(), sts) is None
     grown = cluster(storage={"size": "20Gi"})
-    assert "immutable" in (reconciler._storage_drift(grown, sts) or "")
     assert "volumeClaimTemplates" not in kube._owned_fields(manifests.statefulset(grown))["spec"]
