@@ -486,11 +486,11 @@ class MockStatefulSetController:
                 "spec": claim["spec"],
                 "status": {"phase": "Bound",
                            "capacity": dict(claim["spec"]["resources"]["requests"])}})
+        host = f"node-{(manifests.ordinal(self.fed.name, pod) or 0) % self.hosts}"
         await self.api.call("POST", f"/api/v1/namespaces/{NS}/pods", {
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": pod, "namespace": NS, "labels": labels},
-            "spec": {**template["spec"],
-                     "nodeName": f"node-{(manifests.ordinal(self.fed.name, pod) or 0) % self.hosts}"},
+            "spec": {**template["spec"], "nodeName": host},
             "status": {"phase": "Running", "podIP": self.fed.ip(pod),
                        "conditions": [{"type": "Ready", "status": "False"}]},
         })
