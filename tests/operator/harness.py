@@ -597,6 +597,13 @@ def declare_resources(kmock: Any) -> None:
         "kind": "Certificate", "singular": "certificate", "namespaced": True,
         "subresources": {"status"},
         "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]}
+    # kopf's peering between operator replicas (the chart's crds/kopf-peerings.yaml).
+    kmock.resources["kopf.dev/v1/clusterkopfpeerings"] = {
+        "kind": "ClusterKopfPeering", "singular": "clusterkopfpeering", "namespaced": False,
+        "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]}
+    kmock.resources["kopf.dev/v1/kopfpeerings"] = {
+        "kind": "KopfPeering", "singular": "kopfpeering", "namespaced": True,
+        "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]}
     kmock.resources["cert-manager.io/v1/issuers"] = {
         "kind": "Issuer", "singular": "issuer", "namespaced": True,
         "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]}
