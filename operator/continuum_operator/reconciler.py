@@ -155,7 +155,7 @@ class Reconciler:
                       for sc in volumes.classes_to_check(sp.storage.size, claims)}
         grow = volumes.plan(sp.storage.size, claims, expandable)
         if not sp.paused:
-            await self._grow_volumes(c, cr, grow)
+            await self._grow_volumes(c, cr, mem, grow)
         step: planner.Step | None = None
         done = False
         recovery_handled = current.get("recoveryHandled")
@@ -277,12 +277,16 @@ class Reconciler:
                                                       storage_class))
         return bool((sc or {}).get("allowVolumeExpansion"))
 
-    async def _grow_volumes(self, c: manifests.Cluster, cr: Mapping[str, Any],
+    async def _grow_volumes(self, c: manifests.Cluster, cr: Mapping[str, Any], mem: _Memory,
                             grow: volumes.Plan) -> None:
         for pvc in grow.grow:
             url = cluster.path("v1", "persistentvolumeclaims", c.namespace, pvc)
-            await self.kube.patch(url, {"spec": {"resources": {"requests": {
-                "storage": grow.size}}}})
+            try:
+                await self.kube.patch(url, {"spec": {"resources": {"requests": {
+                    "storage": grow.size}}}})
+            except cluster.ApiError as exc:  # e.g. a volume its driver cannot grow
+                await self._warn_once(cr, mem, "VolumeExpansionFailed", f"PVC {pvc}: {exc}")
+                continue
             metrics.ACTIONS.labels("expand_volume").inc()
             await self.emit(cr, "Normal", "VolumeExpansion",
                             f"PVC {pvc} grown to {grow.size} (online expansion)")

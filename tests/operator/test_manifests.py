@@ -33,6 +33,13 @@ def _env(sts: dict[str, Any]) -> dict[str, Any]:
                           "effect": "NoSchedule"}],
          "nodeSelector": {"disk": "ssd"}, "priorityClassName": "high"}},
     {"replicas": 1, "disruption": {"maxUnavailable": 0}},
+    {"clusterDomain": "corp.internal", "scheduling": {"hostSpread": "Preferred"},
+     "resources": {"requests": {"cpu": "0.5", "memory": "0.5Gi"}, "limits": {"cpu": 1}},
+     "podTemplate": {"metadata": {"labels": {"team": "data"}},
+                     "imagePullSecrets": [{"name": "regcred"}],
+                     "env": [{"name": "A", "valueFrom": {"fieldRef": {
+                         "fieldPath": "status.podIP"}}}],
+                     "serviceAccountName": "node"}},
 ])
 def test_every_child_is_valid_kubernetes(raw: dict[str, Any]) -> None:
     c = cluster(**raw)
