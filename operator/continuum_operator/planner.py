@@ -310,11 +310,31 @@ def _next(o: Observed) -> Decision:
                 return _decide(stale, None)
             op = _op(o, "ScaleUp", "AddMember", name, target=size)
             return _decide(AddMember(name), op)
+    if (stray := _stray(o, size)) is not None:
+        return stray
     if o.desired > size:
         return _scale_up(o, size)
     if o.desired < size:
         return _scale_down(o, size)
     return _update(o)
+
+
+def _stray(o: Observed, size: int) -> Decision | None:
+    """A member whose pod the StatefulSet no longer runs (say a removed node that joined
+    again on its own before its pod was gone): removed as a scale-down would have."""
+    strays = sorted((m for m in o.members or ()
+                     if (manifests.ordinal(o.name, m.id) or -1) >= size),
+                    key=lambda m: -(manifests.ordinal(o.name, m.id) or 0))
+    if not strays:
+        return None
+    victim = strays[0].id
+    if (why := _safe_to_remove(o, victim)) is not None:
+        return _decide(Wait(f"member {victim} has no pod, but {why}"), None)
+    if o.leader == victim:
+        op = _op(o, "ScaleDown", "TransferLeadership", victim, target=size)
+        return _decide(TransferLeadership(victim, _transfer_target(o, exclude=victim)), op)
+    return _decide(RemoveMember(victim), _op(o, "ScaleDown", "RemoveMember", victim,
+                                             target=size))
 
 
 def _scale_up(o: Observed, size: int) -> Decision:

@@ -368,3 +368,17 @@ def test_a_scale_up_finishes_once_the_new_voter_caught_up() -> None:
 def test_a_leader_that_reports_no_commit_index_is_not_waited_for() -> None:
     o = obs(3, 3, revision={0: "rev-1", 1: "rev-1"})
     assert _step(o) == p.DeletePod("demo-1", "follower restart")
+
+
+def test_a_member_without_a_pod_is_removed() -> None:
+    """A removed node can join again on its own before its pod is gone: once the pod is
+    gone, the member it left behind is removed, as the scale-down meant."""
+    o = obs(3, 3, members=5, unhealthy=(3, 4))
+    decision = p.plan(o)
+    assert decision.step == p.RemoveMember("demo-4")
+    assert decision.operation is not None and decision.operation.type == "ScaleDown"
+    done = obs(3, 3, members=4, unhealthy=(3,),
+               op={"type": "ScaleDown", "step": "RemoveMember", "member": "demo-4",
+                   "target": 3})
+    assert _step(replace(done, pvcs=frozenset())) == p.RemoveMember("demo-3")
+    assert _step(obs(3, 3, members=3)) == p.Idle()
