@@ -165,6 +165,9 @@ class FakeFederation:
         # member -> entries its match index trails the commit index by (a slow follower)
         self.behind: dict[str, int] = {}
         self.on_start: Callable[[str], None] | None = None  # called as each node starts
+        # A removed node that joins again on its own just before its pod goes (as a real
+        # node that finds itself removed does, when the pod outlives the removal long enough).
+        self.rejoin_before_stop = False
 
     def ip(self, pod: str) -> str:
         ordinal = manifests.ordinal(self.name, pod)
@@ -242,6 +245,9 @@ class FakeFederation:
         return True
 
     async def stop_node(self, pod: str) -> None:
+        if self.rejoin_before_stop and pod in self.runners and pod not in self.members:
+            self.members[pod] = {"voter": True, "address": self._address(pod)}
+            self.log.append(("rejoin", pod))
         self.contexts.pop(pod, None)
         runner = self.runners.pop(pod, None)
         if runner is not None:

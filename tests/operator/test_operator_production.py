@@ -299,3 +299,19 @@ async def test_members_on_one_node_are_reported_with_a_warning(env: Env) -> None
         keys = {t["topologyKey"] for t in sts["spec"]["template"]["spec"][
             "topologySpreadConstraints"]}
         assert keys == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+
+
+async def test_a_removed_member_that_joined_again_before_its_pod_went_is_removed(
+        env: Env) -> None:
+    async with run_operator(env.settings):
+        await env.api.create_cluster("demo", {"replicas": 4})
+        await wait_until(lambda: env.converged(4), 90, "4 voters")
+        env.fed.rejoin_before_stop = True
+        await patch_spec(env, {"replicas": 3})
+        await wait_until(lambda: ("rejoin", "demo-3") in env.fed.log, 60, "demo-3 rejoined")
+        env.fed.rejoin_before_stop = False
+        # demo-3 is a voter again with no pod: removed once more, then the cluster is whole.
+        await wait_until(lambda: env.converged(3), 60, "3 voters, demo-3 gone for good")
+        assert [e for e in env.fed.log if e[1] == "demo-3"][-3:] == [
+            ("remove", "demo-3"), ("rejoin", "demo-3"), ("remove", "demo-3")]
+        assert "demo-3" not in env.fed.members
