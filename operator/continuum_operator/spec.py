@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic.alias_generators import to_camel
 
 from continuum.federation.distributed import config as node_config
+from continuum.federation.distributed.core.raft import config as raft_config
 
 GROUP = "continuum.dev"
 VERSION = "v1alpha1"
@@ -171,8 +172,9 @@ class Storage(_Model):
 class Consensus(_Model):
     """Raft timing in milliseconds; the rules are the ones every node checks at start."""
 
-    # Same rules as the node's RaftSettings: a spec breaking them would render a ConfigMap
-    # that every node refuses to start with.
+    # The node's timing rule (core.raft.config.timing_error), stated in CEL for the API
+    # server: a spec breaking it would render a ConfigMap every node refuses to start with.
+    # tests/operator/test_spec_rules.py checks that the two agree.
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
         {"rule": "self.heartbeatIntervalMs * 2 <= self.electionTimeoutMinMs",
          "message": HEARTBEAT_RULE},
@@ -187,9 +189,13 @@ class Consensus(_Model):
 
     @model_validator(mode="after")
     def _ordered(self) -> Consensus:
-        if self.heartbeat_interval_ms * 2 > self.election_timeout_min_ms:
+        # The node's own rule (core/raft/config.py), named in this resource's fields.
+        problem = raft_config.timing_error(
+            (self.election_timeout_min_ms, self.election_timeout_max_ms),
+            self.heartbeat_interval_ms)
+        if problem == raft_config.HEARTBEAT_RULE:
             raise ValueError(HEARTBEAT_RULE)
-        if self.election_timeout_min_ms >= self.election_timeout_max_ms:
+        if problem is not None:
             raise ValueError(ELECTION_RULE)
         return self
 

@@ -11,6 +11,7 @@ import jsonschema
 import pydantic
 import pytest
 
+from continuum.federation.distributed.core.raft import config as raft_config
 from continuum_operator import crd
 from continuum_operator import spec as api
 
@@ -124,3 +125,21 @@ def test_env_cel_rules_match_the_model() -> None:
     assert cel_ok(source["x-kubernetes-validations"], {}) == [api.ONE_SOURCE]
     assert not cel_ok(source["x-kubernetes-validations"],
                       {"secretKeyRef": {"name": "s", "key": "k"}})
+
+
+@pytest.mark.parametrize(("lo", "hi", "hb"), [
+    (150, 300, 50), (150, 300, 75), (150, 300, 76), (300, 300, 50), (300, 150, 50),
+    (1000, 2000, 100), (10, 11, 5), (10, 11, 6), (20, 40, 1),
+])
+def test_the_crd_the_operator_and_the_node_apply_one_timing_rule(lo: int, hi: int,
+                                                                  hb: int) -> None:
+    node_ok = raft_config.timing_error((lo, hi), hb) is None
+    raw = {"electionTimeoutMinMs": lo, "electionTimeoutMaxMs": hi, "heartbeatIntervalMs": hb}
+    rules = SPEC["properties"]["consensus"]["x-kubernetes-validations"]
+    assert (not cel_ok(rules, raw)) == node_ok
+    try:
+        api.parse_spec({"consensus": raw})
+        operator_ok = True
+    except pydantic.ValidationError:
+        operator_ok = False
+    assert operator_ok == node_ok
