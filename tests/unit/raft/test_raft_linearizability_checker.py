@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sim.raft.raft_linearizability import Op, check
+from checkers.linearizability import Op, check
 
 
 def test_sequential_history_is_linearizable() -> None:
