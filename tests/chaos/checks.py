@@ -16,7 +16,8 @@
 - ``server_error``: a call answered 500.
 - ``crashed``, ``no_failover``, ``unrecovered``: a node process that died on its
   own; a majority with no leader of a later term when a fault that took the leader
-  away was healed; a cluster with no agreed leader within a minute of a heal.
+  away was healed; a cluster with no agreed leader, or a node that has not applied
+  what the leader had committed, a minute after a heal.
 - ``fault_missing``: a fault whose evidence (a stopped process, dropped packets,
   delayed fsyncs, skewed clock reads) is not in the history, so the run did not
   test what it says.
@@ -284,8 +285,9 @@ def unavailability(history: History) -> list[dict[str, Any]]:
                                "healed": None if stop is None else round(stop.time, 3)}
         if stop is not None:  # how long after the heal the cluster agreed on a leader again
             note = next((e for e in notes if e.index > stop.index), None)
-            row["recovery"] = None if note is None or note.type != "recovered" \
-                else note.extra.get("seconds")
+            recovered = note is not None and note.type == "recovered"
+            row["recovery"] = note.extra.get("seconds") if recovered else None
+            row["caught_up"] = note.extra.get("caught_up") if recovered else None
         for mode, times in acks.items():
             row[mode] = round(longest_gap(times, begin, finish), 3)
         out.append(row)

@@ -70,11 +70,13 @@ def schedule(seed: int, kinds: tuple[str, ...] = KINDS, total: float | None = No
 
 class Nemesis:
     def __init__(self, cluster: Cluster, network: Network, history: History,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], on_change: Callable[[], None] = lambda: None
+                 ) -> None:
         self.cluster = cluster
         self.network = network
         self.history = history
         self.clock = clock
+        self.on_change = on_change  # called as each fault starts and as it is healed
 
     async def run(self, fault: Fault) -> None:
         """Inject ``fault``, hold it, heal it."""
@@ -83,9 +85,11 @@ class Nemesis:
         inject, heal = getattr(self, "_" + fault.kind.replace("-", "_"))(rng, leader)
         roles = await self.cluster.roles()
         self._log("start", fault, {**inject(), "roles": roles})
+        self.on_change()
         await asyncio.sleep(fault.duration)
         roles = await self.cluster.roles()  # who leads at the end of the fault: failed over?
         self._log("stop", fault, {**heal(), "roles": roles})
+        self.on_change()
 
     def _log(self, what: str, fault: Fault, details: dict[str, Any]) -> None:
         self.history.add(Event(NEMESIS, what, fault.kind, time=self.clock(),

@@ -13,6 +13,12 @@ too. Cutting node A from node B drops, in OUTPUT:
 - A's packets on connections that B opened (A answering B);
 - and the same two with A and B swapped.
 
+Why one namespace with an owner match, not a namespace per node joined by veth
+pairs: the nodes keep the loopback addresses and certificates of the local
+cluster, nothing needs a routable address, a bridge or a named namespace, and the
+kernel removes the run's only namespace with its last process, so a crashed run
+cannot leave an interface or a rule behind.
+
 Packets are dropped, not rejected: a cut peer looks like a silent network, as
 in a real partition, and TCP connections stall until the cut heals. Clients
 (the harness, gid 0) are never cut. A whole partition is applied in one

@@ -84,14 +84,33 @@ class Run:
             self.note("crashed", node=node_id, exit_code=code)
 
     async def recover(self) -> None:
-        """Until the cluster is healthy again; notes how long that took, or that it did not."""
+        """Until the cluster is healthy again and every node has applied what the leader
+        had committed by then; notes how long each took, or that it did not happen."""
         begin = self.clock()
         try:
-            await self.cluster.wait_healthy(HEALTHY_TIMEOUT)
+            leader = await self.cluster.wait_healthy(HEALTHY_TIMEOUT)
+            healthy = self.clock() - begin
+            statuses = await self.cluster.statuses()
+            target = int(statuses[leader]["commit_index"]) if leader in statuses else 0
+
+            applied: dict[str, Any] = {}
+
+            async def caught_up() -> bool:
+                applied.clear()
+                applied.update((n, s.get("last_applied"))
+                               for n, s in (await self.cluster.statuses()).items())
+                return len(applied) == len(self.cluster.nodes) and all(
+                    isinstance(a, int) and a >= target for a in applied.values())
+            try:
+                await self.cluster.wait_for(f"every node to apply through index {target}",
+                                            caught_up, HEALTHY_TIMEOUT)
+            except TimeoutError as exc:
+                raise TimeoutError(f"{exc}; applied: {applied}") from None
         except TimeoutError as exc:
             self.note("unrecovered", seconds=HEALTHY_TIMEOUT, last=str(exc)[-500:])
         else:
-            self.note("recovered", seconds=round(self.clock() - begin, 3))
+            self.note("recovered", seconds=round(healthy, 3),
+                      caught_up=round(self.clock() - begin, 3), commit_index=target)
 
     async def final_reads(self, workload: Workload) -> None:
         """A strong read of every strong key at the leader, retried until one succeeds."""
@@ -166,7 +185,8 @@ async def run(config: RunConfig) -> dict[str, Any]:
         {"seed": config.seed, "faults": [asdict(f) for f in faults]}, indent=1) + "\n")
     async with run:
         workload = Workload(run.cluster, run.history, run.clock, config.seed, config.workload)
-        nemesis = Nemesis(run.cluster, run.network, run.history, run.clock)
+        nemesis = Nemesis(run.cluster, run.network, run.history, run.clock,
+                          on_change=workload.next_phase)
         stop = asyncio.Event()
         clients = asyncio.create_task(workload.run(stop))
         try:

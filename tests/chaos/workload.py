@@ -2,10 +2,12 @@
 
 Each client, one at a time, writes a value no one else ever writes (``<client>-<n>``)
 or reads a key, strongly (``?consistency=strong``, through Raft) or by default
-(multi-master), on a small set of keys. The key set moves on every
-``key_epoch`` seconds (Jepsen's independent keys), so no single register's
-history grows without bound and the linearizability search stays small however
-long the run. Strong calls go to the node a status poller last saw leading in
+(multi-master), on a small set of keys. The key set moves on (Jepsen's independent keys) when a
+fault starts, when it is healed, and every ``key_epoch`` seconds in between: the
+keys written under a fault are written under that fault only, so the value each
+ends with is decided there and the final-state checks judge that fault; and no
+single register's history grows without bound, so the linearizability search
+stays small however long the run. Strong calls go to the node a status poller last saw leading in
 the highest term (a client-side load balancer), one in five to a random node, so
 followers' refusals and stale leaders are exercised too; default calls go to a
 random node. A client never retries: a new call is a new operation.
@@ -34,14 +36,14 @@ MIX = {("write", STRONG): 35, ("read", STRONG): 25, ("write", DEFAULT): 25, ("re
 class WorkloadConfig:
     clients: int = 6
     keys: int = 3  # keys per consistency in use at a time
-    key_epoch: float = 15.0  # seconds a key set is in use
+    key_epoch: float = 15.0  # seconds a key set is in use at most
     timeout: float = 12.0  # a call not answered by then completes as "info"
     patience: float = 0.5  # a worker waits this long before it goes on without the answer
     random_node_share: float = 0.2  # strong calls sent to a random node, not the leader
 
 
-def key_name(mode: str, epoch: int, slot: int) -> str:
-    return f"{'s' if mode == STRONG else 'd'}{epoch}-{slot}"
+def key_name(mode: str, phase: int, epoch: int, slot: int) -> str:
+    return f"{'s' if mode == STRONG else 'd'}{phase}.{epoch}-{slot}"
 
 
 class LeaderView:
@@ -69,6 +71,12 @@ class Workload:
         self.config = config or WorkloadConfig()
         self.view = LeaderView()
         self.run_id = f"{seed}-{int(time.time())}"
+        self.phase = 0  # moves on as faults start and end: new keys
+        self._phase_began = clock()
+
+    def next_phase(self) -> None:
+        self.phase += 1
+        self._phase_began = self.clock()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until ``stop`` is set; returns once every client's last call has completed."""
@@ -96,8 +104,8 @@ class Workload:
             while not stop.is_set():
                 seq += 1
                 f, mode = rng.choices(kinds, weights)[0]
-                epoch = int(self.clock() // self.config.key_epoch)
-                key = key_name(mode, epoch, rng.randrange(self.config.keys))
+                epoch = int((self.clock() - self._phase_began) // self.config.key_epoch)
+                key = key_name(mode, self.phase, epoch, rng.randrange(self.config.keys))
                 node = rng.choice(ids)
                 if mode == STRONG and self.view.leader is not None \
                         and rng.random() >= self.config.random_node_share:
