@@ -116,15 +116,16 @@ class Run:
         """A strong read of every strong key at the leader, retried until one succeeds."""
         keys = sorted({e.key for e in self.history.events
                        if e.mode == STRONG and e.key is not None and not is_final(e.process)})
+        leader = await self.cluster.leader() or self.cluster.ids[0]
         async with api.session(self.cluster.client_context(), limit=8) as http:
             for key in keys:
                 for attempt in range(5):
-                    leader = await self.cluster.leader() or self.cluster.ids[0]
                     done = await workload.operation(http, FINAL, "read", STRONG, key, None,
                                                     leader, f"final-{key}-{attempt}")
                     if done.type == OK:
                         break
-                    await asyncio.sleep(1.0)
+                    await asyncio.sleep(1.0)  # then ask again who leads
+                    leader = await self.cluster.leader() or self.cluster.ids[0]
 
     async def converge(self) -> None:
         """Until every node holds the same value of every key (bounded), then one recorded

@@ -1,16 +1,17 @@
 """The clients: closed loops of reads and writes, every invocation and completion recorded.
 
-Each client, one at a time, writes a value no one else ever writes (``<client>-<n>``)
-or reads a key, strongly (``?consistency=strong``, through Raft) or by default
-(multi-master), on a small set of keys. The key set moves on (Jepsen's independent keys) when a
-fault starts, when it is healed, and every ``key_epoch`` seconds in between: the
-keys written under a fault are written under that fault only, so the value each
-ends with is decided there and the final-state checks judge that fault; and no
-single register's history grows without bound, so the linearizability search
-stays small however long the run. Strong calls go to the node a status poller last saw leading in
-the highest term (a client-side load balancer), one in five to a random node, so
-followers' refusals and stale leaders are exercised too; default calls go to a
-random node. A client never retries: a new call is a new operation.
+Each client process, one call at a time, writes a value no one else ever writes
+(``<client>-<n>``) or reads a key, strongly (``?consistency=strong``, through
+Raft) or by default (multi-master), on a small set of keys. The key set moves on
+(Jepsen's independent keys) when a fault starts, when it is healed, and every
+``key_epoch`` seconds in between: the keys written under a fault are written
+under that fault only, so the value each ends with is decided there and the
+final-state checks judge that fault; and no single register's history grows
+without bound, so the linearizability search stays small however long the run.
+Strong calls go to the node a status poller last saw leading in the highest term
+(a client-side load balancer), one in five to a random node, so followers'
+refusals and stale leaders are exercised too; default calls go to a random node.
+A client never retries: a new call is a new operation.
 """
 
 from __future__ import annotations
@@ -138,7 +139,10 @@ class Workload:
         outcome = classify(answer.status, answer.code)
         read = None
         if f == "read" and outcome == OK and answer.status == 200:
-            read = answer.body.get("value") if isinstance(answer.body, dict) else INFO
+            if isinstance(answer.body, dict):
+                read = answer.body.get("value")
+            else:  # a 200 without the concept: what was read is unknown
+                outcome = INFO
         if answer.status == 421 and isinstance(answer.body, dict) and answer.body.get("leader_id"):
             self.view.leader = str(answer.body["leader_id"])
         return self.history.add(Event(process, outcome, f, key, read, mode, node, answer.status,
