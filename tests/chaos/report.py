@@ -41,9 +41,31 @@ def write(summary: dict[str, Any], doc: Path, command: str) -> None:
     doc.write_text(render(summary, history, command))
 
 
+def _context(history: History, violations: list[dict[str, Any]]) -> None:
+    """Adds to each violation the last three faults started before its first event, and
+    any clock skew forward by more than the time since it started (a hybrid logical
+    clock stays that far ahead)."""
+    starts = [e for e in history.faults() if e.type == "start"]
+    for v in violations:
+        if not v.get("events"):
+            continue
+        first = min(v["events"])
+        at = history.events[first].time
+        before = [e for e in starts if e.index <= first]
+        ahead = [e for e in before if e.f == "clock-skew"
+                 and max(e.extra["offsets"].values()) > at - e.time]
+        before = sorted({e.index: e for e in [*ahead, *before[-3:]]}.values(),
+                        key=lambda e: e.index)
+        if before:
+            v["context"] = " (after " + ", ".join(
+                f"{e.f} at {e.time:.0f} s" + (f" {_what(e.f, e.extra)}" if e.f == "clock-skew"
+                                              else "") for e in before) + ")"
+
+
 def render(summary: dict[str, Any], history: History, command: str) -> str:
     day = dt.date.today().isoformat()
-    violations = summary["violations"]
+    violations = [dict(v) for v in summary["violations"]]
+    _context(history, violations)
     out = [
         "# Reliability under faults",
         "",
@@ -165,11 +187,16 @@ def _evidence(kind: str, s: dict[str, Any], e: dict[str, Any]) -> str:
     return ""
 
 
-def _violation_lines(violations: list[dict[str, Any]]) -> list[str]:
+def _violation_lines(violations: list[dict[str, Any]], each: int = 4) -> list[str]:
     if not violations:
         return []
-    lines = ["Violations found (the first 20; all are in the run's `summary.json`):", ""]
-    lines += [f"- `{v['kind']}`: {v['message']}" for v in violations[:20]]
+    lines = [f"Violations found (up to {each} of each kind; all are in the run's "
+             "`summary.json`), each with the faults started before it:", ""]
+    shown: dict[str, int] = {}
+    for v in violations:
+        shown[v["kind"]] = shown.get(v["kind"], 0) + 1
+        if shown[v["kind"]] <= each:
+            lines.append(f"- `{v['kind']}`: {v['message']}{v.get('context', '')}")
     return [*lines, ""]
 
 
