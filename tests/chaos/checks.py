@@ -5,7 +5,7 @@
   refusal never happened; one with no definite answer may have, at any time after
   it was called.
 - ``refused_visible``: a write answered "not done" (``history.OUTCOMES``: 421,
-  409, 503 overloaded, ...) whose value is later read anywhere. Done after all, so
+  409, 503, ...) whose value is later read anywhere. Done after all, so
   a client that sends it again applies it twice.
 - ``lost`` (strong) and ``superseded`` (default): once every fault is healed, the
   value a key ends with came from a write that finished before an acknowledged

@@ -24,19 +24,20 @@ STRONG, DEFAULT = "strong", "default"
 NEMESIS = "nemesis"
 FINAL = "final"  # the reads after every fault was healed ("final" or "final/<node>")
 
-# What an answer says about an operation, per docs/api.md: (HTTP status, error code)
-# first, then (status, None). Anything not listed, a new status included, is INFO: the
-# client cannot tell whether the operation took effect, so the checkers let it go
+# What an answer says about an operation, per the table at the top of docs/api.md:
+# (HTTP status, error code) first, then (status, None). Anything not listed is INFO:
+# the client cannot tell whether the operation took effect, so the checkers let it go
 # either way. A FAIL must never have taken effect: a refused write that is later read
 # is a violation ("refused_visible").
 OUTCOMES: dict[tuple[int, str | None], str] = {
     (200, None): OK,
     (404, None): OK,  # a read: the concept is absent
-    (400, None): FAIL,  # invalid: refused before anything happened
-    (409, None): FAIL,  # a refused change (wrong_consistency, busy, ...)
-    (421, None): FAIL,  # not_leader: nothing was proposed, send it again
-    (503, "overloaded"): FAIL,  # the queue was full: nothing was proposed
-    (503, "timeout"): INFO,  # the outcome is unknown: retry with the same Idempotency-Key
+    (400, None): FAIL,  # malformed: nothing changed
+    (409, None): FAIL,  # a conflict (wrong_consistency, busy, ...): nothing changed
+    (421, None): FAIL,  # not_leader: not carried out, send it again
+    (503, None): FAIL,  # unavailable, overloaded: nothing was done
+    (504, None): INFO,  # outcome_unknown: it may or may not take effect
+    (500, None): INFO,  # internal: a bug, and no promise ("server_error")
 }
 # No answer because the connection could not be opened: nothing was sent.
 NOT_SENT = "not_sent"

@@ -16,7 +16,7 @@ from .nemesis import __doc__ as FAULTS_DOC
 CHECKERS = [
     ("nonlinearizable", "strong reads and writes, per key, linearizable as a register "
                         "(the simulator's checker, tests/checkers)"),
-    ("refused_visible", "no write answered \"not done\" (421, 409, 503 overloaded) is "
+    ("refused_visible", "no write answered \"not done\" (421, 409, 503) is "
                         "ever read"),
     ("lost", "no acknowledged strong write is gone after the heal: the final value did "
              "not come from a write that finished before it started"),

@@ -67,7 +67,8 @@ class Script:
 @pytest.mark.parametrize(("status", "code", "outcome"), [
     (200, None, OK), (404, "not_found", OK), (400, "invalid", FAIL),
     (409, "wrong_consistency", FAIL), (421, "not_leader", FAIL), (503, "overloaded", FAIL),
-    (503, "timeout", INFO), (500, "internal", INFO), (504, "outcome_unknown", INFO),
+    (503, "unavailable", FAIL), (504, "outcome_unknown", INFO), (500, "internal", INFO),
+    (502, "bad_gateway", INFO),
     (None, NOT_SENT, FAIL), (None, "client_timeout", INFO), (None, "ServerDisconnectedError", INFO),
 ])
 def test_each_answer_classifies_as_the_api_contract_says(status: int | None, code: str | None,
@@ -90,8 +91,8 @@ def test_a_refused_write_read_later_is_caught() -> None:
 
 
 def test_a_write_of_unknown_outcome_may_have_happened() -> None:
-    s = Script().op(1, "write", "k", "a").op(1, "write", "k", "b", INFO, status=503,
-                                             error="timeout")
+    s = Script().op(1, "write", "k", "a").op(1, "write", "k", "b", INFO, status=504,
+                                             error="outcome_unknown")
     s.op("final", "read", "k", "b")
     assert s.kinds() == []
 
