@@ -16,6 +16,8 @@ from typing import Any
 
 import aiohttp
 
+from continuum.federation.distributed import client
+
 from .history import NOT_SENT
 
 CONNECT_TIMEOUT = 1.0  # a connection not open by then was never sent anything
@@ -34,14 +36,9 @@ class Answer:
 
 def session(ctx: ssl.SSLContext, limit: int = 8) -> aiohttp.ClientSession:
     http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx, limit=limit))
-    # aiohttp silently sends an idempotent request (GET, PUT) again when its connection
-    # breaks, and reports only the second attempt: a PUT applied by the first attempt
-    # would be recorded as "not sent". One request, one answer: switch that off (there is
-    # no public option), and refuse to run if the switch moved.
-    if not hasattr(http, "_retry_connection"):
-        raise RuntimeError(f"aiohttp {aiohttp.__version__}: cannot switch off its retry of "
-                           "idempotent requests; the history would be wrong")
-    http._retry_connection = False
+    # aiohttp silently sends a GET or PUT again when its connection breaks, and reports
+    # only the second attempt: a PUT applied by the first would read as "not sent".
+    client.one_attempt(http)
     return http
 
 
