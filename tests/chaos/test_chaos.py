@@ -24,13 +24,14 @@ TESTS = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
-def _chaos(tmp_path: Path, command: str, timeout: float) -> tuple[str, dict[str, Any]]:
+def _chaos(tmp_path: Path, command: str, timeout: float,
+           extra: tuple[str, ...] = ()) -> tuple[str, dict[str, Any]]:
     seed = os.environ.get("CHAOS_SEED") or str(random.SystemRandom().randrange(1, 2**31))
     out, summary = tmp_path / "run", tmp_path / "summary.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(TESTS), *filter(None, [os.environ.get("PYTHONPATH")])])}
     done = subprocess.run([sys.executable, "-m", "chaos", command, "--seed", seed, "--out",
-                           str(out), "--json", str(summary)], cwd=TESTS, env=env,
+                           str(out), "--json", str(summary), *extra], cwd=TESTS, env=env,
                           capture_output=True, text=True, timeout=timeout)
     report = f"seed {seed}\n{done.stdout}\n{done.stderr[-4000:]}"
     if done.returncode not in (0, 1) or not summary.exists():
@@ -50,3 +51,12 @@ def test_a_paused_leader_answers_its_writes_in_flight_as_they_ended(tmp_path: Pa
     report, summary = _chaos(tmp_path, "paused-leader", timeout=200)
     assert summary["in_flight_at_pause"] > 0, report
     assert summary["ok"], report
+
+
+@pytest.mark.long
+def test_five_minutes_of_random_faults_leave_every_history_correct(tmp_path: Path) -> None:
+    """The default run's longer sibling: faults drawn at random, overlapping the workload
+    for five minutes (``scripts/chaos --time 600`` runs longer still)."""
+    report, summary = _chaos(tmp_path, "run", timeout=600, extra=("--time", "300"))
+    assert summary["ok"], report
+    assert summary["operations"] > 10_000, report
