@@ -8,18 +8,25 @@ Kubernetes API resources and verbs the operator uses (derive the RBAC from this 
 the namespaces it watches, so a namespaced Role works with ``--namespace``):
 - continuum.dev federationclusters: get, list, watch, patch (kopf: finalizer, progress annotations)
 - continuum.dev federationclusters/status: get, patch
+- continuum.dev federationclusters/finalizers: update (children carry blockOwnerDeletion, which
+  clusters that enforce owner-reference permissions, such as OpenShift, allow only with it)
 - apps statefulsets: get, create, patch, delete
 - core services, configmaps: get, create, patch, delete
 - core secrets: get, create, patch, delete (TLS Secrets; it reads the operator's client certificate)
 - core pods: list, delete (ordered restarts, quorum recovery)
-- core persistentvolumeclaims: list, delete (retention, after a confirmed member removal)
+- core persistentvolumeclaims: list, patch, delete (online expansion; retention, after a
+  confirmed member removal)
 - policy poddisruptionbudgets: get, create, patch, delete
 - cert-manager.io certificates: get, create, patch, delete (only with tls.mode=CertManager)
 - core events: create (kopf posts the Events)
+- storage.k8s.io storageclasses: get (cluster-scoped: whether a class allows expansion)
 - apiextensions.k8s.io customresourcedefinitions, core namespaces: list, watch (kopf's scanning;
   kopf only warns without them)
-- kopf.dev kopfpeerings: none (the operator runs standalone: one replica, strategy Recreate)
+- kopf.dev clusterkopfpeerings, kopfpeerings: list, watch, patch (peering of the replicas:
+  ClusterKopfPeering when watching every namespace, KopfPeering in the watched one)
 Outbound: the nodes' mTLS API on port 7000 of each pod IP (a NetworkPolicy must allow it).
+High availability: replicas peer through kopf (``--peering``); the one with the highest priority
+works, the others stand by and take over when its peering record expires (``handlers.configure``).
 Settings: ``CONTINUUM_OPERATOR_*`` (settings.py); metrics on :9090/metrics, kopf liveness on
 :8081/healthz (``continuum-operator --liveness``).
 

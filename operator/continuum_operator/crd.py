@@ -134,6 +134,8 @@ def build() -> dict[str, Any]:
                     "type": "object",
                     "description": "A Continuum federation cluster: a Raft/CRDT/gossip "
                                    "StatefulSet managed by the continuum operator.",
+                    # The name is refused here, not half-way through creating children.
+                    "x-kubernetes-validations": spec.NAME_RULES,
                     "properties": {
                         "apiVersion": {"type": "string"},
                         "kind": {"type": "string"},

@@ -1,6 +1,8 @@
 """The only module with ``@kopf.on.*`` handlers. Thin: each delegates to ``reconciler.py``.
 
-- startup: our own annotation prefix and finalizer, explicit watch timeouts, metrics;
+- startup: our own annotation prefix and finalizer, explicit watch timeouts, metrics, and the
+  peering priority of this replica (``seniority``: the earliest started replica works, the
+  others stand by, so a new or restarted replica never takes over from a working one);
 - login: the API server from settings (e.g. kubectl proxy), else the in-cluster service
   account, else kubeconfig; the same credentials serve ``cluster.Kube``;
 - create/update/resume: validate the spec (an invalid one is a permanent error with a clear
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import time
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -54,6 +58,13 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Lo
     settings.watching.client_timeout = ours.watch_client_timeout
     settings.watching.connect_timeout = ours.connect_timeout
     settings.posting.level = logging.WARNING
+    if not settings.peering.standalone:
+        settings.peering.lifetime = ours.peering_lifetime
+        settings.peering.priority = (ours.peering_priority if ours.peering_priority is not None
+                                     else seniority(time.time()))
+        settings.peering.stealth = True  # no log line per keep-alive
+        logger.info("peering %r with priority %d", settings.peering.name,
+                    settings.peering.priority)
     kube = cluster.Kube()
     memo["kube"] = kube
     memo["reconciler"] = reconciler.Reconciler(kube, ours, _emit)
@@ -63,13 +74,26 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Lo
         logger.info("metrics on :%d/metrics", ours.metrics_port)
 
 
+def seniority(started: float, rng: random.Random | None = None) -> int:
+    """A peering priority that is higher the earlier the replica started (kopf pauses every
+    replica that sees one of higher priority, and all of them on a tie: the random
+    thousandths of a millisecond make a tie practically impossible)."""
+    tiebreak = (rng or random.Random()).randrange(1000)
+    return 2**52 - (int(started * 1000) * 1000 + tiebreak)
+
+
 @kopf.on.login()
 def login(memo: kopf.Memo, logger: Logger, **kwargs: Any) -> kopf.ConnectionInfo | None:
     ours = _settings(memo)
     if ours.api_server:
         info: kopf.ConnectionInfo | None = kopf.ConnectionInfo(server=ours.api_server)
     else:
-        info = (kopf.login_with_service_account(logger=logger, **kwargs)
+        try:
+            info = kopf.login_via_client(logger=logger, **kwargs)
+        except kopf.LoginError:
+            info = None
+        # kopf's own readers, should the library find nothing it can use.
+        info = (info or kopf.login_with_service_account(logger=logger, **kwargs)
                 or kopf.login_with_kubeconfig(logger=logger, **kwargs))
     kube = memo.get("kube")
     if info is not None and isinstance(kube, cluster.Kube):

@@ -159,7 +159,8 @@ async def test_restart_with_storage_raises_incarnation_and_rejoins(
     try:
         assert a.address is not None
         await b.add_peer("r0", a.address)
-        await until(lambda: "r1" in a.alive_peers(), what="join")
+        # Both ways: r1 must know r0 (and so have stored it) before it stops.
+        await until(lambda: "r1" in a.alive_peers() and "r0" in b.alive_peers(), what="join")
         first = b.incarnation
         await b.stop()
         await until(lambda: "r1" not in a.alive_peers(), timeout=30, what="death")

@@ -13,6 +13,12 @@ No `update` (the operator only patches), no `list`/`watch` where it reads by nam
 - apiGroups: ["continuum.dev"]
   resources: ["federationclusters/status"]
   verbs: ["get", "patch"]
+# Every child names its FederationCluster as owner with blockOwnerDeletion: true. Where the
+# OwnerReferencesPermissionEnforcement admission plugin runs (OpenShift), setting that needs
+# `update` on the owner's finalizers, or every create is refused with 403.
+- apiGroups: ["continuum.dev"]
+  resources: ["federationclusters/finalizers"]
+  verbs: ["update"]
 # Owned children, reconciled: created, patched on drift, deleted when no longer wanted.
 - apiGroups: ["apps"]
   resources: ["statefulsets"]
@@ -32,11 +38,12 @@ No `update` (the operator only patches), no `list`/`watch` where it reads by nam
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "delete"]
-# PVCs come from the StatefulSet; the operator deletes one only after its member's removal
-# from Raft is confirmed (the retention policy).
+# PVCs come from the StatefulSet; the operator grows them when spec.storage.size grows
+# (online expansion) and deletes one only after its member's removal from Raft is
+# confirmed (the retention policy).
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
-  verbs: ["list", "delete"]
+  verbs: ["list", "patch", "delete"]
 # Events for every action (kopf posts core/v1 Events).
 - apiGroups: [""]
   resources: ["events"]
@@ -46,4 +53,9 @@ No `update` (the operator only patches), no `list`/`watch` where it reads by nam
 - apiGroups: ["cert-manager.io"]
   resources: ["certificates"]
   verbs: ["get", "create", "patch", "delete"]
+# kopf's peering between the operator's replicas: each one keeps its record fresh in the
+# peering object's status, and watches the others'.
+- apiGroups: ["kopf.dev"]
+  resources: ["kopfpeerings"{{ if eq .Values.watchNamespace "" }}, "clusterkopfpeerings"{{ end }}]
+  verbs: ["list", "watch", "patch"]
 {{- end -}}
