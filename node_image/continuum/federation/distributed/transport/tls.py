@@ -20,6 +20,7 @@ import hashlib
 import ipaddress
 import os
 import ssl
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,15 +210,25 @@ def identity_from_peercert(peercert: dict[str, Any] | None,
     return Identity(frozenset(dns), frozenset(uris), frozenset(ips), fp)
 
 
+# A connection's peer certificate never changes (TLS 1.3 has no renegotiation): its identity
+# is worked out once per connection, not once per request on it.
+_BY_CONNECTION: weakref.WeakKeyDictionary[Any, Identity] = weakref.WeakKeyDictionary()
+
+
 def identity_of(ssl_object: Any) -> Identity | None:
     """The identity of the peer of a TLS connection (``ssl.SSLObject`` or ``SSLSocket``);
     None when there is no verified peer certificate."""
     if ssl_object is None:
         return None
+    known = _BY_CONNECTION.get(ssl_object)
+    if known is not None:
+        return known
     peercert = ssl_object.getpeercert()
     if not peercert:
         return None
-    return identity_from_peercert(peercert, ssl_object.getpeercert(binary_form=True))
+    identity = identity_from_peercert(peercert, ssl_object.getpeercert(binary_form=True))
+    _BY_CONNECTION[ssl_object] = identity
+    return identity
 
 
 def identity_of_certificate(cert: x509.Certificate) -> Identity:

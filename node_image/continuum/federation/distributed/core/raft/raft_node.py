@@ -175,6 +175,11 @@ class RaftNode:
         self.transfer_sanctioned: str | None = None  # the transferee our leader announced
         self.sponsors: frozenset[str] | None = None  # who may add us (see the docstring)
         self.refused = 0  # messages dropped by the rules of who may speak
+        # The configuration (held, so never mistaken for a new one) and commit index the
+        # cache was worked out for.
+        self._admission_seen: tuple[m.ClusterConfig, int] | None = None
+        self._admission_cache: tuple[frozenset[str], frozenset[str]] = (frozenset(),
+                                                                          frozenset())
         self._transfer_elapsed = 0
         self._read_seq = 0
         self._reads: list[_PendingRead] = []
@@ -232,14 +237,24 @@ class RaftNode:
         """Who may speak to us: the members of the latest configuration and of the latest
         committed one (a member being removed keeps its say until the removal commits, one
         being added has it once the entry is appended). Empty while we have none."""
-        if self.conf_index <= self.log.commit:
-            return self.conf.members
-        return self.conf.members | self.config_at(self.log.commit).members
+        return self._admission()[0]
 
-    def _voters_admitted(self) -> frozenset[str]:
-        if self.conf_index <= self.log.commit:
-            return self.conf.voters
-        return self.conf.voters | self.config_at(self.log.commit).voters
+    def _admission(self) -> tuple[frozenset[str], frozenset[str]]:
+        """(members, voters) admitted; worked out again only when they may have changed
+        (every message asks)."""
+        at, conf = self._configs[-1]
+        commit = self.log.commit
+        pending = at > commit
+        seen = self._admission_seen
+        if seen is None or seen[0] is not conf or seen[1] != (commit if pending else -1):
+            if pending:
+                committed = self.config_at(self.log.commit)
+                self._admission_cache = (conf.members | committed.members,
+                                         conf.voters | committed.voters)
+            else:
+                self._admission_cache = (conf.members, conf.voters)
+            self._admission_seen = (conf, commit if pending else -1)
+        return self._admission_cache
 
     def expect_leader(self, sponsors: frozenset[str]) -> None:
         """We are waiting to be added, by one of ``sponsors``: only they may replicate to
@@ -277,14 +292,14 @@ class RaftNode:
         return True
 
     def _admits(self, msg: m.Message) -> bool:
-        members = self.admitted()
+        members, voters = self._admission()
         if not members:  # waiting to be added: only the leader that adds us speaks to us
             return isinstance(msg, _FROM_LEADER) and (self.sponsors is None
                                                        or msg.frm in self.sponsors)
         if msg.frm == self.id or msg.frm not in members:
             return False
         if isinstance(msg, m.VoteRequest):
-            return msg.frm in self._voters_admitted()
+            return msg.frm in voters
         if isinstance(msg, m.TimeoutNow):
             return msg.frm == self.leader_id and msg.term == self.term
         return True
