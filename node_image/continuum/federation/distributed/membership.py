@@ -110,7 +110,8 @@ class Membership:
         return any(m["id"] == self.node_id for m in self._raft.members())
 
     def members(self) -> list[dict[str, Any]]:
-        alive = {m["id"]: m["status"] for m in self._mesh.members()}
+        started = self._mesh.address is not None  # /metrics may ask during start-up
+        alive = {m["id"]: m["status"] for m in self._mesh.members()} if started else {}
         return [{**m, "healthy": m["id"] == self.node_id or alive.get(m["id"]) == "alive"}
                 for m in self._raft.members()]
 
