@@ -409,7 +409,8 @@ class Backups:
                          sp: backup_spec.BackupSchedule, fbs: list[dict[str, Any]],
                          out: dict[str, Any], now: dt.datetime) -> None:
         def taken(fb: Mapping[str, Any]) -> dt.datetime:
-            return (_parse_time((fb.get("status") or {}).get("createdAt"))
+            st = fb.get("status") or {}
+            return (_parse_time(st.get("createdAt")) or _parse_time(st.get("startedAt"))
                     or _parse_time(fb["metadata"].get("creationTimestamp")) or now)
 
         done = [f for f in fbs if (f.get("status") or {}).get("phase") in TERMINAL]

@@ -69,7 +69,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Lo
                     settings.peering.priority)
     kube = cluster.Kube()
     memo["kube"] = kube
-    memo["reconciler"] = reconciler.Reconciler(kube, ours, _emit)
+    clock = memo.get("clock")  # tests may pass their own (a callable returning UTC now)
+    memo["reconciler"] = (reconciler.Reconciler(kube, ours, _emit, clock) if callable(clock)
+                          else reconciler.Reconciler(kube, ours, _emit))
     if ours.metrics_port and not memo.get("metrics_started"):
         prometheus_client.start_http_server(ours.metrics_port)
         memo["metrics_started"] = True

@@ -253,6 +253,11 @@ def _terminated(pods: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
 
 
 def outcome(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> Outcome:
+    """What a Job came to, from its conditions and its pods' termination messages (pods of
+    an earlier Job of the same name, not yet collected, are told apart by owner)."""
+    uid = job.get("metadata", {}).get("uid")
+    if uid:
+        pods = [p for p in pods if owned_by(p, uid)]
     st = job.get("status") or {}
     done = {c.get("type"): c for c in st.get("conditions") or [] if c.get("status") == "True"}
     started, finished = st.get("startTime"), st.get("completionTime")
