@@ -142,9 +142,11 @@ class BackupRetention(Model):
 class BackupSchedule(Model):
     """Scheduled backups: each slot creates a FederationBackup <cluster>-<yyyymmddhhmm>."""
 
-    schedule: str = Field(min_length=1, max_length=200, pattern=schedule.SHAPE,
-                          description="Cron (minute hour day-of-month month day-of-week, "
-                                      "UTC) or @hourly, @daily, @weekly, @monthly, @yearly.")
+    # The pattern is the CRD's; the model's validator says what is wrong in words.
+    schedule: str = Field(
+        min_length=1, max_length=200, json_schema_extra={"pattern": schedule.SHAPE},
+        description="Cron (minute hour day-of-month month day-of-week, UTC) or @hourly, "
+                    "@daily, @weekly, @monthly, @yearly.")
     target: BackupTarget
     max_rate_mib_per_second: float = Field(
         default=DEFAULT_SCHEDULED_RATE, ge=0, le=100000, alias="maxRateMiBPerSecond",
