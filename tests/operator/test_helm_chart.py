@@ -68,7 +68,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
                                        "memberLagEntries": 500}},
         "grafanaDashboard": {"namespace": "monitoring"},
         "exampleCluster": {"enabled": True, "replicas": 5,
-                           "issuerRef": {"name": "cf-continuum-federation-ca"}},
+                           "issuerRef": {"name": "cf-continuum-federation-ca"},
+                           "backup": {"schedule": "0 2 * * *", "target": {"s3": {
+                               "bucket": "backups", "credentialsSecret": {"name": "s3"}}},
+                               "retention": {"keep": 7, "maxAge": "30d"}}},
         "certManager": {"createCAIssuer": True},
         "tests": {"clusterName": "demo"},
     },
