@@ -14,6 +14,22 @@ from continuum.federation.distributed.transport import tls
 from image.containers import ImageBuildError, Images, build_images
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--long", action="store_true",
+                     help="also run the long tests (scripts/test --long)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``long`` run only with ``--long``: the default run stays within CI's
+    time budget, and each long test has a shorter sibling that always runs."""
+    if config.getoption("--long"):
+        return
+    skip = pytest.mark.skip(reason="long mode only: scripts/test --long")
+    for item in items:
+        if "long" in item.keywords:
+            item.add_marker(skip)
+
+
 class TestPKI:
     """A cluster CA in a temporary directory that issues certificates on demand."""
 
