@@ -2,8 +2,9 @@
 (continuum.dev/v1alpha1).
 
 Layers (only ``cluster.py`` calls the Kubernetes API, only ``handlers.py`` uses ``@kopf.on``):
-spec.py (API models) -> crd.py (CRD generator) -> manifests.py, certificates.py, planner.py,
-status.py (pure) -> node_client.py (mTLS node API), cluster.py (Kubernetes API) -> handlers.py.
+fields.py, spec.py, backup_spec.py (API models) -> crd.py (CRD generator) -> manifests.py,
+certificates.py, planner.py, status.py, schedule.py, jobs.py (pure) -> node_client.py (mTLS
+node API), cluster.py (Kubernetes API) -> reconciler.py, backups.py (shells) -> handlers.py.
 
 Kubernetes API resources and verbs the operator uses (derive the RBAC from this list; all in
 the namespaces it watches, so a namespaced Role works with ``--namespace``):
