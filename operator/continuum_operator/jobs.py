@@ -28,18 +28,22 @@ from . import spec as api
 
 BACKUP_DIR = "/backups"
 CLIENT_DIR = "/etc/continuum/client"
-RESULT_FILE = "/dev/termination-log"
+# The termination message file (terminationMessagePath). Not the default /dev/termination-log:
+# some runtimes keep /dev read-only even over a bind mount (buildah's chroot isolation, which
+# the end-to-end tests run the Jobs with); the kubelet mounts the file wherever it is asked.
+RESULT_FILE = "/run/termination-log"
 CONTAINER = "backup"
 BACKOFF_LIMIT = 2
 # The last chunk of a failed Job's log that reaches a status or an Event.
 MAX_ERROR = 1000
 
 # $@ is the CLI's arguments. The manifest stays in the log; its summary (well within the
-# 4 KiB a termination message may hold) goes to the termination message.
+# 4 KiB a termination message may hold) goes to the termination message. Once the CLI has
+# stored the backup, nothing fails the Job any more (a retry would find the name taken).
 RESULT_SCRIPT = """set -e
 continuum-federation "$@" --json > /tmp/result.json
 cat /tmp/result.json
-python - <<'EOF'
+python - <<'EOF' || echo "warning: no summary in the termination message" >&2
 import json
 result = json.load(open("/tmp/result.json"))
 m = result.get("manifest", result)
@@ -135,6 +139,7 @@ def _job(c: manifests.Cluster, name: str, labels: dict[str, str], owner: dict[st
                 "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]},
                 "seccompProfile": {"type": "RuntimeDefault"},
             },
+            "terminationMessagePath": RESULT_FILE,
             "terminationMessagePolicy": "FallbackToLogsOnError",
             "volumeMounts": [*mounts, *t_mounts, {"name": "tmp", "mountPath": "/tmp"}],
         }],

@@ -1,7 +1,7 @@
 """Backup and restore through the operator, end to end with real nodes: a cluster whose pods
 run the node image takes strong and default writes; a FederationBackup's Job, run from the
 node image exactly as the operator wrote it (command, environment, volumes: the operator's
-client certificate Secret, a PVC target, the termination message), backs it up; the
+client certificate Secret, a PVC target, the termination message file), backs it up; the
 cluster is lost; a new cluster created with ``spec.bootstrap.fromBackup`` restores its first
 member's volume with the restore Job's real command, the other members join it empty, and
 every write acknowledged before the backup is there.
@@ -19,7 +19,6 @@ import asyncio
 import base64
 import itertools
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,8 @@ pytestmark = [pytest.mark.long, pytest.mark.timeout(1200),
 class JobContainers:
     """Runs a Job's pod as the kubelet would: a container of the node image with the Job's
     command, arguments, plain environment and volumes (Secrets from the API, emptyDirs,
-    PVCs as folders under ``claims``), the cluster DNS, and a termination-message file."""
+    PVCs as folders under ``claims``), the cluster DNS, and the termination-message file where
+    the Job says (``terminationMessagePath``)."""
 
     def __init__(self, api: harness.Api, image: str, root: Path, claims: Path) -> None:
         self.api = api
@@ -48,7 +48,7 @@ class JobContainers:
         self.root = root
         self.claims = claims
         self._n = itertools.count(1)
-        self.logs: dict[str, str] = {}
+        self.logs: list[tuple[str, str]] = []  # (Job, log) of every attempt
 
     async def run(self, job: dict[str, Any]) -> tuple[int, str]:
         name = job["metadata"]["name"]
@@ -76,10 +76,13 @@ class JobContainers:
                 if not source.exists():
                     owned_dir(source, UID, UID)
             mounts.append(Mount(source, vm["mountPath"], bool(vm.get("readOnly"))))
-        message = root / "termination-log"
-        message.write_text("")
-        os.chown(message, UID, UID)
-        mounts.append(Mount(message, "/dev/termination-log"))
+        # The kubelet bind-mounts one file there; buildah's chroot isolation loses the other
+        # bind mounts' writes when a single file is mounted, so its folder is mounted here.
+        where = Path(ctr.get("terminationMessagePath", "/dev/termination-log"))
+        assert where.parent != Path("/dev"), "buildah keeps /dev read-only"
+        messages = owned_dir(root / "termination", UID, UID)
+        message = messages / where.name
+        mounts.append(Mount(messages, str(where.parent)))
         env = {e["name"]: e["value"] for e in ctr.get("env") or [] if "value" in e}
         container = Container(self.image, name, env=env, mounts=mounts, user=f"{UID}:{UID}",
                               dns=cluster_dns(DNS_IP, NS), log=root / "log")
@@ -89,8 +92,8 @@ class JobContainers:
                                            entrypoint=list(ctr["command"]), timeout=600)
         finally:
             await asyncio.to_thread(container.remove)
-        self.logs[name] = proc.stdout + proc.stderr
-        text = message.read_text()
+        self.logs.append((name, proc.stdout + proc.stderr))
+        text = message.read_text() if message.exists() else ""
         if not text and proc.returncode != 0:  # FallbackToLogsOnError
             text = "\n".join((proc.stdout + proc.stderr).splitlines()[-80:])[-2048:]
         return proc.returncode, text
@@ -154,7 +157,9 @@ async def test_a_cluster_backed_up_by_the_job_is_restored_into_a_new_cluster(
             async def stored() -> dict[str, Any] | None:
                 fb = await api.get(f"{FB}/before-loss")
                 st = (fb or {}).get("status") or {}
-                assert st.get("phase") != "Failed", (st, runner.logs)
+                if st.get("phase") == "Failed":
+                    print("the Jobs' logs:", *runner.logs, sep="\n")
+                    raise AssertionError(f"the backup failed: {st.get('error')}")
                 return st if st.get("phase") == "Succeeded" else None
 
             st = await harness.wait_until(stored, 240, "the backup")

@@ -490,6 +490,7 @@ def test_notes_tell_the_user_what_to_do_next() -> None:
     assert "kind: FederationCluster" in notes
     assert f"kubectl -n {NAMESPACE} get fc demo" in notes
     assert "scale fc/demo --replicas=5" in notes
+    assert "kubectl get fb" in notes and "FederationBackup CRDs are part of this release" in notes
     # The sample in the notes is a valid FederationCluster.
     sample = notes.split("<<'YAML'", 1)[1].split("\n     YAML\n", 1)[0]
     obj = yaml.safe_load("\n".join(line[5:] for line in sample.splitlines()[1:]))

@@ -66,7 +66,8 @@ class Env:
         self.fed = FakeFederation("demo", free_port(), tmp_path / "nodes")
         self.controller = MockStatefulSetController(self.api, self.fed)
         self.jobs = MockJobController(self.api, self.run)
-        self.settings = operator_settings(str(kmock.url), self.fed.port)
+        # Short cycles: every schedule slot and retention step waits for one.
+        self.settings = operator_settings(str(kmock.url), self.fed.port, interval=0.1)
         self.clock = Clock(dt.datetime(2026, 12, 4, 1, 30, tzinfo=dt.UTC))
         self.memo = kopf.Memo()
         self.memo["clock"] = self.clock
