@@ -29,11 +29,13 @@ import inspect
 import logging
 import os
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from . import storage
+from .core import clocks
 from .core.swim import config as swim_config
 from .core.swim import membership, messages, swim_node
 from .core.swim.membership import Status
@@ -43,6 +45,8 @@ log = logging.getLogger(__name__)
 
 StateCallback = Callable[..., Awaitable[None] | None]
 MembershipCallback = Callable[[str, str, str], Awaitable[None] | None]
+ClockCallback = Callable[[str, clocks.Sample], None]
+WALL_KEY = "w"  # the answering member's wall clock on a probe's answer
 
 # A ping travels as a call whose HTTP reply is the ack: one round trip instead of two
 # one-way posts, which halves what probing costs both ends.
@@ -177,6 +181,7 @@ class GossipMesh:
         self._pending_peers: dict[str, str] = {}
         self._state_callbacks: list[tuple[StateCallback, int]] = []
         self._member_callbacks: list[MembershipCallback] = []
+        self._clock_callbacks: list[ClockCallback] = []
         self._events: asyncio.Queue[swim_node.Event] | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._writes: set[asyncio.Task[None]] = set()
@@ -448,8 +453,10 @@ class GossipMesh:
 
         async def call() -> None:
             try:
+                sent = time.time()
                 reply = await transport.request(address, PING_CALL, messages.encode(msg),
                                                 timeout=timeout)
+                self._clock_sample(node_id, sent, reply.get(WALL_KEY))
                 ack = messages.decode("swim.ack", reply)
             except peer.PeerError:
                 return  # the core notices the missing ack by itself
@@ -473,7 +480,21 @@ class GossipMesh:
             raise ValueError("not a ping")
         self._core.receive(asyncio.get_running_loop().time(), sender, msg)
         ack = self._flush(reply_to=(msg.reply_to, msg.seq))
-        return messages.encode(ack) if ack is not None else {}
+        # Our wall clock rides on the answer: the prober learns its offset to us.
+        return {**messages.encode(ack), WALL_KEY: time.time()} if ack is not None else {}
+
+    def _clock_sample(self, node_id: str, sent: float, remote: Any) -> None:
+        if not self._clock_callbacks or isinstance(remote, bool) \
+                or not isinstance(remote, int | float):
+            return
+        sample = clocks.offset_sample(sent, time.time(), float(remote), time.monotonic())
+        for cb in self._clock_callbacks:
+            cb(node_id, sample)
+
+    def register_clock_sample_callback(self, callback: ClockCallback) -> None:
+        """``callback(node_id, sample)``: our wall clock against a member's, measured on
+        each probe's round trip (``core.clocks.offset_sample``)."""
+        self._clock_callbacks.append(callback)
 
     def _schedule(self, deadline: float) -> None:
         if self._timer is not None:
