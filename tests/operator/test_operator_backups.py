@@ -35,6 +35,7 @@ from harness import (
     run_operator,
     wait_until,
 )
+from test_operator_kmock import cycles
 
 from continuum_operator import backup_spec
 
@@ -328,7 +329,7 @@ async def test_scheduled_backups_run_each_slot_once_and_retention_follows_succes
             ["backup", "delete", "s3://backups/prod/demo/demo-202612040400"]]
         # A slot is taken once: more cycles at the same time start nothing.
         ran = len(env.ran)
-        await asyncio.sleep(1.0)
+        await cycles(5)
         assert len(env.ran) == ran
         st = (await env.api.cr_status("demo"))["backup"]
         assert st["lastSuccessfulBackup"] == "demo-202612040500"
