@@ -192,6 +192,12 @@ class Container:
             for search in self.dns.searches:
                 args += ["--dns-search", search]
         self.id = buildah(*args, self.image)
+        # An image VOLUME that a mount covers is the mount's alone, as in a pod. buildah
+        # otherwise sets up its own volume there too, and which of the two the process
+        # sees varies from run to run (writes then miss the mounted folder).
+        covered = {m.target for m in self.mounts} & set(self.config.get("Volumes") or {})
+        for target in sorted(covered):
+            buildah("config", "--volume", f"{target}-", self.id)
         return self
 
     def command(self, args: list[str] | None = None, *, entrypoint: list[str] | None = None
