@@ -1,8 +1,10 @@
-"""The Continuum Federation operator: reconciles ``FederationCluster`` (continuum.dev/v1alpha1).
+"""The Continuum Federation operator: reconciles ``FederationCluster`` and ``FederationBackup``
+(continuum.dev/v1alpha1).
 
 Layers (only ``cluster.py`` calls the Kubernetes API, only ``handlers.py`` uses ``@kopf.on``):
-spec.py (API models) -> crd.py (CRD generator) -> manifests.py, certificates.py, planner.py,
-status.py (pure) -> node_client.py (mTLS node API), cluster.py (Kubernetes API) -> handlers.py.
+fields.py, spec.py, backup_spec.py (API models) -> crd.py (CRD generator) -> manifests.py,
+certificates.py, planner.py, status.py, schedule.py, jobs.py (pure) -> node_client.py (mTLS
+node API), cluster.py (Kubernetes API) -> reconciler.py, backups.py (shells) -> handlers.py.
 
 Kubernetes API resources and verbs the operator uses (derive the RBAC from this list; all in
 the namespaces it watches, so a namespaced Role works with ``--namespace``):
@@ -13,9 +15,15 @@ the namespaces it watches, so a namespaced Role works with ``--namespace``):
 - apps statefulsets: get, create, patch, delete
 - core services, configmaps: get, create, patch, delete
 - core secrets: get, create, patch, delete (TLS Secrets; it reads the operator's client certificate)
-- core pods: list, delete (ordered restarts, quorum recovery)
-- core persistentvolumeclaims: list, patch, delete (online expansion; retention, after a
-  confirmed member removal)
+- continuum.dev federationbackups: get, list, watch, patch, create, delete (a daemon per backup;
+  scheduled backups are created, and deleted by retention)
+- continuum.dev federationbackups/status: get, patch
+- continuum.dev federationbackups/finalizers: update (their Jobs carry blockOwnerDeletion)
+- batch jobs: get, create, delete (backup, restore and retention Jobs; a failed retention Job
+  is deleted to be tried again)
+- core pods: list, delete (ordered restarts, quorum recovery; Jobs' pods for their outcome)
+- core persistentvolumeclaims: get, list, create, patch, delete (online expansion; the first
+  member's claim of a cluster restored from a backup; retention, after a confirmed removal)
 - policy poddisruptionbudgets: get, create, patch, delete
 - cert-manager.io certificates: get, create, patch, delete (only with tls.mode=CertManager)
 - core events: create (kopf posts the Events)

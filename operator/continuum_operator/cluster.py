@@ -40,6 +40,8 @@ _PLURALS = {
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
     ("cert-manager.io/v1", "Certificate"): "certificates",
     ("continuum.dev/v1alpha1", "FederationCluster"): "federationclusters",
+    ("continuum.dev/v1alpha1", "FederationBackup"): "federationbackups",
+    ("batch/v1", "Job"): "jobs",
 }
 # StatefulSet fields the API server refuses to change; drift there is reported, not patched.
 STS_MUTABLE = ("replicas", "template", "updateStrategy", "persistentVolumeClaimRetentionPolicy",
@@ -248,6 +250,22 @@ class Kube:
                 return False
             raise
         return True
+
+    async def create_once(self, obj: Mapping[str, Any]) -> tuple[bool, dict[str, Any]]:
+        """Create ``obj`` unless an object of its name exists: (created, the object). For
+        objects that are never patched (a Job's template is immutable)."""
+        live = await self.get(object_path(obj))
+        if live is not None:
+            return False, live
+        try:
+            return True, await self.create(obj)
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+        live = await self.get(object_path(obj))
+        if live is None:
+            raise ApiError(409, f"{object_path(obj)} exists but cannot be read")
+        return False, live
 
     async def ensure(self, obj: Mapping[str, Any], *, create_extra: Mapping[str, Any] | None = None,
                      live: dict[str, Any] | None = None) -> tuple[str | None, dict[str, Any]]:

@@ -9,6 +9,7 @@
   message; the daemon also records it in the status) and wake the cluster's daemon;
 - a daemon per FederationCluster: the single writer for that cluster, reconciling every
   ``interval`` seconds (``busy_interval`` while an operation runs) and at once when woken;
+- a daemon per FederationBackup: starts its Job and follows it into the status, then ends;
 - delete: remove owned objects (ownerReferences would too, but not on every cluster in time)
   and PVCs when ``storage.retention.whenDeleted`` is Delete.
 """
@@ -26,12 +27,13 @@ import kopf
 import prometheus_client
 import pydantic
 
-from . import cluster, reconciler
+from . import backup_spec, cluster, reconciler
 from . import spec as api
 from .settings import OperatorSettings
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 RESOURCE = (api.GROUP, api.VERSION, api.PLURAL)
+BACKUP_RESOURCE = (backup_spec.GROUP, backup_spec.VERSION, backup_spec.PLURAL)
 
 
 def _settings(memo: kopf.Memo) -> OperatorSettings:
@@ -67,7 +69,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Lo
                     settings.peering.priority)
     kube = cluster.Kube()
     memo["kube"] = kube
-    memo["reconciler"] = reconciler.Reconciler(kube, ours, _emit)
+    clock = memo.get("clock")  # tests may pass their own (a callable returning UTC now)
+    memo["reconciler"] = (reconciler.Reconciler(kube, ours, _emit, clock) if callable(clock)
+                          else reconciler.Reconciler(kube, ours, _emit))
     if ours.metrics_port and not memo.get("metrics_started"):
         prometheus_client.start_http_server(ours.metrics_port)
         memo["metrics_started"] = True
@@ -144,6 +148,22 @@ async def _sleep(wake: asyncio.Event, stopped: kopf.DaemonStopped, delay: float)
     finally:
         for w in waiters:
             w.cancel()
+
+
+@kopf.daemon(*BACKUP_RESOURCE, cancellation_timeout=30.0)
+async def run_backup(name: str, namespace: str | None, memo: kopf.Memo,
+                     stopped: kopf.DaemonStopped, logger: Logger, **_: Any) -> None:
+    """A FederationBackup's daemon: follows it until it is Succeeded or Failed, then ends
+    (a restarted operator starts it again, and it ends at once)."""
+    ours = _settings(memo)
+    rec: reconciler.Reconciler = memo["reconciler"]
+    while not stopped:
+        try:
+            if await rec.backups.reconcile_backup(namespace or "", name):
+                return
+        except Exception as exc:  # the next cycle retries; never let the daemon die
+            logger.warning("backup reconcile failed: %s: %s", type(exc).__name__, exc)
+        await stopped.wait(ours.interval)
 
 
 @kopf.on.delete(*RESOURCE)

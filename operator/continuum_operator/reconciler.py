@@ -23,7 +23,18 @@ from typing import Any
 
 import pydantic
 
-from . import certificates, cluster, manifests, metrics, node_client, planner, status, volumes
+from . import (
+    backup_spec,
+    backups,
+    certificates,
+    cluster,
+    manifests,
+    metrics,
+    node_client,
+    planner,
+    status,
+    volumes,
+)
 from . import spec as api
 from .settings import OperatorSettings
 
@@ -72,6 +83,7 @@ class Reconciler:
         self._emit_fn = emit
         self.clock = clock
         self._memory: dict[tuple[str, str], _Memory] = {}
+        self.backups = backups.Backups(kube, emit, clock)
 
     async def emit(self, cr: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         result = self._emit_fn(cr, type_, reason, message)
@@ -119,11 +131,16 @@ class Reconciler:
 
         secrets = await self._secrets(c)
         sts = await self.kube.get(cluster.object_path(manifests.statefulset(c)))
-        if (changed := await self._fixed_at_creation(c, sts, secrets)) is not None:
+        if (changed := await self._fixed_at_creation(c, sts, secrets, current)) is not None:
             await self._refuse(cr, mem, current, now, changed)
             return False
+        bootstrap = current.get("bootstrap")
+        may_create = True
+        if sts is None and sp.bootstrap is not None and not sp.paused:
+            gate = await self.backups.bootstrap(c, cr, current)
+            bootstrap, may_create = gate.status, gate.ready
         if not sp.paused:
-            sts = await self._ensure_children(c, cr, sts, annotations)
+            sts = await self._ensure_children(c, cr, sts, annotations, may_create)
         pods = await self.kube.list("v1", "pods", namespace, manifests.selector_labels(c))
         pvcs = await self.kube.list("v1", "persistentvolumeclaims", namespace,
                                     manifests.selector_labels(c))
@@ -186,6 +203,12 @@ class Reconciler:
                     step, planner.RefuseForceNewCluster):
                 force_handled = force
 
+        backup_status = current.get("backup")
+        try:
+            backup_status = await self.backups.run_schedule(c, cr, current, now)
+        except cluster.ApiError as exc:  # the schedule never holds up the cluster
+            await self._warn_once(cr, mem, "BackupScheduleFailed", str(exc))
+
         desired = status.compute(status.Inputs(
             name=name, now=now, generation=cr["metadata"].get("generation"),
             desired=sp.replicas, selector=manifests.selector_string(c),
@@ -202,7 +225,7 @@ class Reconciler:
                 ca_secret_name=c.ca_secret if sp.tls.mode == "SelfSigned" else None,
                 not_after=_iso(cert_not_after) if cert_not_after else None,
                 rotation=rotation),
-            volumes=grow,
+            volumes=grow, bootstrap=bootstrap, backup=backup_status,
         ))
         await self._announce_quorum(cr, current, desired)
         await self._announce_warnings(cr, current, desired)
@@ -213,14 +236,17 @@ class Reconciler:
     # ---- children ------------------------------------------------------------------------------
 
     async def _ensure_children(self, c: manifests.Cluster, cr: Mapping[str, Any],
-                               sts: dict[str, Any] | None, annotations: Mapping[str, str]
-                               ) -> dict[str, Any] | None:
+                               sts: dict[str, Any] | None, annotations: Mapping[str, str],
+                               may_create_statefulset: bool = True) -> dict[str, Any] | None:
+        """``may_create_statefulset``: False while the first member's volume is restored."""
         size = int((sts or {}).get("spec", {}).get("replicas") or 1)
         voters = min(c.spec.replicas, size)
         for obj in manifests.children(c, voters):
             extra = None
             live_now = None
             if obj["kind"] == "StatefulSet":
+                if sts is None and not may_create_statefulset:
+                    continue
                 live_now = sts
                 restart = annotations.get(api.RESTART)
                 if restart:
@@ -252,9 +278,12 @@ class Reconciler:
         await self._write_status(meta["namespace"], meta["name"], current, desired)
 
     async def _fixed_at_creation(self, c: manifests.Cluster, sts: Mapping[str, Any] | None,
-                                 secrets: Mapping[str, dict[str, bytes] | None]) -> str | None:
+                                 secrets: Mapping[str, dict[str, bytes] | None],
+                                 current: Mapping[str, Any]) -> str | None:
         """A change to a field that must keep its first value, seen in the children (for API
         servers that did not apply the CRD's transition rules), or None."""
+        if sts is not None and (why := _bootstrap_changed(c, current)) is not None:
+            return why
         if sts is not None:
             env = {e.get("name"): e.get("value") for e in _node_env(sts)}
             live = env.get("CONTINUUM_PEER_DOMAIN")
@@ -538,6 +567,7 @@ class Reconciler:
                      for n in (c.node_certificate, c.client_certificate)]
         urls += [cluster.path("v1", "secrets", namespace, n)
                  for n in (c.tls_secret, c.ca_secret, c.client_secret)]
+        urls.append(backups.job_path(namespace, f"{name}-restore"))
         for url in dict.fromkeys(urls):
             if await self.kube.delete(url):
                 gone.append(url.rsplit("/", 2)[-2] + "/" + url.rsplit("/", 1)[-1])
@@ -590,6 +620,22 @@ def _with_raft(pod: planner.Pod, st: Mapping[str, Any] | None) -> planner.Pod:
     position = (int(raft.get("last_log_term") or 0), int(raft.get("last_log_index") or 0))
     believes = any(m.get("id") == pod.name for m in st.get("members") or [])
     return dataclasses.replace(pod, log_position=position, believes_member=believes)
+
+
+def _bootstrap_changed(c: manifests.Cluster, current: Mapping[str, Any]) -> str | None:
+    """spec.bootstrap set on a cluster that was created otherwise (its StatefulSet exists)."""
+    src = c.spec.bootstrap.from_backup if c.spec.bootstrap else None
+    if src is None:
+        return None  # removing it afterwards changes nothing
+    was = current.get("bootstrap") or {}
+    same = (was.get("federationBackup") == src.federation_backup if src.federation_backup
+            else src.target is not None and src.backup_name is not None
+            and was.get("source") == backups.describe(src.target, src.backup_name))
+    if was.get("phase") == "Restored" and same:
+        return None
+    origin = f"from {was['source']}" if was.get("source") else "without a backup"
+    return (f"{backup_spec.BOOTSTRAP_FIXED}; this cluster was created {origin}: remove "
+            "spec.bootstrap or set it back")
 
 
 def _node_env(sts: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -11,11 +11,14 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from continuum.federation.distributed import config as node_config
 from continuum.federation.distributed.core.raft import config as raft_config
+
+from . import backup_spec
+from .fields import DNS_SUBDOMAIN, DURATION, NAME_PATTERN, Condition
+from .fields import Model as _Model
 
 GROUP = "continuum.dev"
 VERSION = "v1alpha1"
@@ -50,7 +53,6 @@ RESERVED_ENV = frozenset({
 
 # A non-negative Kubernetes quantity (resource.Quantity's grammar): 1, 0.5, 500m, 0.5Gi, 1e3.
 QUANTITY = r"^\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)(([KMGTPE]i)|[numkMGTPE]|[eE][+-]?[0-9]+)?$"
-DURATION = r"^([0-9]+(\.[0-9]+)?(h|m|s|ms))+$"
 TLS_MODE_RULE = ("tls.mode is immutable: the nodes trust one CA for their whole life; create a "
                  "new cluster to change it")
 HEARTBEAT_RULE = "heartbeatIntervalMs must be at most half of electionTimeoutMinMs"
@@ -62,7 +64,6 @@ QUANTITY_SCHEMA: dict[str, Any] = {**INT_OR_STRING, "pattern": QUANTITY}
 
 # The CR's name becomes a Service name (a DNS-1035 label) and, with a hyphen and a 10-character
 # hash, the value of the controller-revision-hash label on every pod (at most 63 characters).
-NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 NAME_MAX = 52
 NAME_RULES: list[dict[str, str]] = [
     {"rule": f"self.metadata.name.matches('{NAME_PATTERN}')",
@@ -72,7 +73,6 @@ NAME_RULES: list[dict[str, str]] = [
      "message": f"metadata.name must be at most {NAME_MAX} characters (pods carry it in the "
                 "controller-revision-hash label, with a hyphen and a 10-character hash)"},
 ]
-DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 LABEL_KEY = (r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
              r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
@@ -98,11 +98,6 @@ FREE_OBJECT: dict[str, Any] = {"type": "object", "x-kubernetes-preserve-unknown-
 
 def free_list(description: str) -> dict[str, Any]:
     return {"type": "array", "description": description, "items": dict(FREE_OBJECT)}
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid",
-                              frozen=True)
 
 
 class Image(_Model):
@@ -399,6 +394,11 @@ class Disruption(_Model):
 
 
 class FederationClusterSpec(_Model):
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": "has(self.bootstrap) == has(oldSelf.bootstrap) && (!has(self.bootstrap) "
+                 "|| self.bootstrap == oldSelf.bootstrap)",
+         "message": backup_spec.BOOTSTRAP_FIXED}]})
+
     replicas: int = Field(default=3, ge=1, le=99, description="Members; changed one at a time.")
     image: Image = Field(default_factory=Image)
     resources: Resources = Field(default_factory=Resources)
@@ -421,18 +421,13 @@ class FederationClusterSpec(_Model):
         description="Time for a graceful leave: leadership transfer, mesh leave, flush.")
     paused: bool = Field(default=False,
                          description="Stop changing children; status keeps updating.")
+    bootstrap: backup_spec.Bootstrap | None = Field(
+        default=None, description="Create the cluster from a backup. Fixed at creation.")
+    backup: backup_spec.BackupSchedule | None = Field(
+        default=None, description="Scheduled backups and their retention.")
 
 
 # ---- status -----------------------------------------------------------------------------------
-
-class Condition(_Model):
-    type: str
-    status: Literal["True", "False", "Unknown"]
-    reason: str = ""
-    message: str = ""
-    last_transition_time: str | None = None
-    observed_generation: int | None = None
-
 
 class Member(_Model):
     name: str
@@ -503,6 +498,8 @@ class FederationClusterStatus(_Model):
     restart_handled: str | None = Field(default=None, description="Last restart value acted on.")
     force_new_cluster_handled: str | None = Field(
         default=None, description="Last force-new-cluster value decided (acted on or refused).")
+    bootstrap: backup_spec.ClusterBootstrapStatus | None = None
+    backup: backup_spec.ClusterBackupStatus | None = None
     conditions: list[Condition] = Field(default_factory=list, json_schema_extra={
         "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
 

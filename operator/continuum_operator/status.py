@@ -45,6 +45,8 @@ class Inputs:
     force_new_cluster_handled: str | None = None
     certificates: api.Certificates | None = None
     volumes: volumes.Plan | None = None
+    bootstrap: Mapping[str, Any] | None = None   # status.bootstrap (a cluster from a backup)
+    backup: Mapping[str, Any] | None = None      # status.backup (the schedule)
 
 
 def members(i: Inputs) -> list[dict[str, Any]]:
@@ -137,6 +139,10 @@ def _phase(i: Inputs, quorum: str, degraded: bool) -> str:
         return "Invalid"
     if i.paused:
         return "Paused"
+    if i.sts_replicas is None and (i.bootstrap or {}).get("phase") == "Restoring":
+        return "Restoring"
+    if i.sts_replicas is None and (i.bootstrap or {}).get("phase") == "Failed":
+        return "RestoreFailed"
     if i.sts_replicas is None or not i.pods:
         return "Pending"
     if quorum == "Unknown":
@@ -185,8 +191,10 @@ def conditions(i: Inputs) -> list[tuple[str, str, str, str]]:
 
     phase = _phase(i, q_status, bool(degraded))
     ready_ok = phase == "Running" and not i.invalid
+    why = i.invalid or (str((i.bootstrap or {}).get("message") or "")
+                        if phase in ("Restoring", "RestoreFailed") else "") or f"phase {phase}"
     ready = (("True", "Ready", "every member is ready and votes") if ready_ok else
-             ("False", "InvalidSpec" if i.invalid else phase, i.invalid or f"phase {phase}"))
+             ("False", "InvalidSpec" if i.invalid else phase, why))
     return [
         ("Ready", *ready),
         ("Quorum", q_status, q_reason, q_msg),
@@ -245,12 +253,18 @@ def compute(i: Inputs) -> dict[str, Any]:
         "blockedReason": i.step.reason if isinstance(i.step, planner.Blocked) else None,
         "recoveryHandled": i.recovery_handled,
         "forceNewClusterHandled": i.force_new_cluster_handled,
+        "bootstrap": _present(i.bootstrap),
+        "backup": _present(i.backup),
         "conditions": _merge_conditions(i, fresh),
     }
     if i.invalid:  # keep what was last observed; only say why nothing is reconciled
         keep = {"phase", "conditions", "observedGeneration"}
         status = {k: (v if k in keep else i.previous.get(k)) for k, v in status.items()}
     return status
+
+
+def _present(fields: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    return {k: v for k, v in fields.items() if v is not None} if fields else None
 
 
 def diff(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:

@@ -91,7 +91,7 @@ class Nemesis:
         roles = await self.cluster.roles()
         self._log("start", fault, {**inject(), "roles": roles})
         self.on_change()
-        await asyncio.sleep(fault.duration)
+        await asyncio.sleep(fault.duration)  # paced: the fault is held this long
         roles = await self.cluster.roles()  # who leads at the end of the fault: failed over?
         self._log("stop", fault, {**heal(), "roles": roles})
         self.on_change()

@@ -83,7 +83,7 @@ async def _pause_round(r: Run, leader: str, hold: float) -> str:
         "nodes": [leader], "was_leader": True, "state": r.cluster.stopped_state(leader),
         "roles": roles}))
     successor: str = await r.cluster.wait_for("a new leader", lambda: _new_leader(r, leader), 30)
-    await asyncio.sleep(hold)
+    await asyncio.sleep(hold)  # paced: the old leader stays paused this long
     roles = await r.cluster.roles()
     state = r.cluster.stopped_state(leader)
     r.cluster.resume(leader)

@@ -191,11 +191,11 @@ async def run(config: RunConfig) -> dict[str, Any]:
         stop = asyncio.Event()
         clients = asyncio.create_task(workload.run(stop))
         try:
-            await asyncio.sleep(config.warmup)
+            await asyncio.sleep(config.warmup)  # paced: the workload runs before any fault
             for fault in faults:
                 await nemesis.run(fault)
                 await run.recover()
-                await asyncio.sleep(fault.quiet)
+                await asyncio.sleep(fault.quiet)  # paced: a quiet spell between faults
         finally:
             stop.set()
             await clients

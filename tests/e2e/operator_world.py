@@ -219,7 +219,7 @@ class RealFederation:
                 admin = await self._admin()
                 await asyncio.gather(*(self._observe(http, admin, pod)
                                        for pod in list(self.runners)))
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(0.2)  # paced: a kubelet's probe period
 
     async def _observe(self, http: aiohttp.ClientSession, admin: tls.TLSFiles | None,
                        pod: str) -> None:

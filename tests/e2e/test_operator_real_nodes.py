@@ -51,7 +51,7 @@ class Writer:
             leader, admin = self.fed.leader(), self.fed.admin
             if leader is None or admin is None or leader not in self.fed.runners:
                 self._count("no leader known")
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.1)  # paced: a client backing off
                 continue
             key = f"flow-{i}"
             try:
@@ -60,16 +60,16 @@ class Writer:
                              follow_leader=False, headers={"Idempotency-Key": key})
             except client.ApiError as exc:
                 self._count(f"{exc.status} {exc.code}")
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.1)  # paced: a client backing off
                 continue
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 self._count(type(exc).__name__)
                 await self.fed.drop_client(leader)
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.1)  # paced: a client backing off
                 continue
             self.acked[key] = (time.monotonic(), i)
             i += 1
-            await asyncio.sleep(0.05)  # a steady client, not a load test
+            await asyncio.sleep(0.05)  # paced: a steady client, not a load test
 
     def _count(self, why: str) -> None:
         self.refused[why] = self.refused.get(why, 0) + 1

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import waiting
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "image"
 # What buildah itself mounts into every container (not written by the process).
@@ -190,6 +192,12 @@ class Container:
             for search in self.dns.searches:
                 args += ["--dns-search", search]
         self.id = buildah(*args, self.image)
+        # An image VOLUME that a mount covers is the mount's alone, as in a pod. buildah
+        # otherwise sets up its own volume there too, and which of the two the process
+        # sees varies from run to run (writes then miss the mounted folder).
+        covered = {m.target for m in self.mounts} & set(self.config.get("Volumes") or {})
+        for target in sorted(covered):
+            buildah("config", "--volume", f"{target}-", self.id)
         return self
 
     def command(self, args: list[str] | None = None, *, entrypoint: list[str] | None = None
@@ -233,21 +241,24 @@ class Container:
         ``buildah-chroot-exec`` switches to that user, then starts the entrypoint)."""
         assert self.proc is not None, "start() first"
         uid = int(self.user.split(":")[0])
-        deadline = time.monotonic() + timeout
-        while self._pid is None:
+
+        def find() -> int | None:
+            if self._pid is not None:
+                return self._pid
             todo, seen = [self.proc.pid], []
             while todo:
                 pid = todo.pop()
                 seen.append(pid)
                 todo.extend(_children(pid))
             mine = [p for p in seen[1:] if _uid(p) == uid and not _is_buildah(p)]
-            if mine:
-                self._pid = min(mine)  # the first, not a thread-less child it forked
-            elif self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name}: no process of uid {uid} under buildah run "
-                                   f"(exit code {self.proc.poll()}); log:\n{self.output()}")
-            else:
-                time.sleep(0.05)
+            if not mine and self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name}: buildah run exited ({self.proc.poll()}) "
+                                   f"before a process of uid {uid} ran; log:\n{self.output()}")
+            return min(mine) if mine else None  # the first, not a thread-less child it forked
+
+        self._pid = waiting.until_sync(
+            find, lambda pid: pid is not None, timeout=timeout,
+            what=f"{self.name}: a process of uid {uid} under buildah run")
         return self._pid
 
     def signal(self, sig: int) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,6 +16,7 @@ from typing import Any, TypeVar
 import aiohttp
 import pytest
 
+import waiting
 from continuum.federation.distributed import client, pki
 from continuum.federation.distributed.transport import tls
 from continuum_operator import certificates, manifests
@@ -35,20 +35,10 @@ pytestmark = pytest.mark.timeout(900)  # the first test may build the images
 
 
 async def eventually(check: Callable[[], Awaitable[T | None]], timeout: float, what: str) -> T:
-    """Poll ``check`` until it returns something; on timeout, say what it last returned."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            got = await check()
-        except Exception as exc:  # a node still starting
-            last = exc
-        else:
-            if got:
-                return got
-            last = got
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+    """Poll ``check`` until it returns something; errors count as a node still starting."""
+    got: T = await waiting.until(check, timeout=timeout, what=what, interval=0.2,
+                                 errors=(Exception,))  # type: ignore[arg-type]
+    return got
 
 
 async def test_three_containers_form_a_cluster_and_hand_over_on_sigterm(

@@ -10,6 +10,10 @@
   starts the fake node when its pod starts, and flips the pod's Ready condition from the
   node's /readyz rule (a member of a cluster with a leader). A running pod's TLS files change
   only when the test calls ``sync_mounts`` (the kubelet's sync lag, under the test's control).
+- ``MockJobController``: what the Job controller and the kubelet would do with a Job: a pod
+  per attempt (labelled ``job-name``), its container's exit code and termination message
+  from a function the test gives (the command as the Job states it), up to
+  ``backoffLimit`` retries, then the Job's ``Complete`` or ``Failed`` condition.
 - ``run_operator``: ``kopf.operator`` in-process with our handlers and test settings.
 - ``Emulator``: kmock's emulator plus two API server habits the operator must live with:
   ``generateName``, and quantities stored in their canonical spelling (``canonical_quantity``).
@@ -41,7 +45,7 @@ from aiohttp import web
 import continuum_operator  # noqa: F401  (registers the handlers)
 from continuum.federation.distributed import pki
 from continuum.federation.distributed.transport import tls
-from continuum_operator import manifests
+from continuum_operator import backup_spec, jobs, manifests
 from continuum_operator import spec as api
 from continuum_operator.settings import OperatorSettings
 
@@ -514,6 +518,113 @@ class MockStatefulSetController:
         })
 
 
+# ---- the mock Job controller -----------------------------------------------------------------
+
+# What a Job's container did: (exit code, termination message).
+JobRun = Callable[[dict[str, Any]], Awaitable[tuple[int, str]]]
+
+
+def job_args(job: dict[str, Any]) -> list[str]:
+    """The CLI arguments a Job runs ``continuum-federation`` with."""
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    return list(container.get("args") or [])
+
+
+def arg(job: dict[str, Any], flag: str) -> str | None:
+    args = job_args(job)
+    return args[args.index(flag) + 1] if flag in args else None
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class MockJobController:
+    """Runs every Job in the namespace through ``run`` (the test's stand-in for the
+    container), one attempt after another, as the Job controller would."""
+
+    def __init__(self, api_: Api, run: JobRun) -> None:
+        self.api = api_
+        self.run = run
+        self.attempts: dict[str, int] = {}
+        self._pods = itertools.count(1)
+        self._busy: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._runs: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        for task in [self._task, *self._runs]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _loop(self) -> None:
+        while True:
+            for job in await self.api.items(f"/apis/batch/v1/namespaces/{NS}/jobs"):
+                name = job["metadata"]["name"]
+                done = any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+                           for c in (job.get("status") or {}).get("conditions") or [])
+                if not done and name not in self._busy:
+                    self._busy.add(name)
+                    task = asyncio.create_task(self._attempts(job))
+                    self._runs.add(task)
+                    task.add_done_callback(self._runs.discard)
+            await asyncio.sleep(0.1)
+
+    async def _attempts(self, job: dict[str, Any]) -> None:
+        name = job["metadata"]["name"]
+        path = f"/apis/batch/v1/namespaces/{NS}/jobs/{name}"
+        started = now_iso()
+        await self.api.call("PATCH", f"{path}/status", {"status": {"startTime": started,
+                                                                   "active": 1}})
+        limit = int(job["spec"].get("backoffLimit", 6))
+        try:
+            for attempt in range(limit + 1):
+                self.attempts[name] = attempt + 1
+                pod = f"{name}-{next(self._pods):05d}"
+                labels = {**job["spec"]["template"]["metadata"].get("labels", {}),
+                          "job-name": name, "batch.kubernetes.io/job-name": name}
+                owner = {"apiVersion": "batch/v1", "kind": "Job", "name": name,
+                         "uid": job["metadata"].get("uid", ""), "controller": True}
+                await self.api.call("POST", f"/api/v1/namespaces/{NS}/pods", {
+                    "apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": pod, "namespace": NS, "labels": labels,
+                                 "ownerReferences": [owner]},
+                    "spec": job["spec"]["template"]["spec"],
+                    "status": {"phase": "Running"}})
+                code, message = await self.run(job)
+                await self.api.call("PATCH", f"/api/v1/namespaces/{NS}/pods/{pod}/status", {
+                    "status": {"phase": "Succeeded" if code == 0 else "Failed",
+                               "containerStatuses": [{
+                                   "name": jobs.CONTAINER, "ready": False, "restartCount": 0,
+                                   "state": {"terminated": {
+                                       "exitCode": code, "message": message,
+                                       "finishedAt": now_iso()}}}]}})
+                if code == 0:
+                    await self._finish(path, "Complete", succeeded=1)
+                    return
+            await self._finish(path, "Failed", failed=limit + 1,
+                               reason="BackoffLimitExceeded",
+                               message="Job has reached the specified backoff limit")
+        finally:
+            self._busy.discard(name)
+
+    async def _finish(self, path: str, type_: str, reason: str = "", message: str = "",
+                      **counts: int) -> None:
+        now = now_iso()
+        status: dict[str, Any] = {"active": 0, **counts, "conditions": [{
+            "type": type_, "status": "True", "reason": reason, "message": message,
+            "lastTransitionTime": now}]}
+        if type_ == "Complete":
+            status["completionTime"] = now
+        if await self.api.get(path) is not None:
+            await self.api.call("PATCH", f"{path}/status", {"status": status})
+
+
 # ---- kmock setup and the operator -------------------------------------------------------------
 
 _BINARY = {"Ki": 1, "Mi": 2, "Gi": 3, "Ti": 4, "Pi": 5, "Ei": 6}
@@ -597,6 +708,12 @@ class Emulator(kmock.KubernetesEmulator):
             meta = request.data.setdefault("metadata", {})
             if not meta.get("name") and meta.get("generateName"):
                 meta["name"] = f"{meta['generateName']}{next(self._generated):06d}"
+            # The API server gives every object a uid and a resourceVersion (kopf tells
+            # objects, and their watch events, apart by them).
+            meta.setdefault("uid", f"uid-{next(self._generated):06d}")
+            meta.setdefault("resourceVersion", "1")
+            meta.setdefault("creationTimestamp", time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                               time.gmtime()))
         if (request.action in (kmock.action.CREATE, kmock.action.UPDATE)
                 and isinstance(request.data, dict) and _TYPED.match(request.url.path)):
             canonicalize(request.data)
@@ -610,6 +727,10 @@ def declare_resources(kmock: Any) -> None:
     kmock.resources[f"{api.GROUP}/{api.VERSION}/{api.PLURAL}"] = {
         "kind": api.KIND, "singular": api.SINGULAR, "namespaced": True,
         "shortnames": list(api.SHORT_NAMES), "subresources": {"status", "scale"},
+        "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]}
+    kmock.resources[f"{backup_spec.GROUP}/{backup_spec.VERSION}/{backup_spec.PLURAL}"] = {
+        "kind": backup_spec.KIND, "singular": backup_spec.SINGULAR, "namespaced": True,
+        "shortnames": list(backup_spec.SHORT_NAMES), "subresources": {"status"},
         "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]}
     kmock.resources["cert-manager.io/v1/certificates"] = {
         "kind": "Certificate", "singular": "certificate", "namespaced": True,

@@ -68,7 +68,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
                                        "memberLagEntries": 500}},
         "grafanaDashboard": {"namespace": "monitoring"},
         "exampleCluster": {"enabled": True, "replicas": 5,
-                           "issuerRef": {"name": "cf-continuum-federation-ca"}},
+                           "issuerRef": {"name": "cf-continuum-federation-ca"},
+                           "backup": {"schedule": "0 2 * * *", "target": {"s3": {
+                               "bucket": "backups", "credentialsSecret": {"name": "s3"}}},
+                               "retention": {"keep": 7, "maxAge": "30d"}}},
         "certManager": {"createCAIssuer": True},
         "tests": {"clusterName": "demo"},
     },
@@ -421,21 +424,26 @@ def test_chart_crd_copy_equals_repository_crds() -> None:
 
 
 def test_rendered_crd_is_the_repository_crd_plus_keep_policy() -> None:
-    (crd,) = by_kind(render("default"), "CustomResourceDefinition")
-    source = yaml.safe_load((CRDS / "federationclusters.continuum.dev.yaml").read_text())
-    assert crd["spec"] == source["spec"]  # the YAML round trip inside the template is lossless
-    assert crd["metadata"]["name"] == source["metadata"]["name"]
-    assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
-    for key, value in source["metadata"].get("labels", {}).items():
-        assert crd["metadata"]["labels"][key] == value
+    crds = {c["metadata"]["name"]: c for c in by_kind(render("default"),
+                                                      "CustomResourceDefinition")}
+    assert sorted(crds) == ["federationbackups.continuum.dev",
+                            "federationclusters.continuum.dev"]
+    for name, crd in crds.items():
+        source = yaml.safe_load((CRDS / f"{name}.yaml").read_text())
+        assert crd["spec"] == source["spec"]  # the YAML round trip in the template is lossless
+        assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+        for key, value in source["metadata"].get("labels", {}).items():
+            assert crd["metadata"]["labels"][key] == value
 
 
 def test_crd_keep_policy_and_install_switches(tmp_path: Path) -> None:
     out = helm("template", RELEASE, str(CHART), "--set", "crds.keep=false",
                "--show-only", "templates/crds.yaml")
     assert out.returncode == 0, out.stderr
-    (crd,) = [d for d in yaml.safe_load_all(out.stdout) if d]
-    assert "helm.sh/resource-policy" not in crd["metadata"].get("annotations", {})
+    crds = [d for d in yaml.safe_load_all(out.stdout) if d]
+    assert len(crds) == 2
+    for crd in crds:
+        assert "helm.sh/resource-policy" not in crd["metadata"].get("annotations", {})
     assert not by_kind(render("minimal"), "CustomResourceDefinition")
 
 
@@ -482,6 +490,7 @@ def test_notes_tell_the_user_what_to_do_next() -> None:
     assert "kind: FederationCluster" in notes
     assert f"kubectl -n {NAMESPACE} get fc demo" in notes
     assert "scale fc/demo --replicas=5" in notes
+    assert "kubectl get fb" in notes and "FederationBackup CRDs are part of this release" in notes
     # The sample in the notes is a valid FederationCluster.
     sample = notes.split("<<'YAML'", 1)[1].split("\n     YAML\n", 1)[0]
     obj = yaml.safe_load("\n".join(line[5:] for line in sample.splitlines()[1:]))

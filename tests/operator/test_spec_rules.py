@@ -12,7 +12,7 @@ import pydantic
 import pytest
 
 from continuum.federation.distributed.core.raft import config as raft_config
-from continuum_operator import crd
+from continuum_operator import backup_spec, crd
 from continuum_operator import spec as api
 
 SCHEMA = crd.build()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
@@ -143,3 +143,95 @@ def test_the_crd_the_operator_and_the_node_apply_one_timing_rule(lo: int, hi: in
     except pydantic.ValidationError:
         operator_ok = False
     assert operator_ok == node_ok
+
+
+# ---- backups ----------------------------------------------------------------------------------
+
+BACKUP_SCHEMA = crd.build_backup()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+PVC = {"pvc": {"claimName": "vol"}}
+S3 = {"s3": {"bucket": "backups"}}
+
+
+@pytest.mark.parametrize(("target", "ok"), [(PVC, True), (S3, True), ({}, False),
+                                            ({**PVC, **S3}, False)])
+def test_a_target_is_exactly_one_of_pvc_and_s3(target: dict[str, Any], ok: bool) -> None:
+    rules = BACKUP_SCHEMA["properties"]["spec"]["properties"]["target"][
+        "x-kubernetes-validations"]
+    assert (cel_ok(rules, target) == []) is ok
+    try:
+        backup_spec.BackupTarget.model_validate(target)
+        model_ok = True
+    except pydantic.ValidationError as exc:
+        model_ok = False
+        assert backup_spec.ONE_TARGET in str(exc)
+    assert model_ok is ok
+
+
+@pytest.mark.parametrize(("source", "ok"), [
+    ({"federationBackup": "nightly"}, True),
+    ({"target": PVC, "backupName": "demo-20261204T020000Z"}, True),
+    ({"target": PVC}, False), ({"backupName": "x"}, False), ({}, False),
+    ({"federationBackup": "nightly", "backupName": "x"}, False),
+])
+def test_a_bootstrap_source_is_a_federation_backup_or_a_target_and_name(
+        source: dict[str, Any], ok: bool) -> None:
+    rules = SPEC["properties"]["bootstrap"]["properties"]["fromBackup"][
+        "x-kubernetes-validations"]
+    assert (cel_ok(rules, source) == []) is ok
+    try:
+        api.parse_spec({"bootstrap": {"fromBackup": source}})
+        model_ok = True
+    except pydantic.ValidationError as exc:
+        model_ok = False
+        assert "spec.bootstrap.fromBackup" in api.describe_errors(exc)
+    assert model_ok is ok
+
+
+def test_bootstrap_is_fixed_at_creation_and_a_backup_spec_for_ever() -> None:
+    rules = SPEC["x-kubernetes-validations"]
+    boot = {"bootstrap": {"fromBackup": {"federationBackup": "a"}}}
+    assert cel_ok(rules, boot, {}) == [backup_spec.BOOTSTRAP_FIXED]   # added later
+    assert cel_ok(rules, {}, boot) == [backup_spec.BOOTSTRAP_FIXED]   # removed
+    assert cel_ok(rules, {"bootstrap": {"fromBackup": {"federationBackup": "b"}}}, boot)
+    assert cel_ok(rules, {**boot, "replicas": 5}, boot) == []
+    assert cel_ok(rules, boot) == []                                   # at creation
+    spec_rules = BACKUP_SCHEMA["properties"]["spec"]["x-kubernetes-validations"]
+    fb = {"cluster": "demo", "target": PVC}
+    assert cel_ok(spec_rules, {**fb, "cluster": "other"}, fb) == [backup_spec.SPEC_FIXED]
+
+
+@pytest.mark.parametrize(("name", "ok"), [
+    ("nightly", True), ("9-before-upgrade", True), ("a" * 56, True), ("a" * 57, False),
+    ("Nightly", False), ("night.ly", False), ("-x", False)])
+def test_backup_names_leave_room_for_their_jobs(name: str, ok: bool) -> None:
+    assert (not cel_ok(BACKUP_SCHEMA["x-kubernetes-validations"],
+                       {"metadata": {"name": name}})) is ok
+    assert (backup_spec.name_problem(name) is None) is ok
+
+
+@pytest.mark.parametrize(("expr", "shape_ok", "ok"), [
+    ("0 2 * * *", True, True), ("@daily", True, True), ("*/5  *  * * 1-5", True, True),
+    ("61 * * * *", True, False), ("0 2 * *", False, False), ("@sometimes", False, False),
+])
+def test_schedules_are_checked_by_the_crd_in_shape_and_by_the_operator_in_full(
+        expr: str, shape_ok: bool, ok: bool) -> None:
+    prop = SPEC["properties"]["backup"]["properties"]["schedule"]
+    assert jsonschema.Draft4Validator(prop).is_valid(expr) is shape_ok
+    raw = {"backup": {"schedule": expr, "target": PVC}}
+    if ok:
+        api.parse_spec(raw)
+        return
+    with pytest.raises(pydantic.ValidationError) as info:
+        api.parse_spec(raw)
+    assert "spec.backup.schedule" in api.describe_errors(info.value)
+
+
+def test_retention_ages_and_folders_are_checked() -> None:
+    retention = SPEC["properties"]["backup"]["properties"]["retention"]
+    assert jsonschema.Draft4Validator(retention).is_valid({"keep": 7, "maxAge": "30d"})
+    assert not jsonschema.Draft4Validator(retention).is_valid({"maxAge": "30 days"})
+    assert not jsonschema.Draft4Validator(retention).is_valid({"keep": 0})
+    folder = BACKUP_SCHEMA["properties"]["spec"]["properties"]["target"]["properties"]["pvc"]
+    for bad in ("../x", "/abs", "a/../b", "a//b"):
+        assert not jsonschema.Draft4Validator(folder).is_valid({"claimName": "v", "path": bad})
+    assert jsonschema.Draft4Validator(folder).is_valid({"claimName": "v", "path": "a/b.c"})
