@@ -11,10 +11,8 @@ node's view with the admin certificate, to show that an attack changed nothing.
 
 from __future__ import annotations
 
-import asyncio
 import ssl
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,19 +132,6 @@ class Observer:
 async def _above(value: Awaitable[int], above: int) -> int | None:
     v = await value
     return v if v > above else None
-
-
-async def until(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            if await check():
-                return
-        except Exception as exc:
-            last = exc
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}; last error: {last!r}")
 
 
 def data_dir_of(c: Cluster, node_id: str) -> Path:

@@ -15,7 +15,7 @@ import pytest
 
 from continuum.federation.distributed.transport import tls
 from e2e.cluster import Cluster
-from security.attacker import Attacker, Observer, member_files, until
+from security.attacker import Attacker, Observer, member_files
 
 FIRST_IP = "127.0.32.11"
 ENV = {"CONTINUUM_RAFT__ELECTION_TIMEOUT_MS": "[1000, 2000]",
@@ -49,7 +49,7 @@ async def test_a_removed_member_is_refused_at_once_and_cannot_come_back(
                 return False
         return True
 
-    await until(denied_everywhere, 30, "the revocation to reach every member")
+    await c.wait_for(denied_everywhere, 30, "the revocation to reach every member")
     obs = Observer(c, stay)
     before = await obs.view(["s1"])
 
@@ -77,7 +77,7 @@ async def test_a_removed_member_is_refused_at_once_and_cannot_come_back(
     async def refused_again_and_again() -> bool:  # it keeps trying; every try is refused
         return log.read_text().count('"error": "revoked"') >= 4
 
-    await until(refused_again_and_again, 60, f"{gone} to be refused for its certificate")
+    await c.wait_for(refused_again_and_again, 60, f"{gone} to be refused for its certificate")
     assert await obs.view(["s1"]) == before
     for node_id in stay:
         members = (await c.call(node_id, lambda cl: cl.status()))["members"]

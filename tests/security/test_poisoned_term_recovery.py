@@ -21,7 +21,6 @@ import pytest
 from continuum.federation.distributed import cli, raft_storage, storage
 from continuum.federation.distributed.core.raft import messages as rmsg
 from e2e.cluster import Cluster
-from security.attacker import until
 
 FIRST_IP = "127.0.34.11"
 POISON = 2**64 - 1
@@ -78,7 +77,7 @@ async def test_a_poisoned_term_is_recovered_with_force_new_cluster(
         return all(code == 503 and "without a leader" in str(body["reason"])
                    for code, body in health)
 
-    await until(all_poisoned_and_failing, 60, "every node to reload the poisoned term and "
+    await c.wait_for(all_poisoned_and_failing, 60, "every node to reload the poisoned term and "
                 "fail its liveness check")
     st = await c.statuses()
     assert all(s["raft"]["term_exhausted"] for s in st.values())
@@ -108,7 +107,7 @@ async def test_a_poisoned_term_is_recovered_with_force_new_cluster(
         return (voters == set(ids) and all(s.get("leader_id") == survivor
                                            and s["term"] < rmsg.MAX_TERM for s in st.values()))
 
-    await until(whole_again, 120, "the others to join the recovered cluster as voters")
+    await c.wait_for(whole_again, 120, "the others to join the recovered cluster as voters")
     for node_id in ids:
         for cid, value in strong.items():
             got = await c.call(node_id, lambda cl, cid=cid: cl.get(cid))
