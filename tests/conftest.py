@@ -45,10 +45,10 @@ class TestPKI:
         return tls.TLSFiles.from_dir(pki.write_secret_dir(self.root / node_id, pair,
                                                           self.ca.cert_pem))
 
-    def client(self, name: str) -> tls.TLSFiles:
-        pair = pki.issue_client(self.ca, name)
-        return tls.TLSFiles.from_dir(pki.write_secret_dir(self.root / f"client-{name}", pair,
-                                                          self.ca.cert_pem))
+    def client(self, name: str, role: str = "admin") -> tls.TLSFiles:
+        pair = pki.issue_client(self.ca, name, role=role)
+        return tls.TLSFiles.from_dir(pki.write_secret_dir(self.root / f"client-{name}-{role}",
+                                                          pair, self.ca.cert_pem))
 
     def expired_node(self, node_id: str) -> tls.TLSFiles:
         pair = pki.issue(self.ca, node_id, dns_names=[node_id], uris=[tls.NODE_ROLE_URI], days=1,

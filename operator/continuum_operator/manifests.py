@@ -29,7 +29,8 @@ CONFIG_KEY = "node.yaml"
 NODE_UID = 10001
 NODE_ROLE_URI = "urn:continuum:role:node"
 OPERATOR_CLIENT = "operator"
-OPERATOR_ROLE_URI = f"urn:continuum:role:client:{OPERATOR_CLIENT}"
+OPERATOR_ROLE_URI = "urn:continuum:role:admin"  # the API role the operator's calls need
+CSI_DRIVER = "csi.cert-manager.io"
 CONFIG_HASH = f"{api.PREFIX}/config-hash"
 APP = "continuum-federation"
 MANAGER = "continuum-operator"
@@ -75,6 +76,12 @@ class Cluster:
     @property
     def client_certificate(self) -> str:
         return f"{self.name}-operator-client"
+
+    @property
+    def shared_certificate(self) -> bool:
+        """One certificate for every pod (SelfSigned mode, or the wildcard opt-in); else each
+        pod has its own from cert-manager's CSI driver."""
+        return self.spec.tls.mode == "SelfSigned" or self.spec.tls.wildcard
 
     def pod(self, ordinal: int) -> str:
         return f"{self.name}-{ordinal}"
@@ -206,7 +213,8 @@ def _env(c: Cluster) -> list[dict[str, Any]]:
         "CONTINUUM_CLUSTER_NAME": c.name,
         "CONTINUUM_BIND_ADDRESS": f"0.0.0.0:{PEER_PORT}",
         "CONTINUUM_ADVERTISE_ADDRESS": f"$(POD_NAME).{domain}:{PEER_PORT}",
-        "CONTINUUM_HEALTH_ADDRESS": f"0.0.0.0:{HEALTH_PORT}",
+        "CONTINUUM_HEALTH_ADDRESS": f"$(POD_IP):{HEALTH_PORT}",  # probes and scrapes only
+        "CONTINUUM_WILDCARD_CERTIFICATES": str(c.shared_certificate).lower(),
         "CONTINUUM_DATA_DIR": DATA_DIR,
         "CONTINUUM_TLS_DIR": TLS_DIR,
         "CONTINUUM_PEER_DOMAIN": domain,
@@ -218,6 +226,7 @@ def _env(c: Cluster) -> list[dict[str, Any]]:
     return [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         *({"name": k, "value": v} for k, v in plain.items()),
         *(e.model_dump(by_alias=True, exclude_none=True) for e in c.spec.pod_template.env),
     ]
@@ -305,7 +314,7 @@ def _pod_spec(c: Cluster) -> dict[str, Any]:
         },
         "containers": [_container(c)],
         "volumes": [
-            {"name": "tls", "secret": {"secretName": c.tls_secret, "defaultMode": 0o440}},
+            _tls_volume(c),
             {"name": "config", "configMap": {"name": c.config_map}},
             {"name": "tmp", "emptyDir": {"sizeLimit": quantities.mark("64Mi")}},
         ],
@@ -326,6 +335,23 @@ def _pod_spec(c: Cluster) -> dict[str, Any]:
     if sched.priority_class_name:
         pod["priorityClassName"] = sched.priority_class_name
     return pod
+
+
+def _tls_volume(c: Cluster) -> dict[str, Any]:
+    """The shared TLS Secret, or a certificate of the pod's own from cert-manager's CSI
+    driver (its key never leaves the node; renewed in place)."""
+    if c.shared_certificate:
+        return {"name": "tls", "secret": {"secretName": c.tls_secret, "defaultMode": 0o440}}
+    issuer, tls = _issuer(c), c.spec.tls
+    ns = c.namespace
+    names = [f"${{POD_NAME}}.{c.peer_domain}", f"{c.name}.{ns}.svc.{c.spec.cluster_domain}",
+             f"{c.name}.{ns}.svc"]
+    return {"name": "tls", "csi": {"driver": CSI_DRIVER, "readOnly": True, "volumeAttributes": {
+        f"{CSI_DRIVER}/issuer-name": issuer["name"], f"{CSI_DRIVER}/issuer-kind": issuer["kind"],
+        f"{CSI_DRIVER}/issuer-group": issuer["group"], f"{CSI_DRIVER}/dns-names": ",".join(names),
+        f"{CSI_DRIVER}/uri-sans": NODE_ROLE_URI, f"{CSI_DRIVER}/fs-group": str(NODE_UID),
+        f"{CSI_DRIVER}/key-usages": "digital signature,server auth,client auth",
+        f"{CSI_DRIVER}/duration": tls.duration, f"{CSI_DRIVER}/renew-before": tls.renew_before}}}
 
 
 def _claim(c: Cluster) -> dict[str, Any]:
@@ -429,7 +455,8 @@ def _certificate(c: Cluster, name: str, secret: str, body: dict[str, Any]) -> di
 
 
 def certificates(c: Cluster) -> list[dict[str, Any]]:
-    """The node certificate and the operator's client certificate; [] in SelfSigned mode."""
+    """The shared node certificate (wildcard opt-in only) and the operator's client
+    certificate; [] in SelfSigned mode."""
     if c.spec.tls.mode != "CertManager":
         return []
     node = _certificate(c, c.node_certificate, c.tls_secret, {
@@ -442,7 +469,7 @@ def certificates(c: Cluster) -> list[dict[str, Any]]:
         "uris": [OPERATOR_ROLE_URI],
         "usages": ["digital signature", "client auth"],
     })
-    return [node, client]
+    return [node, client] if c.spec.tls.wildcard else [client]
 
 
 def children(c: Cluster, voters: int) -> list[dict[str, Any]]:

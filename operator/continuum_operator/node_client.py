@@ -1,10 +1,11 @@
 """The operator's mTLS client for the node API (GET /v1/status, members, leadership,
 disaster recovery).
 
-It presents the operator's client certificate (``urn:continuum:role:client:operator``)
+It presents the operator's client certificate (the admin role, ``urn:continuum:role:admin``)
 and checks that the server's certificate speaks for the pod it meant to reach: it dials
 the pod IP but verifies the certificate as ``<pod>.<peer domain>`` (standard hostname
-verification, which the node certificate's wildcard satisfies), so a pod IP reused by
+verification, which the pod's own certificate, or the shared wildcard, satisfies), so a
+pod IP reused by
 another pod, or a client certificate, can never pass for a member. Key material arrives as bytes
 from a Secret; it touches disk only for the instant ``ssl`` needs a file, in a
 private temporary directory that is removed at once.

@@ -12,6 +12,7 @@ only what changed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import logging
@@ -53,6 +54,17 @@ class _Memory:
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def _earliest_not_after(statuses: Mapping[str, Mapping[str, Any] | None]
+                        ) -> dt.datetime | None:
+    """The earliest expiry among the certificates the nodes report serving."""
+    found = []
+    for st in statuses.values():
+        raw = (st or {}).get("certificate_not_after")
+        with contextlib.suppress(TypeError, ValueError):
+            found.append(dt.datetime.fromisoformat(str(raw)))
+    return min(found) if found else None
 
 
 def _iso(t: dt.datetime) -> str:
@@ -138,7 +150,9 @@ class Reconciler:
         leader_status = _leader(statuses)
         # After the poll: a CA rotation advances only on what the nodes report having loaded.
         rotation = await self._ensure_tls(c, cr, secrets, pods, statuses)
-        tls_data = secrets.get(c.tls_secret)
+        # Per-pod certificates live in the pods (CSI): the earliest a node reports serving.
+        cert_not_after = (certificates.not_after(secrets.get(c.tls_secret))
+                          if c.shared_certificate else _earliest_not_after(statuses))
 
         operation = _operation(current.get("operation"))
         recover = annotations.get(api.RECOVER_QUORUM)
@@ -201,14 +215,15 @@ class Reconciler:
             sts_replicas=observed.sts_replicas, pods=observed.pods,
             leader_status=leader_status, node_status=statuses, step=step,
             operation=operation, paused=sp.paused,
-            cert_not_after=certificates.not_after(tls_data),
+            cert_not_after=cert_not_after,
             cert_renew_before=api.parse_duration(sp.tls.renew_before),
             previous=current, recovery_handled=recovery_handled,
             force_new_cluster_handled=force_handled,
             certificates=api.Certificates(
-                secret_name=c.tls_secret, client_secret_name=c.client_secret,
+                secret_name=c.tls_secret if c.shared_certificate else None,
+                client_secret_name=c.client_secret,
                 ca_secret_name=c.ca_secret if sp.tls.mode == "SelfSigned" else None,
-                not_after=(_iso(na) if (na := certificates.not_after(tls_data)) else None),
+                not_after=_iso(cert_not_after) if cert_not_after else None,
                 rotation=rotation),
             volumes=grow, bootstrap=bootstrap, backup=backup_status,
         ))

@@ -46,10 +46,10 @@ RESERVED_LABELS = frozenset({
     "app.kubernetes.io/managed-by", "app.kubernetes.io/part-of", "controller-revision-hash",
     "statefulset.kubernetes.io/pod-name", "apps.kubernetes.io/pod-index"})
 RESERVED_ENV = frozenset({
-    "POD_NAME", "POD_NAMESPACE", "CONTINUUM_NODE_ID", "CONTINUUM_CLUSTER_NAME",
+    "POD_NAME", "POD_NAMESPACE", "POD_IP", "CONTINUUM_NODE_ID", "CONTINUUM_CLUSTER_NAME",
     "CONTINUUM_BIND_ADDRESS", "CONTINUUM_ADVERTISE_ADDRESS", "CONTINUUM_HEALTH_ADDRESS",
     "CONTINUUM_DATA_DIR", "CONTINUUM_TLS_DIR", "CONTINUUM_PEER_DOMAIN", "CONTINUUM_DISCOVERY_SRV",
-    "CONTINUUM_BOOTSTRAP", "CONTINUUM_CONFIG_FILE"})
+    "CONTINUUM_BOOTSTRAP", "CONTINUUM_CONFIG_FILE", "CONTINUUM_WILDCARD_CERTIFICATES"})
 
 # A non-negative Kubernetes quantity (resource.Quantity's grammar): 1, 0.5, 500m, 0.5Gi, 1e3.
 QUANTITY = r"^\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)(([KMGTPE]i)|[numkMGTPE]|[eE][+-]?[0-9]+)?$"
@@ -229,6 +229,11 @@ class TLS(_Model):
     mode: Literal["SelfSigned", "CertManager"] = Field(
         default="SelfSigned", description="Fixed at creation: the nodes trust one CA.")
     issuer_ref: IssuerRef | None = None
+    wildcard: bool = Field(default=False, description=(
+        "CertManager mode: one shared *.<name>-peers certificate for every pod instead of "
+        "one per pod (issued by cert-manager's CSI driver, which must be installed). "
+        "SelfSigned mode always shares one. A shared key lets any pod speak as any member "
+        "and cannot be revoked per member: see docs/security.md."))
     duration: str = Field(default="2160h", pattern=DURATION)
     renew_before: str = Field(default="360h", pattern=DURATION)
 

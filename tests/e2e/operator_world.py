@@ -206,8 +206,8 @@ class RealFederation:
                 return None
             data = {k: base64.b64decode(v) for k, v in secret["data"].items()}
             ca = pki.KeyPair(data["tls.crt"], data["tls.key"])
-            d = pki.write_secret_dir(self.root / "admin", pki.issue_client(ca, "admin"),
-                                     data["ca.crt"])
+            admin = pki.issue_client(ca, "admin", role="admin")
+            d = pki.write_secret_dir(self.root / "admin", admin, data["ca.crt"])
             self.admin = tls.TLSFiles.from_dir(d)
         return self.admin
 

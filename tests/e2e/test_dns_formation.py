@@ -1,7 +1,8 @@
 """The Kubernetes shape without Kubernetes: pods find each other through a headless
-Service's DNS SRV records, share one wildcard certificate, and form exactly one cluster
-(ordinal 0 founds it, the others join); a new pod joins, a removed member leaves, and
-comes back as a new member onto its old volume."""
+Service's DNS SRV records, each with a certificate of its own (or, opted in, one shared
+wildcard), and form exactly one cluster (ordinal 0 founds it, the others join); a new
+pod joins, a removed member leaves (its certificate revoked), and comes back as a new
+member onto its old volume with a new certificate."""
 
 from __future__ import annotations
 
@@ -26,13 +27,24 @@ def dns() -> Iterator[DNSServer]:
 
 
 @pytest.fixture
-def certs(tmp_path: Path) -> tuple[Path, tls.TLSFiles]:
-    ca = pki.create_ca()
-    # One certificate for every pod, as cert-manager issues it: scaling never re-issues.
-    wildcard = pki.issue(ca, "demo", dns_names=[f"*.{DOMAIN}"], uris=[tls.NODE_ROLE_URI])
-    node_dir = pki.write_secret_dir(tmp_path / "tls", wildcard, ca.cert_pem)
-    admin = pki.write_secret_dir(tmp_path / "admin", pki.issue_client(ca, "admin"), ca.cert_pem)
-    return node_dir, tls.TLSFiles.from_dir(admin)
+def ca() -> pki.KeyPair:
+    return pki.create_ca()
+
+
+def pod_certificate(ca: pki.KeyPair, root: Path, pod: str, *, wildcard: bool = False) -> Path:
+    """The pod's own certificate, as cert-manager's CSI driver issues one per pod; or, opted
+    in, the one wildcard every pod shares."""
+    if wildcard:
+        pair = pki.issue(ca, "demo", dns_names=[f"*.{DOMAIN}"], uris=[tls.NODE_ROLE_URI])
+        return pki.write_secret_dir(root / "tls-shared", pair, ca.cert_pem)
+    pair = pki.issue_node(ca, f"{pod}.{DOMAIN}")
+    return pki.write_secret_dir(root / f"tls-{pod}-{pair.certificate.serial_number}", pair,
+                                ca.cert_pem)
+
+
+def admin_files(ca: pki.KeyPair, root: Path) -> tls.TLSFiles:
+    admin = pki.issue_client(ca, "admin", role="admin")
+    return tls.TLSFiles.from_dir(pki.write_secret_dir(root / "admin", admin, ca.cert_pem))
 
 
 async def _status(files: tls.TLSFiles, node: NodeProcess) -> dict[str, object]:
@@ -40,19 +52,24 @@ async def _status(files: tls.TLSFiles, node: NodeProcess) -> dict[str, object]:
         return await c.status()
 
 
+@pytest.mark.parametrize("wildcard", [False, True], ids=["per-pod", "wildcard-opt-in"])
 async def test_srv_discovery_forms_one_cluster_then_grows_and_shrinks(
-    tmp_path: Path, dns: DNSServer, certs: tuple[Path, tls.TLSFiles]
+    tmp_path: Path, dns: DNSServer, ca: pki.KeyPair, wildcard: bool
 ) -> None:
     from e2e.cluster import Cluster
 
-    node_tls, admin = certs
+    admin = admin_files(ca, tmp_path)
     pods = {f"demo-{i}": f"127.0.8.{i + 1}" for i in range(4)}
     srv = dns.headless_service("demo-peers", "ns", "peer",
                                {p: (ip, 7000) for p, ip in list(pods.items())[:3]}, ttl=1)
     env = {"CONTINUUM_DISCOVERY_SRV": srv, "CONTINUUM_DNS_NAMESERVERS": dns.nameserver,
            "CONTINUUM_PEER_DOMAIN": DOMAIN, "CONTINUUM_CLUSTER_NAME": "demo",
            "CONTINUUM_FORMATION_STABLE_SECONDS": "1"}
-    procs = {p: NodeProcess(p, ip, tmp_path / p, node_tls, env) for p, ip in pods.items()}
+    if wildcard:
+        env["CONTINUUM_WILDCARD_CERTIFICATES"] = "true"
+    procs = {p: NodeProcess(p, ip, tmp_path / p, pod_certificate(ca, tmp_path, p,
+                                                                 wildcard=wildcard), env)
+             for p, ip in pods.items()}
     waiter = Cluster(tmp_path / "unused", 1, "127.0.8.200")
     try:
         for p in ("demo-2", "demo-1", "demo-0"):  # any start order
@@ -70,6 +87,8 @@ async def test_srv_discovery_forms_one_cluster_then_grows_and_shrinks(
         await waiter.wait_for(formed, 90, "one cluster of demo-0..2")
         st0 = await _status(admin, procs["demo-0"])
         assert st0["raft"]["current_term"] >= 1  # type: ignore[index]
+        if wildcard:
+            return  # the rest is the same with either kind of certificate
 
         # scale up: a fourth pod appears in DNS and joins by itself
         dns.headless_service("demo-peers", "ns", "peer",
@@ -84,8 +103,10 @@ async def test_srv_discovery_forms_one_cluster_then_grows_and_shrinks(
 
         # scale down: the operator's order, remove from Raft first, then stop the pod
         async with client.ApiClient(procs["demo-0"].api_url, admin, timeout=30) as c:
-            await c.call("DELETE", "/v1/members/demo-3")
+            removed = await c.call("DELETE", "/v1/members/demo-3")
         procs["demo-3"].stop()
+        old_cert = tls.file_fingerprints(procs["demo-3"].tls_dir / "tls.crt")[0]
+        assert removed["revoked_certificates"] == [old_cert]
 
         async def three() -> bool:
             st = await _status(admin, procs["demo-1"])
@@ -93,8 +114,10 @@ async def test_srv_discovery_forms_one_cluster_then_grows_and_shrinks(
 
         await waiter.wait_for(three, 60, "demo-3 removed everywhere")
 
-        # scale up again onto the old volume: demo-3 finds data of a removed member, wipes
-        # it and joins as new instead of haunting the cluster with its old configuration
+        # scale up again onto the old volume, as a new pod with a new certificate (the old
+        # one is revoked): demo-3 finds data of a removed member, wipes it and joins as new
+        # instead of haunting the cluster with its old configuration
+        procs["demo-3"].tls_dir = pod_certificate(ca, tmp_path, "demo-3")
         procs["demo-3"].start()
         await waiter.wait_for(four, 90, "demo-3 to rejoin as a new voter")
         log = (tmp_path / "demo-3" / "node.log").read_text()

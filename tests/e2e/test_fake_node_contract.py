@@ -85,7 +85,7 @@ async def test_the_fake_federation_answers_the_operator_as_real_nodes_do(
         real: Cluster, tmp_path: Path) -> None:
     leader = await real.wait_for(lambda: real.agreed_leader(), 60, "a leader")
     ca = pki.load_ca(tmp_path / "real" / "pki" / "ca-key")
-    operator = pki.issue_client(ca, "operator")
+    operator = pki.issue_client(ca, "operator", role="admin")
     r = Side(node_client.NodeClient(
         node_client.Material(operator.cert_pem, operator.key_pem, ca.cert_pem), None,
         timeout=20), {n.node_id: n.peer_address for n in real.nodes})

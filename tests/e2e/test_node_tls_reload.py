@@ -47,7 +47,7 @@ def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
 
 
 def _client(root: Path, name: str, signer: pki.KeyPair, trusted: bytes) -> tls.TLSFiles:
-    d = pki.write_secret_dir(root / name, pki.issue_client(signer, name), trusted)
+    d = pki.write_secret_dir(root / name, pki.issue_client(signer, name, role="admin"), trusted)
     return tls.TLSFiles.from_dir(d)
 
 

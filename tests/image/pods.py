@@ -28,12 +28,13 @@ def node_container_spec(template: Mapping[str, Any]) -> dict[str, Any]:
     return spec
 
 
-def pod_env(template: Mapping[str, Any], pod: str, namespace: str) -> dict[str, str]:
+def pod_env(template: Mapping[str, Any], pod: str, namespace: str,
+            ip: str = "") -> dict[str, str]:
     """The node container's environment as the kubelet builds it for ``pod``: downward-API
     fields filled in, ``$(VAR)`` expanded from variables defined earlier, ``$$`` kept as ``$``,
     references to unknown variables left as written."""
     container = node_container_spec(template)
-    fields = {"metadata.name": pod, "metadata.namespace": namespace}
+    fields = {"metadata.name": pod, "metadata.namespace": namespace, "status.podIP": ip}
     env: dict[str, str] = {}
     for var in container.get("env") or []:
         if "value" in var:
@@ -72,7 +73,7 @@ def pod_container(image: str, template: Mapping[str, Any], pod: str, namespace: 
     uid = int(security.get("runAsUser", 0))
     gid = int(security.get("runAsGroup", uid))
     fs_group = int(security.get("fsGroup", gid))
-    env = pod_env(template, pod, namespace)
+    env = pod_env(template, pod, namespace, ip)
     ports = set(container_ports(template).values())
     for key, value in env.items():
         m = _ANY_ADDRESS.match(value)

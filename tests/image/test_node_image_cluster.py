@@ -53,7 +53,7 @@ async def test_three_containers_form_a_cluster_and_hand_over_on_sigterm(
     ca_data = secrets[cluster.ca_secret]
     admin = tls.TLSFiles.from_dir(pki.write_secret_dir(
         tmp_path / "admin", pki.issue_client(pki.KeyPair(ca_data["tls.crt"], ca_data["tls.key"]),
-                                             "admin"), ca_data["ca.crt"]))
+                                             "admin", role="admin"), ca_data["ca.crt"]))
     ports = container_ports(template)
     pods = [cluster.pod(i) for i in range(3)]
     ip = {pod: f"{IP_PREFIX}{i + 1}" for i, pod in enumerate(pods)}

@@ -42,7 +42,7 @@ async def child_main(args: argparse.Namespace) -> None:
     mesh = GossipMesh(
         args.node_id, config, bind_address=args.bind, storage_path=args.storage,
         tls_cert=files.cert if files else None, tls_key=files.key if files else None,
-        tls_ca=files.ca if files else None,
+        tls_ca=files.ca if files else None, insecure=files is None,
     )
     out = sys.stdout
 

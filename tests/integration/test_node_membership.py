@@ -38,8 +38,9 @@ async def _status(admin: tls.TLSFiles, node: NodeProcess) -> dict[str, Any]:
 async def test_fresh_nodes_with_partial_bootstrap_hints_form_one_cluster(
         tmp_path: Path, expect: int) -> None:
     ca = pki.create_ca()
-    admin = tls.TLSFiles.from_dir(pki.write_secret_dir(tmp_path / "admin",
-                                                       pki.issue_client(ca, "admin"), ca.cert_pem))
+    admin_pair = pki.issue_client(ca, "admin", role="admin")
+    admin = tls.TLSFiles.from_dir(pki.write_secret_dir(tmp_path / "admin", admin_pair,
+                                                       ca.cert_pem))
     procs: dict[str, NodeProcess] = {}
     for nid, ip in IPS.items():
         certs = pki.write_secret_dir(tmp_path / nid / "tls",

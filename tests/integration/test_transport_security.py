@@ -211,17 +211,38 @@ def test_tls_material_required() -> None:
         tls.TLSFiles.optional("a", None, None)
 
 
-async def test_wildcard_certificate_binds_pod_ids(make_pki: Any) -> None:
-    p = make_pki("wild")
+def test_identity_comes_from_subject_alt_names_only() -> None:
+    """The common name never counts: a client certificate whose common name is the node
+    role (or a node's id) holds neither."""
+    cert = {"subject": ((("commonName", tls.NODE_ROLE_URI),),),
+            "subjectAltName": (("URI", "urn:continuum:role:read"),)}
+    identity = tls.identity_from_peercert(cert)
+    assert not tls.is_node(identity)
+    assert identity.api_role == "read"
+    named = tls.identity_from_peercert({"subject": ((("commonName", "n1"),),),
+                                        "subjectAltName": (("URI", tls.NODE_ROLE_URI),)})
+    assert tls.is_node(named) and not tls.authorizes(named, "n1")
+    # A DNS name that looks like the role URI is a DNS name, not the role.
+    dns = tls.identity_from_peercert({"subjectAltName": (("DNS", tls.NODE_ROLE_URI),)})
+    assert not tls.is_node(dns)
+
+
+def test_wildcards_count_only_when_opted_in_and_only_for_the_peer_domain() -> None:
     domain = "demo-peers.ns.svc.cluster.local"
-    pair_files = p.node("demo-any", dns=(f"*.{domain}",))
-    ids = tls.identities_from_peercert({"subjectAltName": (("DNS", f"*.{domain}"),
-                                                           ("URI", tls.NODE_ROLE_URI))})
-    assert tls.authorizes(ids, "demo-0", domain)
-    assert tls.authorizes(ids, f"demo-3.{domain}")
-    assert not tls.authorizes(ids, "demo-0")
-    assert not tls.authorizes(ids, "demo-0", "other-peers.ns.svc.cluster.local")
-    assert pair_files.cert.endswith("tls.crt")
+    wild = tls.identity_from_peercert({"subjectAltName": (("DNS", f"*.{domain}"),
+                                                          ("URI", tls.NODE_ROLE_URI))})
+    assert not tls.authorizes(wild, "demo-0", domain)  # not opted in
+    assert tls.authorizes(wild, "demo-0", domain, wildcard=True)
+    assert not tls.authorizes(wild, "demo-0", wildcard=True)  # no peer domain
+    assert not tls.authorizes(wild, "demo-0", "other-peers.ns.svc.cluster.local",
+                              wildcard=True)
+    assert not tls.authorizes(wild, "a.demo-0", domain, wildcard=True)  # one label only
+    local = tls.identity_from_peercert({"subjectAltName": (("DNS", "*.local"),)})
+    assert not tls.authorizes(local, "anything.local", wildcard=True)
+    assert not tls.authorizes(local, "anything", "local", wildcard=False)
+    per_pod = tls.identity_from_peercert({"subjectAltName": (("DNS", f"demo-0.{domain}"),)})
+    assert tls.authorizes(per_pod, "demo-0", domain)
+    assert not tls.authorizes(per_pod, "demo-1", domain)
 
 
 async def test_reply_identity_comes_from_the_certificate_not_the_claim(
@@ -268,3 +289,61 @@ async def test_stream_refuses_client_certificates(server: peer.PeerTransport,
             await session.ws_connect(f"https://{server.address}{peer.STREAM_PATH}",
                                      ssl=_raw_context(files, files.ca))
         assert err.value.status == 403
+
+
+async def test_a_revoked_certificate_is_refused_and_its_open_stream_closed(
+        server: peer.PeerTransport, cluster_pki: TestPKI) -> None:
+    files = cluster_pki.node("n7")
+    got: asyncio.Queue[Any] = asyncio.Queue()
+    server.on("note", lambda sender, body: got.put_nowait(body))
+    member = peer.PeerTransport("n7", None, files)
+    await member.start()
+    try:
+        member.send(server.address or "", "note", {"i": 1})
+        assert await asyncio.wait_for(got.get(), 10) == {"i": 1}
+        fingerprint = tls.file_fingerprints(files.cert)[0]
+        assert server.certificates_of("n7") == {fingerprint}
+        server.set_revoked(frozenset({fingerprint}))
+        with pytest.raises(peer.PeerError) as refused:
+            await member.request(server.address or "", "echo", {})
+        assert refused.value.status == 403 and "revoked" in str(refused.value)
+        # The stream that was open is closed; what is sent later never reaches a handler.
+        member.send(server.address or "", "note", {"i": 2})
+        await member.drain(5)
+        assert server.stats["revoked_refused"] >= 2
+        assert got.empty()
+    finally:
+        await member.stop()
+
+
+@pytest.mark.parametrize("component", ["raft", "mesh", "replication", "discovery",
+                                       "coordinator"])
+def test_components_refuse_a_network_address_without_tls(component: str) -> None:
+    """All network communication is mutual TLS: plain HTTP only when asked for by name."""
+    from continuum.federation.distributed import (
+        consensus,
+        coordinator,
+        discovery,
+        mesh,
+        replication,
+    )
+
+    def make(insecure: bool) -> Any:
+        address = "127.0.0.1:0"
+        if component == "raft":
+            return consensus.RaftConsensus("n1", ["n1"], bind_address=address,
+                                           insecure=insecure)
+        if component == "mesh":
+            return mesh.GossipMesh("n1", bind_address=address, insecure=insecure)
+        if component == "replication":
+            return replication.MultiMasterReplicator("n1", bind_address=address,
+                                                     insecure=insecure)
+        if component == "discovery":
+            return discovery.NodeDiscovery("n1", discovery.DiscoveryConfig(),
+                                           bind_address=address, insecure=insecure)
+        return coordinator.FederationCoordinator("n1", bind_address=address,
+                                                 insecure=insecure)
+
+    with pytest.raises(tls.TLSConfigError, match="insecure=True"):
+        make(False)
+    assert make(True) is not None

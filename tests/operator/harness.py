@@ -43,6 +43,7 @@ import kopf
 from aiohttp import web
 
 import continuum_operator  # noqa: F401  (registers the handlers)
+from continuum.federation.distributed import pki
 from continuum.federation.distributed.transport import tls
 from continuum_operator import backup_spec, jobs, manifests
 from continuum_operator import spec as api
@@ -271,9 +272,8 @@ class FakeFederation:
     @staticmethod
     def _caller_is_operator(request: web.Request) -> bool:
         transport = request.transport
-        ids = tls.identities_from_peercert(
-            transport.get_extra_info("peercert") if transport else None)
-        return "urn:continuum:role:client:operator" in ids
+        identity = tls.identity_of(transport.get_extra_info("ssl_object") if transport else None)
+        return identity is not None and identity.api_role == "admin"
 
     def _guard(self, request: web.Request, leader_only: bool) -> web.Response | None:
         if not self._caller_is_operator(request):
@@ -395,6 +395,9 @@ class MockStatefulSetController:
         self.fed = fed
         self.hosts = hosts
         self._task: asyncio.Task[None] | None = None
+        # The issuer behind cert-manager's CSI driver: a pod whose TLS volume is a CSI one
+        # gets a certificate of its own from this CA, as the driver would issue it.
+        self.csi_ca: pki.KeyPair | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop())
@@ -437,15 +440,24 @@ class MockStatefulSetController:
             if ordinal is not None and ordinal >= replicas:
                 await self.api.call("DELETE", f"/api/v1/namespaces/{NS}/pods/{pod}")
                 await self.fed.stop_node(pod)
-        secret_name = next(v["secret"]["secretName"] for v in template["spec"]["volumes"]
-                           if v["name"] == "tls")
-        secret = await self.api.get(f"/api/v1/namespaces/{NS}/secrets/{secret_name}")
+        volume = next(v for v in template["spec"]["volumes"] if v["name"] == "tls")
+        secret = None
+        if "secret" in volume:
+            secret = await self.api.get(
+                f"/api/v1/namespaces/{NS}/secrets/{volume['secret']['secretName']}")
         for ordinal in range(replicas):
             pod = f"{name}-{ordinal}"
-            if pod in pods or not secret or not secret.get("data"):
+            if pod in pods:
+                continue
+            if "csi" in volume:
+                if self.csi_ca is None:
+                    continue
+                data = _csi_issue(self.csi_ca, pod, volume["csi"]["volumeAttributes"])
+            elif secret and secret.get("data"):
+                data = {k: base64.b64decode(v) for k, v in secret["data"].items()}
+            else:
                 continue
             await self._create_pod(sts, pod, rev)
-            data = {k: base64.b64decode(v) for k, v in secret["data"].items()}
             await self.fed.start_node(pod, data)
         ready = 0
         for pod in (await self.api.items(f"/api/v1/namespaces/{NS}/pods")):
@@ -767,3 +779,12 @@ async def run_operator(settings: OperatorSettings, memo: kopf.Memo | None = None
                 with contextlib.suppress(BaseException):
                     await task
 
+
+
+def _csi_issue(ca: pki.KeyPair, pod: str, attrs: dict[str, str]) -> dict[str, bytes]:
+    """What cert-manager's CSI driver mounts for ``pod``: a certificate of its own."""
+    names = [n.replace("${POD_NAME}", pod)
+             for n in attrs["csi.cert-manager.io/dns-names"].split(",")]
+    pair = pki.issue(ca, pod, dns_names=names, uris=[attrs["csi.cert-manager.io/uri-sans"]],
+                     server="server auth" in attrs["csi.cert-manager.io/key-usages"])
+    return {"tls.crt": pair.cert_pem, "tls.key": pair.key_pem, "ca.crt": ca.cert_pem}

@@ -40,10 +40,11 @@ def test_first_run_issues_ca_node_and_client() -> None:
     client = x509.load_pem_x509_certificate(store["demo-operator-client-tls"]["tls.crt"])
     uris = client.extensions.get_extension_for_class(
         x509.SubjectAlternativeName).value.get_values_for_type(x509.UniformResourceIdentifier)
-    assert uris == ["urn:continuum:role:client:operator"]
-    # The wildcard speaks for every pod, so scaling never needs a new certificate.
-    ids = frozenset(["*.demo-peers.prod.svc.cluster.local"])
-    assert tls.authorizes(ids, "demo-41", "demo-peers.prod.svc.cluster.local")
+    assert uris == ["urn:continuum:role:admin"]
+    # The wildcard speaks for every pod (the nodes opt in), so scaling needs no new one.
+    ids = tls.identity_from_peercert({"subjectAltName": (
+        ("DNS", "*.demo-peers.prod.svc.cluster.local"),)})
+    assert tls.authorizes(ids, "demo-41", "demo-peers.prod.svc.cluster.local", wildcard=True)
 
 
 def test_valid_certificates_are_left_alone() -> None:

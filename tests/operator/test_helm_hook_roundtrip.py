@@ -105,8 +105,8 @@ def test_round_trip_succeeds_through_any_node(cluster: local.LocalCluster,
 def test_round_trip_fails_with_a_foreign_certificate(cluster: local.LocalCluster,
                                                      tmp_path: Path) -> None:
     foreign_ca = pki.init_ca(tmp_path / "foreign-ca")
-    tls_dir = pki.write_secret_dir(tmp_path / "foreign", pki.issue_client(foreign_ca, "mallory"),
-                                   foreign_ca.cert_pem)
+    mallory = pki.issue_client(foreign_ca, "mallory", role="admin")
+    tls_dir = pki.write_secret_dir(tmp_path / "foreign", mallory, foreign_ca.cert_pem)
     run = run_hook(round_trip_script(), cluster.nodes[0].api_url, tls_dir, tmp_path)
     assert run.returncode != 0
     assert "round trip ok" not in run.stdout

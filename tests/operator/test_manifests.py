@@ -108,12 +108,46 @@ def test_node_contract_environment() -> None:
     assert env["CONTINUUM_CLUSTER_NAME"] == "demo"
 
 
-def test_pod_template_is_independent_of_replicas_and_certificates() -> None:
+def test_pod_template_is_independent_of_replicas_and_certificate_contents() -> None:
     base = manifests.statefulset(cluster(replicas=3))
     assert manifests.statefulset(cluster(replicas=7)) == base
-    ca_mode = manifests.statefulset(cluster(
-        tls={"mode": "CertManager", "issuerRef": {"name": "x"}}))
-    assert ca_mode["spec"]["template"] == base["spec"]["template"]
+    shared = manifests.statefulset(cluster(
+        tls={"mode": "CertManager", "issuerRef": {"name": "x"}, "wildcard": True}))
+    assert shared["spec"]["template"] == base["spec"]["template"]
+
+
+def test_cert_manager_mode_gives_each_pod_a_certificate_of_its_own() -> None:
+    """Per-pod by default: cert-manager's CSI driver issues each pod's certificate (its key
+    never leaves the node), named for that pod alone, with the node role."""
+    c = cluster(tls={"mode": "CertManager", "issuerRef": {"name": "ca", "kind": "ClusterIssuer"},
+                     "duration": "720h", "renewBefore": "240h"})
+    pod = manifests.statefulset(c)["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "tls")
+    attrs = volume["csi"]["volumeAttributes"]
+    assert volume["csi"]["driver"] == "csi.cert-manager.io" and volume["csi"]["readOnly"]
+    names = attrs["csi.cert-manager.io/dns-names"].split(",")
+    assert names[0] == "${POD_NAME}.demo-peers.prod.svc.cluster.local"
+    assert not any(n.startswith("*") for n in names)
+    assert attrs["csi.cert-manager.io/uri-sans"] == "urn:continuum:role:node"
+    assert attrs["csi.cert-manager.io/issuer-name"] == "ca"
+    assert attrs["csi.cert-manager.io/issuer-kind"] == "ClusterIssuer"
+    assert "server auth" in attrs["csi.cert-manager.io/key-usages"]
+    assert (attrs["csi.cert-manager.io/duration"], attrs["csi.cert-manager.io/renew-before"]
+            ) == ("720h", "240h")
+    env = _env(manifests.statefulset(c))
+    assert env["CONTINUUM_WILDCARD_CERTIFICATES"] == "false"
+    # Only a shared certificate makes the node accept a wildcard.
+    for shared in (cluster(), cluster(tls={"mode": "CertManager", "issuerRef": {"name": "x"},
+                                           "wildcard": True})):
+        assert _env(manifests.statefulset(shared))["CONTINUUM_WILDCARD_CERTIFICATES"] == "true"
+
+
+def test_the_health_port_listens_on_the_pods_ip_only() -> None:
+    env = _env(manifests.statefulset(cluster()))
+    assert env["POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    assert env["CONTINUUM_HEALTH_ADDRESS"] == "$(POD_IP):8080"
+    names = list(env)
+    assert names.index("POD_IP") < names.index("CONTINUUM_HEALTH_ADDRESS")
 
 
 def test_tunable_change_is_a_new_pod_template() -> None:
@@ -157,7 +191,7 @@ def test_pdb_keeps_quorum(voters: int, raw: dict[str, Any], expected: int | None
 
 def test_cert_manager_certificates() -> None:
     c = cluster(tls={"mode": "CertManager", "issuerRef": {"name": "ca", "kind": "ClusterIssuer"},
-                     "duration": "720h", "renewBefore": "240h"})
+                     "duration": "720h", "renewBefore": "240h", "wildcard": True})
     node, client = manifests.certificates(c)
     for cert in (node, client):
         assert cert["apiVersion"] == "cert-manager.io/v1" and cert["kind"] == "Certificate"
@@ -168,9 +202,12 @@ def test_cert_manager_certificates() -> None:
     assert "*.demo-peers.prod.svc.cluster.local" in node["spec"]["dnsNames"]
     assert node["spec"]["uris"] == ["urn:continuum:role:node"]
     assert "server auth" in node["spec"]["usages"] and "client auth" in node["spec"]["usages"]
-    assert client["spec"]["uris"] == ["urn:continuum:role:client:operator"]
+    assert client["spec"]["uris"] == ["urn:continuum:role:admin"]  # the operator is an admin
     assert client["spec"]["usages"] == ["digital signature", "client auth"]
     assert manifests.certificates(cluster()) == []
+    per_pod = cluster(tls={"mode": "CertManager", "issuerRef": {"name": "ca"}})
+    assert [x["metadata"]["name"] for x in manifests.certificates(per_pod)] == [
+        "demo-operator-client"]  # no shared node certificate
 
 
 def test_ordinals() -> None:

@@ -618,12 +618,45 @@ async def test_measure_new_cluster_latency_and_that_a_noop_reconcile_writes_noth
     record_property("noop_reconcile_ms", round(noop * 1000, 1))
 
 
-async def test_cert_manager_mode_requests_certificates_and_uses_their_secrets(env: Env) -> None:
+async def test_cert_manager_mode_gives_each_pod_its_own_certificate(env: Env) -> None:
+    """Per-pod by default: the pods' TLS volume is cert-manager's CSI driver (played by the
+    StatefulSet controller here, from the issuer's CA); the operator asks cert-manager only
+    for its own client certificate, with the admin role, and reads expiry from the nodes."""
     import base64
 
     from continuum.federation.distributed import pki
 
-    spec = {"replicas": 1, "tls": {"mode": "CertManager",
+    ca = env.controller.csi_ca = pki.create_ca("cert-manager test CA")
+    spec = {"replicas": 3, "tls": {"mode": "CertManager",
+                                   "issuerRef": {"name": "cluster-ca", "kind": "ClusterIssuer"}}}
+    async with run_operator(env.settings):
+        await env.api.create_cluster("demo", spec)
+        base = f"/apis/cert-manager.io/v1/namespaces/{NS}/certificates"
+        client = await wait_until(lambda: env.api.get(f"{base}/demo-operator-client"), 30,
+                                  "client Certificate")
+        assert client["spec"]["uris"] == ["urn:continuum:role:admin"]
+        assert await env.api.get(f"{base}/demo-node") is None  # nothing shared
+        s = client["spec"]
+        pair = pki.issue(ca, s["commonName"], uris=s["uris"], server=False)
+        data = {"tls.crt": pair.cert_pem, "tls.key": pair.key_pem, "ca.crt": ca.cert_pem}
+        await env.api.call("POST", f"/api/v1/namespaces/{NS}/secrets", {
+            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+            "metadata": {"name": s["secretName"], "namespace": NS},
+            "data": {k: base64.b64encode(v).decode() for k, v in data.items()}})
+        await wait_until(lambda: env.converged(3), 90, "3 voters with per-pod certificates")
+        served = {env.fed.loaded[pod][1] for pod in ("demo-0", "demo-1", "demo-2")}
+        assert len(served) == 3  # a certificate of its own each
+        certs = (await env.api.cr_status("demo"))["certificates"]
+        assert "secretName" not in certs and certs["notAfter"]
+        assert (await env.api.condition("demo", "CertificatesReady"))["status"] == "True"
+
+
+async def test_cert_manager_mode_wildcard_opt_in_uses_one_shared_secret(env: Env) -> None:
+    import base64
+
+    from continuum.federation.distributed import pki
+
+    spec = {"replicas": 1, "tls": {"mode": "CertManager", "wildcard": True,
                                    "issuerRef": {"name": "cluster-ca", "kind": "ClusterIssuer"}}}
     async with run_operator(env.settings):
         await env.api.create_cluster("demo", spec)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 TESTS = Path(__file__).resolve().parents[1]
 WAITING = TESTS / "waiting.py"
-PROCESS_LEVEL = ("e2e", "integration", "image")
+PROCESS_LEVEL = ("e2e", "integration", "image", "security")
 
 
 def _sleeps(tree: ast.AST) -> list[tuple[ast.Call, bool]]:

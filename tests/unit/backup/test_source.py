@@ -16,6 +16,7 @@ from continuum.federation.distributed import api, replication, statemachine, sto
 from continuum.federation.distributed.backup import archive, source
 from continuum.federation.distributed.core.raft import messages as rmsg
 from continuum.federation.distributed.core.raft import raft_node as rnode
+from continuum.federation.distributed.transport import tls
 from unit.backup import archives
 
 
@@ -89,6 +90,9 @@ class _Node:
             self.transport)  # type: ignore[arg-type]
 
 
+ADMIN = tls.Identity(uris=frozenset({tls.role_uri("admin")}))
+
+
 @contextlib.asynccontextmanager
 async def _serving(tmp: Path, raft: _Raft, leader_index: int | None = 9
                    ) -> AsyncIterator[tuple[TestClient[Any, Any], _Node]]:
@@ -98,7 +102,8 @@ async def _serving(tmp: Path, raft: _Raft, leader_index: int | None = 9
     node = _Node(raft, repl, leader_index)
     app = web.Application()
     api.mount(app, api.Services("n2", None, None, None, node.backup, dict,  # type: ignore[arg-type]
-                                _Metrics()))
+                                _Metrics(), is_revoked=lambda i: False,
+                                identity_of=lambda r: ADMIN))
     try:
         async with TestClient(TestServer(app, host="127.0.0.1")) as client:
             yield client, node

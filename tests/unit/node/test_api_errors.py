@@ -12,6 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from continuum.federation.distributed import api, errors
+from continuum.federation.distributed.transport import tls
 
 
 class _Metrics:
@@ -36,16 +37,30 @@ class _Services:
         return {}
 
     put_strong = put_eventual = get = delete_strong = delete_eventual = _fail
-    add_member = remove_member = transfer_leadership = force_new_cluster = _fail
+    add_member = remove_member = transfer_leadership = force_new_cluster = revoke = _fail
+
+    def revocations(self) -> dict[str, Any]:
+        self.calls.append(("revocations",))
+        return {}
+
+    def list(self, after: Any, limit: int) -> list[str]:
+        self.calls.append(("list", after, limit))
+        return []
+
+
+ADMIN = tls.Identity(uris=frozenset({tls.role_uri("admin")}))
 
 
 @contextlib.asynccontextmanager
-async def serving(error: BaseException | None, node_id: str = "node-1"
+async def serving(error: BaseException | None, node_id: str = "node-1",
+                  identity: tls.Identity | None = ADMIN,
                   ) -> AsyncIterator[tuple[TestClient[Any, Any], _Services, _Metrics]]:
-    """The API routes over stand-in services, and a client for them."""
+    """The API routes over stand-in services, and a client for them (whose certificate
+    is ``identity``: the admin's unless told otherwise)."""
     fake, metrics = _Services(error), _Metrics()
     services = api.Services(node_id, fake, fake, None, fake, dict,  # type: ignore[arg-type]
-                            metrics)
+                            metrics, is_revoked=lambda i: i.fingerprint == "f" * 64,
+                            identity_of=lambda request: identity)
     app = web.Application()
     api.mount(app, services)
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:

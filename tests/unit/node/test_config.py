@@ -77,3 +77,15 @@ def test_formation_settings(kwargs: dict[str, object], mode: str, expect: int | 
     monkeypatch.delenv("CONTINUUM_CONFIG_FILE", raising=False)
     s = config.NodeSettings(**kwargs)  # type: ignore[arg-type]
     assert s.formation_mode == mode and s.bootstrap_expect == expect
+
+
+def test_secure_defaults() -> None:
+    """The health port (metrics say much about the cluster) binds loopback unless told
+    otherwise; a shared wildcard certificate is not accepted unless opted in; node ids
+    are matched whole (no trailing newline)."""
+    s = config.NodeSettings(node_id="n1")
+    assert s.health_address == "127.0.0.1:8080"
+    assert s.wildcard_certificates is False
+    assert s.liveness_leaderless_seconds > 0 and s.http_read_timeout_seconds > 0
+    with pytest.raises(ValidationError):
+        config.NodeSettings(node_id="n1\n")

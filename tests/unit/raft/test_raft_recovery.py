@@ -156,10 +156,11 @@ def test_a_node_without_configuration_votes_for_nobody() -> None:
     # otherwise grant an empty-log vote to a stale member of the old configuration.
     fresh = rnode.RaftNode("b", CFG, random.Random(3))
     for pre in (True, False):
-        fresh.step(m.VoteRequest(9, "a", "b", 40, 8, pre=pre))
+        assert not fresh.step(m.VoteRequest(9, "a", "b", 40, 8, pre=pre))
     rd = fresh.ready()
-    assert [x.granted for x in rd.messages if isinstance(x, m.VoteResponse)] == [False, False]
+    assert not [x for x in rd.messages if isinstance(x, m.VoteResponse) and x.granted]
     assert rd.hard_state is None or rd.hard_state.vote is None
+    assert fresh.term == 0 and fresh.refused == 2  # not even the term was taken up
 
 
 def test_a_backup_snapshot_becomes_a_new_one_voter_cluster_that_forgets_the_old_members() -> None:

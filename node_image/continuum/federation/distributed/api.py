@@ -1,13 +1,19 @@
 """The node's HTTP API over mutual TLS (the contract is in docs/api.md).
 
 Handlers translate HTTP into calls on the node's services and nothing more.
+Every route needs a role, carried by the client certificate as a URI SAN
+(``transport.tls``): ``read`` (status, routing, reads), ``write`` (also concept
+writes and deletes), ``admin`` (also member changes, leadership transfer,
+force-new-cluster, backups, revocations); a revoked certificate holds none.
 Every refusal is one of the package's ``errors``, mapped to its status and JSON
-body in one place (``_answer``): 400 invalid input, 404 not found, 409 a
-conflict or a refused membership change, 421 not the leader (not carried out;
-the body says where the leader is), 503 unavailable or overloaded (nothing
-done; Retry-After), 504 outcome unknown (a write that may or may not take
-effect). Anything else is a bug: 500 with no details, the traceback in the log.
-Every route is timed for the latency histograms.
+body in one place (``_answer``): 400 invalid input, 403 the role does not allow
+the call (the body names the role needed), 404 not found, 408 a body that did
+not arrive in time, 409 a conflict or a refused membership change, 413 a body
+over the limit, 421 not the leader (not carried out; the body says where the
+leader is), 503 unavailable or overloaded (nothing done; Retry-After), 504
+outcome unknown (a write that may or may not take effect). Anything else is a
+bug: 500 with no details, the traceback in the log. Every route is timed for
+the latency histograms.
 """
 
 from __future__ import annotations
@@ -25,12 +31,15 @@ from typing import Any, Protocol
 from aiohttp import web
 from multidict import MultiMapping
 
-from . import concepts, coordinator, errors, http_util, membership
+from . import concepts, coordinator, errors, http_util, membership, pki, statemachine
 from .backup import source as backup_source
+from .transport import peer, tls
 
 log = logging.getLogger(__name__)
 
-CONCEPT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,255}$")
+# \Z, not $: "$" also matches before a final newline ("nl-test\n" would pass).
+CONCEPT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,255}\Z")
+READ, WRITE, ADMIN = tls.API_ROLES
 MAX_PAGE = 1000
 ADD_MEMBER_TIMEOUT = 60.0  # seconds a new member has to catch up before it is promoted
 MAX_ADD_MEMBER_TIMEOUT = 600.0
@@ -53,25 +62,32 @@ class Services:
     backup: backup_source.BackupSource
     status: Callable[[], dict[str, Any]]
     metrics: RequestMetrics
+    is_revoked: Callable[[tls.Identity], bool]
+    read_timeout: float = http_util.READ_TIMEOUT_SECONDS  # a request body's deadline
+    # Whose certificate made the request (a seam: tests without TLS hand in their own).
+    identity_of: Callable[[web.BaseRequest], tls.Identity | None] = peer.request_identity
 
 
 def mount(app: web.Application, services: Services) -> None:
     routes = _Routes(services)
     add = app.router
-    add.add_get("/v1/status", routes.timed("status", routes.status))
-    add.add_get("/v1/nodes", routes.timed("nodes", routes.nodes))
-    add.add_get("/v1/route", routes.timed("route", routes.route))
-    add.add_post("/v1/members", routes.timed("add_member", routes.add_member))
-    add.add_delete("/v1/members/{id}", routes.timed("remove_member", routes.remove_member))
-    add.add_post("/v1/leader/transfer", routes.timed("transfer", routes.transfer))
+    add.add_get("/v1/status", routes.timed("status", routes.status, READ))
+    add.add_get("/v1/nodes", routes.timed("nodes", routes.nodes, READ))
+    add.add_get("/v1/route", routes.timed("route", routes.route, READ))
+    add.add_post("/v1/members", routes.timed("add_member", routes.add_member, ADMIN))
+    add.add_delete("/v1/members/{id}", routes.timed("remove_member", routes.remove_member,
+                                                    ADMIN))
+    add.add_post("/v1/leader/transfer", routes.timed("transfer", routes.transfer, ADMIN))
     add.add_post("/v1/cluster/force-new-cluster",
-                 routes.timed("force_new_cluster", routes.force_new_cluster))
+                 routes.timed("force_new_cluster", routes.force_new_cluster, ADMIN))
     # Admin: streams a backup archive of this node (backup/source.py).
-    add.add_post("/v1/backup", routes.timed("backup", routes.backup))
-    add.add_get("/v1/concepts", routes.timed("list", routes.list_concepts))
-    add.add_put("/v1/concepts/{id}", routes.timed("put", routes.put_concept))
-    add.add_get("/v1/concepts/{id}", routes.timed("get", routes.get_concept))
-    add.add_delete("/v1/concepts/{id}", routes.timed("delete", routes.delete_concept))
+    add.add_post("/v1/backup", routes.timed("backup", routes.backup, ADMIN))
+    add.add_get("/v1/revocations", routes.timed("revocations", routes.revocations, READ))
+    add.add_post("/v1/revocations", routes.timed("revoke", routes.revoke, ADMIN))
+    add.add_get("/v1/concepts", routes.timed("list", routes.list_concepts, READ))
+    add.add_put("/v1/concepts/{id}", routes.timed("put", routes.put_concept, WRITE))
+    add.add_get("/v1/concepts/{id}", routes.timed("get", routes.get_concept, READ))
+    add.add_delete("/v1/concepts/{id}", routes.timed("delete", routes.delete_concept, WRITE))
 
 
 def _answer(exc: errors.FederationError) -> web.Response:
@@ -84,11 +100,13 @@ class _Routes:
     def __init__(self, services: Services) -> None:
         self.s = services
 
-    def timed(self, name: str, handler: Handler) -> Handler:
+    def timed(self, name: str, handler: Handler, role: str) -> Handler:
+        """``handler`` behind the role check, with errors mapped and latency observed."""
         async def wrapped(request: web.Request) -> web.StreamResponse:
             start = time.perf_counter()
             status = 500
             try:
+                self._authorize(request, role)
                 response = await handler(request)
                 status = response.status
                 return response
@@ -104,6 +122,27 @@ class _Routes:
             finally:
                 self.s.metrics.observe_request(name, status, time.perf_counter() - start)
         return wrapped
+
+    async def _json(self, request: web.Request) -> Any:
+        return await http_util.read_json(request, self.s.read_timeout)
+
+    def _authorize(self, request: web.Request, role: str) -> None:
+        """``errors.Forbidden`` unless the client certificate holds ``role`` (or more)."""
+        identity = self.s.identity_of(request)
+        revoked = identity is not None and self.s.is_revoked(identity)
+        held = identity.api_role if identity is not None and not revoked else None
+        if held is not None and tls.API_ROLES.index(held) >= tls.API_ROLES.index(role):
+            return
+        if revoked:
+            why = "this certificate is revoked"
+        elif held is not None:
+            why = f"the client certificate holds the {held} role"
+        else:
+            why = "the client certificate holds no API role"
+        raise errors.Forbidden(
+            f"this call needs the {role} role ({tls.role_uri(role)} as a URI SAN) and {why}; "
+            f"`continuum-federation certs client --role {role}` makes such a certificate",
+            role_needed=role, role_held=held)
 
     # -- cluster -----------------------------------------------------------------------------
 
@@ -130,7 +169,7 @@ class _Routes:
         return web.json_response(_plain(chosen))
 
     async def add_member(self, request: web.Request) -> web.Response:
-        body = await http_util.read_json(request)
+        body = await self._json(request)
         if not isinstance(body, dict) or not isinstance(body.get("id"), str) \
                 or not isinstance(body.get("address"), str):
             raise errors.InvalidInput('body must be {"id": str, "address": str, '
@@ -141,16 +180,47 @@ class _Routes:
                 or not 0 < timeout <= MAX_ADD_MEMBER_TIMEOUT:
             raise errors.InvalidInput("timeout must be a number of seconds in "
                                       f"(0, {MAX_ADD_MEMBER_TIMEOUT:g}]")
-        await self.s.membership.add_member(body["id"], body["address"], timeout=float(timeout))
-        return web.json_response({"id": body["id"], "voter": True})
+        member, address = check_member(body["id"], body["address"])
+        await self.s.membership.add_member(member, address, timeout=float(timeout))
+        return web.json_response({"id": member, "voter": True})
 
     async def remove_member(self, request: web.Request) -> web.Response:
         member = request.match_info["id"]
-        await self.s.membership.remove_member(member)
-        return web.json_response({"id": member, "removed": True})
+        revoked = await self.s.membership.remove_member(member)
+        return web.json_response({"id": member, "removed": True,
+                                  "revoked_certificates": revoked})
+
+    async def revocations(self, request: web.Request) -> web.Response:
+        return web.json_response({"revoked": self.s.membership.revocations()})
+
+    async def revoke(self, request: web.Request) -> web.Response:
+        """Admin: revoke a certificate (a leaked key, a client that left) cluster-wide."""
+        body = await self._json(request)
+        usage = ('body must be {"fingerprint": "<hex SHA-256 of the DER>"} or '
+                 '{"certificate": "<PEM>"}, with "reason" optional')
+        if not isinstance(body, dict) or not ("fingerprint" in body) ^ ("certificate" in body):
+            raise errors.InvalidInput(usage)
+        reason = body.get("reason", "revoked by an admin")
+        if not isinstance(reason, str) or len(reason) > 200:
+            raise errors.InvalidInput("reason must be a string of at most 200 characters")
+        if "certificate" in body:
+            if not isinstance(body["certificate"], str):
+                raise errors.InvalidInput(usage)
+            try:
+                fingerprints = tls.pem_fingerprints(body["certificate"].encode())
+            except tls.TLSConfigError as exc:
+                raise errors.InvalidInput(str(exc)) from None
+        elif isinstance(body["fingerprint"], str):
+            fingerprints = [body["fingerprint"].lower().replace(":", "")]
+        else:
+            raise errors.InvalidInput(usage)
+        if not all(statemachine.FINGERPRINT.match(f) for f in fingerprints):
+            raise errors.InvalidInput(f"not a certificate fingerprint: {usage}")
+        newly = await self.s.membership.revoke(fingerprints, None, reason)
+        return web.json_response({"revoked": fingerprints, "newly_revoked": newly})
 
     async def transfer(self, request: web.Request) -> web.Response:
-        body = await http_util.read_json(request) if request.can_read_body else {}
+        body = await self._json(request) if request.can_read_body else {}
         target = body.get("to") if isinstance(body, dict) else None
         if target is not None and not isinstance(target, str):
             raise errors.InvalidInput("'to' must be a node id or null")
@@ -159,7 +229,7 @@ class _Routes:
 
     async def force_new_cluster(self, request: web.Request) -> web.Response:
         """Disaster recovery: quorum is lost for good; this node becomes the sole voter."""
-        body = await http_util.read_json(request) if request.can_read_body else None
+        body = await self._json(request) if request.can_read_body else None
         me = self.s.node_id
         if not isinstance(body, dict) or not isinstance(body.get("confirm"), str):
             raise errors.InvalidInput(f'body must be {{"confirm": "{me}"}} (this node\'s id)')
@@ -176,7 +246,7 @@ class _Routes:
 
     async def put_concept(self, request: web.Request) -> web.Response:
         concept_id = _concept_id(request)
-        value = await http_util.read_json(request)
+        value = await self._json(request)
         if value is None:  # a stored null would read back as "no such concept"
             raise errors.InvalidInput("a concept cannot be null: DELETE removes a concept")
         if _strong(request):
@@ -263,9 +333,24 @@ def _json_or_text(value: str) -> Any:
         return value
 
 
+def check_member(node_id: Any, address: Any) -> tuple[str, str]:
+    """A member's id and address as given, or ``errors.InvalidInput`` before anything
+    changes: the id must be a DNS name (it is the member's certificate name), the
+    address ``host:port`` with a port from 1 to 65535."""
+    try:
+        pki.check_node_name(node_id)
+        host, port = peer.split_address(address)
+    except ValueError as exc:
+        raise errors.InvalidInput(f"member: {exc}") from None
+    if not 1 <= port <= 65535 or not host or any(c.isspace() or c in "/@?#" for c in host):
+        raise errors.InvalidInput(f"member address must be host:port with a port from 1 to "
+                                  f"65535, got {address!r}")
+    return node_id, address
+
+
 def _concept_id(request: web.Request) -> str:
     concept_id = request.match_info["id"]
-    if not CONCEPT_ID.match(concept_id):
+    if not CONCEPT_ID.match(concept_id):  # match + \Z: the whole id
         raise errors.InvalidInput("concept id must be 1-256 characters of letters, digits and ._:- "
                          "starting with a letter or digit")
     return concept_id

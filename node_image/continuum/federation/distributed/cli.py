@@ -113,7 +113,11 @@ def _parser() -> argparse.ArgumentParser:
     nodec.add_argument("--out", required=True)
     cl = certs_sub.add_parser("client", help="issue a client certificate into OUT")
     cl.add_argument("--dir", required=True, help="the CA directory")
-    cl.add_argument("--name", required=True)
+    cl.add_argument("--name", required=True, help="who holds it (the common name, for logs)")
+    cl.add_argument("--role", required=True, choices=tls.API_ROLES,
+                    help="read: status and reads; write: also concept writes and deletes; "
+                    "admin: also member changes, leadership transfer, force-new-cluster, "
+                    "backups and revocations")
     cl.add_argument("--days", type=int, default=pki.DEFAULT_CERT_DAYS)
     cl.add_argument("--out", required=True)
     return p
@@ -168,6 +172,7 @@ def _node_run(args: argparse.Namespace) -> int:
         "health_address": args.health_address, "data_dir": args.data_dir,
         "tls_dir": args.tls_dir}.items() if v is not None}
     settings = config.NodeSettings(**overrides)
+    os.umask(0o077)  # every file the node writes is its own alone (data, logs, backups)
     asyncio.run(node_mod.FederationNode(settings).run_until_signal())
     return 0
 
@@ -307,7 +312,7 @@ def _certs(args: argparse.Namespace) -> int:
     if args.certs_command == "node":
         pair = pki.issue_node(ca, args.id, dns_names=args.dns, ip_addresses=args.ip, days=args.days)
     else:
-        pair = pki.issue_client(ca, args.name, days=args.days)
+        pair = pki.issue_client(ca, args.name, role=args.role, days=args.days)
     out = pki.write_secret_dir(args.out, pair, ca.cert_pem)
     until = pki.not_after(pair.cert_pem)
     print(f"wrote {out}/tls.crt, tls.key, ca.crt (valid until {until:%Y-%m-%d})")

@@ -77,10 +77,21 @@ class NodeSettings(BaseSettings):
     cluster_name: str = "continuum"
     bind_address: str = "0.0.0.0:7000"  # mutual TLS: peers and the API
     advertise_address: str | None = None  # what peers dial; default: bind_address
-    health_address: str = "0.0.0.0:8080"  # plain HTTP: /healthz /readyz /metrics
+    # Plain HTTP (/healthz /readyz /metrics): loopback unless told otherwise (the operator
+    # gives the pod's IP); /metrics says too much about the cluster for every interface.
+    health_address: str = "127.0.0.1:8080"
     data_dir: Path = Path("/var/lib/continuum")
     tls_dir: Path = Path("/etc/continuum/tls")
-    peer_domain: str | None = None  # wildcard certificates: sender ids are <id>.<peer_domain>
+    peer_domain: str | None = None  # node ids are also found as <id>.<peer_domain>
+    # Opt-in: one shared certificate for *.<peer_domain> speaks for every node. Every pod
+    # then holds the same key (any one of them can claim any member's id) and a removed
+    # member's certificate cannot be revoked alone; per-node certificates are the default.
+    wildcard_certificates: bool = False
+    # Headers of a request (and of the next one on a kept-alive connection) and its body
+    # must each arrive within this many seconds: slow clients do not hold connections.
+    http_read_timeout_seconds: float = Field(20.0, gt=0)
+    # /healthz fails once a member has known no leader for this long (0: never).
+    liveness_leaderless_seconds: float = Field(300.0, ge=0)
     initial_members: dict[str, str] = Field(default_factory=dict)  # id -> host:port, static
     discovery_srv: str | None = None  # DNS SRV name of the headless Service
     dns_nameservers: Annotated[list[str], NoDecode] = Field(default_factory=list)  # host:port

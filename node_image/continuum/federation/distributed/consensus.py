@@ -37,6 +37,7 @@ import enum
 import logging
 import math
 import random
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,7 @@ class RaftConsensus(raft_loop.RaftLoop):
         tls_key: str | None = None,
         tls_ca: str | None = None,
         transport: peer.PeerTransport | None = None,
+        insecure: bool = False,  # plain HTTP on bind_address: tests only (transport.link)
         join: bool = False,
         fsync: bool = True,
         snapshot_threshold: int = 20_000,
@@ -131,7 +133,8 @@ class RaftConsensus(raft_loop.RaftLoop):
         super().__init__(
             node_id, election_timeout_ms, heartbeat_interval_ms,
             link.PeerLink.build(node_id, transport=transport, bind_address=bind_address,
-                                tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca),
+                                tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
+                                insecure=insecure),
             peers=dict(peers or {}), max_inbox=max_inbox, snapshot_threshold=snapshot_threshold)
         self.cluster_nodes = list(cluster_nodes)
         self.election_timeout_ms = election_timeout_ms
@@ -154,6 +157,12 @@ class RaftConsensus(raft_loop.RaftLoop):
         Register before ``start()`` to also see the entries replayed after a restart.
         """
         self._apply_cbs.append(callback)
+
+    def register_admission_callback(self, callback: raft_loop.AdmissionCallback) -> None:
+        """``callback(members)`` whenever the nodes that may speak to this one change (the
+        latest and the latest committed configuration: ``RaftNode.admitted``), and once at
+        start; the node hands it to the mesh and the replicator."""
+        self._admission_cbs.append(callback)
 
     def register_snapshot_callbacks(self, take: TakeSnapshot, restore: RestoreSnapshot) -> None:
         """Let Raft compact its log: ``take()`` serializes the state machine as of the last
@@ -180,11 +189,21 @@ class RaftConsensus(raft_loop.RaftLoop):
             _check_founders(self.node_id, founders, joining)
             self.cluster_nodes, self.join = founders, joining
         self._failed, self._ticks, self._disk_last = None, 0, 0
+        self._last_pass = self._leaderless_since = time.monotonic()
         await self._link.start()
         self._self_address = self._advertise or self._link.address
         if self._storage_path is not None:
             self._store = storage.DurableStore(self._storage_path / DB_FILE, fsync=self._fsync)
         self._node = self._load()
+        self._admitted = None
+        self._note_admission(self._node)
+        if self._node.term_exhausted:
+            log.error("raft %s: the stored term %d is beyond the bound %d (a forged message "
+                      "before terms were bounded): this node cannot take part in an election. "
+                      "Recover the cluster with `continuum-federation recover "
+                      "--force-new-cluster` on the member with the most data (see "
+                      "docs/security.md); the others then join it as new members",
+                      self.node_id, self._node.term, rmsg.MAX_TERM)
         snap = self._node.log.snapshot
         if snap is not None and snap.index > 0:
             await self._restore_app(snap)
@@ -447,6 +466,11 @@ class RaftConsensus(raft_loop.RaftLoop):
             self._waiters[idx] = raft_loop._Waiter(term, None, fut, math.inf)
             await fut
 
+    async def expect_leader(self, sponsors: frozenset[str]) -> None:
+        """We are about to ask to be added: until a configuration arrives, only
+        ``sponsors`` (the leader we ask) may replicate to us."""
+        await self._call(lambda n: n.expect_leader(sponsors))
+
     def set_peer_address(self, node_id: str, address: str) -> None:
         """Tell Raft where a node listens (learned by discovery, the mesh or a join).
         Addresses carried by the membership configuration take precedence."""
@@ -525,6 +549,8 @@ class RaftConsensus(raft_loop.RaftLoop):
             "learners": sorted(n.conf.learners) if n else [],
             "config_index": n.conf_index if n else 0,
             "membership_committed": self.membership_committed(),
+            "messages_refused": n.refused if n else 0,  # from senders that may not send them
+            "term_exhausted": n.term_exhausted if n else False,
             "running": self._running,
         }
         base.update(self.stats)

@@ -249,6 +249,7 @@ class FederationCoordinator:
         storage_path: str | os.PathLike[str] | None = None,
         *,
         transport: peer.PeerTransport | None = None,
+        insecure: bool = False,  # plain HTTP on bind_address: tests only (transport.link)
         replicate: Replicate | None = None,
         is_active: IsActive | None = None,
         peer_domain: str | None = None,
@@ -262,7 +263,8 @@ class FederationCoordinator:
         # Given TLS files but no bind_address, a client only: enough to probe.
         self._link = link.PeerLink.build(node_id, transport=transport, bind_address=bind_address,
                                          tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
-                                         peer_domain=peer_domain, client_only=True)
+                                         peer_domain=peer_domain, client_only=True,
+                                         insecure=insecure)
         self.transport = self._link.transport
         self._replicate = replicate
         self._is_active = is_active

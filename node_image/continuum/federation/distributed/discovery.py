@@ -217,6 +217,7 @@ class NodeDiscovery:
         tls_key: str | None = None,
         tls_ca: str | None = None,
         transport: peer.PeerTransport | None = None,
+        insecure: bool = False,  # plain HTTP on bind_address: tests only (transport.link)
         peer_domain: str | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -227,7 +228,7 @@ class NodeDiscovery:
         self.storage_path = Path(storage_path) if storage_path is not None else None
         self._link = link.PeerLink.build(node_id, transport=transport, bind_address=bind_address,
                                          tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
-                                         peer_domain=peer_domain)
+                                         peer_domain=peer_domain, insecure=insecure)
         self.transport = transport = self._link.transport
         if transport is not None:
             transport.on(HELLO, self._on_hello)
@@ -633,16 +634,19 @@ class NodeDiscovery:
         except (OSError, TimeoutError) as exc:
             raise peer.PeerError(address, f"{type(exc).__name__}: {exc}") from None
         try:
-            ids = tls.identities_from_peercert(writer.get_extra_info("peercert"))
+            identity = tls.identity_of(writer.get_extra_info("ssl_object")) or tls.Identity()
         finally:
             writer.close()
             with contextlib.suppress(OSError, ssl.SSLError):
                 await writer.wait_closed()
-        if not tls.is_node(ids):
+        if not tls.is_node(identity):
             raise _Disproved("the certificate lacks the node role")
-        if not tls.authorizes(ids, claimed, self.transport.peer_domain):
-            names = ", ".join(sorted(i for i in ids if not i.startswith("urn:")))
-            raise _Disproved(f"the certificate speaks for {names}, not {claimed!r}")
+        if self.transport.is_revoked(identity):
+            raise _Disproved("the certificate is revoked")
+        if not tls.authorizes(identity, claimed, self.transport.peer_domain,
+                              wildcard=self.transport.wildcard):
+            raise _Disproved(f"the certificate speaks for {identity.describe()}, "
+                             f"not {claimed!r}")
 
     def _hello_body(self) -> dict[str, Any]:
         return {"cluster": self.config.cluster_name, "address": self.advertise_address,

@@ -6,7 +6,11 @@ Every refusal the library raises to a caller is one of these. Each carries
 protocol errors carry ``error_status_hint``. What each promises:
 
 * ``InvalidInput`` (400): the request is malformed; nothing changed.
+* ``Forbidden`` (403): the client certificate's role does not allow the call
+  (``role_needed`` says which would); nothing changed.
 * ``NotFound`` (404): no such object; nothing changed.
+* ``RequestTimeout`` (408): the request's body did not arrive in time; nothing changed.
+* ``TooLarge`` (413): the request's body is over the limit; nothing changed.
 * ``WrongConsistency`` (409): the concept lives in the other consistency domain.
 * ``Conflict`` (409, its own ``code``): the request conflicts with the node's
   state now (e.g. a backup of a node that is not caught up); nothing changed.
@@ -58,6 +62,32 @@ class InvalidInput(FederationError, ValueError):
 
 class NotSerializable(InvalidInput, TypeError):
     """A value that cannot be encoded for the log or the wire."""
+
+
+class Forbidden(FederationError, PermissionError):
+    """The caller's certificate does not hold the role the call needs."""
+
+    http_status = 403
+    code = "forbidden"
+
+    def __init__(self, message: str, *, role_needed: str | None = None,
+                 role_held: str | None = None) -> None:
+        super().__init__(message)
+        self.role_needed = role_needed
+        self.role_held = role_held
+
+    def details(self) -> dict[str, Any]:
+        return {"role_needed": self.role_needed, "role_held": self.role_held}
+
+
+class RequestTimeout(FederationError, TimeoutError):
+    http_status = 408
+    code = "timeout"
+
+
+class TooLarge(FederationError, ValueError):
+    http_status = 413
+    code = "too_large"
 
 
 class NotFound(FederationError, LookupError):

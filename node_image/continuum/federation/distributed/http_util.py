@@ -1,33 +1,102 @@
-"""Small helpers shared by the node's HTTP handlers: JSON errors and body parsing."""
+"""Small helpers shared by the node's HTTP handlers: JSON errors and strict body parsing.
+
+A body is read up to ``MAX_JSON_BYTES`` whatever its framing (a declared length or
+chunks), within ``read_timeout`` seconds, and parsed as standard JSON only: finite
+numbers (no ``NaN``, ``Infinity`` or ``1e400``, which would be stored and read back
+as non-standard JSON), integers that fit 64 bits, at most ``MAX_DEPTH`` levels of
+nesting. Anything else is one of the package's errors (400, 408, 413) and nothing
+is stored.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 from typing import Any
 
 from aiohttp import web
 
+from . import errors
+
 MAX_JSON_BYTES = 4 * 1024 * 1024
+MAX_DEPTH = 64  # as the multi-master store's values (core.crdt.values.MAX_DEPTH)
+READ_TIMEOUT_SECONDS = 20.0
+_INT_BOUNDS = (-(2**63), 2**64 - 1)  # what msgpack, and so the log and the wire, carry
 
 
 def error(status: int, code: str, message: str, **extra: Any) -> web.Response:
     return web.json_response({"error": code, "message": message, **extra}, status=status)
 
 
-async def read_json(request: web.Request) -> Any:
-    """The request's JSON body; raises ``web.HTTPException`` with a JSON error when it is not."""
-    if request.content_length is not None and request.content_length > MAX_JSON_BYTES:
-        raise web.HTTPRequestEntityTooLarge(max_size=MAX_JSON_BYTES,
-                                            actual_size=request.content_length)
-    raw = await request.read()
-    if not raw:
-        raise _bad("empty_body", "a JSON body is required")
+async def read_body(request: web.BaseRequest, limit: int = MAX_JSON_BYTES,
+                    timeout: float = READ_TIMEOUT_SECONDS) -> bytes:
+    """The request's body, at most ``limit`` bytes however it is framed: ``TooLarge``
+    beyond (before reading when the length is declared), ``RequestTimeout`` when it does
+    not arrive within ``timeout`` seconds."""
+    if request.content_length is not None and request.content_length > limit:
+        raise errors.TooLarge(f"body of {request.content_length} bytes exceeds the limit of "
+                              f"{limit} bytes")
+    buf = bytearray()
     try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise _bad("invalid_json", f"body is not valid JSON: {exc}") from None
+        async with asyncio.timeout(timeout):
+            while chunk := await request.content.read(min(65536, limit + 1 - len(buf))):
+                buf += chunk
+                if len(buf) > limit:
+                    raise errors.TooLarge(f"body exceeds the limit of {limit} bytes")
+    except TimeoutError:
+        raise errors.RequestTimeout(f"the body did not arrive within {timeout:g} s") from None
+    return bytes(buf)
 
 
-def _bad(code: str, message: str) -> web.HTTPBadRequest:
-    return web.HTTPBadRequest(text=json.dumps({"error": code, "message": message}),
-                              content_type="application/json")
+async def read_json(request: web.BaseRequest,
+                    timeout: float = READ_TIMEOUT_SECONDS) -> Any:
+    """The request's JSON body, held to the rules of the module docstring."""
+    raw = await read_body(request, MAX_JSON_BYTES, timeout)
+    if not raw:
+        raise errors.InvalidInput("a JSON body is required", code="empty_body")
+    return parse_json(raw)
+
+
+def parse_json(raw: bytes | str) -> Any:
+    try:
+        value = json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
+    except RecursionError:
+        raise _too_deep() from None
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, and ours below
+        raise errors.InvalidInput(f"body is not valid JSON: {exc}", code="invalid_json"
+                                  ) from None
+    check_value(value)
+    return value
+
+
+def check_value(value: Any) -> None:
+    """``InvalidInput`` for a value nested deeper than ``MAX_DEPTH`` or holding an
+    integer that does not fit 64 bits (walked without recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, dict | list):
+            if depth > MAX_DEPTH:
+                raise _too_deep()
+            children = v.values() if isinstance(v, dict) else v
+            stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list | int))
+        elif isinstance(v, int) and not isinstance(v, bool) and not (
+                _INT_BOUNDS[0] <= v <= _INT_BOUNDS[1]):
+            raise errors.InvalidInput(f"integer {v} does not fit 64 bits", code="invalid_json")
+
+
+def _too_deep() -> errors.InvalidInput:
+    return errors.InvalidInput(f"JSON nested deeper than {MAX_DEPTH} levels",
+                               code="too_deep")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number; numbers must be finite")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text} does not fit a finite number")
+    return number

@@ -31,8 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from cryptography import x509
+
 from . import client, pki
 from .core import formation
+from .transport import tls
 
 STOP_GRACE_SECONDS = 10.0
 JOIN_TIMEOUT_SECONDS = 120.0
@@ -78,8 +81,8 @@ def prepare_pki(data_dir: Path, nodes: list[LocalNode]) -> None:
     # The admin's files, named as the user expects them.
     (pki_dir).mkdir(parents=True, exist_ok=True)
     (pki_dir / "ca.crt").write_bytes(ca.cert_pem)
-    if not (pki_dir / "client.key").exists():
-        admin = pki.issue_client(ca, "admin")
+    if not _holds_admin_role(pki_dir / "client.crt"):  # new, or made before roles existed
+        admin = pki.issue_client(ca, "admin", role="admin")
         pki.write_secret_dir(pki_dir / "admin", admin, ca.cert_pem)
         (pki_dir / "client.crt").write_bytes(admin.cert_pem)
         key_path = pki_dir / "client.key"
@@ -91,6 +94,15 @@ def prepare_pki(data_dir: Path, nodes: list[LocalNode]) -> None:
             pair = pki.issue_node(ca, node.node_id, dns_names=["localhost"],
                                   ip_addresses=[node.ip])
             pki.write_secret_dir(tls_dir, pair, ca.cert_pem)
+
+
+def _holds_admin_role(cert: Path) -> bool:
+    try:
+        pem = cert.read_bytes()
+    except OSError:
+        return False
+    identity = tls.identity_of_certificate(x509.load_pem_x509_certificate(pem))
+    return identity.api_role == "admin"
 
 
 def node_env(data_dir: Path, node: LocalNode, nodes: list[LocalNode], extra: dict[str, str],

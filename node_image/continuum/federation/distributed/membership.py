@@ -9,8 +9,11 @@
   when the current leader says it is not a member, it discards its Raft state
   and joins as new. A node that saw its own removal applied while running was
   removed on purpose and stays out until it restarts;
-* **changes** on the leader: add (learner, catch up, promote), remove, transfer
-  leadership, force a new cluster after a permanent loss of quorum;
+* **changes** on the leader: add (learner, catch up, promote), remove (and revoke
+  the removed member's certificate), transfer leadership, force a new cluster after
+  a permanent loss of quorum, revoke certificates;
+* **admission**: who may speak to this node is Raft's decision (the members of its
+  configuration, ``RaftNode.admitted``); the mesh and the replicator hear only them;
 * **peers**: discovery finds and verifies peers and hands them to the mesh; the
   mesh says who is alive, and the replicator and Raft follow it.
 
@@ -69,6 +72,12 @@ class Membership:
         self.formation_state = "starting"
         transport.on(JOIN_KIND, self._on_join)
         transport.on(INFO_KIND, self._on_info)
+        raft.register_admission_callback(self._on_admission)
+        # Until Raft names the members, data is exchanged with nobody; the mesh hears any
+        # node (formation learns of peers through it; it carries no data).
+        gossip.set_admitted(None)
+        replicator.set_admitted(frozenset())
+        state.on_revoked = transport.set_revoked
         finder.register_discovery_callback(self._on_discovered)
         gossip.register_membership_callback(self._on_mesh_membership)
 
@@ -101,9 +110,18 @@ class Membership:
         return any(m["id"] == self.node_id for m in self._raft.members())
 
     def members(self) -> list[dict[str, Any]]:
-        alive = {m["id"]: m["status"] for m in self._mesh.members()}
+        started = self._mesh.address is not None  # /metrics may ask during start-up
+        alive = {m["id"]: m["status"] for m in self._mesh.members()} if started else {}
         return [{**m, "healthy": m["id"] == self.node_id or alive.get(m["id"]) == "alive"}
                 for m in self._raft.members()]
+
+    def revocations(self) -> dict[str, dict[str, str]]:
+        """The cluster's denylist: fingerprint -> {node_id, reason}."""
+        return dict(self._state.revoked)
+
+    def _on_admission(self, members: frozenset[str]) -> None:
+        self._mesh.set_admitted(members)
+        self._replicator.set_admitted(members)
 
     # -- formation --------------------------------------------------------------------------
 
@@ -148,6 +166,9 @@ class Membership:
                 info = await self._transport.request(address, INFO_KIND, {}, timeout=5.0)
                 self._learn_address(info.get("node_id"), address)
                 self._learn_address(info.get("leader_id"), info.get("leader_address"))
+                leader = info.get("leader_id")
+                if isinstance(leader, str):  # it alone may replicate to us until we join
+                    await self._raft.expect_leader(frozenset({leader}))
                 reply = await self._transport.request(address, JOIN_KIND, body, timeout=90.0)
             except peer.PeerError as exc:
                 log.info("join through %s failed: %s", address, exc)
@@ -250,9 +271,10 @@ class Membership:
         await self._mesh.add_peer(node_id, address)
         self._replicator.add_peer(node_id, address)
 
-    async def remove_member(self, node_id: str) -> None:
+    async def remove_member(self, node_id: str) -> list[str]:
         """``errors.NotFound`` (``not_a_member``) for a node that is not a member. Removing
-        the leader itself hands leadership over first: then the new leader removes it."""
+        the leader itself hands leadership over first: then the new leader removes it.
+        Returns the fingerprints of the removed member's certificates, now revoked."""
         self._raft.require_leader()
         if node_id not in {m["id"] for m in self._raft.members()}:
             raise errors.NotFound(f"{node_id} is not a member", code="not_a_member")
@@ -262,6 +284,37 @@ class Membership:
         await self._raft.remove_member(node_id)
         with contextlib.suppress(Exception):
             await self._coordinator.deregister_node(node_id)
+        return await self._revoke_removed(node_id)
+
+    async def _revoke_removed(self, node_id: str) -> list[str]:
+        """Revoke the certificates the removed member was seen speaking with, so it cannot
+        come back with them. A certificate other members speak with too (a shared
+        wildcard) is kept: revoking it would cut off the cluster."""
+        seen = self._transport.certificates_of(node_id)
+        members = {m["id"] for m in self._raft.members()}
+        shared = {fp for fp in seen if self._transport.speakers_of(fp) & members}
+        if shared:
+            log.warning("%s spoke with a certificate other members share (a wildcard): it "
+                        "cannot be revoked for %s alone; rotate the shared certificate",
+                        node_id, node_id)
+        revoke = sorted(seen - shared)
+        if not seen:
+            log.warning("no certificate of %s was seen by this node: revoke it by fingerprint "
+                        "(POST /v1/revocations) if it may still be used", node_id)
+        if revoke:
+            await self.revoke(revoke, node_id, "member removed")
+        return revoke
+
+    async def revoke(self, fingerprints: list[str], node_id: str | None, reason: str
+                     ) -> list[str]:
+        """Add certificates to the cluster's denylist (through Raft); the newly revoked."""
+        try:
+            command = statemachine.revoke_command(fingerprints, node_id, reason)
+        except ValueError as exc:
+            raise errors.InvalidInput(str(exc)) from None
+        applied = await self._raft.propose(command)
+        result = applied.result
+        return list(result) if isinstance(result, list) else []
 
     async def transfer_leadership(self, target: str | None) -> str:
         return await self._raft.transfer_leadership(target)

@@ -15,6 +15,10 @@ Three ways to run, as every component here (``transport.link``): a shared
 ``transport=``, its own with ``bind_address=``, or neither (in-process only, the
 spec's snippets: nothing is sent).
 
+In a cluster (the node daemon) ``set_admitted`` names the members the cluster's
+membership admits, and the core hears only them (``SwimNode.admit``); a
+standalone mesh hears every node whose certificate carries the node role.
+
 ``storage_path`` keeps the incarnation number (raised on every start, so a
 restarted node outbids its own old death at once) and the known peers (so a
 restarted node rejoins without discovery) in ``<storage_path>/mesh.db``.
@@ -157,6 +161,7 @@ class GossipMesh:
         tls_ca: str | None = None,
         peer_domain: str | None = None,
         transport: peer.PeerTransport | None = None,
+        insecure: bool = False,  # plain HTTP on bind_address: tests only (transport.link)
     ) -> None:
         if not node_id:
             raise ValueError("node_id must not be empty")
@@ -167,7 +172,7 @@ class GossipMesh:
         self.storage_path = storage_path
         self._link = link.PeerLink.build(node_id, transport=transport, bind_address=bind_address,
                                          tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
-                                         peer_domain=peer_domain)
+                                         peer_domain=peer_domain, insecure=insecure)
         self._transport = self._link.transport
         if self._transport is not None:
             for kind in messages.KINDS.values():
@@ -179,6 +184,7 @@ class GossipMesh:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._pending_peers: dict[str, str] = {}
+        self._admitted: frozenset[str] | None = None
         self._state_callbacks: list[tuple[StateCallback, int]] = []
         self._member_callbacks: list[MembershipCallback] = []
         self._clock_callbacks: list[ClockCallback] = []
@@ -216,6 +222,7 @@ class GossipMesh:
         self._events = asyncio.Queue()
         self._dispatcher = loop.create_task(self._dispatch(), name=f"mesh-callbacks:{self.node_id}")
         self._running = True
+        self._core.admit(loop.time(), self._admitted)
         for peer_id, addr in {**stored_peers, **self._pending_peers}.items():
             self._core.join(loop.time(), peer_id, addr)
         self._pending_peers.clear()
@@ -272,6 +279,14 @@ class GossipMesh:
             return
         self._core.join(asyncio.get_running_loop().time(), node_id, address)
         self._flush()
+
+    def set_admitted(self, members: frozenset[str] | None) -> None:
+        """Hear only from ``members`` (the cluster's, as its membership says) from now on;
+        ``None``: from every node with a node certificate. See ``SwimNode.admit``."""
+        self._admitted = members
+        if self._core is not None and self._running:
+            self._core.admit(asyncio.get_running_loop().time(), members)
+            self._flush()
 
     async def remove_peer(self, node_id: str) -> None:
         """Drop ``node_id`` cluster-wide (gossiped as left; a live node refutes and stays)."""
@@ -330,6 +345,7 @@ class GossipMesh:
             "messages_received": core.stats["messages_received"],
             "messages_dropped": self._send_dropped,
             "messages_rejected": self._rejected,
+            "messages_refused": core.stats["refused"],  # from nodes not admitted
             "members": counts,
             "incarnation": core.incarnation,
             "health_multiplier": core.health.multiplier,
@@ -479,6 +495,8 @@ class GossipMesh:
         if not isinstance(msg, messages.Ping):
             raise ValueError("not a ping")
         self._core.receive(asyncio.get_running_loop().time(), sender, msg)
+        if not self._core.admits(sender):  # refused and counted by the core: no ack
+            raise PermissionError(f"{sender} is not a member this mesh admits")
         ack = self._flush(reply_to=(msg.reply_to, msg.seq))
         # Our wall clock rides on the answer: the prober learns its offset to us.
         return {**messages.encode(ack), WALL_KEY: time.time()} if ack is not None else {}

@@ -59,8 +59,14 @@ class FederationNode:
         self.node_id = settings.node_id
         self.data_dir = settings.data_dir
         tls_files = tls.TLSFiles.from_dir(settings.tls_dir)
-        self.transport = peer.PeerTransport(self.node_id, None, tls_files,
-                                            peer_domain=settings.peer_domain)
+        # Peers would refuse a node whose certificate lacks the node role or its id: say so
+        # now, in one line, rather than fail to form a cluster in silence.
+        tls.check_own_node_certificate(tls_files, self.node_id, settings.peer_domain,
+                                       wildcard=settings.wildcard_certificates)
+        self.transport = peer.PeerTransport(
+            self.node_id, None, tls_files, peer_domain=settings.peer_domain,
+            wildcard=settings.wildcard_certificates,
+            limits=peer.TransportLimits(read_timeout=settings.http_read_timeout_seconds))
         self.raft = consensus.RaftConsensus(
             self.node_id, sorted(s.initial_members), join=not s.initial_members,
             election_timeout_ms=s.raft.election_timeout_ms,
@@ -122,9 +128,26 @@ class FederationNode:
         self.server = server.NodeServer(
             self.transport,
             api.Services(self.node_id, self.concepts, self.membership, self.coordinator,
-                         self.backup, self.view.status, self.metrics),
+                         self.backup, self.view.status, self.metrics,
+                         is_revoked=self.transport.is_revoked,
+                         read_timeout=s.http_read_timeout_seconds),
             probes.app(self.node_id, self.membership.is_ready,
-                       lambda: self.membership.formation_state, self.metrics.render))
+                       lambda: self.membership.formation_state, self.metrics.render,
+                       self._not_live))
+
+    def _not_live(self) -> str | None:
+        """Why this node fails its liveness check, if it does (see ``probes``)."""
+        raft = self.raft
+        if raft.failed is not None:
+            return f"raft stopped after an internal failure: {raft.failed}"
+        stalled = raft.seconds_since_progress()
+        if stalled > probes.STALL_SECONDS:
+            return f"the raft loop has not run for {stalled:.0f} s"
+        limit = self.settings.liveness_leaderless_seconds
+        leaderless = raft.leaderless_seconds()
+        if limit and self.membership.formation_state == "member" and leaderless > limit:
+            return f"a member without a leader for {leaderless:.0f} s (limit {limit:g} s)"
+        return None
 
     async def _replicate(self, command: dict[str, Any]) -> Any:
         """The coordinator's registry changes go through Raft; it gets the apply result."""
@@ -134,7 +157,9 @@ class FederationNode:
 
     async def start(self) -> None:
         s = self.settings
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # Concept data is for this node's user alone (files 0600 through the store).
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.data_dir.chmod(0o700)
         await self.transport.start()
         await self.server.start(self.settings.bind_address, self.settings.health_address)
         await self.coordinator.start()

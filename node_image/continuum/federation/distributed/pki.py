@@ -1,10 +1,12 @@
 """A small certificate authority for the cluster (pure crypto, no I/O but files).
 
 Creates the cluster CA, node certificates (serverAuth + clientAuth, DNS and IP
-SANs, the node role URI) and client certificates for admins and the operator
-(clientAuth only). Keys are ECDSA P-256: small and quick to handshake. Files
-are written the way cert-manager writes a Secret: ``tls.crt``, ``tls.key``,
-``ca.crt``.
+SANs, the node role URI) and client certificates for people and the operator
+(clientAuth only, one API role URI: read, write or admin). Keys are ECDSA P-256:
+small and quick to handshake. Files are written the way cert-manager writes a
+Secret: ``tls.crt``, ``tls.key``, ``ca.crt``. Names are checked before anything
+is signed: no name may look like a role URI, so no certificate can borrow a role
+(the profiles are in docs/security.md).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,10 +23,32 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .transport.tls import CLIENT_ROLE_URI_PREFIX, NODE_ROLE_URI
+from .transport import tls
 
 DEFAULT_CA_DAYS = 3650
 DEFAULT_CERT_DAYS = 365
+
+# A node id is a DNS label or name (it is the certificate's DNS SAN); \Z, not $: "$"
+# also matches before a final newline.
+NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9][A-Za-z0-9_-]*)*\Z")
+# A client's name goes into the common name only, for logs; never a URI, never a role.
+CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}\Z")
+
+
+def check_node_name(name: str, what: str = "node id") -> str:
+    """``name`` if it may be a node certificate's DNS SAN; ``ValueError`` saying why not."""
+    if len(name) > 253 or not NODE_ID.match(name):
+        raise ValueError(f"{what} {name!r} is not a DNS name (letters, digits, '-' and '.' "
+                         "between labels): it becomes the certificate's DNS SAN")
+    return name
+
+
+def check_client_name(name: str) -> str:
+    if not CLIENT_NAME.match(name):
+        raise ValueError(f"client name {name!r} must be 1-64 letters, digits or ._@- starting "
+                         "with a letter or digit (it is only the common name: roles are "
+                         "given with --role, never through a name)")
+    return name
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,15 +162,24 @@ def issue_node(
     ip_addresses: list[str] | tuple[str, ...] = (),
     days: int = DEFAULT_CERT_DAYS,
 ) -> KeyPair:
-    """A node certificate: speaks for ``node_id`` (and extra names) as a cluster member."""
+    """A node certificate: speaks for ``node_id`` (and extra names) as a cluster member.
+    ``ValueError`` for a name that is not a DNS name (a role URI, a wildcard, ...)."""
+    check_node_name(node_id)
+    for extra in dns_names:
+        check_node_name(extra, "DNS name")
     names = [node_id, *[d for d in dns_names if d != node_id]]
     return issue(ca, node_id, dns_names=names, ip_addresses=ip_addresses,
-                 uris=[NODE_ROLE_URI], days=days, server=True)
+                 uris=[tls.NODE_ROLE_URI], days=days, server=True)
 
 
-def issue_client(ca: KeyPair, name: str, *, days: int = DEFAULT_CERT_DAYS) -> KeyPair:
-    """A client certificate (admin, operator): may call the API, never speak as a node."""
-    return issue(ca, name, uris=[f"{CLIENT_ROLE_URI_PREFIX}{name}"], days=days, server=False)
+def issue_client(ca: KeyPair, name: str, *, role: str, days: int = DEFAULT_CERT_DAYS
+                 ) -> KeyPair:
+    """A client certificate with one API ``role`` (read, write or admin): may call the API
+    as far as its role allows, never speak as a node."""
+    check_client_name(name)
+    if role not in tls.API_ROLES:
+        raise ValueError(f"role must be one of {', '.join(tls.API_ROLES)}, not {role!r}")
+    return issue(ca, name, uris=[tls.role_uri(role)], days=days, server=False)
 
 
 def _write(path: Path, data: bytes, private: bool) -> None:

@@ -31,6 +31,7 @@ import contextlib
 import functools
 import inspect
 import logging
+import time
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 ApplyCallback = Callable[[Any], Awaitable[Any] | Any]
+AdmissionCallback = Callable[[frozenset[str]], None]
 TakeSnapshot = Callable[[], bytes]
 RestoreSnapshot = Callable[[bytes], Awaitable[None] | None]
 
@@ -133,8 +135,12 @@ class RaftLoop:
         self._reads: dict[int, asyncio.Future[int]] = {}
         self._read_wait: list[tuple[int, asyncio.Future[int]]] = []
         self._watchers: list[asyncio.Future[None]] = []
+        self._admission_cbs: list[AdmissionCallback] = []
+        self._admitted: frozenset[str] | None = None
         self._running = False
         self._failed: BaseException | None = None
+        self._last_pass = time.monotonic()  # when the loop last ran (liveness)
+        self._leaderless_since: float | None = time.monotonic()
         self._disk_last = 0
         self._self_address: str | None = None
         self.stats = {"proposals": 0, "applied": 0, "writes": 0, "messages_sent": 0,
@@ -182,6 +188,7 @@ class RaftLoop:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
+                self._last_pass = time.monotonic()
                 self._drain()
                 node = self._require_node()
                 while node.has_ready():
@@ -227,7 +234,8 @@ class RaftLoop:
             self.stats["messages_rejected"] += 1
             log.warning("dropping malformed %s from %s: %s", kind, sender, exc)
             return
-        node.step(msg)
+        if node.step(msg):  # only a sender the core admitted may tell us where it listens
+            self._learn_address(sender, body.get("a"))
 
     def _run_admin(self, node: rnode.RaftNode, item: _Admin) -> None:
         if item.fut.done():
@@ -320,6 +328,11 @@ class RaftLoop:
             self._writes.popleft()
 
     def _after_cycles(self, node: rnode.RaftNode) -> None:
+        self._note_admission(node)
+        if node.leader_id is None:
+            self._leaderless_since = self._leaderless_since or time.monotonic()
+        else:
+            self._leaderless_since = None
         if node.leader_id != self._logged_leader:
             # One line per change of leader: what an operator reads first after a hiccup.
             if node.leader_id is None:
@@ -352,6 +365,19 @@ class RaftLoop:
             self._wake.set()
         self._sweep()
         self._notify()
+
+    def _note_admission(self, node: rnode.RaftNode) -> None:
+        """Tell the other components when who may speak to us changed (see
+        ``RaftNode.admitted``): gossip and replication follow Raft's membership."""
+        admitted = node.admitted()
+        if admitted == self._admitted:
+            return
+        self._admitted = admitted
+        for cb in self._admission_cbs:
+            try:
+                cb(admitted)
+            except Exception:
+                log.exception("an admission callback failed")
 
     def _sweep(self) -> None:
         """Proposals whose caller's deadline passed: their outcome is unknown."""
@@ -439,7 +465,6 @@ class RaftLoop:
         if len(self._inbox) >= self.max_inbox:
             self.stats["messages_dropped"] += 1  # the sender retries: heartbeats, probes
             return
-        self._learn_address(sender, body.get("a") if isinstance(body, dict) else None)
         self._inbox.append((kind, sender, body))
         self._wake.set()
 
@@ -474,6 +499,22 @@ class RaftLoop:
         except ValueError:
             return
         self.peers[sender] = addr
+
+    # -- liveness ---------------------------------------------------------------------------
+
+    @property
+    def failed(self) -> BaseException | None:
+        """The internal failure (a failed write, a broken invariant) that stopped the loop."""
+        return self._failed
+
+    def seconds_since_progress(self) -> float:
+        """How long ago the loop last ran (its ticker wakes it every tick while it lives)."""
+        return time.monotonic() - self._last_pass if self._running else 0.0
+
+    def leaderless_seconds(self) -> float:
+        """How long this node has known no leader (0 while it knows one)."""
+        since = self._leaderless_since
+        return time.monotonic() - since if since is not None and self._running else 0.0
 
     # -- helpers ----------------------------------------------------------------------------
 

@@ -19,7 +19,10 @@ top-down comparison of the trees are the core's (``core.crdt.messages`` and
 ``core.crdt.antientropy``); this shell sends, merges and persists.
 
 Without ``bind_address`` or ``transport`` the replicator runs in-process
-only, as in the spec's snippets.
+only, as in the spec's snippets. In a cluster ``set_admitted`` names the
+members the cluster's membership admits: pushes, digests and fetches from any
+other node are refused (counted in ``refused``), and only admitted peers are
+pushed to or synced with.
 
 Why one long file: it is the spec's ``MultiMasterReplicator``: writes, pushes,
 anti-entropy and persistence share one replica and its dirty set; the CRDT,
@@ -97,6 +100,7 @@ class MultiMasterReplicator:
         tls_key: str | None = None,
         tls_ca: str | None = None,
         transport: peer.PeerTransport | None = None,
+        insecure: bool = False,  # plain HTTP on bind_address: tests only (transport.link)
         peers: Mapping[str, str] | None = None,
         peer_domain: str | None = None,
         anti_entropy_interval: float = 5.0,
@@ -127,6 +131,7 @@ class MultiMasterReplicator:
         self._callbacks: list[ChangeCallback] = []
         self._bg: set[asyncio.Task[Any]] = set()
         self._peers: dict[str, str] = {}
+        self._admitted: frozenset[str] | None = None  # None: any node (standalone)
         self._pending: dict[str, None] = {}
         self._push_event: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -138,14 +143,15 @@ class MultiMasterReplicator:
         self._flush_event: asyncio.Event | None = None
         self.stats = {"pushes_sent": 0, "push_messages_received": 0, "rejected_values": 0,
                       "anti_entropy_rounds": 0, "anti_entropy_failures": 0,
-                      "anti_entropy_bytes": 0, "anti_entropy_keys_repaired": 0}
+                      "anti_entropy_bytes": 0, "anti_entropy_keys_repaired": 0,
+                      "refused": 0}
         self._store: storage.DurableStore | None = None
         if storage_path is not None:
             self._store = storage.DurableStore(Path(storage_path) / DB_FILE, fsync=fsync)
             self._load()
         self._link = link.PeerLink.build(node_id, transport=transport, bind_address=bind_address,
                                          tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
-                                         peer_domain=peer_domain)
+                                         peer_domain=peer_domain, insecure=insecure)
         self.transport = transport = self._link.transport
         if transport is not None:
             transport.on(messages.PUSH, self._on_push)
@@ -222,6 +228,24 @@ class MultiMasterReplicator:
             self._met(node_id)
         self._peers[node_id] = address
         self._know(node_id)
+
+    def set_admitted(self, members: frozenset[str] | None) -> None:
+        """Exchange data only with ``members`` from now on (``None``: with any node); a
+        peer newly admitted gets an anti-entropy round at once."""
+        before = self._admitted
+        self._admitted = members
+        for node_id in self._peers:
+            if self.admits(node_id) and before is not None and node_id not in before:
+                self._met(node_id)
+
+    def admits(self, node_id: str) -> bool:
+        return self._admitted is None or node_id in self._admitted
+
+    def _refuse(self, sender: str, kind: str) -> None:
+        if not self.admits(sender):
+            self.stats["refused"] += 1
+            log.debug("replication: refused %s from %s, not a member", kind, sender)
+            raise PermissionError(f"{sender} is not a member this replica admits")
 
     def remove_peer(self, node_id: str) -> None:
         """Stop talking to a peer (it may come back; its tombstone votes are still awaited)."""
@@ -533,8 +557,9 @@ class MultiMasterReplicator:
             self._pending.clear()
             for batch in self._batches(keys, self.push_batch):
                 body = messages.encode_push(batch)
-                for address in self._peers.values():
-                    self.transport.send(address, messages.PUSH, body)
+                for node_id, address in self._peers.items():
+                    if self.admits(node_id):
+                        self.transport.send(address, messages.PUSH, body)
                 self.stats["pushes_sent"] += 1
 
     def _batches(self, keys: list[str], max_keys: int
@@ -582,6 +607,7 @@ class MultiMasterReplicator:
         return None if self._store is None else self._store.path
 
     async def _on_push(self, sender: str, body: dict[str, Any]) -> None:
+        self._refuse(sender, messages.PUSH)
         self.stats["push_messages_received"] += 1
         push = messages.decode_push(body)
         await self._merge(self._accepted(push.states, sender), sender, durable=False)
@@ -604,9 +630,9 @@ class MultiMasterReplicator:
                                            * self._rng.uniform(0.8, 1.2)):
                     await self._ae_event.wait()
             self._ae_event.clear()
-            met = [p for p in self._first_contact if p in self._peers]
+            met = [p for p in self._first_contact if p in self._peers and self.admits(p)]
             self._first_contact.clear()
-            peers = sorted(self._peers)
+            peers = sorted(p for p in self._peers if self.admits(p))
             if not met and peers:
                 self._ae_cursor = (self._ae_cursor + 1) % len(peers)
                 met = [peers[self._ae_cursor]]
@@ -626,7 +652,7 @@ class MultiMasterReplicator:
     async def sync_with(self, peer_id: str) -> dict[str, int]:
         """One anti-entropy round with ``peer_id``: compare digests, swap differing keys."""
         address = self._peers.get(peer_id)
-        if address is None or self.transport is None:
+        if address is None or self.transport is None or not self.admits(peer_id):
             raise ValueError(f"unknown peer {peer_id!r}")
         counter = {"bytes": 0, "calls": 0}
         snapshot = self._replica.tombstone_digests()
@@ -684,11 +710,13 @@ class MultiMasterReplicator:
         return repaired
 
     async def _on_digest(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
+        self._refuse(sender, messages.DIGEST)
         req = messages.decode_digest_request(body)
         reply = antientropy.answer_digest(self._replica.tree, req)
         return messages.encode_digest_reply(reply, entries=req.entries)
 
     async def _on_fetch(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
+        self._refuse(sender, messages.FETCH)
         req = messages.decode_fetch_request(body)
         await self._merge(self._accepted(req.states, sender), sender)
         have = [k for k in req.want if k in self._replica.states]

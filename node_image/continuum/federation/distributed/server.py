@@ -32,8 +32,11 @@ class NodeServer:
 
     async def _listen(self, app: web.Application, address: str,
                       ssl_ctx: ssl.SSLContext | None) -> None:
+        # keepalive_timeout is also the time a connection gets to deliver a request's
+        # headers (aiohttp closes one still waiting for them): no slowloris.
         runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                               shutdown_timeout=REQUEST_GRACE_SECONDS)
+                               shutdown_timeout=REQUEST_GRACE_SECONDS,
+                               keepalive_timeout=self._transport.limits.read_timeout)
         await runner.setup()
         host, port = peer.split_address(address)
         await web.TCPSite(runner, host, port, ssl_context=ssl_ctx, reuse_address=True).start()

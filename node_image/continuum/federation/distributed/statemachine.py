@@ -6,6 +6,8 @@ Commands are plain dicts with a ``type``:
 * ``coord.*``: the coordinator's registry (handed to the coordinator);
 * ``cluster.identity``: the cluster's id, proposed once by the first leader that finds
   none (the first one applied wins); backups record it, restores check it;
+* ``cert.revoke``: certificate fingerprints no node or client may use any more (a
+  removed member's, or one an admin revoked); every node's transport refuses them;
 * ``noop``: ignored.
 
 Every node applies the same commands in the same order, so every node holds
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 from bisect import bisect_right, insort
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -27,6 +30,8 @@ import msgpack
 log = logging.getLogger(__name__)
 
 IDENTITY = "cluster.identity"
+REVOKE = "cert.revoke"
+FINGERPRINT = re.compile(r"[0-9a-f]{64}\Z")  # hex SHA-256 of a certificate's DER
 
 
 class StrongStore:
@@ -79,6 +84,9 @@ class FederationStateMachine:
         self._coord_snapshot = coordinator_snapshot
         self._coord_restore = coordinator_restore
         self.identity: dict[str, str] | None = None  # {"id": ..., "name": ...}
+        # fingerprint -> {"node_id": ..., "reason": ...}: the cluster's denylist
+        self.revoked: dict[str, dict[str, str]] = {}
+        self.on_revoked: Callable[[frozenset[str]], None] | None = None
         self.skipped = 0
 
     def apply(self, command: Any) -> Any:
@@ -94,6 +102,8 @@ class FederationStateMachine:
             return True
         if kind == "concept.delete":
             return self.concepts.delete(str(command["id"]))
+        if kind == REVOKE:
+            return self._revoke(command)
         if kind == IDENTITY:
             if self.identity is None and isinstance(command.get("id"), str):
                 self.identity = {"id": command["id"], "name": str(command.get("name", ""))}
@@ -105,6 +115,28 @@ class FederationStateMachine:
             log.warning("skipping a committed command of unknown type %r", kind)
         return None
 
+    def _revoke(self, command: Mapping[str, Any]) -> list[str]:
+        """The fingerprints this command newly revoked (checked when proposed, and again
+        here: a malformed one is skipped, never applied half)."""
+        fps = command.get("fingerprints")
+        if not isinstance(fps, list) or not all(isinstance(f, str) and FINGERPRINT.match(f)
+                                                 for f in fps):
+            self.skipped += 1
+            log.warning("skipping a malformed certificate revocation")
+            return []
+        info = {"node_id": str(command.get("node_id") or ""),
+                "reason": str(command.get("reason") or "")}
+        new = [f for f in fps if f not in self.revoked]
+        for f in new:
+            self.revoked[f] = info
+        if new:
+            self._revocations_changed()
+        return new
+
+    def _revocations_changed(self) -> None:
+        if self.on_revoked is not None:
+            self.on_revoked(frozenset(self.revoked))
+
     def snapshot(self) -> bytes:
         return self.frozen()()
 
@@ -113,7 +145,7 @@ class FederationStateMachine:
         to call later on another thread: the copy is shallow (cheap in the Raft loop),
         which holds because stored values are replaced, never changed in place."""
         state = {"concepts": self.concepts.dump(), "registry": self._coord_snapshot(),
-                 "identity": self.identity}
+                 "identity": self.identity, "revoked": dict(self.revoked)}
 
         def pack() -> bytes:
             data: bytes = msgpack.packb(state, use_bin_type=True)
@@ -126,12 +158,29 @@ class FederationStateMachine:
         self.concepts.load({})
         self._coord_restore({})
         self.identity = None
+        self.revoked = {}
+        self._revocations_changed()
 
     def restore(self, data: bytes) -> None:
         state = msgpack.unpackb(data, raw=False, strict_map_key=False)
         self.concepts.load(state.get("concepts", {}))
         self._coord_restore(state.get("registry", {}))
         self.identity = state.get("identity")
+        revoked = state.get("revoked", {})
+        self.revoked = {f: dict(i) for f, i in revoked.items()
+                        if isinstance(f, str) and FINGERPRINT.match(f) and isinstance(i, dict)}
+        self._revocations_changed()
+
+
+def revoke_command(fingerprints: list[str], node_id: str | None, reason: str
+                   ) -> dict[str, Any]:
+    """Revoke certificates by fingerprint (``ValueError`` for one that is not hex SHA-256)."""
+    fps = sorted({f.lower() for f in fingerprints})
+    bad = [f for f in fps if not FINGERPRINT.match(f)]
+    if bad or not fps:
+        raise ValueError("a certificate fingerprint is the hex SHA-256 of its DER encoding "
+                         f"(64 hex digits); got {bad[0] if bad else 'none'!r}")
+    return {"type": REVOKE, "fingerprints": fps, "node_id": node_id, "reason": reason}
 
 
 def identity_command(cluster_name: str, cluster_id: str) -> dict[str, str]:

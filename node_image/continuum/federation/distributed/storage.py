@@ -7,6 +7,9 @@ once the operations are on disk. A single writer thread takes every batch
 queued while the previous one was being written and commits them in one
 transaction, so many concurrent writers share one fsync (group commit).
 
+Files are created readable by their owner alone (0600, directories 0700): concept
+data is nobody else's business on a shared machine.
+
 With ``fsync=True`` (the default) SQLite runs ``synchronous=FULL``: a commit
 that returned survives ``kill -9`` and power loss. ``fsync=False`` exists
 only to compare against systems that never fsync; never use it for data you
@@ -70,7 +73,13 @@ class DurableStore:
     def __init__(self, path: str | os.PathLike[str], *, fsync: bool = True) -> None:
         self.path = Path(path)
         self.fsync = fsync
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Readable by this user alone; SQLite gives its -wal and -shm files the same mode.
+        # (Files of older versions were 0644: tightened too.)
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                os.chmod(f"{self.path}{suffix}", 0o600)
         self._writer_db = self._connect(check_same_thread=False)
         self._writer_db.executescript(_SCHEMA)
         self._reader = self._connect(check_same_thread=False)

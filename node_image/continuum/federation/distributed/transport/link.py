@@ -5,7 +5,9 @@
 * **own**: given ``bind_address=`` (the spec's standalone use), the component
   builds its own transport from ``tls_cert``/``tls_key``/``tls_ca`` and starts and
   stops it with itself. Without ``tls_ca`` the ``ca.crt`` beside the certificate
-  is the CA (cert-manager's Secret layout);
+  is the CA (cert-manager's Secret layout). Without TLS material the address is
+  refused: all network communication is mutual TLS 1.3, unless the caller passes
+  ``insecure=True`` (plain HTTP, for tests and benchmarks on one machine);
 * **in-process**: neither; the component talks to nothing over the network (the
   spec's snippets), or through an in-process stand-in of its own.
 
@@ -34,12 +36,17 @@ class PeerLink:
     def build(cls, node_id: str, *, transport: peer.PeerTransport | None = None,
               bind_address: str | None = None, tls_cert: str | None = None,
               tls_key: str | None = None, tls_ca: str | None = None,
-              peer_domain: str | None = None, client_only: bool = False) -> PeerLink:
+              peer_domain: str | None = None, client_only: bool = False,
+              insecure: bool = False) -> PeerLink:
         if transport is not None:
             return cls(transport, owned=False)
         files = tls.TLSFiles.optional(tls_cert, tls_key, ca_beside(tls_cert, tls_key, tls_ca))
         if bind_address is None and not (client_only and files is not None):
             return cls(None, owned=False)
+        if files is None and not insecure:
+            raise tls.TLSConfigError(
+                f"{node_id}: a network address ({bind_address}) needs mutual TLS; plain HTTP "
+                f"only with insecure=True (tests, benchmarks on one machine). {tls.WHAT_TO_PASS}")
         own = peer.PeerTransport(node_id, bind_address, files, peer_domain=peer_domain,
                                  insecure=files is None)
         return cls(own, owned=True)

@@ -20,10 +20,14 @@ Two ways to talk to a peer:
 Handlers are registered per message kind with ``on(kind, handler)``; a
 handler gets ``(sender, body)`` and, for calls, returns the reply body.
 
-Every frame's sender must be an identity of the TLS client certificate and the
-certificate must carry the node role; otherwise the frame is refused (403)
-before any handler runs. Malformed, truncated, oversized and wrong-version
-frames get a 4xx with a JSON error and change nothing.
+Every frame's sender must be a DNS name of the TLS client certificate, the
+certificate must carry the node role, and its fingerprint must not be revoked
+(``set_revoked``: the cluster's denylist, replicated through Raft); otherwise the
+frame is refused (403) before any handler runs, and a stream whose certificate
+is revoked later is closed. Whether a node that passes may speak a given
+protocol (is it a member?) is for the protocols' cores to decide. Malformed,
+truncated, oversized and wrong-version frames get a 4xx with a JSON error and
+change nothing; a body that does not arrive within ``read_timeout`` gets 408.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ Handler = Callable[[str, dict[str, Any]], Awaitable[Reply] | Reply]
 STREAM_PATH = "/peer/v1/stream"
 CALL_PATH = "/peer/v1/call"
 FRAME_CONTENT_TYPE = "application/x-msgpack"
+_MAX_TRACKED = 10_000  # node ids whose certificates we remember (for revoking on removal)
 
 
 class PeerError(ConnectionError):
@@ -73,12 +78,16 @@ class TransportLimits:
     connections_per_peer: int = 8
     stream_heartbeat: float = 5.0  # seconds between a stream client's pings
     stream_idle_timeout: float = 30.0  # server: close a stream silent this long
+    # Server: the whole of a request's headers (and the next request's, on a kept-alive
+    # connection) must arrive within this many seconds, and its body too: a client that
+    # trickles bytes (slowloris) loses its connection instead of holding it forever.
+    read_timeout: float = 20.0
 
     def __post_init__(self) -> None:
         if self.outbox_size < 1 or self.max_batch < 1 or self.connections_per_peer < 1:
             raise ValueError("outbox_size, max_batch and connections_per_peer must be positive")
         if min(self.connect_timeout, self.request_timeout, self.send_timeout,
-               self.stream_heartbeat, self.stream_idle_timeout) <= 0:
+               self.stream_heartbeat, self.stream_idle_timeout, self.read_timeout) <= 0:
             raise ValueError("timeouts must be positive")
         if self.stream_idle_timeout <= self.stream_heartbeat:
             # A live client's pings must reach the server before it gives up on the stream.
@@ -114,6 +123,7 @@ class PeerTransport:
         peer_domain: str | None = None,
         limits: TransportLimits | None = None,
         insecure: bool = False,
+        wildcard: bool = False,
     ) -> None:
         if not node_id:
             raise ValueError("node_id must not be empty")
@@ -127,6 +137,7 @@ class PeerTransport:
         self.bind_address = bind_address
         self.tls_files = tls_files
         self.peer_domain = peer_domain
+        self.wildcard = wildcard  # a shared *.<peer_domain> certificate speaks for any node
         self.limits = limits or TransportLimits()
         self.insecure = tls_files is None
         self._handlers: dict[str, Handler] = {"peer.ping": self._on_ping}
@@ -138,7 +149,13 @@ class PeerTransport:
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self._outboxes: dict[str, _Outbox] = {}
-        self._streams: set[web.WebSocketResponse] = set()  # inbound, closed on shutdown
+        # Inbound streams (closed on shutdown) with the fingerprint of their certificate.
+        self._streams: dict[web.WebSocketResponse, str | None] = {}
+        self._revoked: frozenset[str] = frozenset()
+        # Fingerprints of the certificates each node id was seen speaking with, and back.
+        self._certs_of: dict[str, set[str]] = {}
+        self._senders_of: dict[str, set[str]] = {}
+        self._closers: set[asyncio.Task[None]] = set()
         self._bound: str | None = None
         self._closing = False
         self.stats: dict[str, int] = {
@@ -149,6 +166,7 @@ class PeerTransport:
             "frames_received": 0,
             "messages_received": 0,
             "frames_rejected": 0,
+            "revoked_refused": 0,  # requests and streams refused for a revoked certificate
             "calls_sent": 0,
             "calls_failed": 0,
             "streams_lost": 0,  # outbound streams that broke under us (no pong, closed)
@@ -193,7 +211,8 @@ class PeerTransport:
         if self.bind_address is not None and self._runner is None:
             app = web.Application(client_max_size=self.limits.max_frame_bytes)
             self.mount(app)
-            self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                         keepalive_timeout=self.limits.read_timeout)
             await self._runner.setup()
             host, port = split_address(self.bind_address)
             site = web.TCPSite(self._runner, host, port, ssl_context=self._server_ctx,
@@ -210,7 +229,9 @@ class PeerTransport:
             ssl=self._client_ctx if self._client_ctx is not None else False,
             limit=0,
             limit_per_host=self.limits.connections_per_peer,
-            keepalive_timeout=60,
+            # Below the servers' idle limit (read_timeout): we close an idle connection
+            # before the server does, never write into one it is closing.
+            keepalive_timeout=self.limits.read_timeout / 2,
         )
         return aiohttp.ClientSession(
             connector=connector,
@@ -242,6 +263,38 @@ class PeerTransport:
         if self.tls_files is not None:
             ctxs = [c for c in (self._server_ctx, self._client_ctx) if c is not None]
             tls.reload_contexts(self.tls_files, ctxs)
+
+    # -- revocation ----------------------------------------------------------------------
+
+    def set_revoked(self, fingerprints: frozenset[str]) -> None:
+        """The certificates no peer or client may use any more (hex SHA-256 of the DER).
+        New requests are refused; inbound streams already open with one are closed."""
+        self._revoked = frozenset(f.lower() for f in fingerprints)
+        for ws, fp in list(self._streams.items()):
+            if fp is not None and fp in self._revoked and not ws.closed:
+                self.stats["revoked_refused"] += 1
+                task = asyncio.get_running_loop().create_task(_close_revoked(ws))
+                self._closers.add(task)
+                task.add_done_callback(self._closers.discard)
+
+    def is_revoked(self, identity: tls.Identity) -> bool:
+        return identity.fingerprint is not None and identity.fingerprint in self._revoked
+
+    def certificates_of(self, node_id: str) -> frozenset[str]:
+        """Fingerprints of the certificates ``node_id`` was seen speaking with."""
+        return frozenset(self._certs_of.get(node_id, ()))
+
+    def speakers_of(self, fingerprint: str) -> frozenset[str]:
+        """Node ids seen speaking with the certificate ``fingerprint`` (several: shared)."""
+        return frozenset(self._senders_of.get(fingerprint, ()))
+
+    def _saw(self, sender: str, identity: tls.Identity) -> None:
+        fp = identity.fingerprint
+        if len(self._certs_of) >= _MAX_TRACKED and sender not in self._certs_of:
+            return  # a wildcard can name endless senders: remember the first ones only
+        if fp is not None and fp not in self._certs_of.get(sender, ()):
+            self._certs_of.setdefault(sender, set()).add(fp)
+            self._senders_of.setdefault(fp, set()).add(sender)
 
     # -- sending -------------------------------------------------------------------------
 
@@ -371,7 +424,7 @@ class PeerTransport:
                 timeout=aiohttp.ClientTimeout(total=total,
                                               sock_connect=min(total, self.limits.connect_timeout)),
             ) as resp:
-                server_ids = _peer_identities(resp)
+                server_id = _peer_identity(resp)
                 raw = await _read_at_most(resp, self.limits.max_frame_bytes + 1)
                 status = resp.status
         except PeerError:
@@ -390,14 +443,18 @@ class PeerTransport:
             self.stats["calls_failed"] += 1
             raise PeerError(address, f"bad reply: {exc}") from None
         if not self.insecure:
-            if server_ids is None:  # fail closed: never trust a reply we cannot attribute
+            if server_id is None:  # fail closed: never trust a reply we cannot attribute
                 self.stats["calls_failed"] += 1
                 raise PeerError(address, "cannot read the server's certificate")
-            if not tls.is_node(server_ids) or not tls.authorizes(server_ids, frame.sender,
-                                                                 self.peer_domain):
+            if self.is_revoked(server_id):
+                self.stats["calls_failed"] += 1
+                self.stats["revoked_refused"] += 1
+                raise PeerError(address, "the server's certificate is revoked")
+            if not tls.is_node(server_id) or not self._speaks_for(server_id, frame.sender):
                 self.stats["calls_failed"] += 1
                 raise PeerError(address, f"reply claims to be {frame.sender!r} but its "
                                          f"certificate does not say so: {tls.NODE_CERT_NEEDS}")
+            self._saw(frame.sender, server_id)
             if expect is not None and frame.sender != expect:
                 self.stats["calls_failed"] += 1
                 raise PeerError(address, f"expected node {expect!r}, reached {frame.sender!r}")
@@ -418,6 +475,21 @@ class PeerTransport:
     def _on_ping(self, sender: str, body: dict[str, Any]) -> Reply:
         return {"node_id": self.node_id, "echo": body.get("echo")}
 
+    def _speaks_for(self, identity: tls.Identity, sender: str) -> bool:
+        return tls.authorizes(identity, sender, self.peer_domain, wildcard=self.wildcard)
+
+    def _check_node(self, identity: tls.Identity | None) -> web.Response | None:
+        """The refusal for a certificate that may not speak the peer protocol, if it may not."""
+        if identity is None:
+            return self._reject(403, "no_certificate", "a client certificate is required")
+        if self.is_revoked(identity):
+            self.stats["revoked_refused"] += 1
+            return self._reject(403, "revoked", "this certificate is revoked")
+        if not tls.is_node(identity):
+            return self._reject(403, "not_a_node", "client certificate lacks the node role: "
+                                + tls.NODE_CERT_NEEDS)
+        return None
+
     # -- receiving -----------------------------------------------------------------------
 
     async def _read_frame(self, request: web.Request) -> wire.Frame | web.Response:
@@ -425,25 +497,30 @@ class PeerTransport:
         if length is not None and length > self.limits.max_frame_bytes:
             return self._reject(413, "too_large", "frame exceeds the size limit")
         try:
-            data = await request.read()
+            async with asyncio.timeout(self.limits.read_timeout):
+                data = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return self._reject(413, "too_large", "frame exceeds the size limit")
+        except TimeoutError:
+            return self._reject(408, "timeout", "the frame did not arrive in time")
         try:
             frame = wire.decode(data, self.limits.max_frame_bytes)
         except wire.WireError as exc:
             status = 413 if exc.code == "too_large" else 400
             return self._reject(status, exc.code, exc.message)
         if not self.insecure:
-            ids = _request_identities(request)
-            if not tls.is_node(ids):
-                return self._reject(403, "not_a_node", "client certificate lacks the node role: "
-                                    + tls.NODE_CERT_NEEDS)
-            if not tls.authorizes(ids, frame.sender, self.peer_domain):
+            identity = request_identity(request)
+            refusal = self._check_node(identity)
+            if refusal is not None:
+                return refusal
+            assert identity is not None
+            if not self._speaks_for(identity, frame.sender):
                 return self._reject(
                     403, "forged_sender",
                     f"sender {frame.sender!r} is not an identity of the client certificate: "
                     + tls.NODE_CERT_NEEDS,
                 )
+            self._saw(frame.sender, identity)
         self.stats["frames_received"] += 1
         self.stats["messages_received"] += len(frame.messages)
         return frame
@@ -467,23 +544,25 @@ class PeerTransport:
         A frame that fails any check closes the stream (the peer reconnects and the
         protocols above retry); nothing of that frame reaches a handler.
         """
-        ids = frozenset[str]()
+        identity = tls.Identity()
         if not self.insecure:
-            ids = _request_identities(request)
-            if not tls.is_node(ids):
-                return self._reject(403, "not_a_node", "client certificate lacks the node role: "
-                                    + tls.NODE_CERT_NEEDS)
+            found = request_identity(request)
+            refusal = self._check_node(found)
+            if refusal is not None:
+                return refusal
+            assert found is not None
+            identity = found
         ws = web.WebSocketResponse(max_msg_size=self.limits.max_frame_bytes, autoping=True)
         await ws.prepare(request)
-        self._streams.add(ws)
+        self._streams[ws] = identity.fingerprint
         try:
-            await self._read_stream(ws, ids)
+            await self._read_stream(ws, identity)
         except ConnectionResetError:
             # The peer vanished mid-frame (killed, or its connection dropped while we
             # answered a ping): the stream is over, which is not a server error.
             self.stats["streams_reset"] += 1
         finally:
-            self._streams.discard(ws)
+            self._streams.pop(ws, None)
         return ws
 
     async def _close_streams(self, app: web.Application | None = None) -> None:
@@ -491,7 +570,7 @@ class PeerTransport:
         for ws in list(self._streams):
             await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"shutting down")
 
-    async def _read_stream(self, ws: web.WebSocketResponse, ids: frozenset[str]) -> None:
+    async def _read_stream(self, ws: web.WebSocketResponse, identity: tls.Identity) -> None:
         while True:
             try:
                 # Pings reset this: only a client that went silent (dead, or not ours) hits it.
@@ -519,11 +598,17 @@ class PeerTransport:
                 await ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION,
                                message=exc.code.encode())
                 break
-            if not self.insecure and not tls.authorizes(ids, frame.sender, self.peer_domain):
-                self.stats["frames_rejected"] += 1
-                await ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION,
-                               message=b"forged_sender")
-                break
+            if not self.insecure:
+                if not self._speaks_for(identity, frame.sender):
+                    self.stats["frames_rejected"] += 1
+                    await ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION,
+                                   message=b"forged_sender")
+                    break
+                if self.is_revoked(identity):  # revoked while this frame was on its way
+                    self.stats["revoked_refused"] += 1
+                    await ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION, message=b"revoked")
+                    break
+                self._saw(frame.sender, identity)
             self.stats["frames_received"] += 1
             self.stats["messages_received"] += len(frame.messages)
             for msg in frame.messages:
@@ -531,6 +616,8 @@ class PeerTransport:
                     await self._dispatch(frame.sender, msg)
                 except LookupError:
                     log.debug("no handler for %r from %s", msg.kind, frame.sender)
+                except PermissionError as exc:  # refused (and counted) by the protocol
+                    log.debug("%s from %s refused: %s", msg.kind, frame.sender, exc)
                 except Exception:
                     log.exception("handler for %r failed", msg.kind)
 
@@ -545,10 +632,16 @@ class PeerTransport:
             reply = await self._dispatch(frame.sender, msg)
         except LookupError:
             return self._reject(404, "unknown_kind", f"no handler for {msg.kind!r}")
+        except PermissionError as exc:  # a handler's protocol does not admit this sender
+            return self._reject(403, "not_admitted", str(exc))
         except ValueError as exc:
             return self._reject(400, "invalid", str(exc))
         out = wire.encode(wire.Frame(self.node_id, (wire.Message(msg.kind, reply or {}),)))
         return web.Response(body=out, content_type=FRAME_CONTENT_TYPE)
+
+
+async def _close_revoked(ws: web.WebSocketResponse) -> None:
+    await ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION, message=b"revoked")
 
 
 async def _hang_up(ws: aiohttp.ClientWebSocketResponse | None,
@@ -571,14 +664,15 @@ async def _read_at_most(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     return bytes(buf)
 
 
-def _request_identities(request: web.Request) -> frozenset[str]:
+def request_identity(request: web.BaseRequest) -> tls.Identity | None:
+    """The verified client certificate's identity (None without one, or without TLS)."""
     transport = request.transport
     if transport is None:
-        return frozenset()
-    return tls.identities_from_peercert(transport.get_extra_info("peercert"))
+        return None
+    return tls.identity_of(transport.get_extra_info("ssl_object"))
 
 
-def _peer_identities(resp: aiohttp.ClientResponse) -> frozenset[str] | None:
+def _peer_identity(resp: aiohttp.ClientResponse) -> tls.Identity | None:
     """The server certificate's identities. aiohttp releases the connection as soon as a
     small body is read, so fall back to the response's protocol, which still holds the
     TLS transport (a test pins this against aiohttp upgrades)."""
@@ -588,9 +682,6 @@ def _peer_identities(resp: aiohttp.ClientResponse) -> frozenset[str] | None:
         transport = getattr(getattr(resp, "_protocol", None), "transport", None)
     if transport is None:
         return None
-    ssl_obj = transport.get_extra_info("ssl_object")
-    if ssl_obj is None:
-        return None
-    return tls.identities_from_peercert(ssl_obj.getpeercert())
+    return tls.identity_of(transport.get_extra_info("ssl_object"))
 
 

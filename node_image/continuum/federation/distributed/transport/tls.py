@@ -1,15 +1,17 @@
-"""Mutual TLS 1.3 contexts, certificate identities, and hot reload.
+"""Mutual TLS 1.3 contexts, certificate identities and roles, and hot reload.
 
 Files follow cert-manager's Secret layout (``tls.crt``, ``tls.key``,
 ``ca.crt``), so the same loader serves Kubernetes and the local cluster.
 
-Identity: a certificate speaks for the names in its subjectAltName (DNS and
-URI entries) and its common name. A wildcard DNS name ``*.peers.ns.svc``
-speaks for ``<label>.peers.ns.svc``; with ``peer_domain`` set, a bare node id
-``demo-0`` is checked as ``demo-0.<peer_domain>``. A per-node certificate thus
-binds every message to the node that sent it; one wildcard certificate per
-cluster (issued once, never re-issued on scaling, as on Kubernetes) binds it only
-to the cluster, since every pod holds the same key and may claim any label.
+Identity: a certificate speaks for the names in its subjectAltName, and only
+those: DNS names say which node it is, URIs which roles it holds (the common
+name never counts, so no certificate can borrow a role or a node's name through
+it). A node certificate carries the node role URI and its node id as a DNS name
+(with ``peer_domain`` set, ``demo-0`` is also found as ``demo-0.<peer_domain>``).
+A client certificate carries one API role (read, write or admin). A wildcard
+``*.<peer_domain>`` speaks for every node of the domain only when the caller
+opts in (``wildcard=True``): every pod then holds the same key, so a message is
+bound to the cluster, not to its sender (see docs/security.md).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import hashlib
 import ipaddress
 import os
 import ssl
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +43,8 @@ WHAT_TO_PASS = (
     "--out DIR` make them as DIR/tls.crt, DIR/tls.key and DIR/ca.crt.")
 
 # A peer refused for its certificate hears what a node certificate needs.
-NODE_CERT_NEEDS = ("a node certificate carries the node id as a DNS name or CN and the URI "
-                   "SAN urn:continuum:role:node (`continuum-federation certs node` makes one)")
+NODE_CERT_NEEDS = ("a node certificate carries the node id as a DNS name and the URI SAN "
+                   "urn:continuum:role:node (`continuum-federation certs node` makes one)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,42 +154,139 @@ def file_fingerprints(path: str | os.PathLike[str]) -> list[str]:
     return pem_fingerprints(data)
 
 
-def identities_from_peercert(peercert: dict[str, Any] | None) -> frozenset[str]:
-    """Names a verified peer certificate (``SSLObject.getpeercert()``) speaks for."""
-    if not peercert:
-        return frozenset()
-    names: set[str] = set()
-    for kind, value in peercert.get("subjectAltName", ()):
-        if kind in ("DNS", "URI"):
-            names.add(str(value).lower())
-        elif kind == "IP Address":
-            names.add(str(ipaddress.ip_address(str(value).strip())))
-    for rdn in peercert.get("subject", ()):
-        for key, value in rdn:
-            if key == "commonName":
-                names.add(str(value).lower())
-    return frozenset(names)
-
-
-def authorizes(identities: frozenset[str], sender: str, peer_domain: str | None = None) -> bool:
-    """Whether a certificate with ``identities`` may speak as node ``sender``."""
-    sender = sender.lower()
-    candidates = {sender}
-    if peer_domain:
-        candidates.add(f"{sender}.{peer_domain.lower().strip('.')}")
-    for name in candidates:
-        if name in identities:
-            return True
-        label, _, rest = name.partition(".")
-        if rest and label and f"*.{rest}" in identities:
-            return True
-    return False
-
-
 NODE_ROLE_URI = "urn:continuum:role:node"
-CLIENT_ROLE_URI_PREFIX = "urn:continuum:role:client:"
+ROLE_URI_PREFIX = "urn:continuum:role:"
+# The API roles, each granting what the ones before it grant.
+API_ROLES = ("read", "write", "admin")
 
 
-def is_node(identities: frozenset[str]) -> bool:
+def role_uri(role: str) -> str:
+    """The URI SAN that carries ``role`` (``node`` or one of ``API_ROLES``)."""
+    if role != "node" and role not in API_ROLES:
+        raise ValueError(f"unknown role {role!r}: one of node, {', '.join(API_ROLES)}")
+    return f"{ROLE_URI_PREFIX}{role}"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """What a verified certificate speaks for: its subjectAltName entries, nothing else."""
+
+    dns: frozenset[str] = frozenset()
+    uris: frozenset[str] = frozenset()
+    ips: frozenset[str] = frozenset()
+    fingerprint: str | None = None  # hex SHA-256 of the DER, when the certificate was at hand
+
+    @property
+    def api_role(self) -> str | None:
+        """The highest API role the certificate holds (None: it may not call the API)."""
+        held = [r for r in API_ROLES if role_uri(r) in self.uris]
+        return held[-1] if held else None
+
+    def describe(self) -> str:
+        """A short description for errors and logs (names only, never key material)."""
+        names = sorted(self.dns) or sorted(self.ips) or ["no DNS name"]
+        roles = sorted(u.removeprefix(ROLE_URI_PREFIX) for u in self.uris
+                       if u.startswith(ROLE_URI_PREFIX)) or ["no role"]
+        return f"{', '.join(names[:3])} ({', '.join(roles)})"
+
+
+def identity_from_peercert(peercert: dict[str, Any] | None,
+                           der: bytes | None = None) -> Identity:
+    """The identity of a verified peer certificate (``SSLObject.getpeercert()``); with its
+    DER form (``getpeercert(binary_form=True)``) the fingerprint too."""
+    if not peercert:
+        return Identity()
+    dns: set[str] = set()
+    uris: set[str] = set()
+    ips: set[str] = set()
+    for kind, value in peercert.get("subjectAltName", ()):
+        if kind == "DNS":
+            dns.add(str(value).lower())
+        elif kind == "URI":
+            uris.add(str(value))
+        elif kind == "IP Address":
+            ips.add(str(ipaddress.ip_address(str(value).strip())))
+    fp = hashlib.sha256(der).hexdigest() if der else None
+    return Identity(frozenset(dns), frozenset(uris), frozenset(ips), fp)
+
+
+# A connection's peer certificate never changes (TLS 1.3 has no renegotiation): its identity
+# is worked out once per connection, not once per request on it.
+_BY_CONNECTION: weakref.WeakKeyDictionary[Any, Identity] = weakref.WeakKeyDictionary()
+
+
+def identity_of(ssl_object: Any) -> Identity | None:
+    """The identity of the peer of a TLS connection (``ssl.SSLObject`` or ``SSLSocket``);
+    None when there is no verified peer certificate."""
+    if ssl_object is None:
+        return None
+    known = _BY_CONNECTION.get(ssl_object)
+    if known is not None:
+        return known
+    peercert = ssl_object.getpeercert()
+    if not peercert:
+        return None
+    identity = identity_from_peercert(peercert, ssl_object.getpeercert(binary_form=True))
+    _BY_CONNECTION[ssl_object] = identity
+    return identity
+
+
+def identity_of_certificate(cert: x509.Certificate) -> Identity:
+    """The identity a certificate file gives (to check our own before serving with it)."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return Identity(fingerprint=fingerprint(cert))
+    return Identity(frozenset(n.lower() for n in san.get_values_for_type(x509.DNSName)),
+                    frozenset(san.get_values_for_type(x509.UniformResourceIdentifier)),
+                    frozenset(str(ip) for ip in san.get_values_for_type(x509.IPAddress)),
+                    fingerprint(cert))
+
+
+def authorizes(identity: Identity, sender: str, peer_domain: str | None = None, *,
+               wildcard: bool = False) -> bool:
+    """Whether a certificate with ``identity`` may speak as node ``sender``: a DNS name of
+    it is ``sender`` (or ``sender.<peer_domain>``). A wildcard ``*.<peer_domain>`` counts
+    only with ``wildcard=True``, and only for a one-label ``sender``; no other wildcard
+    ever does (``*.local`` is not ``anything.local``)."""
+    sender = sender.lower()
+    if sender in identity.dns:
+        return True
+    if not peer_domain:
+        return False
+    domain = peer_domain.lower().strip(".")
+    if f"{sender}.{domain}" in identity.dns:
+        return True
+    return wildcard and "." not in sender and f"*.{domain}" in identity.dns
+
+
+def is_node(identity: Identity) -> bool:
     """Node certificates carry ``NODE_ROLE_URI``; only they may speak the peer protocol."""
-    return NODE_ROLE_URI in identities
+    return NODE_ROLE_URI in identity.uris
+
+
+def check_own_node_certificate(files: TLSFiles, node_id: str, peer_domain: str | None = None,
+                               *, wildcard: bool = False) -> Identity:
+    """Refuse to serve with a certificate peers would refuse: ``TLSConfigError`` saying
+    what is missing and how to make a proper one."""
+    files.check()
+    try:
+        cert = x509.load_pem_x509_certificate(Path(files.cert).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise TLSConfigError(f"cannot read the node certificate {files.cert}: {exc}") from None
+    identity = identity_of_certificate(cert)
+    make = (f"make one with `continuum-federation certs node --dir <CA dir> --id {node_id} "
+            "--out <dir>` (or see docs/security.md for the node certificate profile)")
+    if not is_node(identity):
+        raise TLSConfigError(
+            f"the certificate {files.cert} lacks the node role (URI SAN {NODE_ROLE_URI}), so "
+            f"every peer would refuse this node: {make}")
+    if not authorizes(identity, node_id, peer_domain, wildcard=wildcard):
+        domain = f" or {node_id}.{peer_domain}" if peer_domain else ""
+        if any(name.startswith("*.") for name in identity.dns) and not wildcard:
+            make += ("; a shared wildcard certificate counts only with peer_domain set and "
+                     "wildcard_certificates: true")
+        raise TLSConfigError(
+            f"the certificate {files.cert} does not name this node ({node_id}{domain} as a "
+            f"DNS SAN; it names {identity.describe()}): {make}")
+    return identity

@@ -14,6 +14,13 @@ from typing import Literal, NamedTuple
 
 Ordering = Literal["before", "after", "equal", "concurrent"]
 
+# Bounds no honest replica reaches (a counter per write, 2**62 of them; milliseconds of
+# wall time for 8,000 years): larger numbers are forged and refused where decoded, so
+# every clock we hold still fits 64 bits after it moves on.
+MAX_COUNTER = 2**62
+MAX_WALL_MS = 2**48
+MAX_LOGICAL = 2**32
+
 
 class VectorClock:
     """A version vector: node id -> highest counter seen from that node. Missing means 0."""
@@ -120,8 +127,9 @@ class VectorClock:
 def _check_entry(node: object, n: object) -> None:
     if not isinstance(node, str) or not node:
         raise ValueError(f"vector clock node ids are non-empty strings, got {node!r}")
-    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-        raise ValueError(f"vector clock counters are non-negative integers, got {n!r}")
+    if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= MAX_COUNTER:
+        raise ValueError(f"vector clock counters are integers from 0 to {MAX_COUNTER}, "
+                         f"got {n!r}")
 
 
 class HLCTimestamp(NamedTuple):
@@ -135,9 +143,11 @@ class HLCTimestamp(NamedTuple):
         # An HLCTimestamp is a tuple too, and is checked like one: nothing stops a caller
         # from building HLCTimestamp(-5, 0).
         if (isinstance(raw, list | tuple) and len(raw) == 2
-                and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in raw)):
+                and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in raw)
+                and raw[0] <= MAX_WALL_MS and raw[1] <= MAX_LOGICAL):
             return raw if type(raw) is HLCTimestamp else cls(raw[0], raw[1])
-        raise ValueError(f"an HLC timestamp is [wall_ms, logical], non-negative ints; got {raw!r}")
+        raise ValueError(f"an HLC timestamp is [wall_ms, logical], non-negative ints of at "
+                         f"most {MAX_WALL_MS} and {MAX_LOGICAL}; got {raw!r}")
 
     @property
     def seconds(self) -> float:

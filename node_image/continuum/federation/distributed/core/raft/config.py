@@ -42,6 +42,10 @@ class RaftConfig:
     # Request ids are remembered for this many log entries after they were applied;
     # a retry must arrive within that window to be deduplicated.
     request_window: int = 200_000
+    # A candidate this many terms ahead of us is refused: each election takes a majority's
+    # pre-vote, so an honest one cannot outrun its voters by anything near this; it keeps
+    # a member that lost its mind from spending the term space (see ``messages.MAX_TERM``).
+    max_election_gap: int = 100_000
 
     def __post_init__(self) -> None:
         if not 1 <= self.heartbeat_ticks < self.election_ticks_min <= self.election_ticks_max:
@@ -52,8 +56,8 @@ class RaftConfig:
                              "max_uncommitted_entries must be positive")
         if self.snapshot_chunk_bytes < 1 or self.max_bytes_per_message < 1:
             raise ValueError("byte limits must be positive")
-        if self.request_window < 1:
-            raise ValueError("request_window must be positive")
+        if self.request_window < 1 or self.max_election_gap < 1:
+            raise ValueError("request_window and max_election_gap must be positive")
 
 
 def ticks_for(election_timeout_ms: tuple[int, int], heartbeat_interval_ms: int

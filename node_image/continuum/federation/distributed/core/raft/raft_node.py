@@ -13,6 +13,20 @@ The shell's loop (see ``Ready`` for the order of work)::
 
 No input may be stepped between ``ready()`` and ``advance()``.
 
+Who may speak (the transport has proven each sender's certificate, not its
+membership): ``step`` drops, and counts in ``refused``, every message from a
+node outside ``admitted()`` (the members of the latest configuration and of the
+latest committed one); a vote request from a node that is not a voter there; a
+``TimeoutNow`` from anyone but this term's leader. A node waiting to be added
+has no configuration and hears only leader messages, from its ``sponsors``
+when the shell named them (the leader it asked to add it). Leases hold against
+disruption: a voter that hears from a live leader, and the leader itself,
+ignore vote requests for a higher term, unless the leader announced a transfer
+to that very candidate for the next term (a heartbeat's ``transferee``). A
+candidate more than ``max_election_gap`` terms ahead is refused, and no node
+campaigns past ``MAX_TERM`` (a term poisoned before these rules existed is
+left to ``force_new_cluster``, which starts again from the log's last term).
+
 Why one long file: ``RaftNode`` is one state machine whose every handler reads
 and writes the same state (term, log, progress, reads); as in etcd's raft.go it
 is kept whole and split by message type into ``_on_*`` methods, while the
@@ -158,6 +172,14 @@ class RaftNode:
         self.randomized_timeout = 0
         self.pending_conf_index = 0
         self.lead_transferee: str | None = None
+        self.transfer_sanctioned: str | None = None  # the transferee our leader announced
+        self.sponsors: frozenset[str] | None = None  # who may add us (see the docstring)
+        self.refused = 0  # messages dropped by the rules of who may speak
+        # The configuration (held, so never mistaken for a new one) and commit index the
+        # cache was worked out for.
+        self._admission_seen: tuple[m.ClusterConfig, int] | None = None
+        self._admission_cache: tuple[frozenset[str], frozenset[str]] = (frozenset(),
+                                                                          frozenset())
         self._transfer_elapsed = 0
         self._read_seq = 0
         self._reads: list[_PendingRead] = []
@@ -211,6 +233,40 @@ class RaftNode:
     def promotable(self) -> bool:
         return self.id in self.conf.voters
 
+    def admitted(self) -> frozenset[str]:
+        """Who may speak to us: the members of the latest configuration and of the latest
+        committed one (a member being removed keeps its say until the removal commits, one
+        being added has it once the entry is appended). Empty while we have none."""
+        return self._admission()[0]
+
+    def _admission(self) -> tuple[frozenset[str], frozenset[str]]:
+        """(members, voters) admitted; worked out again only when they may have changed
+        (every message asks)."""
+        at, conf = self._configs[-1]
+        commit = self.log.commit
+        pending = at > commit
+        seen = self._admission_seen
+        if seen is None or seen[0] is not conf or seen[1] != (commit if pending else -1):
+            if pending:
+                committed = self.config_at(self.log.commit)
+                self._admission_cache = (conf.members | committed.members,
+                                         conf.voters | committed.voters)
+            else:
+                self._admission_cache = (conf.members, conf.voters)
+            self._admission_seen = (conf, commit if pending else -1)
+        return self._admission_cache
+
+    def expect_leader(self, sponsors: frozenset[str]) -> None:
+        """We are waiting to be added, by one of ``sponsors``: only they may replicate to
+        us until a configuration arrives."""
+        self.sponsors = sponsors
+
+    @property
+    def term_exhausted(self) -> bool:
+        """The term reached ``MAX_TERM`` (a forged message before its bound existed): no
+        election can follow; ``force_new_cluster`` recovers."""
+        return self.term >= m.MAX_TERM
+
     def committed_in_term(self) -> bool:
         return self.log.term(self.log.commit) == self.term
 
@@ -224,11 +280,29 @@ class RaftNode:
 
     # -- inputs ------------------------------------------------------------------------------
 
-    def step(self, msg: m.Message) -> None:
-        """A message from a peer. Local inputs have methods of their own: ``tick``,
+    def step(self, msg: m.Message) -> bool:
+        """A message from a peer; False when its sender may not send it (see the module
+        docstring: nothing changed). Local inputs have methods of their own: ``tick``,
         ``propose``, ``read_index``, ``change_config``, ``transfer_leader``."""
+        if not self._admits(msg):
+            self.refused += 1
+            return False
         if self._check_term(msg):
             self._handlers[type(msg)](msg)
+        return True
+
+    def _admits(self, msg: m.Message) -> bool:
+        members, voters = self._admission()
+        if not members:  # waiting to be added: only the leader that adds us speaks to us
+            return isinstance(msg, _FROM_LEADER) and (self.sponsors is None
+                                                       or msg.frm in self.sponsors)
+        if msg.frm == self.id or msg.frm not in members:
+            return False
+        if isinstance(msg, m.VoteRequest):
+            return msg.frm in voters
+        if isinstance(msg, m.TimeoutNow):
+            return msg.frm == self.leader_id and msg.term == self.term
+        return True
 
     def tick(self) -> None:
         if self.role == LEADER:
@@ -287,6 +361,8 @@ class RaftNode:
         if target not in others:
             raise errors.MembershipError("no_target", f"{target!r} is not another voter")
         self.lead_transferee, self._transfer_elapsed = target, 0
+        # Announce it first: voters let this candidate past their lease only then.
+        self._bcast_heartbeat(self._reads[-1].ctx if self._reads else 0)
         if self.progress[target].match == self.log.last_index:
             self._send(m.TimeoutNow(self.term, self.id, target))
         else:
@@ -411,7 +487,10 @@ class RaftNode:
         """Apply the term rules common to all messages; False drops the message."""
         if msg.term > self.term:
             if isinstance(msg, m.VoteRequest):
-                if self._in_lease() and not msg.transfer:
+                if msg.term - self.term > self.cfg.max_election_gap:
+                    self.refused += 1  # no honest candidate gets this far ahead of us
+                    return False
+                if self._in_lease() and not self._sanctioned(msg):
                     return False  # we hear from a live leader: do not let this one disrupt it
                 if msg.pre:
                     return True
@@ -429,18 +508,28 @@ class RaftNode:
         return True
 
     def _in_lease(self) -> bool:
+        if self.role == LEADER:  # check_quorum deposes a leader that loses its quorum
+            return self.cfg.check_quorum
         # Shorter than the shortest election timeout by a heartbeat, so that followers
         # whose clocks lag the first candidate's a little do not ignore it.
         lease = self.cfg.election_ticks_min - self.cfg.heartbeat_ticks
         return (self.cfg.check_quorum and self.leader_id is not None
                 and self.election_elapsed < lease)
 
+    def _sanctioned(self, msg: m.VoteRequest) -> bool:
+        """A transfer's vote request passes a lease only if this term's leader announced
+        that candidate (or we are that leader), and only for the next term."""
+        if not msg.transfer or msg.term != self.term + 1:
+            return False
+        announced = self.lead_transferee if self.role == LEADER else self.transfer_sanctioned
+        return announced is not None and msg.frm == announced
+
     def _become_follower(self, term: int, leader: str | None) -> None:
         if term != self.term:
             self.term, self.vote = term, None
         self.role, self.leader_id = FOLLOWER, leader
         self.progress, self.votes = {}, {}
-        self.lead_transferee = None
+        self.lead_transferee = self.transfer_sanctioned = None
         self._reads, self._reads_waiting = [], []
         self.election_elapsed = 0
         self._reset_election_timer()
@@ -450,7 +539,7 @@ class RaftNode:
                                                    self.cfg.election_ticks_max)
 
     def _campaign(self, pre: bool, transfer: bool = False) -> None:
-        if not self.promotable():
+        if not self.promotable() or self.term_exhausted:
             return
         if pre:
             self.role, self.leader_id = PRE_CANDIDATE, None
@@ -593,6 +682,7 @@ class RaftNode:
 
     def _on_heartbeat(self, msg: m.Heartbeat) -> None:
         self._heard_from_leader(msg.frm)
+        self.transfer_sanctioned = msg.transferee or None
         self.log.commit_to(msg.commit)
         reply = m.HeartbeatResponse(self.term, self.id, msg.frm, msg.ctx)
         # The reply vouches for no log entry, only that we follow this leader's term, so it
@@ -792,7 +882,7 @@ class RaftNode:
         for pid, pr in self.progress.items():
             if pid != self.id:
                 self._send(m.Heartbeat(self.term, self.id, pid, min(pr.match, self.log.commit),
-                                       ctx))
+                                       ctx, self.lead_transferee or ""))
 
     def _on_heartbeat_response(self, msg: m.HeartbeatResponse) -> None:
         pr = self.progress.get(msg.frm)

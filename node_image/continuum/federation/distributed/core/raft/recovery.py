@@ -71,11 +71,23 @@ def force_new_cluster(hard_state: m.HardState, snapshot: m.Snapshot | None,
     # A new term, not the current one: a lost member may hold an uncommitted entry at
     # (commit + 1, term); an entry of the same index and term here would, by Log Matching,
     # pass for the same entry should that member's disk ever come back.
-    term = hard_state.term + 1
+    term = next_term(hard_state.term, snapshot, entries)
     entry = m.Entry(term, commit + 1, m.CONFIG, new.encode())
     # The configuration is committed by fiat: this node is its only voter and holds it.
     hs = m.HardState(term, None, entry.index)
     return Recovered(hs, snapshot, (*kept, entry), new, last - commit, old)
+
+
+def next_term(term: int, snapshot: m.Snapshot | None, entries: Sequence[m.Entry]) -> int:
+    """The term a forced new cluster starts in: the next one, or, when the stored term is
+    poisoned (at ``MAX_TERM``, set by a forged message before terms were bounded), the one
+    after the last term in this node's log. Either is after every term whose leader
+    wrote into this log; the former members, whose logs may hold later ones, discard
+    theirs when they join again."""
+    if term < m.MAX_TERM:
+        return term + 1
+    terms = [e.term for e in entries] + [snapshot.term if snapshot is not None else 0]
+    return min(max(terms), m.MAX_TERM - 1) + 1
 
 
 def from_snapshot(snapshot: m.Snapshot, node_id: str, address: str | None = None) -> Recovered:
@@ -90,6 +102,9 @@ def from_snapshot(snapshot: m.Snapshot, node_id: str, address: str | None = None
     """
     if snapshot.index == 0:
         raise ValueError("the snapshot holds no committed entry: nothing to restore")
+    if snapshot.term >= m.MAX_TERM:
+        raise ValueError(f"the snapshot's term {snapshot.term} is beyond the bound "
+                         f"{m.MAX_TERM}: the archive is not a sound one")
     new = _sole_voter(node_id, address)
     snap = m.Snapshot(snapshot.index, snapshot.term, new, snapshot.data)
     term = snapshot.term + 1  # after every term of the snapshot's history

@@ -121,9 +121,14 @@ def _str(body: dict[str, Any], name: str) -> str:
     return v
 
 
+# Incarnations, versions and sequence numbers only ever grow by one: a number this large
+# is forged, and refusing it keeps ``n + 1`` (a refutation, a new version) within 64 bits.
+MAX_NUMBER = 2**62
+
+
 def _int(v: Any, name: str) -> int:
-    if not isinstance(v, int) or isinstance(v, bool) or v < 0 or v >= 2**64:
-        raise ValueError(f"{name!r} must be a non-negative integer")
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= MAX_NUMBER:
+        raise ValueError(f"{name!r} must be an integer from 0 to {MAX_NUMBER}")
     return v
 
 

@@ -19,6 +19,13 @@ incarnation. Every update (membership and state) is piggybacked on probes and
 sent in gossip rounds to ``fanout`` random members until it has gone out
 ``retransmit_limit`` times; push-pull full syncs repair whatever gossip missed.
 
+Admission (``admit``): in a cluster, the mesh hears only from the members the
+cluster's membership admits (Raft's configuration), and knows of no other node:
+messages from anyone else are dropped and counted, news of other nodes is held
+back until they are admitted (then they are joined at once), and a member that
+stops being admitted is dropped as if it had left. Without it (``None``, a
+standalone mesh) every node with a node certificate is heard.
+
 Why one long file: ``SwimNode`` is one state machine (probe cycle, suspicion,
 dissemination, sync) over shared member state; its pure pieces live in
 ``membership``, ``suspicion``, ``dissemination``, ``state`` and ``local_health``.
@@ -145,6 +152,8 @@ class SwimNode:
         self._suspicion_heap: list[tuple[float, str]] = []
         self._tombstones: dict[str, float] = {}
         self._joins: dict[str, _Join] = {}
+        self._admit: frozenset[str] | None = None  # None: everyone (a standalone mesh)
+        self._held: dict[str, str] = {}  # nodes we heard of, not admitted: id -> address
         self._seq = 0
         self._leaving = False
         # Stagger the first probe so members started together do not probe in lockstep.
@@ -159,7 +168,7 @@ class SwimNode:
             "messages_sent", "messages_received", "probes", "probe_failures", "indirect_probes",
             "nacks_sent", "suspicions", "confirmations", "refutations", "declared_dead",
             "state_updates", "duplicates", "gossip_rounds", "syncs_sent", "syncs_received",
-            "late_timers", "rejected_pings"), 0)
+            "late_timers", "rejected_pings", "refused"), 0)
 
     # -- the shell's interface ------------------------------------------------------------
 
@@ -214,6 +223,9 @@ class SwimNode:
             self._gossip_round(now)
 
     def receive(self, now: float, sender: str, msg: messages.Message) -> None:
+        if not self.admits(sender):
+            self.stats["refused"] += 1  # not a member: not a word of it is taken in
+            return
         self.stats["messages_received"] += 1
         if isinstance(msg, messages.Sync):
             self._on_sync(now, msg)
@@ -230,9 +242,49 @@ class SwimNode:
         elif isinstance(msg, messages.PingReq):
             self._on_ping_req(now, msg)
 
+    def admits(self, node: str) -> bool:
+        return self._admit is None or node in self._admit
+
+    def admit(self, now: float, members: frozenset[str] | None) -> None:
+        """Hear from, and know of, only ``members`` (and us) from now on; ``None``: anyone.
+        See the module docstring."""
+        self._admit = None if members is None else frozenset(members) | {self.node_id}
+        for node in [n for n in self.members if not self.admits(n)]:
+            self._expel(node)
+        for node, address in list(self._held.items()):
+            if self.admits(node):
+                del self._held[node]
+                self.join(now, node, address)
+
+    def _hold(self, node: str, address: str) -> None:
+        if address:
+            self._held.pop(node, None)
+            self._held[node] = address
+            while len(self._held) > self.config.message_buffer_size:
+                del self._held[next(iter(self._held))]  # the oldest news goes first
+
+    def _expel(self, node: str) -> None:
+        """A member no longer admitted: forget it here (not gossiped: every member judges
+        by its own configuration), and tell the application it left."""
+        m = self.members.pop(node)
+        self._peers.remove(node)
+        self._suspicions.pop(node, None)
+        self._tombstones.pop(node, None)
+        self._joins.pop(node, None)
+        self.state.drop(node)
+        if self._probe is not None and self._probe.target == node:
+            self._probe = None
+        self._hold(node, m.address)
+        if m.reachable:
+            self._events.append(MemberChanged(node, m.address, Status.LEFT, m.incarnation))
+
     def join(self, now: float, node: str, address: str) -> None:
-        """Push-pull with ``node`` at ``address``; retried with back-off until it answers."""
+        """Push-pull with ``node`` at ``address``; retried with back-off until it answers.
+        A node not admitted (yet) is held until it is."""
         if node == self.node_id:
+            return
+        if not self.admits(node):
+            self._hold(node, address)
             return
         m = self.members.get(node)
         if m is not None and m.reachable:
@@ -244,6 +296,9 @@ class SwimNode:
     def adopt(self, now: float, node: str, address: str, incarnation: int = 0) -> None:
         """Know ``node`` as alive without gossiping it (a restored snapshot, a simulation)."""
         if node == self.node_id or node in self.members:
+            return
+        if not self.admits(node):
+            self._hold(node, address)
             return
         self.members[node] = membership.Member(node, address, incarnation, Status.ALIVE, now)
         self._peers.add(node)
@@ -463,6 +518,10 @@ class SwimNode:
         if u.node == self.node_id:
             self._about_me(now, u)
             return
+        if not self.admits(u.node):
+            if u.status in (Status.ALIVE, Status.SUSPECT):
+                self._hold(u.node, u.address)
+            return
         m = self.members.get(u.node)
         if m is None:
             if u.status not in (Status.ALIVE, Status.SUSPECT) or self._leaving:
@@ -536,6 +595,8 @@ class SwimNode:
                                          Status.ALIVE, self.node_id), now)
 
     def _apply_entry(self, now: float, e: state.Entry) -> None:
+        if not self.admits(e.node):
+            return  # the state of a node the membership does not admit
         if self._dedup.seen(("s", e.node, e.key, e.version), now):
             self.stats["duplicates"] += 1
             return
