@@ -157,7 +157,8 @@ class Clients:
         load = os.getloadavg()[0]
         cpu0 = {p: _cpu_seconds(p) for p in server_pids}
         outs = [await asyncio.to_thread(self.conns[k].recv) for k in range(n)]
-        server_cpu = sum(_cpu_seconds(p) - cpu0[p] for p in server_pids)
+        per_member = [_cpu_seconds(p) - cpu0[p] for p in server_pids]
+        server_cpu = sum(per_member)
         latencies = sorted(x for o in outs for x in o["latencies"])
         elapsed = max(o["elapsed"] for o in outs)
         errors: collections.Counter[str] = collections.Counter()
@@ -168,6 +169,7 @@ class Clients:
         return {"ops": ok / elapsed, "p50": q[49] * 1000, "p99": q[98] * 1000,
                 "errors": dict(errors), "follows": sum(o["follows"] for o in outs),
                 "server_us": 1e6 * server_cpu / max(ok, 1),
+                "member_us": [1e6 * x / max(ok, 1) for x in per_member],
                 "client_us": 1e6 * sum(o["cpu"] for o in outs) / max(ok, 1),
                 "load": load, "url": url}
 
@@ -198,11 +200,39 @@ def _line(who: str, c: int, r: Run) -> str:
 
 # -- ours --------------------------------------------------------------------------------------
 
-async def _terms(work: Path) -> tuple[int, str | None]:
+async def _status(work: Path) -> tuple[int, str | None, dict[str, dict[str, float]]]:
+    """The highest term, the leader, and each node's pipeline counters."""
     rows = await local.poll_status(work)
     term = max((r.get("term", 0) for r in rows if "error" not in r), default=0)
     leader = next((r["leader_id"] for r in rows if r.get("role") == "leader"), None)
-    return term, leader
+    counters = {r["id"]: {**{f"raft.{k}": r.get("raft", {}).get(k, 0) for k in _RAFT_COUNTERS},
+                          **{f"transport.{k}": r.get("transport", {}).get(k, 0)
+                             for k in _TRANSPORT_COUNTERS}}
+                for r in rows if "error" not in r}
+    return term, leader, counters
+
+
+_RAFT_COUNTERS = ("proposals", "writes", "messages_sent")
+_TRANSPORT_COUNTERS = ("frames_sent", "messages_sent")
+
+
+def _pipeline(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]],
+              leader: str | None, run: Run) -> str:
+    """Per proposal on the leader: its disk writes and frames out; followers' writes."""
+    if leader is None or leader not in before or leader not in after:
+        return ""
+    d = {n: {k: after[n][k] - before[n].get(k, 0) for k in after[n]} for n in after
+         if n in before}
+    props = d[leader]["raft.proposals"] or 1
+    follower_writes = [v["raft.writes"] for n, v in d.items() if n != leader]
+    per_write = props / max(d[leader]["raft.writes"], 1)
+    frames = d[leader]["transport.frames_sent"] / props
+    cpu = ", ".join(f"{us:.0f}" for us in run["member_us"])
+    return (f"    pipeline: {props:.0f} proposals; leader {per_write:.1f} per disk write, "
+            f"{frames:.2f} frames out per "
+            f"proposal; followers' disk writes per proposal "
+            + ", ".join(f"{w / props:.2f}" for w in follower_writes)
+            + f"; CPU us per request by node (leader {leader}): {cpu}")
 
 
 async def ours(args: argparse.Namespace, clients: Clients, profile: Path | None
@@ -218,26 +248,30 @@ async def ours(args: argparse.Namespace, clients: Clients, profile: Path | None
         _, files = client.local_cluster(work)
         tls_files = (str(files.cert), str(files.key), str(files.ca))
         pids = [p.pid for p in cluster.procs.values()]
-        _, leader = await _terms(work)
+        _, leader, _ = await _status(work)
         url = next(n.api_url for n in nodes if n.node_id == leader)
         for mode in args.modes:
             for c in args.concurrency:
-                term0, _ = await _terms(work)
+                term0, _, counters0 = await _status(work)
                 spies = []
                 if profile is not None and mode == "strong" and c == max(args.concurrency):
                     spies = _start_py_spy(cluster, leader, profile, args.seconds + WARM_UP)
                 r = await clients.run(url, tls_files, mode, c, args.seconds, pids)
                 for spy in spies:
                     spy.wait()
-                term1, leader = await _terms(work)
+                term1, leader, counters1 = await _status(work)
                 r["elections"] = term1 - term0
                 url = next(n.api_url for n in nodes if n.node_id == leader) if leader else url
                 results[mode][c] = r
                 print(_line(f"ours {mode}", c, r), flush=True)
+                if mode == "strong" and args.pipeline:
+                    print(_pipeline(counters0, counters1, leader, r), flush=True)
         if profile is not None:
             _print_profiles(profile)
     finally:
         cluster.stop()
+        if args.logs is not None:
+            shutil.copytree(cluster.log_dir, args.logs, dirs_exist_ok=True)
         shutil.rmtree(work, ignore_errors=True)
     return results
 
@@ -251,7 +285,7 @@ def _start_py_spy(cluster: local.LocalCluster, leader: str | None, out: Path,
         role = "leader" if node_id == leader else "follower"
         spies.append(subprocess.Popen(
             [spy, "record", "--pid", str(proc.pid), "--duration", str(round(seconds)),
-             "--rate", "100", "--format", "raw", "--nonblocking",
+             "--rate", "100", "--format", "raw", "--nonblocking", "--gil",
              "--output", str(out / f"{node_id}-{role}.txt")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     return spies
@@ -424,6 +458,10 @@ def _parse() -> argparse.Namespace:
     ap.add_argument("--profile", type=Path, default=None,
                     help="record py-spy on every node during the strong run at the highest "
                          "concurrency (first run only) into this directory")
+    ap.add_argument("--pipeline", action="store_true",
+                    help="print how strong writes were batched: proposals per disk write and "
+                         "frames per proposal on the leader, the followers' writes")
+    ap.add_argument("--logs", type=Path, default=None, help="keep the nodes' logs here")
     ap.add_argument("--node-env", action="append", default=[],
                     help="KEY=VALUE for the nodes' environment, e.g. "
                          "CONTINUUM_RAFT__HEARTBEAT_INTERVAL_MS=50")

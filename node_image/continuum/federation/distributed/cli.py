@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -168,8 +168,17 @@ def _node_run(args: argparse.Namespace) -> int:
         "health_address": args.health_address, "data_dir": args.data_dir,
         "tls_dir": args.tls_dir}.items() if v is not None}
     settings = config.NodeSettings(**overrides)
-    asyncio.run(node_mod.FederationNode(settings).run_until_signal())
+    with asyncio.Runner(loop_factory=_loop_factory(settings.event_loop)) as runner:
+        runner.run(node_mod.FederationNode(settings).run_until_signal())
     return 0
+
+
+def _loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if kind == "uvloop":
+        import uvloop  # imported only by a node that runs on it
+
+        return uvloop.new_event_loop
+    return None
 
 
 def _node_recover(args: argparse.Namespace) -> int:

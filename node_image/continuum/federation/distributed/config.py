@@ -92,6 +92,9 @@ class NodeSettings(BaseSettings):
     bootstrap_expect: int | None = Field(None, ge=1)
     config_file: Path | None = None
     fsync: bool = True
+    # uvloop: its TLS and socket paths are compiled, which a node serving mutual TLS feels
+    # on every request (docs/performance.md); "asyncio" is the standard library's loop.
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     raft: RaftSettings = Field(default_factory=RaftSettings)
     mesh: MeshSettings = Field(default_factory=MeshSettings)
     load_balance: LoadBalanceSettings = Field(default_factory=LoadBalanceSettings)
