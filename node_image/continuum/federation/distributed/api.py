@@ -108,7 +108,7 @@ class _Routes:
     # -- cluster -----------------------------------------------------------------------------
 
     async def status(self, request: web.Request) -> web.Response:
-        return web.json_response(self.s.status())
+        return http_util.json_response(self.s.status())
 
     async def nodes(self, request: web.Request) -> web.Response:
         status = request.query.get("status")
@@ -116,7 +116,7 @@ class _Routes:
             found = await self.s.coordinator.get_all_nodes(status_filter=status)
         except ValueError as exc:
             raise errors.InvalidInput(str(exc)) from None
-        return web.json_response({"nodes": [_plain(n) for n in found],
+        return http_util.json_response({"nodes": [_plain(n) for n in found],
                                   "stats": self.s.coordinator.get_stats()})
 
     async def route(self, request: web.Request) -> web.Response:
@@ -127,7 +127,7 @@ class _Routes:
             raise errors.InvalidInput(str(exc)) from None
         if chosen is None:
             return http_util.error(503, "no_healthy_node", "no healthy node matches")
-        return web.json_response(_plain(chosen))
+        return http_util.json_response(_plain(chosen))
 
     async def add_member(self, request: web.Request) -> web.Response:
         body = await http_util.read_json(request)
@@ -142,12 +142,12 @@ class _Routes:
             raise errors.InvalidInput("timeout must be a number of seconds in "
                                       f"(0, {MAX_ADD_MEMBER_TIMEOUT:g}]")
         await self.s.membership.add_member(body["id"], body["address"], timeout=float(timeout))
-        return web.json_response({"id": body["id"], "voter": True})
+        return http_util.json_response({"id": body["id"], "voter": True})
 
     async def remove_member(self, request: web.Request) -> web.Response:
         member = request.match_info["id"]
         await self.s.membership.remove_member(member)
-        return web.json_response({"id": member, "removed": True})
+        return http_util.json_response({"id": member, "removed": True})
 
     async def transfer(self, request: web.Request) -> web.Response:
         body = await http_util.read_json(request) if request.can_read_body else {}
@@ -155,7 +155,7 @@ class _Routes:
         if target is not None and not isinstance(target, str):
             raise errors.InvalidInput("'to' must be a node id or null")
         leader = await self.s.membership.transfer_leadership(target)
-        return web.json_response({"leader_id": leader})
+        return http_util.json_response({"leader_id": leader})
 
     async def force_new_cluster(self, request: web.Request) -> web.Response:
         """Disaster recovery: quorum is lost for good; this node becomes the sole voter."""
@@ -166,7 +166,7 @@ class _Routes:
         if body["confirm"] != me:
             raise errors.InvalidInput(f"confirm must be this node's id {me!r}, "
                                       f"not {body['confirm']!r}")
-        return web.json_response(await self.s.membership.force_new_cluster())
+        return http_util.json_response(await self.s.membership.force_new_cluster())
 
     async def backup(self, request: web.Request) -> web.StreamResponse:
         """Admin: a consistent backup of this node, streamed (see backup/source.py)."""
@@ -184,14 +184,14 @@ class _Routes:
             result = await self.s.concepts.put_strong(concept_id, value, key)
         else:
             result = await self.s.concepts.put_eventual(concept_id, value)
-        return web.json_response(result)
+        return http_util.json_response(result)
 
     async def get_concept(self, request: web.Request) -> web.Response:
         concept_id = _concept_id(request)
         found = await self.s.concepts.get(concept_id, strong=_strong(request))
         if found is None:
             raise errors.NotFound(f"no concept {concept_id!r}")
-        return web.json_response(found)
+        return http_util.json_response(found)
 
     async def delete_concept(self, request: web.Request) -> web.Response:
         concept_id = _concept_id(request)
@@ -202,7 +202,7 @@ class _Routes:
             existed = await self.s.concepts.delete_eventual(concept_id)
         if not existed:
             raise errors.NotFound(f"no concept {concept_id!r}")
-        return web.json_response({"id": concept_id, "deleted": True})
+        return http_util.json_response({"id": concept_id, "deleted": True})
 
     async def list_concepts(self, request: web.Request) -> web.Response:
         after = request.query.get("after") or None
@@ -214,7 +214,7 @@ class _Routes:
             raise errors.InvalidInput(f"limit must be between 1 and {MAX_PAGE}")
         ids = self.s.concepts.list(after, limit)
         next_after = ids[-1] if len(ids) == limit else None
-        return web.json_response({"items": ids, "next": next_after})
+        return http_util.json_response({"items": ids, "next": next_after})
 
 
 _NUMBERS = ("max_load", "max_latency_ms")
