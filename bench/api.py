@@ -285,7 +285,7 @@ def _start_py_spy(cluster: local.LocalCluster, leader: str | None, out: Path,
         role = "leader" if node_id == leader else "follower"
         spies.append(subprocess.Popen(
             [spy, "record", "--pid", str(proc.pid), "--duration", str(round(seconds)),
-             "--rate", "100", "--format", "raw", "--nonblocking", "--gil",
+             "--rate", "250", "--format", "raw", "--nonblocking", "--gil",
              "--output", str(out / f"{node_id}-{role}.txt")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     return spies

@@ -37,7 +37,7 @@ import enum
 import logging
 import math
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -155,11 +155,14 @@ class RaftConsensus(raft_loop.RaftLoop):
         """
         self._apply_cbs.append(callback)
 
-    def register_snapshot_callbacks(self, take: TakeSnapshot, restore: RestoreSnapshot) -> None:
+    def register_snapshot_callbacks(self, take: TakeSnapshot, restore: RestoreSnapshot,
+                                    freeze: raft_loop.FreezeSnapshot | None = None) -> None:
         """Let Raft compact its log: ``take()`` serializes the state machine as of the last
         applied command; ``restore(data)`` replaces it (on restart or when a leader sends a
-        snapshot). Without them the log is never compacted."""
-        self._take, self._restore = take, restore
+        snapshot). Without them the log is never compacted. With ``freeze`` (a cheap copy
+        of the state that returns the function packing it, safe to call on a thread),
+        compaction packs in the background instead of holding up the loop."""
+        self._take, self._restore, self._freeze = take, restore, freeze
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -203,9 +206,10 @@ class RaftConsensus(raft_loop.RaftLoop):
         if not self._running and not self._tasks:
             return  # never started, or stopped already (a failed node still needs closing)
         self._running = False
-        for t in self._tasks:
+        tasks = [*self._tasks, *([self._compaction] if self._compaction else [])]
+        for t in tasks:
             t.cancel()
-        for t in self._tasks:
+        for t in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         self._tasks = []
@@ -399,7 +403,7 @@ class RaftConsensus(raft_loop.RaftLoop):
 
     # -- backup hooks (used by backup.source) -----------------------------------------------
 
-    async def capture_snapshot(self, freeze: Callable[[], Callable[[], bytes]] | None = None
+    async def capture_snapshot(self, freeze: raft_loop.FreezeSnapshot | None = None
                                ) -> rmsg.Snapshot | None:
         """The state machine as of the last applied entry, packed as a Raft snapshot (what
         log compaction stores) without compacting; None before anything was applied.
@@ -413,17 +417,7 @@ class RaftConsensus(raft_loop.RaftLoop):
             raise RuntimeError("no snapshot callbacks are registered")
         if freeze is None:
             return await self._call(lambda n: n.capture(take()))
-        frozen = freeze
-
-        def at_applied(n: rnode.RaftNode) -> tuple[Any, Callable[[], bytes]] | None:
-            point = n.capture_point()
-            return None if point is None else (point, frozen())
-        got = await self._call(at_applied)
-        if got is None:
-            return None
-        (idx, term, conf, requests), pack = got
-        app = await asyncio.to_thread(pack)
-        return rmsg.Snapshot(idx, term, conf, rnode.pack_snapshot(app, requests))
+        return await self._capture(freeze)
 
     async def wait_applied(self, index: int, timeout: float) -> None:
         """Return once this node has applied ``index``; ``TimeoutError`` otherwise."""

@@ -79,7 +79,8 @@ class FederationNode:
         self.state = statemachine.FederationStateMachine(
             self.coordinator.apply_command, self.coordinator.snapshot, self.coordinator.restore)
         self.raft.register_apply_callback(self.state.apply)
-        self.raft.register_snapshot_callbacks(self.state.snapshot, self.state.restore)
+        self.raft.register_snapshot_callbacks(self.state.snapshot, self.state.restore,
+                                              self.state.frozen)
         strategy = crdt_resolver.ConflictResolutionStrategy[
             s.replication.conflict_strategy.upper()]
         self.replicator = replication.MultiMasterReplicator(

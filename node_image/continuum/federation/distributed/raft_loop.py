@@ -51,6 +51,8 @@ T = TypeVar("T")
 ApplyCallback = Callable[[Any], Awaitable[Any] | Any]
 TakeSnapshot = Callable[[], bytes]
 RestoreSnapshot = Callable[[bytes], Awaitable[None] | None]
+# A cheap copy of the state machine, and the function that packs it (on a thread).
+FreezeSnapshot = Callable[[], Callable[[], bytes]]
 
 _MAX_WRITES_IN_FLIGHT = 8
 _SWEEP_SECONDS = 0.05
@@ -122,6 +124,8 @@ class RaftLoop:
         self._apply_cbs: list[ApplyCallback] = []
         self._take: TakeSnapshot | None = None
         self._restore: RestoreSnapshot | None = None
+        self._freeze: FreezeSnapshot | None = None
+        self._compaction: asyncio.Task[None] | None = None
         self._inbox: deque[tuple[str, str, dict[str, Any]] | _Proposal | _Admin | _Persisted
                            ] = deque()
         self._writes: deque[asyncio.Task[None]] = deque()  # in flight, oldest first
@@ -345,11 +349,15 @@ class RaftLoop:
                 if not fut.done():
                     fut.set_exception(err)
             self._reads.clear()
-        if (self._take is not None
-                and node.log.applied - node.log.snapshot_index >= self.snapshot_threshold
-                and node.compact(self._take()) is not None):
-            self.stats["snapshots_taken"] += 1
-            self._wake.set()
+        if (self._take is not None and self._compaction is None
+                and node.log.applied - node.log.snapshot_index >= self.snapshot_threshold):
+            if self._freeze is not None:
+                # Packing a large state takes long enough to starve heartbeats: only the
+                # copy is made here, the packing runs on a thread (see _compact).
+                self._compaction = asyncio.get_running_loop().create_task(self._compact())
+            elif node.compact(self._take()) is not None:
+                self.stats["snapshots_taken"] += 1
+                self._wake.set()
         self._sweep()
         self._notify()
 
@@ -364,6 +372,34 @@ class RaftLoop:
                 del self._waiters[idx]
                 if not w.fut.done():
                     w.fut.set_exception(errors.OutcomeUnknown())
+
+    async def _capture(self, freeze: FreezeSnapshot) -> rmsg.Snapshot | None:
+        """The state machine as of the last applied entry, as a Raft snapshot: a cheap copy
+        in the loop, between Readies (so it holds exactly the entries up to its index), and
+        the packing on a thread."""
+        def at_applied(n: rnode.RaftNode) -> tuple[Any, Callable[[], bytes]] | None:
+            point = n.capture_point()
+            return None if point is None else (point, freeze())
+        got = await self._call(at_applied)
+        if got is None:
+            return None
+        (idx, term, conf, requests), pack = got
+
+        def pack_all() -> bytes:
+            return rnode.pack_snapshot(pack(), requests)
+        return rmsg.Snapshot(idx, term, conf, await asyncio.to_thread(pack_all))
+
+    async def _compact(self) -> None:
+        """Log compaction in the background: capture, then drop the log up to it."""
+        assert self._freeze is not None
+        try:
+            snap = await self._capture(self._freeze)
+            if snap is not None and await self._call(lambda n: n.compact_to(snap)):
+                self.stats["snapshots_taken"] += 1
+        except errors.FederationError as exc:  # stopping, or overloaded: the next pass retries
+            log.debug("raft %s: compaction skipped: %s", self.node_id, exc)
+        finally:
+            self._compaction = None
 
     async def _apply(self, rd: rnode.Ready) -> None:
         for e in rd.committed:

@@ -98,22 +98,32 @@ class Ready:
                     or self.truncate_after is not None)
 
 
-def pack_snapshot(app_data: bytes, requests: list[list[str | int]]) -> bytes:
-    data: bytes = msgpack.packb({"app": app_data, "req": requests}, use_bin_type=True)
+def pack_snapshot(app_data: bytes, requests: reqmod.Table | list[list[str | int]]) -> bytes:
+    """A snapshot's data: the application's bytes and the request table, as columns."""
+    table = requests if isinstance(requests, reqmod.Table) else reqmod.Table.of_rows(requests)
+    data: bytes = msgpack.packb({"app": app_data, "req_ids": table.ids, "req_at": table.at},
+                                use_bin_type=True)
     return data
 
 
-def unpack_snapshot(data: bytes) -> tuple[bytes, list[list[str | int]]]:
-    """The application's bytes and the request table in a snapshot's data."""
+def unpack_snapshot(data: bytes) -> tuple[bytes, reqmod.Table]:
+    """The application's bytes and the request table in a snapshot's data (either layout:
+    columns, or the ``req`` rows of older snapshots)."""
     if not data:
-        return b"", []
+        return b"", reqmod.Table([], [])
     raw = msgpack.unpackb(data, raw=False)
     if not isinstance(raw, dict) or not isinstance(raw.get("app"), bytes):
         raise ValueError("malformed snapshot data")
-    req = raw.get("req")
-    if not isinstance(req, list):
+    if "req" in raw:
+        rows = raw["req"]
+        if not isinstance(rows, list) or not all(isinstance(r, list) and len(r) == 2
+                                                 for r in rows):
+            raise ValueError("malformed snapshot request table")
+        return raw["app"], reqmod.Table.of_rows(rows)
+    ids, at = raw.get("req_ids"), raw.get("req_at")
+    if not (isinstance(ids, list) and isinstance(at, list) and len(ids) == len(at)):
         raise ValueError("malformed snapshot request table")
-    return raw["app"], req
+    return raw["app"], reqmod.Table(ids, at)
 
 
 @dataclass(slots=True)
@@ -331,7 +341,7 @@ class RaftNode:
         idx, term, conf, requests = point
         return m.Snapshot(idx, term, conf, pack_snapshot(app_data, requests))
 
-    def capture_point(self) -> tuple[int, int, m.ClusterConfig, list[list[str | int]]] | None:
+    def capture_point(self) -> tuple[int, int, m.ClusterConfig, reqmod.Table] | None:
         """What a snapshot at ``applied`` holds besides the application's state: index,
         term, configuration and request table (None before anything was applied)."""
         idx = self.log.applied
@@ -342,16 +352,25 @@ class RaftNode:
 
     def compact(self, app_data: bytes) -> m.Snapshot | None:
         """Snapshot the state at ``applied`` (``app_data``) and drop the log up to it."""
-        idx = self.log.applied
-        if idx <= self.log.snapshot_index:
+        if self.log.applied <= self.log.snapshot_index:
             return None
         snap = self.capture(app_data)
-        if snap is None:
+        if snap is None or not self.compact_to(snap):
             return None
+        return snap
+
+    def compact_to(self, snap: m.Snapshot) -> bool:
+        """Drop the log up to ``snap``, a ``capture`` taken earlier (its packing may have
+        run elsewhere meanwhile). False, changing nothing, when the log moved past it: a
+        newer snapshot is in place, or ``snap`` is not of this log's applied prefix."""
+        idx = snap.index
+        if idx <= self.log.snapshot_index or idx > self.log.applied \
+                or self.log.term(idx) != snap.term:
+            return False
         self.log.compact(snap)
         self._configs = [(idx, snap.config)] + [c for c in self._configs if c[0] > idx]
         self._snapshot_out, self._snapshot_received = snap, False
-        return snap
+        return True
 
     # -- ready / advance ---------------------------------------------------------------------
 
