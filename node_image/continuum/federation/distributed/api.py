@@ -17,7 +17,6 @@ import logging
 import math
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -180,7 +179,7 @@ class _Routes:
         if value is None:  # a stored null would read back as "no such concept"
             raise errors.InvalidInput("a concept cannot be null: DELETE removes a concept")
         if _strong(request):
-            key = request.headers.get("Idempotency-Key") or uuid.uuid4().hex
+            key = request.headers.get("Idempotency-Key", "")  # none: the service makes one
             result = await self.s.concepts.put_strong(concept_id, value, key)
         else:
             result = await self.s.concepts.put_eventual(concept_id, value)
@@ -196,7 +195,7 @@ class _Routes:
     async def delete_concept(self, request: web.Request) -> web.Response:
         concept_id = _concept_id(request)
         if _strong(request):
-            key = request.headers.get("Idempotency-Key") or uuid.uuid4().hex
+            key = request.headers.get("Idempotency-Key", "")  # none: the service makes one
             existed = await self.s.concepts.delete_strong(concept_id, key)
         else:
             existed = await self.s.concepts.delete_eventual(concept_id)

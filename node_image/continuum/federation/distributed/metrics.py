@@ -32,12 +32,22 @@ class NodeMetrics:
             "continuum_write_seconds", "Time to acknowledge a concept write, by consistency",
             ["consistency"], registry=self.registry, buckets=_LATENCY_BUCKETS)
         self.registry.register(StatsCollector(sources, named))
+        self._series: dict[object, Histogram] = {}
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, f"{status // 100}xx").observe(seconds)
+        # One labelled series per (route, status class), looked up once: labels() builds
+        # and checks a key and takes a lock on every call, and this runs on every request.
+        key = (route, status // 100)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = self.requests.labels(route, f"{status // 100}xx")
+        series.observe(seconds)
 
     def observe_write(self, consistency: str, seconds: float) -> None:
-        self.writes.labels(consistency).observe(seconds)
+        series = self._series.get(consistency)
+        if series is None:
+            series = self._series[consistency] = self.writes.labels(consistency)
+        series.observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
