@@ -35,7 +35,7 @@ def test_environment_and_yaml_file(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         ({"node_id": "a b"}, "node_id"),
         ({"node_id": "n", "bind_address": "nohost"}, "host:port"),
         ({"node_id": "n", "raft": {"election_timeout_ms": (300, 150)}}, "election_timeout_ms"),
-        ({"node_id": "n", "raft": {"heartbeat_interval_ms": 200}}, "half the election timeout"),
+        ({"node_id": "n", "raft": {"heartbeat_interval_ms": 600}}, "half the election timeout"),
         ({"node_id": "n", "load_balance": {"algorithm": "fastest"}}, "algorithm"),
         ({"node_id": "n", "typo_field": 1}, "typo_field"),
         ({"node_id": "n", "replication": {"tombstone_grace_seconds": -1}},

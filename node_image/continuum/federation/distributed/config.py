@@ -33,8 +33,11 @@ ConflictStrategy = Literal["last_write_wins", "highest_node_wins", "merge_union"
 
 class RaftSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    election_timeout_ms: tuple[int, int] = (150, 300)  # randomized in [lo, hi)
-    heartbeat_interval_ms: int = Field(50, gt=0)
+    # etcd's defaults: rare false elections under load. A leader that dies is replaced
+    # sooner than the timeout says: its followers see its connections drop and campaign
+    # at once (pre-vote keeps a live leader safe), as they do on a fresh start.
+    election_timeout_ms: tuple[int, int] = (1000, 2000)  # randomized in [lo, hi)
+    heartbeat_interval_ms: int = Field(100, gt=0)
 
     @model_validator(mode="after")
     def _check(self) -> RaftSettings:

@@ -182,7 +182,7 @@ class RaftConsensus(raft_loop.RaftLoop):
             joining = self.join if join is None else join
             _check_founders(self.node_id, founders, joining)
             self.cluster_nodes, self.join = founders, joining
-        self._failed, self._ticks, self._disk_last = None, 0, 0
+        self._failed, self._disk_last = None, 0
         await self._link.start()
         self._self_address = self._advertise or self._link.address
         if self._storage_path is not None:
@@ -194,9 +194,10 @@ class RaftConsensus(raft_loop.RaftLoop):
         if self._link.transport is None:
             raft_loop.in_process_members()[self.node_id] = self
         self._running = True
+        self._start_clock()
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._run(), name=f"raft:{self.node_id}"),
-                       loop.create_task(self._ticker(), name=f"raft-tick:{self.node_id}")]
+        self._tasks = [loop.create_task(self._run(), name=f"raft:{self.node_id}")]
+        self._wake.set()  # the first pass arms the clock
         if self._node.conf.voters == {self.node_id}:
             await self._call(lambda n: n.campaign())
             with contextlib.suppress(TimeoutError):
@@ -213,6 +214,7 @@ class RaftConsensus(raft_loop.RaftLoop):
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         self._tasks = []
+        self._stop_clock()
         hub = raft_loop.in_process_members()
         if hub.get(self.node_id) is self:
             del hub[self.node_id]

@@ -31,6 +31,7 @@ import contextlib
 import functools
 import inspect
 import logging
+import math
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -40,6 +41,7 @@ from typing import Any, TypeVar
 import msgpack
 
 from . import errors, raft_storage, storage
+from .core import load
 from .core.raft import config as rconfig
 from .core.raft import messages as rmsg
 from .core.raft import raft_node as rnode
@@ -56,6 +58,11 @@ FreezeSnapshot = Callable[[], Callable[[], bytes]]
 
 _MAX_WRITES_IN_FLIGHT = 8
 _SWEEP_SECONDS = 0.05
+_TIMER_SLACK = 0.001  # past a tick's boundary, so the clock has reached it when we wake
+# Liveness messages go ahead of queued appends in a peer's outbox (Raft tolerates the
+# reordering): a busy link must not look like a dead leader or a lost quorum.
+_URGENT = (rmsg.Heartbeat, rmsg.HeartbeatResponse, rmsg.VoteRequest, rmsg.VoteResponse,
+           rmsg.TimeoutNow)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +96,11 @@ class _Waiter:
 class _Persisted:
     index: int
     term: int
+
+
+@dataclass(frozen=True, slots=True)
+class _PeerLost:
+    node_id: str
 
 
 @dataclass(slots=True)
@@ -127,9 +139,17 @@ class RaftLoop:
         self._freeze: FreezeSnapshot | None = None
         self._compaction: asyncio.Task[None] | None = None
         self._inbox: deque[tuple[str, str, dict[str, Any]] | _Proposal | _Admin | _Persisted
-                           ] = deque()
+                           | _PeerLost] = deque()
         self._writes: deque[asyncio.Task[None]] = deque()  # in flight, oldest first
-        self._ticks = 0
+        # The clock: ticks follow the monotonic clock from _clock_origin; one timer is armed
+        # for the next tick the core needs (none while it needs none), so an idle node
+        # sleeps between heartbeats instead of waking every tick.
+        self._clock_origin = 0.0
+        self._ticks_sent = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+        self._timer_late: float | None = None  # how late the last timer ran (seconds)
+        self.loop_lag_ms = 0.0  # moving average of that lateness: this node's local health
         self._logged_leader: str | None = None
         self._wake = asyncio.Event()
         self._waiters: dict[int, _Waiter] = {}  # by log index
@@ -148,6 +168,7 @@ class RaftLoop:
         if peer_link.transport is not None:
             for kind in rmsg.KINDS:
                 peer_link.transport.on(kind, functools.partial(self._receive, kind))
+            peer_link.transport.on_peer_lost(self._peer_lost)
 
     # -- addresses --------------------------------------------------------------------------
 
@@ -168,18 +189,48 @@ class RaftLoop:
 
     # -- the loop ---------------------------------------------------------------------------
 
-    async def _ticker(self) -> None:
-        # Ticks follow the monotonic clock, not the count of sleeps: a busy loop oversleeps,
-        # and counting sleeps would stretch every timeout by the same factor.
+    def _start_clock(self) -> None:
+        self._clock_origin = asyncio.get_running_loop().time()
+        self._ticks_sent = 0
+        self._stop_clock()
+
+    def _stop_clock(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_at, self._timer_late = None, math.inf, None
+
+    def _timer_fired(self) -> None:
+        late = max(0.0, asyncio.get_running_loop().time() - self._timer_at)
+        self._timer, self._timer_at = None, math.inf
+        self._timer_late = late if self._timer_late is None else max(self._timer_late, late)
+        self._wake.set()
+
+    def _deliver_ticks(self, node: rnode.RaftNode) -> None:
+        """The ticks the clock says have passed; first, how late our own timer ran.
+
+        Ticks follow the monotonic clock, not the count of wake-ups: a busy loop wakes
+        late, and counting wake-ups would stretch every timeout by the same factor. How
+        late it woke is what the core's local-health rule is fed."""
+        if self._timer_late is not None:
+            late, self._timer_late = self._timer_late, None
+            node.note_lag(int(late / self._tick_s))
+            self.loop_lag_ms = load.ewma(self.loop_lag_ms, late * 1000)
+        due = int((asyncio.get_running_loop().time() - self._clock_origin) / self._tick_s)
+        for _ in range(due - self._ticks_sent):
+            node.tick()
+        self._ticks_sent = max(self._ticks_sent, due)
+
+    def _arm_timer(self, node: rnode.RaftNode) -> None:
+        """Wake for the next tick the core needs, or sooner to sweep expired waiters."""
         loop = asyncio.get_running_loop()
-        start, sent = loop.time(), 0
-        while True:
-            await asyncio.sleep(self._tick_s)
-            due = int((loop.time() - start) / self._tick_s)
-            if due > sent:
-                self._ticks += due - sent
-                sent = due
-                self._wake.set()
+        at = self._clock_origin + (self._ticks_sent + node.ticks_until_due()) * self._tick_s
+        at += _TIMER_SLACK
+        if self._waiters:
+            at = min(at, loop.time() + _SWEEP_SECONDS)
+        if at < self._timer_at - _TIMER_SLACK:  # a later timer armed already is kept
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer, self._timer_at = loop.call_at(at, self._timer_fired), at
 
     async def _run(self) -> None:
         try:
@@ -213,14 +264,14 @@ class RaftLoop:
                 self._run_admin(node, item)
             elif isinstance(item, _Persisted):
                 node.persisted_to(item.index, item.term)
+            elif isinstance(item, _PeerLost):
+                node.peer_unreachable(item.node_id)
             else:
                 self._step(node, *item)
         # Ticks after the messages: when a busy loop wakes late, what arrived meanwhile
         # is evidence of a live leader (or quorum) that the overdue ticks must not outrun,
         # or a follower campaigns and a leader steps down with replies in its inbox.
-        for _ in range(self._ticks):
-            node.tick()
-        self._ticks = 0
+        self._deliver_ticks(node)
         if props:
             self._propose(node, props)
 
@@ -360,6 +411,7 @@ class RaftLoop:
                 self._wake.set()
         self._sweep()
         self._notify()
+        self._arm_timer(node)
 
     def _sweep(self) -> None:
         """Proposals whose caller's deadline passed: their outcome is unknown."""
@@ -479,6 +531,12 @@ class RaftLoop:
         self._inbox.append((kind, sender, body))
         self._wake.set()
 
+    def _peer_lost(self, node_id: str) -> None:
+        """The transport saw ``node_id``'s connection drop: the core decides what it means."""
+        if self._running:
+            self._inbox.append(_PeerLost(node_id))
+            self._wake.set()
+
     def _send(self, msg: rmsg.Message) -> None:
         self.stats["messages_sent"] += 1
         transport = self._link.transport
@@ -495,7 +553,7 @@ class RaftLoop:
         kind, body = rmsg.to_wire(msg)
         if self._self_address:
             body["a"] = self._self_address  # so a joining node can answer its first probe
-        transport.send(addr, kind, body)
+        transport.send(addr, kind, body, urgent=isinstance(msg, _URGENT))
 
     def _learn_address(self, sender: str, addr: Any) -> None:
         """Remember where an authenticated sender listens, if nothing else told us.
@@ -543,7 +601,8 @@ class RaftLoop:
         self._watchers = []
 
     async def _wait_until(self, pred: Callable[[], bool], timeout: float | None) -> None:
-        """Re-check ``pred`` after every loop pass (ticks guarantee passes) until true."""
+        """Re-check ``pred`` after every loop pass until true (every change of the core's
+        state happens in a pass)."""
         async with asyncio.timeout(timeout):
             while not pred():
                 if not self._running:

@@ -9,7 +9,8 @@ Two ways to talk to a peer:
   pipelined without waiting for a reply, and a slow or dead peer costs a
   bounded amount of memory (a full outbox drops the newest message and
   counts it; every protocol above tolerates loss). Messages to one address
-  are delivered in the order sent. The client pings every
+  are delivered in the order sent, except that ``urgent`` ones (liveness:
+  heartbeats, votes) go ahead of ordinary ones still queued. The client pings every
   ``stream_heartbeat`` seconds and drops a stream whose pong does not come
   within half that (a dead peer behind a live TCP connection is noticed, not
   written into forever); the server closes a stream on which nothing, not even
@@ -19,6 +20,8 @@ Two ways to talk to a peer:
 
 Handlers are registered per message kind with ``on(kind, handler)``; a
 handler gets ``(sender, body)`` and, for calls, returns the reply body.
+``on_peer_lost(callback)`` hears of a peer whose stream to us ended without a
+goodbye (reset, or closed without a close frame): usually a process that died.
 
 Every frame's sender must be an identity of the TLS client certificate and the
 certificate must carry the node role; otherwise the frame is refused (403)
@@ -94,10 +97,11 @@ def split_address(address: str) -> tuple[str, int]:
 
 
 class _Outbox:
-    __slots__ = ("event", "idle", "queue", "task")
+    __slots__ = ("event", "idle", "queue", "task", "urgent")
 
     def __init__(self) -> None:
         self.queue: deque[wire.Message] = deque()
+        self.urgent: deque[wire.Message] = deque()  # sent before anything in queue
         self.event = asyncio.Event()
         self.idle = asyncio.Event()  # nothing queued and nothing being written
         self.idle.set()
@@ -130,6 +134,7 @@ class PeerTransport:
         self.limits = limits or TransportLimits()
         self.insecure = tls_files is None
         self._handlers: dict[str, Handler] = {"peer.ping": self._on_ping}
+        self._lost_callbacks: list[Callable[[str], None]] = []
         self._server_ctx: ssl.SSLContext | None = None
         self._client_ctx: ssl.SSLContext | None = None
         if tls_files is not None:
@@ -154,6 +159,7 @@ class PeerTransport:
             "streams_lost": 0,  # outbound streams that broke under us (no pong, closed)
             "streams_idle_closed": 0,  # inbound streams closed for silence
             "streams_reset": 0,  # inbound streams whose peer vanished mid-frame
+            "peers_lost": 0,  # inbound streams that ended without a goodbye, by sender
         }
 
     # -- configuration -------------------------------------------------------------------
@@ -163,6 +169,10 @@ class PeerTransport:
         if kind in self._handlers:
             raise ValueError(f"a handler for {kind!r} is already registered")
         self._handlers[kind] = handler
+
+    def on_peer_lost(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(node_id)`` when a peer's stream to us ends without a goodbye."""
+        self._lost_callbacks.append(callback)
 
     def mount(self, app: web.Application) -> None:
         """Serve the peer routes from an existing application (one port for API and peers)."""
@@ -245,17 +255,19 @@ class PeerTransport:
 
     # -- sending -------------------------------------------------------------------------
 
-    def send(self, address: str, kind: str, body: dict[str, Any]) -> bool:
-        """Queue a one-way message; False if the peer's outbox is full (dropped)."""
+    def send(self, address: str, kind: str, body: dict[str, Any], *,
+             urgent: bool = False) -> bool:
+        """Queue a one-way message; False if the peer's outbox is full (dropped). An
+        ``urgent`` one goes ahead of the ordinary messages queued for that peer."""
         if self._closing:
             return False
         box = self._outboxes.get(address)
         if box is None:
             box = self._outboxes[address] = _Outbox()
-        if len(box.queue) >= self.limits.outbox_size:
+        if len(box.queue) + len(box.urgent) >= self.limits.outbox_size:
             self.stats["messages_dropped"] += 1
             return False
-        box.queue.append(wire.Message(kind, body))
+        (box.urgent if urgent else box.queue).append(wire.Message(kind, body))
         box.idle.clear()
         box.event.set()
         if box.task is None or box.task.done():
@@ -268,11 +280,14 @@ class PeerTransport:
         watcher: asyncio.Task[None] | None = None
         try:
             while not self._closing:
-                if not box.queue:
+                if not box.queue and not box.urgent:
                     box.idle.set()
                     box.event.clear()
                     await box.event.wait()
                     continue
+                if box.urgent:  # ahead of the rest: requeued in front like any overflow
+                    box.queue.extendleft(reversed(box.urgent))
+                    box.urgent.clear()
                 n = min(len(box.queue), self.limits.max_batch)
                 batch = tuple(box.queue.popleft() for _ in range(n))
                 data = wire.encode(wire.Frame(self.node_id, batch))
@@ -307,8 +322,9 @@ class PeerTransport:
                     self.stats["messages_dropped"] += n
                     log.debug("send to %s failed: %s", address, exc)
                     # Do not spin against a dead peer: drop what queued meanwhile too.
-                    self.stats["messages_dropped"] += len(box.queue)
+                    self.stats["messages_dropped"] += len(box.queue) + len(box.urgent)
                     box.queue.clear()
+                    box.urgent.clear()
                     await _hang_up(ws, watcher)
                     ws = watcher = None
         finally:
@@ -476,22 +492,39 @@ class PeerTransport:
         ws = web.WebSocketResponse(max_msg_size=self.limits.max_frame_bytes, autoping=True)
         await ws.prepare(request)
         self._streams.add(ws)
+        senders: set[str] = set()
+        goodbye = False
         try:
-            await self._read_stream(ws, ids)
+            goodbye = await self._read_stream(ws, ids, senders)
         except ConnectionResetError:
             # The peer vanished mid-frame (killed, or its connection dropped while we
             # answered a ping): the stream is over, which is not a server error.
             self.stats["streams_reset"] += 1
         finally:
             self._streams.discard(ws)
+        if not goodbye and not self._closing:
+            for sender in senders:
+                self._peer_lost(sender)
         return ws
+
+    def _peer_lost(self, node_id: str) -> None:
+        self.stats["peers_lost"] += 1
+        for callback in self._lost_callbacks:
+            try:
+                callback(node_id)
+            except Exception:
+                log.exception("peer-lost callback failed")
 
     async def _close_streams(self, app: web.Application | None = None) -> None:
         """Close inbound streams so shutdown does not wait for peers to hang up."""
         for ws in list(self._streams):
             await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"shutting down")
 
-    async def _read_stream(self, ws: web.WebSocketResponse, ids: frozenset[str]) -> None:
+    async def _read_stream(self, ws: web.WebSocketResponse, ids: frozenset[str],
+                           senders: set[str]) -> bool:
+        """Handle the stream's frames until it ends; True if it ended in good order (the
+        peer's close frame, or ours), False if the peer vanished. ``senders`` collects who
+        spoke on it."""
         while True:
             try:
                 # Pings reset this: only a client that went silent (dead, or not ours) hits it.
@@ -499,31 +532,34 @@ class PeerTransport:
             except TimeoutError:
                 self.stats["streams_idle_closed"] += 1
                 await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"idle")
-                break
-            if item.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
-                             aiohttp.WSMsgType.CLOSED):
-                break
+                return False
+            if item.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING):
+                return True
+            if item.type is aiohttp.WSMsgType.CLOSED:  # no close frame: the peer vanished
+                return False
             if item.type is aiohttp.WSMsgType.ERROR:  # closed already, with the reason
                 if isinstance(item.data, aiohttp.WebSocketError):  # e.g. over max_msg_size
                     self.stats["frames_rejected"] += 1
-                break
+                    return True  # we closed it
+                return False
             if item.type is not aiohttp.WSMsgType.BINARY:
                 self.stats["frames_rejected"] += 1
                 await ws.close(code=aiohttp.WSCloseCode.UNSUPPORTED_DATA,
                                message=b"malformed: binary frames only")
-                break
+                return True
             try:
                 frame = wire.decode(item.data, self.limits.max_frame_bytes)
             except wire.WireError as exc:
                 self.stats["frames_rejected"] += 1
                 await ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION,
                                message=exc.code.encode())
-                break
+                return True
             if not self.insecure and not tls.authorizes(ids, frame.sender, self.peer_domain):
                 self.stats["frames_rejected"] += 1
                 await ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION,
                                message=b"forged_sender")
-                break
+                return True
+            senders.add(frame.sender)
             self.stats["frames_received"] += 1
             self.stats["messages_received"] += len(frame.messages)
             for msg in frame.messages:

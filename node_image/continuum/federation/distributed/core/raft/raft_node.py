@@ -166,6 +166,11 @@ class RaftNode:
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self.randomized_timeout = 0
+        # Ticks left in which a campaign may start early (see RaftConfig.hurry_ticks): no
+        # leader has been seen since start.
+        self.hurry_left = config.election_ticks_max if config.hurry_ticks else 0
+        self.local_health = 0  # Lifeguard's local health multiplier (0 = healthy)
+        self._stalled_ticks = 0  # ticks of our own stall, not counted as the leader's silence
         self.pending_conf_index = 0
         self.lead_transferee: str | None = None
         self._transfer_elapsed = 0
@@ -241,10 +246,47 @@ class RaftNode:
             self._handlers[type(msg)](msg)
 
     def tick(self) -> None:
+        stalled = self._stalled_ticks > 0
+        if stalled:
+            self._stalled_ticks -= 1
         if self.role == LEADER:
-            self._tick_leader()
-        else:
+            self._tick_leader(stalled)
+        elif not stalled:
             self._tick_election()
+
+    def peer_unreachable(self, peer: str) -> None:
+        """The shell saw ``peer``'s connection drop (reset or closed without goodbye). If it
+        is our leader, it is probably gone: stop deferring to it and campaign soon. A
+        wrong guess costs nothing: the pre-vote fails while others still hear from it."""
+        if self.role != FOLLOWER or peer != self.leader_id or not self.cfg.hurry_ticks:
+            return
+        self.leader_id = None
+        self.hurry_left = self.cfg.election_ticks_max
+        self.election_elapsed = 0
+        self._reset_election_timer()
+
+    def note_lag(self, lag_ticks: int) -> None:
+        """The shell ran a timer ``lag_ticks`` late: how far behind this node itself is
+        (Lifeguard's local health). A stall of a heartbeat or more raises the health
+        multiplier and does not count against the leader (its messages may be waiting
+        unread in our socket); a timer on time lowers it."""
+        if lag_ticks >= self.cfg.heartbeat_ticks:
+            self.local_health = min(self.cfg.max_local_health, self.local_health + 1)
+            self._stalled_ticks = lag_ticks  # the next ticks delivered are the stall's
+        elif self.local_health:
+            self.local_health -= 1
+
+    def ticks_until_due(self) -> int:
+        """Ticks until the next tick-driven action (heartbeat, election, quorum check,
+        transfer timeout), at least 1: a shell may sleep that long when nothing arrives."""
+        if self.role == LEADER:
+            due = min(self.cfg.heartbeat_ticks - self.heartbeat_elapsed,
+                      self._quorum_timeout() - self.election_elapsed)
+            if self.lead_transferee is not None:
+                due = min(due, self.cfg.election_ticks_min - self._transfer_elapsed)
+        else:
+            due = self._election_timeout() - self.election_elapsed
+        return max(1, due)
 
     def campaign(self) -> None:
         """Start an election now (e.g. a sole voter at start-up)."""
@@ -448,6 +490,11 @@ class RaftNode:
         return True
 
     def _in_lease(self) -> bool:
+        # A leader is always in its own lease (as etcd's): with check_quorum it steps down
+        # by itself when it loses its quorum, and must not be deposed by a node that only
+        # stopped hearing it (a reset connection, a stalled loop).
+        if self.role == LEADER:
+            return self.cfg.check_quorum
         # Shorter than the shortest election timeout by a heartbeat, so that followers
         # whose clocks lag the first candidate's a little do not ignore it.
         lease = self.cfg.election_ticks_min - self.cfg.heartbeat_ticks
@@ -465,8 +512,21 @@ class RaftNode:
         self._reset_election_timer()
 
     def _reset_election_timer(self) -> None:
-        self.randomized_timeout = self.rng.randint(self.cfg.election_ticks_min,
-                                                   self.cfg.election_ticks_max)
+        if self.hurry_left > 0:
+            self.randomized_timeout = self.rng.randint(1, self.cfg.hurry_ticks)
+        else:
+            self.randomized_timeout = self.rng.randint(self.cfg.election_ticks_min,
+                                                       self.cfg.election_ticks_max)
+
+    def _election_timeout(self) -> int:
+        """A follower's timeout: widened while this node's own health is poor (it may have
+        missed its leader's heartbeats itself), except when it knows the leader is gone."""
+        if self.hurry_left > 0:
+            return self.randomized_timeout
+        return self.randomized_timeout * (1 + self.local_health)
+
+    def _quorum_timeout(self) -> int:
+        return self.cfg.election_ticks_max * (1 + self.local_health)
 
     def _campaign(self, pre: bool, transfer: bool = False) -> None:
         if not self.promotable():
@@ -495,6 +555,7 @@ class RaftNode:
             self._become_leader()
 
     def _become_leader(self) -> None:
+        self.hurry_left = 0
         self.role, self.leader_id = LEADER, self.id
         self.heartbeat_elapsed = self.election_elapsed = 0
         nxt = self.log.last_index + 1
@@ -516,20 +577,23 @@ class RaftNode:
 
     def _tick_election(self) -> None:
         self.election_elapsed += 1
+        if self.hurry_left > 0:
+            self.hurry_left -= 1
         if not self.promotable():
             return
         sole = self.conf.voters == {self.id}
-        if sole or self.election_elapsed >= self.randomized_timeout:
+        if sole or self.election_elapsed >= self._election_timeout():
             self._campaign(pre=self.cfg.pre_vote)
 
-    def _tick_leader(self) -> None:
+    def _tick_leader(self, stalled: bool) -> None:
         self.heartbeat_elapsed += 1
-        self.election_elapsed += 1
+        if not stalled:  # a quorum check counts only time we could hear answers in
+            self.election_elapsed += 1
         if self.lead_transferee is not None:
             self._transfer_elapsed += 1
             if self._transfer_elapsed >= self.cfg.election_ticks_min:
                 self.lead_transferee = None  # the target did not take over in time
-        if self.election_elapsed >= self.cfg.election_ticks_max:
+        if self.election_elapsed >= self._quorum_timeout():
             self.election_elapsed = 0
             if self.cfg.check_quorum and not self._quorum_active():
                 self._become_follower(self.term, None)
@@ -583,6 +647,9 @@ class RaftNode:
             self._become_follower(self.term, leader)
         self.leader_id = leader
         self.election_elapsed = 0
+        if self.hurry_left:
+            self.hurry_left = 0
+            self._reset_election_timer()
 
     def _on_append(self, msg: m.AppendRequest) -> None:
         self._heard_from_leader(msg.frm)
