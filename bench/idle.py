@@ -6,9 +6,9 @@ settings; etcd 3.4: 100 ms heartbeat, 1,000 ms election), and nobody writes. Aft
 /proc/<pid>/stat) and its memory (RSS, PSS, and the anonymous part of RSS, from
 /proc/<pid>/smaps_rollup) are printed per member, with the ratio of the means. With
 ``--repeat N`` the measurement window is taken N times from the same clusters and
-the median and spread of the CPU ratio printed. ``--profile DIR`` records py-spy
-(idle frames included) on one of our nodes during the first window, to show where
-an idle node's wake-ups go. Never fails on a figure.
+the median and spread of the CPU ratio printed. ``--profile DIR`` records py-spy on
+our leader during the first window (samples holding the GIL), to show where an idle
+node's Python time goes. Never fails on a figure.
 
 Run: .venv/bin/python bench/idle.py [--seconds 20] [--settle 5] [--repeat 3] [--skip-etcd]
          [--profile DIR] [--node-env KEY=VALUE ...]
@@ -90,7 +90,7 @@ def profile_idle(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]
     out.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
         [spy, "record", "--pid", str(pid), "--duration", str(round(seconds)), "--rate", "200",
-         "--format", "raw", "--nonblocking", "--output", str(out / "idle-node.txt")],
+         "--format", "raw", "--nonblocking", "--gil", "--output", str(out / "idle-node.txt")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -101,7 +101,7 @@ def print_profile(path: Path, top: int = 25) -> None:
     for line in path.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
         frames = stack.split(";")
-        if not n.isdigit() or frames[-1].startswith(("select (", "run (uvloop", "get (queue")):
+        if not n.isdigit() or frames[-1].startswith(("select (", "Runner.run (", "get (queue")):
             continue  # waiting for something to do
         mine = [f for f in frames if "continuum/" in f]
         ours[mine[-1] if mine else frames[-1]] += int(n)
@@ -141,7 +141,9 @@ async def main(args: argparse.Namespace) -> None:
         for rep in range(args.repeat):
             spy = None
             if args.profile is not None and rep == 0:
-                spy = profile_idle(cluster.procs["node-1"].pid, args.seconds, args.profile)
+                rows = await local.poll_status(work / "ours")
+                leader = next((r["id"] for r in rows if r.get("role") == "leader"), "node-1")
+                spy = profile_idle(cluster.procs[leader].pid, args.seconds, args.profile)
             load = os.getloadavg()[0]
             rows = await measure(pids, args.seconds)
             if spy is not None:

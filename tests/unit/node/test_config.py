@@ -77,3 +77,33 @@ def test_formation_settings(kwargs: dict[str, object], mode: str, expect: int | 
     monkeypatch.delenv("CONTINUUM_CONFIG_FILE", raising=False)
     s = config.NodeSettings(**kwargs)  # type: ignore[arg-type]
     assert s.formation_mode == mode and s.bootstrap_expect == expect
+
+
+def test_the_environment_is_read_as_the_documented_rules_say(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CONTINUUM_CONFIG_FILE", raising=False)
+    monkeypatch.setenv("continuum_node_id", "n1")  # names match without regard to case
+    monkeypatch.setenv("CONTINUUM_RAFT", '{"heartbeat_interval_ms": 60}')
+    monkeypatch.setenv("CONTINUUM_RAFT__ELECTION_TIMEOUT_MS", "[400, 800]")
+    monkeypatch.setenv("CONTINUUM_LOAD_BALANCE__ALGORITHM", "latency")
+    monkeypatch.setenv("CONTINUUM_DNS_NAMESERVERS", "10.0.0.1:53,10.0.0.2:53")
+    monkeypatch.setenv("CONTINUUM_FSYNC", "false")
+    monkeypatch.setenv("CONTINUUM_LOG_LEVEL", "DEBUG")  # not a setting: left alone
+    s = config.NodeSettings()
+    assert s.node_id == "n1" and s.raft.heartbeat_interval_ms == 60
+    assert s.raft.election_timeout_ms == (400, 800)
+    assert s.load_balance.algorithm == "latency" and s.fsync is False
+    assert s.dns_nameservers == ["10.0.0.1:53", "10.0.0.2:53"]
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("CONTINUUM_INITIAL_MEMBERS", "{not json", "CONTINUUM_INITIAL_MEMBERS must be JSON"),
+    ("CONTINUUM_RAFT__BOGUS", "1", "bogus"),
+    ("CONTINUUM_MESH__FANOUT", "zero", "fanout"),
+])
+def test_a_bad_variable_is_named(name: str, value: str, message: str,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CONTINUUM_CONFIG_FILE", raising=False)
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=message):
+        config.NodeSettings(node_id="n")

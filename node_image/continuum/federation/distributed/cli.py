@@ -19,12 +19,18 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from . import client, config, local, pki
+from . import config
 from .transport import tls
+
+if TYPE_CHECKING:
+    from . import local
+
+# A node (``node run``) imports only what it runs: the client, the local cluster and the
+# certificate tools (cryptography) are imported by the commands that use them.
 
 DEFAULT_LOCAL_DIR = ".data/local"
 
@@ -102,19 +108,19 @@ def _parser() -> argparse.ArgumentParser:
     certs_sub = certs.add_subparsers(dest="certs_command", required=True)
     init = certs_sub.add_parser("init", help="create a CA in DIR (ca.crt, ca.key)")
     init.add_argument("--dir", required=True)
-    init.add_argument("--days", type=int, default=pki.DEFAULT_CA_DAYS)
+    init.add_argument("--days", type=int, default=None, help="default: 10 years")
     init.add_argument("--name", default="continuum-federation-ca")
     nodec = certs_sub.add_parser("node", help="issue a node certificate into OUT")
     nodec.add_argument("--dir", required=True, help="the CA directory")
     nodec.add_argument("--id", required=True)
     nodec.add_argument("--dns", action="append", default=[])
     nodec.add_argument("--ip", action="append", default=[])
-    nodec.add_argument("--days", type=int, default=pki.DEFAULT_CERT_DAYS)
+    nodec.add_argument("--days", type=int, default=None, help="default: 1 year")
     nodec.add_argument("--out", required=True)
     cl = certs_sub.add_parser("client", help="issue a client certificate into OUT")
     cl.add_argument("--dir", required=True, help="the CA directory")
     cl.add_argument("--name", required=True)
-    cl.add_argument("--days", type=int, default=pki.DEFAULT_CERT_DAYS)
+    cl.add_argument("--days", type=int, default=None, help="default: 1 year")
     cl.add_argument("--out", required=True)
     return p
 
@@ -192,6 +198,8 @@ def _node_recover(args: argparse.Namespace) -> int:
 
 
 async def _recover(args: argparse.Namespace) -> int:
+    from . import client, local
+
     node_id, url = None, args.node
     if "://" not in args.node:  # a node id of the local cluster
         nodes, files = client.local_cluster(args.data_dir)
@@ -232,12 +240,16 @@ def _print_recovered(node_id: str, kept: int, discarded: int, former: list[str])
 
 
 def _local_up(args: argparse.Namespace) -> int:
+    from . import local
+
     data_dir = Path(args.data_dir).resolve()
     nodes = local.plan(args.nodes, args.first_ip, args.port, args.health_port)
     return asyncio.run(_local_up_async(args, local.LocalCluster(data_dir, nodes)))
 
 
 async def _local_up_async(args: argparse.Namespace, cluster: local.LocalCluster) -> int:
+    from . import local
+
     data_dir, nodes = cluster.data_dir, cluster.nodes
     # Installed before any node starts: Ctrl-C or SIGTERM stops the cluster at any point.
     stop = asyncio.Event()
@@ -286,6 +298,8 @@ def _client_hint(data_dir: Path, command: str, *args: str) -> str:
 
 
 async def _watch(cluster: local.LocalCluster, data_dir: Path, stop: asyncio.Event) -> int:
+    from . import local
+
     """The live status table, until a signal (0) or until every node has exited (1)."""
     interactive = sys.stdout.isatty()
     last = ""
@@ -308,15 +322,18 @@ async def _watch(cluster: local.LocalCluster, data_dir: Path, stop: asyncio.Even
 
 
 def _certs(args: argparse.Namespace) -> int:
+    from . import pki
+
     if args.certs_command == "init":
-        pki.init_ca(args.dir, args.name, args.days)
+        pki.init_ca(args.dir, args.name, args.days or pki.DEFAULT_CA_DAYS)
         print(f"CA in {args.dir} (ca.crt, ca.key: keep ca.key secret)")
         return 0
     ca = pki.load_ca(args.dir)
     if args.certs_command == "node":
-        pair = pki.issue_node(ca, args.id, dns_names=args.dns, ip_addresses=args.ip, days=args.days)
+        pair = pki.issue_node(ca, args.id, dns_names=args.dns, ip_addresses=args.ip,
+                              days=args.days or pki.DEFAULT_CERT_DAYS)
     else:
-        pair = pki.issue_client(ca, args.name, days=args.days)
+        pair = pki.issue_client(ca, args.name, days=args.days or pki.DEFAULT_CERT_DAYS)
     out = pki.write_secret_dir(args.out, pair, ca.cert_pem)
     until = pki.not_after(pair.cert_pem)
     print(f"wrote {out}/tls.crt, tls.key, ca.crt (valid until {until:%Y-%m-%d})")
@@ -324,6 +341,8 @@ def _certs(args: argparse.Namespace) -> int:
 
 
 async def _client_command(args: argparse.Namespace) -> int:
+    from . import client, local
+
     if args.tls_dir:
         files = tls.TLSFiles.from_dir(args.tls_dir)
         nodes = [{"id": "?", "api": args.api}] if args.api else []

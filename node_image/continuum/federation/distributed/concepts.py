@@ -130,7 +130,7 @@ class ConceptService:
         return sorted(merged)[:limit]
 
     def count(self) -> int:
-        return len(self._strong) + int(self._replicator.get_stats().get("keys_stored", 0))
+        return len(self._strong) + self._replicator.live_keys
 
     # -- the two domains --------------------------------------------------------------------
 

@@ -5,11 +5,13 @@ A thin asyncio shell around ``core.swim.swim_node.SwimNode``: one timer
 message kind, and a dispatcher task that hands state and membership changes
 to the application's callbacks in order. The protocol lives in the core.
 
-Message kinds: ``swim.ping_call`` (a call: the ack is its reply, one round trip
-per probe), and one-way ``swim.ack``, ``swim.ping_req``, ``swim.nack``,
-``swim.gossip``, ``swim.sync`` (a one-way ``swim.ping`` is accepted too). A
-newly seen member's connection is opened at once (``peer.ping``) so the first
-gossip to it does not wait for a TLS handshake.
+Message kinds, all one-way over the peer streams: ``swim.ping``, ``swim.ack``,
+``swim.ping_req``, ``swim.nack``, ``swim.gossip``, ``swim.sync``. (A probe was once
+a call, ``swim.ping_call``, whose HTTP reply was the ack; two messages on streams
+that are open anyway cost a fraction of an HTTP request, so probes go one-way, and
+the call is still answered for peers of that older version.) A newly seen member's
+connection is opened at once (``peer.ping``) so the first gossip to it does not
+wait for a TLS handshake.
 
 Three ways to run, as every component here (``transport.link``): a shared
 ``transport=``, its own with ``bind_address=``, or neither (in-process only, the
@@ -44,8 +46,7 @@ log = logging.getLogger(__name__)
 StateCallback = Callable[..., Awaitable[None] | None]
 MembershipCallback = Callable[[str, str, str], Awaitable[None] | None]
 
-# A ping travels as a call whose HTTP reply is the ack: one round trip instead of two
-# one-way posts, which halves what probing costs both ends.
+# Probes of older versions: a call whose HTTP reply is the ack (still answered).
 PING_CALL = "swim.ping_call"
 
 _NS = "mesh"
@@ -409,9 +410,7 @@ class GossipMesh:
                 continue
             if self._transport is None or out.address == core.address:
                 continue
-            if isinstance(msg, messages.Ping):
-                self._ping(out.node, out.address, msg)
-            elif self._transport.send(out.address, messages.kind(msg), messages.encode(msg)):
+            if self._transport.send(out.address, messages.kind(msg), messages.encode(msg)):
                 self._sent += 1
             else:
                 self._send_dropped += 1
@@ -437,30 +436,6 @@ class GossipMesh:
             with contextlib.suppress(peer.PeerError):
                 await transport.request(address, "peer.ping", {}, timeout=5.0)
 
-        task = asyncio.get_running_loop().create_task(call())
-        self._calls.add(task)
-        task.add_done_callback(self._calls.discard)
-
-    def _ping(self, node_id: str, address: str, msg: messages.Ping) -> None:
-        transport = self._transport
-        assert transport is not None
-        timeout = max(1.0, 2 * self.config.probe_interval_ms / 1000)
-
-        async def call() -> None:
-            try:
-                reply = await transport.request(address, PING_CALL, messages.encode(msg),
-                                                timeout=timeout)
-                ack = messages.decode("swim.ack", reply)
-            except peer.PeerError:
-                return  # the core notices the missing ack by itself
-            except ValueError:
-                self._rejected += 1  # no ack (the ping was not for that node) or garbage
-                return
-            if self._running and self._core is not None:
-                self._core.receive(asyncio.get_running_loop().time(), node_id, ack)
-                self._flush()
-
-        self._sent += 1
         task = asyncio.get_running_loop().create_task(call())
         self._calls.add(task)
         task.add_done_callback(self._calls.discard)

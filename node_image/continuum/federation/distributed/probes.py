@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST
+
+from . import metrics
 
 
 def app(node_id: str, is_ready: Callable[[], bool], formation: Callable[[], str],
@@ -21,7 +22,7 @@ def app(node_id: str, is_ready: Callable[[], bool], formation: Callable[[], str]
                                  status=200 if ready else 503)
 
     async def prometheus(request: web.Request) -> web.Response:
-        return web.Response(body=render_metrics(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=render_metrics(), headers={"Content-Type": metrics.CONTENT_TYPE})
 
     application.router.add_get("/healthz", healthz)
     application.router.add_get("/readyz", readyz)

@@ -74,6 +74,10 @@ class TransportLimits:
     outbox_size: int = 10_000  # queued one-way messages per peer address
     max_batch: int = 1024  # messages per frame
     connections_per_peer: int = 8
+    # Pooled call connections idle longer than this are closed: each holds TLS buffers of a
+    # few hundred KiB, and calls other than the coordinator's health checks (every few
+    # seconds) are rare enough to pay a handshake.
+    keepalive_seconds: float = 10.0
     stream_heartbeat: float = 5.0  # seconds between a stream client's pings
     stream_idle_timeout: float = 30.0  # server: close a stream silent this long
 
@@ -81,7 +85,7 @@ class TransportLimits:
         if self.outbox_size < 1 or self.max_batch < 1 or self.connections_per_peer < 1:
             raise ValueError("outbox_size, max_batch and connections_per_peer must be positive")
         if min(self.connect_timeout, self.request_timeout, self.send_timeout,
-               self.stream_heartbeat, self.stream_idle_timeout) <= 0:
+               self.stream_heartbeat, self.stream_idle_timeout, self.keepalive_seconds) <= 0:
             raise ValueError("timeouts must be positive")
         if self.stream_idle_timeout <= self.stream_heartbeat:
             # A live client's pings must reach the server before it gives up on the stream.
@@ -220,7 +224,7 @@ class PeerTransport:
             ssl=self._client_ctx if self._client_ctx is not None else False,
             limit=0,
             limit_per_host=self.limits.connections_per_peer,
-            keepalive_timeout=60,
+            keepalive_timeout=self.limits.keepalive_seconds,
         )
         return aiohttp.ClientSession(
             connector=connector,
