@@ -271,6 +271,12 @@ def _concept_id(request: web.Request) -> str:
 
 
 def _strong(request: web.Request) -> bool:
+    # The two queries clients send, without parsing them into a multidict on every write.
+    raw = request.query_string
+    if not raw:
+        return False
+    if raw == "consistency=strong":
+        return True
     consistency = request.query.get("consistency", "eventual")
     if consistency not in ("strong", "eventual"):
         raise errors.InvalidInput("consistency must be 'strong' or 'eventual'")
