@@ -18,8 +18,8 @@ records py-spy on every node during the strong run at the highest concurrency an
 prints each one's top entries. Never fails on a timing.
 
 Run: .venv/bin/python bench/api.py [--seconds 5] [--repeat N] [--concurrency 1,16,64]
-         [--modes strong,default] [--client-procs 1] [--skip-etcd] [--profile DIR]
-         [--node-env KEY=VALUE ...]
+         [--modes strong,default] [--default-to leader|all] [--client-procs 1] [--skip-etcd]
+         [--profile DIR] [--pipeline] [--logs DIR] [--node-env KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ def _client_process(conn: Connection) -> None:
 async def _client_run(job: dict[str, Any]) -> dict[str, Any]:
     ctx = tls.client_context(tls.TLSFiles(*job["tls"])) if job["tls"] else None
     url: str = job["url"]
+    spread: list[str] = job.get("spread") or []  # default writes over every node
     mode: str = job["mode"]
     errors: collections.Counter[str] = collections.Counter()
     latencies: list[float] = []
@@ -92,7 +93,8 @@ async def _client_run(job: dict[str, Any]) -> dict[str, Any]:
                         return False
                 params = {"consistency": "strong"} if mode == "strong" else {}
                 # Each mode writes its own keys: a concept lives in one consistency domain.
-                async with http.put(f"{url}/v1/concepts/bench-{mode}-{i % 10000}",
+                base = spread[i % len(spread)] if spread else url
+                async with http.put(f"{base}/v1/concepts/bench-{mode}-{i % 10000}",
                                     json=VALUE, params=params) as r:
                     body = await r.read()
                     if r.status == 200:
@@ -146,12 +148,14 @@ class Clients:
             self.procs.append(p)
 
     async def run(self, url: str, tls_files: tuple[str, str, str] | None, mode: str,
-                  concurrency: int, seconds: float, server_pids: list[int]) -> Run:
+                  concurrency: int, seconds: float, server_pids: list[int],
+                  spread: list[str] | None = None) -> Run:
         n = min(len(self.conns), concurrency)
         start_at = time.time() + WARM_UP + 0.5
         for k in range(n):
             share = concurrency // n + (1 if k < concurrency % n else 0)
-            self.conns[k].send({"url": url, "tls": tls_files, "mode": mode, "workers": share,
+            self.conns[k].send({"url": url, "spread": spread, "tls": tls_files, "mode": mode,
+                                "workers": share,
                                 "seconds": seconds, "start_at": start_at, "offset": k * 10**7})
         await asyncio.sleep(max(0.0, start_at - time.time()))
         load = os.getloadavg()[0]
@@ -256,7 +260,9 @@ async def ours(args: argparse.Namespace, clients: Clients, profile: Path | None
                 spies = []
                 if profile is not None and mode == "strong" and c == max(args.concurrency):
                     spies = _start_py_spy(cluster, leader, profile, args.seconds + WARM_UP)
-                r = await clients.run(url, tls_files, mode, c, args.seconds, pids)
+                spread = ([n.api_url for n in nodes]
+                          if mode == "default" and args.default_to == "all" else None)
+                r = await clients.run(url, tls_files, mode, c, args.seconds, pids, spread)
                 for spy in spies:
                     spy.wait()
                 term1, leader, counters1 = await _status(work)
@@ -454,6 +460,9 @@ def _parse() -> argparse.Namespace:
                     type=lambda s: [int(x) for x in s.split(",")])
     ap.add_argument("--modes", default="strong,default", type=lambda s: s.split(","))
     ap.add_argument("--client-procs", type=int, default=1)
+    ap.add_argument("--default-to", choices=("leader", "all"), default="leader",
+                    help="where default (multi-master) writes go: the leader, as strong ones "
+                         "do, or every node in turn (any node takes them)")
     ap.add_argument("--skip-etcd", action="store_true")
     ap.add_argument("--profile", type=Path, default=None,
                     help="record py-spy on every node during the strong run at the highest "

@@ -54,24 +54,49 @@ _getaddrinfo = socket.getaddrinfo
 _servers = [s for s in os.environ.get("CONTINUUM_DNS_NAMESERVERS", "").split(",") if s]
 
 
-def _cluster_getaddrinfo(host, *args, **kwargs):
+def _cluster_name(host):
     name = host.decode() if isinstance(host, bytes) else host
     if isinstance(name, str) and name.rstrip(".").endswith(".svc.cluster.local") and _servers:
-        import dns.exception
-        import dns.resolver
+        return name
+    return None
 
-        resolver = dns.resolver.Resolver(configure=False)
-        ip, _, port = _servers[0].rpartition(":")
-        resolver.nameservers = [ip]
-        resolver.port = int(port)
-        try:
-            host = resolver.resolve(name, "A", lifetime=3)[0].address
-        except dns.exception.DNSException as exc:
-            raise socket.gaierror(socket.EAI_NONAME, f"{name}: {exc}") from None
-    return _getaddrinfo(host, *args, **kwargs)
+
+def _resolve(name):
+    import dns.exception
+    import dns.resolver
+
+    resolver = dns.resolver.Resolver(configure=False)
+    ip, _, port = _servers[0].rpartition(":")
+    resolver.nameservers = [ip]
+    resolver.port = int(port)
+    try:
+        return resolver.resolve(name, "A", lifetime=3)[0].address
+    except dns.exception.DNSException as exc:
+        raise socket.gaierror(socket.EAI_NONAME, f"{name}: {exc}") from None
+
+
+def _cluster_getaddrinfo(host, *args, **kwargs):
+    name = _cluster_name(host)
+    return _getaddrinfo(_resolve(name) if name else host, *args, **kwargs)
 
 
 socket.getaddrinfo = _cluster_getaddrinfo
+
+# uvloop (the node's default loop) resolves names in libuv, not through socket.getaddrinfo.
+try:
+    import uvloop
+except ImportError:
+    uvloop = None
+if uvloop is not None:
+    _uv_getaddrinfo = uvloop.Loop.getaddrinfo
+
+    async def _cluster_uv_getaddrinfo(self, host, *args, **kwargs):
+        name = _cluster_name(host)
+        if name:
+            host = await self.run_in_executor(None, _resolve, name)
+        return await _uv_getaddrinfo(self, host, *args, **kwargs)
+
+    uvloop.Loop.getaddrinfo = _cluster_uv_getaddrinfo
 '''
 
 

@@ -522,6 +522,9 @@ class RaftConsensus(raft_loop.RaftLoop):
             "config_index": n.conf_index if n else 0,
             "membership_committed": self.membership_committed(),
             "running": self._running,
+            # Lifeguard's local health: how far behind this node's own timers run.
+            "local_health": n.local_health if n else 0,
+            "loop_lag_ms": round(self.loop_lag_ms, 3),
         }
         base.update(self.stats)
         return base
