@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# Two images from one build:
+# Two images from one build (docs/images.md: podman, buildah, offline builds):
 #   docker build --target node     -t ghcr.io/continuum/federation-node:0.1.0 .
 #   docker build --target operator -t ghcr.io/continuum/federation-operator:0.1.0 .
 # The builder stage builds the wheel and installs it (with its dependencies, from
@@ -14,11 +14,17 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-# Metadata first: dependency wheels are cached until pyproject.toml changes.
-COPY pyproject.toml README.md ./
+# The dependencies' wheels first, from pyproject.toml alone: that layer is reused until the
+# dependencies change, whatever happens to the sources.
+COPY pyproject.toml ./
+RUN python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+extras = [p["optional-dependencies"][e] for e in ("operator", "backup")]; \
+print("\n".join(sum(extras, p["dependencies"])))' > /requirements.txt \
+ && python -m pip wheel --wheel-dir /wheels --requirement /requirements.txt
+COPY README.md ./
 COPY node_image/ node_image/
 COPY operator/ operator/
-RUN python -m pip wheel --wheel-dir /wheels ".[operator,backup]"
+RUN python -m pip wheel --wheel-dir /wheels --no-deps .
 # One virtualenv per image, without pip in it (the builder's pip installs into it); the
 # final stages run the same base image, so the paths hold.
 RUN python -m venv --without-pip /opt/node \
@@ -34,10 +40,12 @@ RUN python -m venv --without-pip /opt/node \
 FROM ${PYTHON_IMAGE} AS runtime
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
-# No package installer at run time: remove the base image's pip (and setuptools/wheel).
+# No package installer at run time: remove the base image's pip (and setuptools/wheel),
+# and the pip wheel ensurepip keeps to reinstall it.
 # A fixed, non-root uid/gid (the Helm chart and the operator's pods use 10001) and the
 # node's data and TLS directories, writable by it when a volume is not mounted there.
 RUN python -m pip uninstall --yes --quiet pip setuptools wheel \
+ && rm -rf "$(python -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')/ensurepip/_bundled" \
  && groupadd --system --gid 10001 continuum \
  && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --no-create-home \
       --shell /usr/sbin/nologin continuum \

@@ -1,4 +1,5 @@
-"""Fixtures shared by every test kind: a throwaway cluster CA and node certificates."""
+"""Fixtures shared by every test kind: a throwaway cluster CA and node certificates, and the
+node and operator images built from these sources."""
 
 from __future__ import annotations
 
@@ -10,6 +11,23 @@ import pytest
 
 from continuum.federation.distributed import pki
 from continuum.federation.distributed.transport import tls
+from image.containers import ImageBuildError, Images, build_images
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--long", action="store_true",
+                     help="also run the long tests (scripts/test --long)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``long`` run only with ``--long``: the default run stays within CI's
+    time budget, and each long test has a shorter sibling that always runs."""
+    if config.getoption("--long"):
+        return
+    skip = pytest.mark.skip(reason="long mode only: scripts/test --long")
+    for item in items:
+        if "long" in item.keywords:
+            item.add_marker(skip)
 
 
 class TestPKI:
@@ -52,3 +70,13 @@ def foreign_pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
 @pytest.fixture
 def make_pki(tmp_path: Path) -> Callable[[str], TestPKI]:
     return lambda name: TestPKI(tmp_path / name)
+
+
+@pytest.fixture(scope="session")
+def images() -> Images:
+    """Built once per run (``scripts/test`` builds them before pytest starts, so this finds
+    them by their content hash). A missing tool fails the tests that need the images."""
+    try:
+        return build_images()
+    except ImageBuildError as exc:
+        pytest.fail(str(exc), pytrace=False)

@@ -2,8 +2,18 @@
 
 Writes are JSON merge patches or creates, and only when the live object
 differs from the desired one: ``is_subset`` treats fields the API server adds
-(defaults, status, metadata) as equal, so a reconcile of an unchanged cluster
-sends no write at all. Credentials come from kopf's login (``configure``).
+(defaults, status, metadata) as equal, and quantities as equal when they are the
+same amount (``quantities.py``), so a reconcile of an unchanged cluster sends no
+write at all. Credentials come from kopf's login (``configure``), which loads the
+in-cluster service account or a kubeconfig (exec plugins included) through the
+``kubernetes`` library.
+
+Why the requests themselves are written here rather than made with the ``kubernetes``
+library's client: that client is synchronous, so each call would block kopf's event loop
+(or take a thread) for the length of an API round trip, and the operator needs a dozen
+verbs on plain dicts, not generated models. kubernetes_asyncio would be a second copy of
+the whole generated client for those dozen verbs. We keep the library for what it does
+well: configuration loading and quantity parsing.
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ from typing import Any
 
 import aiohttp
 
-from . import metrics
+from . import metrics, quantities
 
 MERGE = "application/merge-patch+json"
 
@@ -30,6 +40,8 @@ _PLURALS = {
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
     ("cert-manager.io/v1", "Certificate"): "certificates",
     ("continuum.dev/v1alpha1", "FederationCluster"): "federationclusters",
+    ("continuum.dev/v1alpha1", "FederationBackup"): "federationbackups",
+    ("batch/v1", "Job"): "jobs",
 }
 # StatefulSet fields the API server refuses to change; drift there is reported, not patched.
 STS_MUTABLE = ("replicas", "template", "updateStrategy", "persistentVolumeClaimRetentionPolicy",
@@ -53,6 +65,12 @@ def path(api_version: str, plural: str, namespace: str, name: str | None = None,
     return out
 
 
+def cluster_path(api_version: str, plural: str, name: str) -> str:
+    """A cluster-scoped object (e.g. a StorageClass)."""
+    base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    return f"{base}/{plural}/{name}"
+
+
 def object_path(obj: Mapping[str, Any], sub: str | None = None) -> str:
     plural = _PLURALS[(obj["apiVersion"], obj["kind"])]
     meta = obj["metadata"]
@@ -61,6 +79,8 @@ def object_path(obj: Mapping[str, Any], sub: str | None = None) -> str:
 
 def is_subset(desired: Any, live: Any) -> bool:
     """Whether ``live`` already has every value of ``desired`` (extra live fields allowed)."""
+    if isinstance(desired, quantities.Quantity):
+        return quantities.same(desired, live)
     if isinstance(desired, Mapping):
         return isinstance(live, Mapping) and all(
             is_subset(v, live.get(k)) for k, v in desired.items())
@@ -230,6 +250,22 @@ class Kube:
                 return False
             raise
         return True
+
+    async def create_once(self, obj: Mapping[str, Any]) -> tuple[bool, dict[str, Any]]:
+        """Create ``obj`` unless an object of its name exists: (created, the object). For
+        objects that are never patched (a Job's template is immutable)."""
+        live = await self.get(object_path(obj))
+        if live is not None:
+            return False, live
+        try:
+            return True, await self.create(obj)
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+        live = await self.get(object_path(obj))
+        if live is None:
+            raise ApiError(409, f"{object_path(obj)} exists but cannot be read")
+        return False, live
 
     async def ensure(self, obj: Mapping[str, Any], *, create_extra: Mapping[str, Any] | None = None,
                      live: dict[str, Any] | None = None) -> tuple[str | None, dict[str, Any]]:

@@ -1,7 +1,9 @@
-"""Generate the FederationCluster CRD from the pydantic models in ``spec.py``.
+"""Generate the CRDs from the pydantic models: FederationCluster from ``spec.py``,
+FederationBackup from ``backup_spec.py``.
 
-    python -m continuum_operator.crd                 # print the YAML
-    python -m continuum_operator.crd -o crds/federationclusters.continuum.dev.yaml
+    python -m continuum_operator.crd                 # print the FederationCluster CRD
+    python -m continuum_operator.crd -o crds/        # write every CRD into crds/
+    python -m continuum_operator.crd --check crds/   # exit 1 if any differs from the models
     python -m continuum_operator.crd --check crds/federationclusters.continuum.dev.yaml
 
 pydantic emits JSON Schema; Kubernetes wants a *structural* OpenAPI v3
@@ -20,12 +22,14 @@ from typing import Any
 
 import yaml
 
-from . import spec
+from . import backup_spec, fields, spec
 
 HEADER = ("# Generated from operator/continuum_operator/spec.py by "
           "`python -m continuum_operator.crd`. Do not edit by hand.\n")
 CRD_NAME = f"{spec.PLURAL}.{spec.GROUP}"
 FILENAME = f"{CRD_NAME}.yaml"
+BACKUP_CRD_NAME = f"{backup_spec.PLURAL}.{backup_spec.GROUP}"
+BACKUP_FILENAME = f"{BACKUP_CRD_NAME}.yaml"
 
 _DROP = {"title"}
 
@@ -81,7 +85,7 @@ def structural(node: dict[str, Any], defs: dict[str, Any], defaults: Any = None)
     return out
 
 
-def _schema(model: type[spec._Model], with_defaults: bool) -> dict[str, Any]:
+def _schema(model: type[fields.Model], with_defaults: bool) -> dict[str, Any]:
     raw = model.model_json_schema(by_alias=True, mode="validation")
     defs = raw.pop("$defs", {})
     defaults = model().model_dump(by_alias=True, mode="json") if with_defaults else None
@@ -101,6 +105,19 @@ PRINTER_COLUMNS = [
     {"name": "Term", "type": "integer", "jsonPath": ".status.term", "priority": 1},
     {"name": "Operation", "type": "string", "jsonPath": ".status.operation.step", "priority": 1},
     {"name": "Paused", "type": "boolean", "jsonPath": ".spec.paused", "priority": 1},
+    {"name": "Last Backup", "type": "date", "jsonPath": ".status.backup.lastSuccessTime",
+     "priority": 1},
+]
+BACKUP_PRINTER_COLUMNS = [
+    {"name": "Cluster", "type": "string", "jsonPath": ".spec.cluster"},
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Size", "type": "string", "jsonPath": ".status.size"},
+    {"name": "Raft Index", "type": "integer", "jsonPath": ".status.raftIndex"},
+    {"name": "Started", "type": "date", "jsonPath": ".status.startedAt"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    {"name": "Location", "type": "string", "jsonPath": ".status.location", "priority": 1},
+    {"name": "Node", "type": "string", "jsonPath": ".status.node", "priority": 1},
+    {"name": "Error", "type": "string", "jsonPath": ".status.error", "priority": 1},
 ]
 
 
@@ -134,6 +151,8 @@ def build() -> dict[str, Any]:
                     "type": "object",
                     "description": "A Continuum federation cluster: a Raft/CRDT/gossip "
                                    "StatefulSet managed by the continuum operator.",
+                    # The name is refused here, not half-way through creating children.
+                    "x-kubernetes-validations": spec.NAME_RULES,
                     "properties": {
                         "apiVersion": {"type": "string"},
                         "kind": {"type": "string"},
@@ -156,8 +175,64 @@ def build() -> dict[str, Any]:
     }
 
 
-def render() -> str:
-    return HEADER + yaml.safe_dump(build(), sort_keys=False, width=100)
+def build_backup() -> dict[str, Any]:
+    spec_schema = _schema(backup_spec.FederationBackupSpec, with_defaults=False)
+    status_schema = _schema(backup_spec.FederationBackupStatus, with_defaults=False)
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": BACKUP_CRD_NAME,
+            "labels": {"app.kubernetes.io/part-of": "continuum-federation"},
+        },
+        "spec": {
+            "group": backup_spec.GROUP,
+            "names": {
+                "kind": backup_spec.KIND,
+                "listKind": f"{backup_spec.KIND}List",
+                "plural": backup_spec.PLURAL,
+                "singular": backup_spec.SINGULAR,
+                "shortNames": list(backup_spec.SHORT_NAMES),
+                "categories": ["continuum"],
+            },
+            "scope": "Namespaced",
+            "versions": [{
+                "name": backup_spec.VERSION,
+                "served": True,
+                "storage": True,
+                "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "description": "A consistent backup of a FederationCluster, taken once by "
+                                   "a Job that runs `continuum-federation backup create`.",
+                    "x-kubernetes-validations": backup_spec.NAME_RULES,
+                    "required": ["spec"],
+                    "properties": {
+                        "apiVersion": {"type": "string"},
+                        "kind": {"type": "string"},
+                        "metadata": {"type": "object"},
+                        "spec": spec_schema,
+                        "status": status_schema,
+                    },
+                }},
+                "subresources": {"status": {}},
+                "additionalPrinterColumns": BACKUP_PRINTER_COLUMNS,
+            }],
+        },
+    }
+
+
+BUILDERS = {FILENAME: build, BACKUP_FILENAME: build_backup}
+
+
+def render(filename: str = FILENAME) -> str:
+    return HEADER + yaml.safe_dump(BUILDERS[filename](), sort_keys=False, width=100)
+
+
+def _files(path: Path) -> dict[Path, str]:
+    """The CRD files at ``path``: every one for a directory, else the one it names."""
+    if path.is_dir() or not path.suffix:
+        return {path / name: render(name) for name in BUILDERS}
+    return {path: render(path.name if path.name in BUILDERS else FILENAME)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,19 +242,19 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("-o", "--output", type=Path, help="write the CRD to this file")
     group.add_argument("--check", type=Path, help="exit 1 if this file differs from the model")
     args = parser.parse_args(argv)
-    text = render()
     if args.check is not None:
-        current = args.check.read_text() if args.check.exists() else ""
-        if current != text:
-            print(f"{args.check} is out of date; run python -m continuum_operator.crd -o "
+        stale = [f for f, text in _files(args.check).items()
+                 if (f.read_text() if f.exists() else "") != text]
+        for f in stale:
+            print(f"{f} is out of date; run python -m continuum_operator.crd -o "
                   f"{args.check}", file=sys.stderr)
-            return 1
-        return 0
+        return 1 if stale else 0
     if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text)
+        for f, text in _files(args.output).items():
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_text(text)
         return 0
-    sys.stdout.write(text)
+    sys.stdout.write(render())
     return 0
 
 

@@ -1,12 +1,15 @@
 """The only module with ``@kopf.on.*`` handlers. Thin: each delegates to ``reconciler.py``.
 
-- startup: our own annotation prefix and finalizer, explicit watch timeouts, metrics;
+- startup: our own annotation prefix and finalizer, explicit watch timeouts, metrics, and the
+  peering priority of this replica (``seniority``: the earliest started replica works, the
+  others stand by, so a new or restarted replica never takes over from a working one);
 - login: the API server from settings (e.g. kubectl proxy), else the in-cluster service
   account, else kubeconfig; the same credentials serve ``cluster.Kube``;
 - create/update/resume: validate the spec (an invalid one is a permanent error with a clear
   message; the daemon also records it in the status) and wake the cluster's daemon;
 - a daemon per FederationCluster: the single writer for that cluster, reconciling every
   ``interval`` seconds (``busy_interval`` while an operation runs) and at once when woken;
+- a daemon per FederationBackup: starts its Job and follows it into the status, then ends;
 - delete: remove owned objects (ownerReferences would too, but not on every cluster in time)
   and PVCs when ``storage.retention.whenDeleted`` is Delete.
 """
@@ -15,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import time
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -22,12 +27,13 @@ import kopf
 import prometheus_client
 import pydantic
 
-from . import cluster, reconciler
+from . import backup_spec, cluster, reconciler
 from . import spec as api
 from .settings import OperatorSettings
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 RESOURCE = (api.GROUP, api.VERSION, api.PLURAL)
+BACKUP_RESOURCE = (backup_spec.GROUP, backup_spec.VERSION, backup_spec.PLURAL)
 
 
 def _settings(memo: kopf.Memo) -> OperatorSettings:
@@ -54,13 +60,30 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Lo
     settings.watching.client_timeout = ours.watch_client_timeout
     settings.watching.connect_timeout = ours.connect_timeout
     settings.posting.level = logging.WARNING
+    if not settings.peering.standalone:
+        settings.peering.lifetime = ours.peering_lifetime
+        settings.peering.priority = (ours.peering_priority if ours.peering_priority is not None
+                                     else seniority(time.time()))
+        settings.peering.stealth = True  # no log line per keep-alive
+        logger.info("peering %r with priority %d", settings.peering.name,
+                    settings.peering.priority)
     kube = cluster.Kube()
     memo["kube"] = kube
-    memo["reconciler"] = reconciler.Reconciler(kube, ours, _emit)
+    clock = memo.get("clock")  # tests may pass their own (a callable returning UTC now)
+    memo["reconciler"] = (reconciler.Reconciler(kube, ours, _emit, clock) if callable(clock)
+                          else reconciler.Reconciler(kube, ours, _emit))
     if ours.metrics_port and not memo.get("metrics_started"):
         prometheus_client.start_http_server(ours.metrics_port)
         memo["metrics_started"] = True
         logger.info("metrics on :%d/metrics", ours.metrics_port)
+
+
+def seniority(started: float, rng: random.Random | None = None) -> int:
+    """A peering priority that is higher the earlier the replica started (kopf pauses every
+    replica that sees one of higher priority, and all of them on a tie: the random
+    thousandths of a millisecond make a tie practically impossible)."""
+    tiebreak = (rng or random.Random()).randrange(1000)
+    return 2**52 - (int(started * 1000) * 1000 + tiebreak)
 
 
 @kopf.on.login()
@@ -69,7 +92,12 @@ def login(memo: kopf.Memo, logger: Logger, **kwargs: Any) -> kopf.ConnectionInfo
     if ours.api_server:
         info: kopf.ConnectionInfo | None = kopf.ConnectionInfo(server=ours.api_server)
     else:
-        info = (kopf.login_with_service_account(logger=logger, **kwargs)
+        try:
+            info = kopf.login_via_client(logger=logger, **kwargs)
+        except kopf.LoginError:
+            info = None
+        # kopf's own readers, should the library find nothing it can use.
+        info = (info or kopf.login_with_service_account(logger=logger, **kwargs)
                 or kopf.login_with_kubeconfig(logger=logger, **kwargs))
     kube = memo.get("kube")
     if info is not None and isinstance(kube, cluster.Kube):
@@ -120,6 +148,22 @@ async def _sleep(wake: asyncio.Event, stopped: kopf.DaemonStopped, delay: float)
     finally:
         for w in waiters:
             w.cancel()
+
+
+@kopf.daemon(*BACKUP_RESOURCE, cancellation_timeout=30.0)
+async def run_backup(name: str, namespace: str | None, memo: kopf.Memo,
+                     stopped: kopf.DaemonStopped, logger: Logger, **_: Any) -> None:
+    """A FederationBackup's daemon: follows it until it is Succeeded or Failed, then ends
+    (a restarted operator starts it again, and it ends at once)."""
+    ours = _settings(memo)
+    rec: reconciler.Reconciler = memo["reconciler"]
+    while not stopped:
+        try:
+            if await rec.backups.reconcile_backup(namespace or "", name):
+                return
+        except Exception as exc:  # the next cycle retries; never let the daemon die
+            logger.warning("backup reconcile failed: %s: %s", type(exc).__name__, exc)
+        await stopped.wait(ours.interval)
 
 
 @kopf.on.delete(*RESOURCE)

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from . import quantities
 from . import spec as api
 
 PEER_PORT = 7000
@@ -49,7 +50,7 @@ class Cluster:
 
     @property
     def peer_domain(self) -> str:
-        return f"{self.peers_service}.{self.namespace}.svc.cluster.local"
+        return f"{self.peers_service}.{self.namespace}.svc.{self.spec.cluster_domain}"
 
     @property
     def config_map(self) -> str:
@@ -218,6 +219,7 @@ def _env(c: Cluster) -> list[dict[str, Any]]:
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         *({"name": k, "value": v} for k, v in plain.items()),
+        *(e.model_dump(by_alias=True, exclude_none=True) for e in c.spec.pod_template.env),
     ]
 
 
@@ -229,10 +231,9 @@ def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
 def _container(c: Cluster) -> dict[str, Any]:
     s = c.spec
     resources: dict[str, Any] = {}
-    if s.resources.requests:
-        resources["requests"] = dict(s.resources.requests)
-    if s.resources.limits:
-        resources["limits"] = dict(s.resources.limits)
+    for kind, amounts in (("requests", s.resources.requests), ("limits", s.resources.limits)):
+        if amounts:
+            resources[kind] = {k: quantities.mark(v) for k, v in amounts.items()}
     return {
         "name": "node",
         "image": s.image.reference,
@@ -262,10 +263,39 @@ def _container(c: Cluster) -> dict[str, Any]:
     }
 
 
+HOSTNAME = "kubernetes.io/hostname"
+ZONE = "topology.kubernetes.io/zone"
+
+
+def spread_constraints(c: Cluster) -> list[dict[str, Any]]:
+    """The user's topologySpreadConstraints, else members spread over hosts and zones.
+
+    maxSkew 1 over hosts: no host ever runs two members more than another, so with as
+    many hosts as members each runs one, and a lost host costs at most its share. Tainted
+    or cordoned nodes the pods cannot use are left out of the count (nodeTaintsPolicy
+    Honor), so they never make a spread look uneven and block scheduling.
+    """
+    sched = c.spec.scheduling
+    if sched.topology_spread_constraints:
+        return list(sched.topology_spread_constraints)
+    out = []
+    for key, mode in ((HOSTNAME, sched.host_spread), (ZONE, sched.zone_spread)):
+        if mode == "Disabled":
+            continue
+        out.append({
+            "maxSkew": 1, "topologyKey": key,
+            "whenUnsatisfiable": "DoNotSchedule" if mode == "Required" else "ScheduleAnyway",
+            "labelSelector": {"matchLabels": selector_labels(c)},
+            "nodeTaintsPolicy": "Honor",
+        })
+    return out
+
+
 def _pod_spec(c: Cluster) -> dict[str, Any]:
     s = c.spec
+    extra = s.pod_template
     pod: dict[str, Any] = {
-        "automountServiceAccountToken": False,
+        "automountServiceAccountToken": extra.automount_service_account_token,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": s.termination_grace_period_seconds,
         "securityContext": {
@@ -277,14 +307,18 @@ def _pod_spec(c: Cluster) -> dict[str, Any]:
         "volumes": [
             {"name": "tls", "secret": {"secretName": c.tls_secret, "defaultMode": 0o440}},
             {"name": "config", "configMap": {"name": c.config_map}},
-            {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": quantities.mark("64Mi")}},
         ],
     }
+    if extra.service_account_name:
+        pod["serviceAccountName"] = extra.service_account_name
+    if extra.image_pull_secrets:
+        pod["imagePullSecrets"] = [r.model_dump() for r in extra.image_pull_secrets]
     sched = s.scheduling
     if sched.affinity:
         pod["affinity"] = sched.affinity
-    if sched.topology_spread_constraints:
-        pod["topologySpreadConstraints"] = list(sched.topology_spread_constraints)
+    if spread := spread_constraints(c):
+        pod["topologySpreadConstraints"] = spread
     if sched.tolerations:
         pod["tolerations"] = list(sched.tolerations)
     if sched.node_selector:
@@ -297,12 +331,19 @@ def _pod_spec(c: Cluster) -> dict[str, Any]:
 def _claim(c: Cluster) -> dict[str, Any]:
     claim: dict[str, Any] = {
         "accessModes": ["ReadWriteOnce"],
-        "resources": {"requests": {"storage": c.spec.storage.size}},
+        "resources": {"requests": {"storage": quantities.mark(c.spec.storage.size)}},
     }
     if c.spec.storage.storage_class_name:
         claim["storageClassName"] = c.spec.storage.storage_class_name
     return {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
             "metadata": {"name": "data", "labels": selector_labels(c)}, "spec": claim}
+
+
+def _pod_metadata(c: Cluster) -> dict[str, Any]:
+    """The user's pod labels and annotations, then ours (the spec refuses clashes)."""
+    extra = c.spec.pod_template.metadata
+    return {"labels": {**extra.labels, **labels(c)},
+            "annotations": {**extra.annotations, CONFIG_HASH: config_hash(c)}}
 
 
 def statefulset(c: Cluster) -> dict[str, Any]:
@@ -321,7 +362,7 @@ def statefulset(c: Cluster) -> dict[str, Any]:
                 "whenDeleted": c.spec.storage.retention.when_deleted,
             },
             "template": {
-                "metadata": {"labels": labels(c), "annotations": {CONFIG_HASH: config_hash(c)}},
+                "metadata": _pod_metadata(c),
                 "spec": _pod_spec(c),
             },
             "volumeClaimTemplates": [_claim(c)],
@@ -359,8 +400,8 @@ def pod_disruption_budget(c: Cluster, voters: int) -> dict[str, Any] | None:
 def node_dns_names(c: Cluster) -> list[str]:
     """One wildcard for every pod (scaling never re-issues) plus the Service names."""
     ns = c.namespace
-    return [f"*.{c.peer_domain}", c.peer_domain, f"{c.name}.{ns}.svc.cluster.local",
-            f"{c.name}.{ns}.svc"]
+    return [f"*.{c.peer_domain}", c.peer_domain,
+            f"{c.name}.{ns}.svc.{c.spec.cluster_domain}", f"{c.name}.{ns}.svc"]
 
 
 def _issuer(c: Cluster) -> dict[str, str]:

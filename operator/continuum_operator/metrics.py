@@ -9,6 +9,9 @@ RECONCILES = Counter("continuum_operator_reconciles_total",
 RECONCILE_SECONDS = Histogram("continuum_operator_reconcile_seconds",
                               "Duration of one reconcile cycle.",
                               buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+RECONCILE_ERRORS = Counter("continuum_operator_reconcile_errors_total",
+                           "Reconcile cycles of a cluster that failed (e.g. a refused write).",
+                           ["namespace", "name"])
 ACTIONS = Counter("continuum_operator_actions_total",
                   "Steps executed against a cluster, by kind.", ["action"])
 API_WRITES = Counter("continuum_operator_api_writes_total",

@@ -17,6 +17,12 @@ observation, and every step is idempotent against both:
 - update (OnDelete): NotReady outdated pods first, then followers, then
   TransferLeadership and the old leader.
 
+A pod being Ready only says its node knows a leader and is a member, not that it has
+the log: so a restart is finished, and the next restart or removal starts, only once
+every voter's match index (on the leader) is within ``max_lag`` entries of the leader's
+commit index. Restarting the next follower while the previous one still catches up
+would leave a bare majority to commit through one slow member.
+
 A scale-down that would leave fewer healthy voters than a quorum is Blocked
 unless the ``continuum.dev/force-scale-down`` annotation is set.
 
@@ -52,6 +58,7 @@ class Pod:
     log_position: tuple[int, int] | None = None
     # Its own configuration lists it: Raft state it keeps until it is told it was left out.
     believes_member: bool = False
+    node: str | None = None           # the Kubernetes node it is scheduled on
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +66,7 @@ class Member:
     id: str
     voter: bool
     healthy: bool
+    match_index: int | None = None    # the leader's record of this member's log
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +78,8 @@ class Observed:
     pods: tuple[Pod, ...] = ()
     members: tuple[Member, ...] | None = None   # None: no reachable leader
     leader: str | None = None
+    commit_index: int | None = None   # the leader's (None: not reported)
+    max_lag: int = 100                # entries a voter may trail it and count as caught up
     # The leader's ``members`` is its latest configuration, in force once appended; True only
     # when the leader reports that configuration committed (a missing report counts as False).
     membership_committed: bool = False
@@ -208,6 +218,20 @@ def _safe_to_remove(o: Observed, victim: str) -> str | None:
     return None
 
 
+def _behind(o: Observed, names: list[str] | None = None) -> str | None:
+    """Why a voter (of ``names``, default all) has not caught up with the leader, or None."""
+    if o.commit_index is None:
+        return None  # a node that does not report it: nothing to wait for
+    for m in o.voters:
+        if names is not None and m.id not in names:
+            continue
+        if m.match_index is None or o.commit_index - m.match_index > o.max_lag:
+            have = "unknown" if m.match_index is None else str(m.match_index)
+            return (f"waiting for {m.id} to catch up: match index {have}, leader commit index "
+                    f"{o.commit_index} (allowed lag {o.max_lag})")
+    return None
+
+
 # ---- the planner ------------------------------------------------------------------------------
 
 def plan(o: Observed) -> Decision:
@@ -286,11 +310,31 @@ def _next(o: Observed) -> Decision:
                 return _decide(stale, None)
             op = _op(o, "ScaleUp", "AddMember", name, target=size)
             return _decide(AddMember(name), op)
+    if (stray := _stray(o, size)) is not None:
+        return stray
     if o.desired > size:
         return _scale_up(o, size)
     if o.desired < size:
         return _scale_down(o, size)
     return _update(o)
+
+
+def _stray(o: Observed, size: int) -> Decision | None:
+    """A member whose pod the StatefulSet no longer runs (say a removed node that joined
+    again on its own before its pod was gone): removed as a scale-down would have."""
+    strays = sorted((m for m in o.members or ()
+                     if (manifests.ordinal(o.name, m.id) or -1) >= size),
+                    key=lambda m: -(manifests.ordinal(o.name, m.id) or 0))
+    if not strays:
+        return None
+    victim = strays[0].id
+    if (why := _safe_to_remove(o, victim)) is not None:
+        return _decide(Wait(f"member {victim} has no pod, but {why}"), None)
+    if o.leader == victim:
+        op = _op(o, "ScaleDown", "TransferLeadership", victim, target=size)
+        return _decide(TransferLeadership(victim, _transfer_target(o, exclude=victim)), op)
+    return _decide(RemoveMember(victim), _op(o, "ScaleDown", "RemoveMember", victim,
+                                             target=size))
 
 
 def _scale_up(o: Observed, size: int) -> Decision:
@@ -311,6 +355,9 @@ def _scale_down(o: Observed, size: int) -> Decision:
     if why is not None and not o.force_scale_down:
         return _decide(Blocked(f"scale-down refused: {why}; set the annotation "
                                f"{api.FORCE_SCALE_DOWN}=true to override"), None)
+    remaining = [m.id for m in o.voters if m.id != victim]
+    if not o.force_scale_down and (behind := _behind(o, remaining)) is not None:
+        return _decide(Wait(f"{behind}, before removing {victim}"), None)
     if o.leader == victim:
         to = _transfer_target(o, exclude=victim)
         op = _op(o, "ScaleDown", "TransferLeadership", victim, target=size - 1)
@@ -344,6 +391,8 @@ def _update(o: Observed) -> Decision:
     if any(not m.healthy for m in o.voters):
         return _decide(Wait("waiting for every voter to be healthy before the next restart"),
                        None)
+    if (behind := _behind(o)) is not None:
+        return _decide(Wait(f"{behind}, before the next restart"), None)
     followers = [p for p in outdated if p.name != o.leader]
     if followers:
         p = max(followers, key=lambda p: p.ordinal)
@@ -382,6 +431,8 @@ def _resume_up(o: Observed, op: api.Operation) -> Decision:
         return _decide(Wait("no leader: waiting to add the new member"), op)
     m = o.member(op.member)
     if m is not None and m.voter:
+        if (behind := _behind(o, [op.member])) is not None:
+            return _decide(Wait(behind), op)
         return _done(o)
     pod = o.pod(op.member)
     if pod is None or pod.terminating:
@@ -445,4 +496,8 @@ def _resume_update(o: Observed, op: api.Operation) -> Decision:
         return _decide(DeletePod(op.member, "restart"), replace_step(op, "DeletePod"))
     if not pod.ready:
         return _decide(Wait(f"waiting for pod {op.member} to be ready"), op)
+    if o.members is None:
+        return _decide(Wait(f"no leader: waiting to see {op.member} catch up"), op)
+    if (behind := _behind(o, [op.member])) is not None:
+        return _decide(Wait(behind), op)
     return _done(o)

@@ -22,7 +22,18 @@ from typing import Any
 
 import pydantic
 
-from . import certificates, cluster, manifests, metrics, node_client, planner, status
+from . import (
+    backup_spec,
+    backups,
+    certificates,
+    cluster,
+    manifests,
+    metrics,
+    node_client,
+    planner,
+    status,
+    volumes,
+)
 from . import spec as api
 from .settings import OperatorSettings
 
@@ -38,7 +49,6 @@ class _Memory:
 
     client: node_client.NodeClient | None = None
     last_warning: str | None = None
-    storage_warning: str | None = None
 
 
 def _now() -> dt.datetime:
@@ -61,6 +71,7 @@ class Reconciler:
         self._emit_fn = emit
         self.clock = clock
         self._memory: dict[tuple[str, str], _Memory] = {}
+        self.backups = backups.Backups(kube, emit, clock)
 
     async def emit(self, cr: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         result = self._emit_fn(cr, type_, reason, message)
@@ -82,6 +93,7 @@ class Reconciler:
             busy = await self._reconcile(namespace, name)
         except Exception:
             metrics.RECONCILES.labels("error").inc()
+            metrics.RECONCILE_ERRORS.labels(namespace, name).inc()
             raise
         metrics.RECONCILES.labels("busy" if busy else "ok").inc()
         metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
@@ -94,23 +106,29 @@ class Reconciler:
         mem = self._memory.setdefault((namespace, name), _Memory())
         current = dict(cr.get("status") or {})
         now = self.clock()
+        if (bad_name := api.name_problem(name)) is not None:
+            await self._refuse(cr, mem, current, now, f"metadata.name: {bad_name}")
+            return False
         try:
             sp = api.parse_spec(cr.get("spec"))
         except pydantic.ValidationError as exc:
-            message = api.describe_errors(exc)
-            await self._warn_once(cr, mem, "InvalidSpec", message)
-            desired = status.compute(status.Inputs(
-                name=name, now=now, generation=cr["metadata"].get("generation"),
-                invalid=message, previous=current))
-            await self._write_status(namespace, name, current, desired)
+            await self._refuse(cr, mem, current, now, api.describe_errors(exc))
             return False
         c = manifests.Cluster(name, namespace, cr["metadata"].get("uid", ""), sp)
         annotations = cr["metadata"].get("annotations") or {}
 
         secrets = await self._secrets(c)
         sts = await self.kube.get(cluster.object_path(manifests.statefulset(c)))
+        if (changed := await self._fixed_at_creation(c, sts, secrets, current)) is not None:
+            await self._refuse(cr, mem, current, now, changed)
+            return False
+        bootstrap = current.get("bootstrap")
+        may_create = True
+        if sts is None and sp.bootstrap is not None and not sp.paused:
+            gate = await self.backups.bootstrap(c, cr, current)
+            bootstrap, may_create = gate.status, gate.ready
         if not sp.paused:
-            sts = await self._ensure_children(c, cr, sts, annotations)
+            sts = await self._ensure_children(c, cr, sts, annotations, may_create)
         pods = await self.kube.list("v1", "pods", namespace, manifests.selector_labels(c))
         pvcs = await self.kube.list("v1", "persistentvolumeclaims", namespace,
                                     manifests.selector_labels(c))
@@ -134,9 +152,12 @@ class Reconciler:
             pods=tuple(_with_raft(_pod_view(name, p), statuses.get(p["metadata"]["name"]))
                        for p in pods if manifests.ordinal(name, p["metadata"]["name"]) is not None),
             members=None if leader_status is None else tuple(
-                planner.Member(str(m.get("id")), bool(m.get("voter")), bool(m.get("healthy")))
+                planner.Member(str(m.get("id")), bool(m.get("voter")), bool(m.get("healthy")),
+                               _int(m.get("match_index")))
                 for m in leader_status.get("members", [])),
             leader=None if leader_status is None else str(leader_status.get("node_id")),
+            commit_index=_int((leader_status or {}).get("commit_index")),
+            max_lag=self.settings.catch_up_lag,
             membership_committed=planner.membership_committed(leader_status),
             operation=operation,
             pvcs=frozenset(p["metadata"]["name"] for p in pvcs),
@@ -146,6 +167,12 @@ class Reconciler:
             pvc_when_scaled=sp.storage.retention.when_scaled,
             started_at=_iso(now),
         )
+        claims = volumes.member_claims(c, pvcs, observed.sts_replicas or 0)
+        expandable = {sc: await self._expandable(sc)
+                      for sc in volumes.classes_to_check(sp.storage.size, claims)}
+        grow = volumes.plan(sp.storage.size, claims, expandable)
+        if not sp.paused:
+            await self._grow_volumes(c, cr, mem, grow)
         step: planner.Step | None = None
         done = False
         recovery_handled = current.get("recoveryHandled")
@@ -162,6 +189,12 @@ class Reconciler:
                     step, planner.RefuseForceNewCluster):
                 force_handled = force
 
+        backup_status = current.get("backup")
+        try:
+            backup_status = await self.backups.run_schedule(c, cr, current, now)
+        except cluster.ApiError as exc:  # the schedule never holds up the cluster
+            await self._warn_once(cr, mem, "BackupScheduleFailed", str(exc))
+
         desired = status.compute(status.Inputs(
             name=name, now=now, generation=cr["metadata"].get("generation"),
             desired=sp.replicas, selector=manifests.selector_string(c),
@@ -177,8 +210,10 @@ class Reconciler:
                 ca_secret_name=c.ca_secret if sp.tls.mode == "SelfSigned" else None,
                 not_after=(_iso(na) if (na := certificates.not_after(tls_data)) else None),
                 rotation=rotation),
+            volumes=grow, bootstrap=bootstrap, backup=backup_status,
         ))
         await self._announce_quorum(cr, current, desired)
+        await self._announce_warnings(cr, current, desired)
         await self._write_status(namespace, name, current, desired)
         _gauges(namespace, name, desired)
         return done or operation is not None
@@ -186,21 +221,22 @@ class Reconciler:
     # ---- children ------------------------------------------------------------------------------
 
     async def _ensure_children(self, c: manifests.Cluster, cr: Mapping[str, Any],
-                               sts: dict[str, Any] | None, annotations: Mapping[str, str]
-                               ) -> dict[str, Any] | None:
+                               sts: dict[str, Any] | None, annotations: Mapping[str, str],
+                               may_create_statefulset: bool = True) -> dict[str, Any] | None:
+        """``may_create_statefulset``: False while the first member's volume is restored."""
         size = int((sts or {}).get("spec", {}).get("replicas") or 1)
         voters = min(c.spec.replicas, size)
         for obj in manifests.children(c, voters):
             extra = None
             live_now = None
             if obj["kind"] == "StatefulSet":
+                if sts is None and not may_create_statefulset:
+                    continue
                 live_now = sts
                 restart = annotations.get(api.RESTART)
                 if restart:
                     obj["spec"]["template"]["metadata"]["annotations"][api.RESTART] = restart
                 extra = {"replicas": 1}  # a new cluster starts with its bootstrap member
-                if sts is not None and (why := _storage_drift(c, sts)):
-                    await self._warn_storage(cr, why)
             result, live = await self.kube.ensure(obj, create_extra=extra, live=live_now)
             if obj["kind"] == "StatefulSet":
                 sts = live
@@ -216,12 +252,73 @@ class Reconciler:
                                 "cannot lose any")
         return sts
 
-    async def _warn_storage(self, cr: Mapping[str, Any], why: str) -> None:
-        key = (cr["metadata"]["namespace"], cr["metadata"]["name"])
-        mem = self._memory.setdefault(key, _Memory())
-        if mem.storage_warning != why:
-            mem.storage_warning = why
-            await self.emit(cr, "Warning", "StorageChangeNotApplied", why)
+    async def _refuse(self, cr: Mapping[str, Any], mem: _Memory, current: dict[str, Any],
+                      now: dt.datetime, message: str) -> None:
+        """An invalid CR: a Warning naming the field, a status that says so, nothing else."""
+        meta = cr["metadata"]
+        await self._warn_once(cr, mem, "InvalidSpec", message)
+        desired = status.compute(status.Inputs(
+            name=meta["name"], now=now, generation=meta.get("generation"), invalid=message,
+            previous=current))
+        await self._write_status(meta["namespace"], meta["name"], current, desired)
+
+    async def _fixed_at_creation(self, c: manifests.Cluster, sts: Mapping[str, Any] | None,
+                                 secrets: Mapping[str, dict[str, bytes] | None],
+                                 current: Mapping[str, Any]) -> str | None:
+        """A change to a field that must keep its first value, seen in the children (for API
+        servers that did not apply the CRD's transition rules), or None."""
+        if sts is not None and (why := _bootstrap_changed(c, current)) is not None:
+            return why
+        if sts is not None:
+            env = {e.get("name"): e.get("value") for e in _node_env(sts)}
+            live = env.get("CONTINUUM_PEER_DOMAIN")
+            if live and live != c.peer_domain:
+                was = live.split(".svc.", 1)[-1]
+                return (f"spec.clusterDomain: cannot change after creation (members are known "
+                        f"by addresses in {was}); set it back to {was}")
+        tls_live = secrets.get(c.tls_secret) is not None
+        if c.spec.tls.mode == "CertManager":
+            ca = await self.kube.get(cluster.path("v1", "secrets", c.namespace, c.ca_secret))
+            if ca is not None and tls_live:
+                return ("spec.tls.mode: cannot change from SelfSigned to CertManager after "
+                        "creation (the nodes trust the operator's CA); set it back to SelfSigned")
+        elif tls_live and secrets.get(c.ca_secret) is None:
+            url = cluster.path("cert-manager.io/v1", "certificates", c.namespace,
+                               c.node_certificate)
+            if await self._get_optional(url) is not None:
+                return ("spec.tls.mode: cannot change from CertManager to SelfSigned after "
+                        "creation (the nodes trust the issuer's CA); set it back to CertManager")
+        return None
+
+    async def _get_optional(self, url: str) -> dict[str, Any] | None:
+        """GET that treats a resource type the server does not serve as absent."""
+        try:
+            return await self.kube.get(url)
+        except cluster.ApiError as exc:
+            if exc.status in (403, 405):
+                return None
+            raise
+
+    async def _expandable(self, storage_class: str) -> bool:
+        if not storage_class:
+            return False  # a PVC without a class was bound by hand: nothing can grow it
+        sc = await self.kube.get(cluster.cluster_path("storage.k8s.io/v1", "storageclasses",
+                                                      storage_class))
+        return bool((sc or {}).get("allowVolumeExpansion"))
+
+    async def _grow_volumes(self, c: manifests.Cluster, cr: Mapping[str, Any], mem: _Memory,
+                            grow: volumes.Plan) -> None:
+        for pvc in grow.grow:
+            url = cluster.path("v1", "persistentvolumeclaims", c.namespace, pvc)
+            try:
+                await self.kube.patch(url, {"spec": {"resources": {"requests": {
+                    "storage": grow.size}}}})
+            except cluster.ApiError as exc:  # e.g. a volume its driver cannot grow
+                await self._warn_once(cr, mem, "VolumeExpansionFailed", f"PVC {pvc}: {exc}")
+                continue
+            metrics.ACTIONS.labels("expand_volume").inc()
+            await self.emit(cr, "Normal", "VolumeExpansion",
+                            f"PVC {pvc} grown to {grow.size} (online expansion)")
 
     async def _secrets(self, c: manifests.Cluster) -> dict[str, dict[str, bytes] | None]:
         """The TLS Secrets (decoded), read once per cycle."""
@@ -408,6 +505,19 @@ class Reconciler:
             current.clear()
             current.update(merged)
 
+    async def _announce_warnings(self, cr: Mapping[str, Any], current: Mapping[str, Any],
+                                 desired: Mapping[str, Any]) -> None:
+        """A Warning when placement or storage turns bad, or says something new."""
+        before = {c.get("type"): c for c in current.get("conditions") or []}
+        for cond in desired.get("conditions") or []:
+            if cond["type"] not in ("MembersSpread", volumes.CONDITION):
+                continue
+            if cond["status"] != "False" or cond["reason"] == "Resizing":
+                continue
+            old = before.get(cond["type"]) or {}
+            if (old.get("status"), old.get("message")) != ("False", cond["message"]):
+                await self.emit(cr, "Warning", cond["reason"], cond["message"])
+
     async def _announce_quorum(self, cr: Mapping[str, Any], current: Mapping[str, Any],
                                desired: Mapping[str, Any]) -> None:
         def q(st: Mapping[str, Any]) -> str | None:
@@ -442,6 +552,7 @@ class Reconciler:
                      for n in (c.node_certificate, c.client_certificate)]
         urls += [cluster.path("v1", "secrets", namespace, n)
                  for n in (c.tls_secret, c.ca_secret, c.client_secret)]
+        urls.append(backups.job_path(namespace, f"{name}-restore"))
         for url in dict.fromkeys(urls):
             if await self.kube.delete(url):
                 gone.append(url.rsplit("/", 2)[-2] + "/" + url.rsplit("/", 1)[-1])
@@ -482,7 +593,8 @@ def _pod_view(cluster_name: str, pod: Mapping[str, Any]) -> planner.Pod:
         ready=ready and not meta.get("deletionTimestamp"),
         revision=(meta.get("labels") or {}).get("controller-revision-hash"),
         terminating=bool(meta.get("deletionTimestamp")),
-        ip=(pod.get("status") or {}).get("podIP"))
+        ip=(pod.get("status") or {}).get("podIP"),
+        node=(pod.get("spec") or {}).get("nodeName"))
 
 
 def _with_raft(pod: planner.Pod, st: Mapping[str, Any] | None) -> planner.Pod:
@@ -495,15 +607,31 @@ def _with_raft(pod: planner.Pod, st: Mapping[str, Any] | None) -> planner.Pod:
     return dataclasses.replace(pod, log_position=position, believes_member=believes)
 
 
-def _storage_drift(c: manifests.Cluster, sts: Mapping[str, Any]) -> str | None:
-    claims = sts.get("spec", {}).get("volumeClaimTemplates") or [{}]
-    live = claims[0].get("spec", {})
-    want = manifests.statefulset(c)["spec"]["volumeClaimTemplates"][0]["spec"]
-    if (live.get("storageClassName") == want.get("storageClassName")
-            and live.get("resources") == want.get("resources")):
+def _bootstrap_changed(c: manifests.Cluster, current: Mapping[str, Any]) -> str | None:
+    """spec.bootstrap set on a cluster that was created otherwise (its StatefulSet exists)."""
+    src = c.spec.bootstrap.from_backup if c.spec.bootstrap else None
+    if src is None:
+        return None  # removing it afterwards changes nothing
+    was = current.get("bootstrap") or {}
+    same = (was.get("federationBackup") == src.federation_backup if src.federation_backup
+            else src.target is not None and src.backup_name is not None
+            and was.get("source") == backups.describe(src.target, src.backup_name))
+    if was.get("phase") == "Restored" and same:
         return None
-    return ("spec.storage differs from the StatefulSet's volumeClaimTemplates, which Kubernetes "
-            "keeps immutable: existing members keep their volumes (resize PVCs by hand)")
+    origin = f"from {was['source']}" if was.get("source") else "without a backup"
+    return (f"{backup_spec.BOOTSTRAP_FIXED}; this cluster was created {origin}: remove "
+            "spec.bootstrap or set it back")
+
+
+def _node_env(sts: Mapping[str, Any]) -> list[dict[str, Any]]:
+    containers = (((sts.get("spec") or {}).get("template") or {}).get("spec") or {}).get(
+        "containers") or []
+    node: Mapping[str, Any] = next((x for x in containers if x.get("name") == "node"), {})
+    return list(node.get("env") or [])
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _leader(statuses: Mapping[str, Mapping[str, Any] | None]) -> dict[str, Any] | None:

@@ -11,10 +11,14 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from continuum.federation.distributed import config as node_config
+from continuum.federation.distributed.core.raft import config as raft_config
+
+from . import backup_spec
+from .fields import DNS_SUBDOMAIN, DURATION, NAME_PATTERN, Condition
+from .fields import Model as _Model
 
 GROUP = "continuum.dev"
 VERSION = "v1alpha1"
@@ -36,24 +40,64 @@ RECOVER_QUORUM = f"{PREFIX}/recover-quorum"
 FORCE_NEW_CLUSTER = f"{PREFIX}/force-new-cluster"
 # Any new value restarts every pod in the safe order (followers, then leader).
 RESTART = f"{PREFIX}/restart"
+# Labels and environment variables the operator sets on every node pod.
+RESERVED_LABELS = frozenset({
+    "app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component",
+    "app.kubernetes.io/managed-by", "app.kubernetes.io/part-of", "controller-revision-hash",
+    "statefulset.kubernetes.io/pod-name", "apps.kubernetes.io/pod-index"})
+RESERVED_ENV = frozenset({
+    "POD_NAME", "POD_NAMESPACE", "CONTINUUM_NODE_ID", "CONTINUUM_CLUSTER_NAME",
+    "CONTINUUM_BIND_ADDRESS", "CONTINUUM_ADVERTISE_ADDRESS", "CONTINUUM_HEALTH_ADDRESS",
+    "CONTINUUM_DATA_DIR", "CONTINUUM_TLS_DIR", "CONTINUUM_PEER_DOMAIN", "CONTINUUM_DISCOVERY_SRV",
+    "CONTINUUM_BOOTSTRAP", "CONTINUUM_CONFIG_FILE"})
 
-QUANTITY = r"^([+]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
-DURATION = r"^([0-9]+(\.[0-9]+)?(h|m|s|ms))+$"
+# A non-negative Kubernetes quantity (resource.Quantity's grammar): 1, 0.5, 500m, 0.5Gi, 1e3.
+QUANTITY = r"^\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)(([KMGTPE]i)|[numkMGTPE]|[eE][+-]?[0-9]+)?$"
+TLS_MODE_RULE = ("tls.mode is immutable: the nodes trust one CA for their whole life; create a "
+                 "new cluster to change it")
 HEARTBEAT_RULE = "heartbeatIntervalMs must be at most half of electionTimeoutMinMs"
 ELECTION_RULE = "electionTimeoutMinMs must be below electionTimeoutMaxMs"
 
 INT_OR_STRING: dict[str, Any] = {"x-kubernetes-int-or-string": True,
                  "anyOf": [{"type": "integer"}, {"type": "string"}]}
+QUANTITY_SCHEMA: dict[str, Any] = {**INT_OR_STRING, "pattern": QUANTITY}
+
+# The CR's name becomes a Service name (a DNS-1035 label) and, with a hyphen and a 10-character
+# hash, the value of the controller-revision-hash label on every pod (at most 63 characters).
+NAME_MAX = 52
+NAME_RULES: list[dict[str, str]] = [
+    {"rule": f"self.metadata.name.matches('{NAME_PATTERN}')",
+     "message": "metadata.name must be a DNS-1035 label: lowercase letters, digits and '-', "
+                "starting with a letter (it names the cluster's Services)"},
+    {"rule": f"size(self.metadata.name) <= {NAME_MAX}",
+     "message": f"metadata.name must be at most {NAME_MAX} characters (pods carry it in the "
+                "controller-revision-hash label, with a hyphen and a 10-character hash)"},
+]
+LABEL_KEY = (r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+             r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
+ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a FederationCluster (the CRD's CEL rules, for servers
+    that did not apply them), or None."""
+    if not re.fullmatch(NAME_PATTERN, name):
+        return NAME_RULES[0]["message"]
+    if len(name) > NAME_MAX:
+        return NAME_RULES[1]["message"]
+    return None
+
+
+def immutable(field: str, hint: str = "") -> dict[str, Any]:
+    """A CEL transition rule: the field keeps the value it was created with."""
+    return {"x-kubernetes-validations": [
+        {"rule": "self == oldSelf", "message": f"{field} is immutable{hint}"}]}
 FREE_OBJECT: dict[str, Any] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
 
 
 def free_list(description: str) -> dict[str, Any]:
     return {"type": "array", "description": description, "items": dict(FREE_OBJECT)}
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid",
-                              frozen=True)
 
 
 class Image(_Model):
@@ -76,14 +120,25 @@ def _limits() -> dict[str, int | str]:
 
 
 class Resources(_Model):
-    """Container resources of each node (Kubernetes quantities)."""
+    """Container resources of each node (Kubernetes quantities, written any way Kubernetes
+    accepts them: the operator compares them by value, not by spelling)."""
 
     requests: dict[str, int | str] = Field(
         default_factory=_requests,
-        json_schema_extra={"type": "object", "additionalProperties": INT_OR_STRING})
+        json_schema_extra={"type": "object", "additionalProperties": QUANTITY_SCHEMA})
     limits: dict[str, int | str] = Field(
         default_factory=_limits,
-        json_schema_extra={"type": "object", "additionalProperties": INT_OR_STRING})
+        json_schema_extra={"type": "object", "additionalProperties": QUANTITY_SCHEMA})
+
+    @field_validator("requests", "limits")
+    @classmethod
+    def _quantities(cls, values: dict[str, int | str]) -> dict[str, int | str]:
+        for key, value in values.items():
+            if isinstance(value, bool) or (isinstance(value, int) and value < 0) or (
+                    isinstance(value, str) and not re.fullmatch(QUANTITY, value)):
+                raise ValueError(f"{key}: {value!r} is not a Kubernetes quantity (e.g. 1, "
+                                 "500m, 0.5Gi)")
+        return values
 
 
 class Retention(_Model):
@@ -103,7 +158,8 @@ class Storage(_Model):
     ]})
 
     size: str = Field(default="10Gi", pattern=QUANTITY,
-                      description="PVC size per member; may only grow.")
+                      description="PVC size per member; may only grow. Growing it expands "
+                                  "each PVC online when its StorageClass allows expansion.")
     storage_class_name: str | None = Field(default=None, description="Immutable once set.")
     retention: Retention = Field(default_factory=Retention)
 
@@ -111,8 +167,9 @@ class Storage(_Model):
 class Consensus(_Model):
     """Raft timing in milliseconds; the rules are the ones every node checks at start."""
 
-    # Same rules as the node's RaftSettings: a spec breaking them would render a ConfigMap
-    # that every node refuses to start with.
+    # The node's timing rule (core.raft.config.timing_error), stated in CEL for the API
+    # server: a spec breaking it would render a ConfigMap every node refuses to start with.
+    # tests/operator/test_spec_rules.py checks that the two agree.
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
         {"rule": "self.heartbeatIntervalMs * 2 <= self.electionTimeoutMinMs",
          "message": HEARTBEAT_RULE},
@@ -128,9 +185,13 @@ class Consensus(_Model):
 
     @model_validator(mode="after")
     def _ordered(self) -> Consensus:
-        if self.heartbeat_interval_ms * 2 > self.election_timeout_min_ms:
+        # The node's own rule (core/raft/config.py), named in this resource's fields.
+        problem = raft_config.timing_error(
+            (self.election_timeout_min_ms, self.election_timeout_max_ms),
+            self.heartbeat_interval_ms)
+        if problem == raft_config.HEARTBEAT_RULE:
             raise ValueError(HEARTBEAT_RULE)
-        if self.election_timeout_min_ms >= self.election_timeout_max_ms:
+        if problem is not None:
             raise ValueError(ELECTION_RULE)
         return self
 
@@ -163,9 +224,11 @@ class TLS(_Model):
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
         {"rule": "self.mode != 'CertManager' || has(self.issuerRef)",
          "message": "tls.issuerRef is required when tls.mode is CertManager"},
+        {"rule": "self.mode == oldSelf.mode", "message": TLS_MODE_RULE},
     ]})
 
-    mode: Literal["SelfSigned", "CertManager"] = "SelfSigned"
+    mode: Literal["SelfSigned", "CertManager"] = Field(
+        default="SelfSigned", description="Fixed at creation: the nodes trust one CA.")
     issuer_ref: IssuerRef | None = None
     duration: str = Field(default="2160h", pattern=DURATION)
     renew_before: str = Field(default="360h", pattern=DURATION)
@@ -179,14 +242,143 @@ class TLS(_Model):
         return self
 
 
+Spread = Literal["Required", "Preferred", "Disabled"]
+
+
 class Scheduling(_Model):
+    """Where members run. Unless ``topologySpreadConstraints`` is given, members spread over
+    hosts (one host's loss never takes more than its share) and, where it can, over zones."""
+
     affinity: dict[str, Any] | None = Field(default=None, json_schema_extra=FREE_OBJECT)
     topology_spread_constraints: list[dict[str, Any]] = Field(
-        default_factory=list, json_schema_extra=free_list("Passed to the pod spec as is."))
+        default_factory=list, json_schema_extra=free_list(
+            "Passed to the pod spec as is; when given, replaces hostSpread and zoneSpread."))
+    host_spread: Spread = Field(
+        default="Required", description="Spread over kubernetes.io/hostname: Required (never "
+        "more than one member above an even spread), Preferred, or Disabled.")
+    zone_spread: Spread = Field(
+        default="Preferred", description="Spread over topology.kubernetes.io/zone.")
     tolerations: list[dict[str, Any]] = Field(
         default_factory=list, json_schema_extra=free_list("Passed to the pod spec as is."))
     node_selector: dict[str, str] = Field(default_factory=dict)
     priority_class_name: str | None = None
+
+
+class PodMetadata(_Model):
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        for key, value in labels.items():
+            _label_key(key)
+            if key in RESERVED_LABELS:
+                raise ValueError(f"{key} is set by the operator")
+            if len(value) > 63 or not re.fullmatch(LABEL_VALUE, value):
+                raise ValueError(f"{key}: {value!r} is not a valid label value")
+        return labels
+
+    @field_validator("annotations")
+    @classmethod
+    def _annotations(cls, annotations: dict[str, str]) -> dict[str, str]:
+        for key in annotations:
+            _label_key(key)
+            if key.startswith(f"{PREFIX}/"):
+                raise ValueError(f"{key}: the {PREFIX}/ prefix is the operator's")
+        return annotations
+
+
+def _label_key(key: str) -> None:
+    prefix, _, name = key.rpartition("/")
+    if len(name) > 63 or len(prefix) > 253 or not re.fullmatch(LABEL_KEY, key):
+        raise ValueError(f"{key!r} is not a valid label or annotation key")
+
+
+class LocalObjectReference(_Model):
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
+
+
+class KeySelector(_Model):
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
+    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+    optional: bool | None = None
+
+
+class FieldSelector(_Model):
+    field_path: str = Field(min_length=1)
+    api_version: str | None = None
+
+
+class ResourceFieldSelector(_Model):
+    resource: str = Field(min_length=1)
+    container_name: str | None = None
+    divisor: int | str | None = Field(default=None, json_schema_extra=QUANTITY_SCHEMA)
+
+
+ONE_SOURCE = "exactly one of fieldRef, resourceFieldRef, configMapKeyRef, secretKeyRef"
+
+
+class EnvSource(_Model):
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [{
+        "rule": "[has(self.fieldRef), has(self.resourceFieldRef), has(self.configMapKeyRef), "
+                "has(self.secretKeyRef)].filter(x, x).size() == 1",
+        "message": ONE_SOURCE}]})
+
+    field_ref: FieldSelector | None = None
+    resource_field_ref: ResourceFieldSelector | None = None
+    config_map_key_ref: KeySelector | None = None
+    secret_key_ref: KeySelector | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> EnvSource:
+        given = [self.field_ref, self.resource_field_ref, self.config_map_key_ref,
+                 self.secret_key_ref]
+        if sum(g is not None for g in given) != 1:
+            raise ValueError(ONE_SOURCE)
+        return self
+
+
+VALUE_OR_SOURCE = "env: value and valueFrom are exclusive"
+
+
+class EnvVar(_Model):
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [{
+        "rule": "!(has(self.value) && has(self.valueFrom))", "message": VALUE_OR_SOURCE}]})
+
+    name: str = Field(min_length=1, pattern=ENV_NAME)
+    value: str | None = None
+    value_from: EnvSource | None = None
+
+    @model_validator(mode="after")
+    def _exclusive(self) -> EnvVar:
+        if self.value is not None and self.value_from is not None:
+            raise ValueError(VALUE_OR_SOURCE)
+        if self.name in RESERVED_ENV:
+            raise ValueError(f"{self.name} is set by the operator")
+        return self
+
+
+class PodTemplate(_Model):
+    """Additions to every node pod (the operator's own labels, annotations and environment
+    variables cannot be overridden). A change restarts the pods in the safe order."""
+
+    metadata: PodMetadata = Field(default_factory=PodMetadata)
+    image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list)
+    env: list[EnvVar] = Field(default_factory=list, description=(
+        "After the operator's variables, so $(POD_NAME) and $(POD_NAMESPACE) can be used."))
+    service_account_name: str | None = Field(default=None, max_length=253,
+                                             pattern=DNS_SUBDOMAIN)
+    automount_service_account_token: bool = Field(
+        default=False, description="The nodes never call the Kubernetes API themselves.")
+
+    @field_validator("env")
+    @classmethod
+    def _unique(cls, env: list[EnvVar]) -> list[EnvVar]:
+        names = [e.name for e in env]
+        if dupes := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"duplicate names: {', '.join(dupes)}")
+        return env
 
 
 class Disruption(_Model):
@@ -198,6 +390,11 @@ class Disruption(_Model):
 
 
 class FederationClusterSpec(_Model):
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": "has(self.bootstrap) == has(oldSelf.bootstrap) && (!has(self.bootstrap) "
+                 "|| self.bootstrap == oldSelf.bootstrap)",
+         "message": backup_spec.BOOTSTRAP_FIXED}]})
+
     replicas: int = Field(default=3, ge=1, le=99, description="Members; changed one at a time.")
     image: Image = Field(default_factory=Image)
     resources: Resources = Field(default_factory=Resources)
@@ -209,23 +406,24 @@ class FederationClusterSpec(_Model):
     tls: TLS = Field(default_factory=TLS)
     scheduling: Scheduling = Field(default_factory=Scheduling)
     disruption: Disruption = Field(default_factory=Disruption)
+    pod_template: PodTemplate = Field(default_factory=PodTemplate)
+    cluster_domain: str = Field(
+        default="cluster.local", min_length=1, max_length=128, pattern=DNS_SUBDOMAIN,
+        description="The Kubernetes cluster's DNS domain; part of every member's address and "
+                    "certificate name. Fixed at creation.",
+        json_schema_extra=immutable("clusterDomain", ": members are known by addresses in it"))
     termination_grace_period_seconds: int = Field(
         default=60, ge=10, le=3600,
         description="Time for a graceful leave: leadership transfer, mesh leave, flush.")
     paused: bool = Field(default=False,
                          description="Stop changing children; status keeps updating.")
+    bootstrap: backup_spec.Bootstrap | None = Field(
+        default=None, description="Create the cluster from a backup. Fixed at creation.")
+    backup: backup_spec.BackupSchedule | None = Field(
+        default=None, description="Scheduled backups and their retention.")
 
 
 # ---- status -----------------------------------------------------------------------------------
-
-class Condition(_Model):
-    type: str
-    status: Literal["True", "False", "Unknown"]
-    reason: str = ""
-    message: str = ""
-    last_transition_time: str | None = None
-    observed_generation: int | None = None
-
 
 class Member(_Model):
     name: str
@@ -235,6 +433,7 @@ class Member(_Model):
     ready: bool = False
     match_index: int | None = None
     version: str | None = None
+    node_name: str | None = Field(default=None, description="The Kubernetes node it runs on.")
 
 
 class Operation(_Model):
@@ -266,6 +465,13 @@ class Certificates(_Model):
     rotation: CARotation | None = None
 
 
+class StorageStatus(_Model):
+    """Volume expansion: the size asked for and the PVCs that do not have it yet."""
+
+    size: str
+    pending: list[str] = Field(default_factory=list)
+
+
 class FederationClusterStatus(_Model):
     model_config = ConfigDict(extra="ignore")
 
@@ -281,12 +487,15 @@ class FederationClusterStatus(_Model):
     operation: Operation | None = None
     certificates: Certificates | None = None
     current_version: str | None = None
+    storage: StorageStatus | None = None
     blocked_reason: str | None = None
     recovery_handled: str | None = Field(default=None,
                                          description="Last recover-quorum value acted on.")
     restart_handled: str | None = Field(default=None, description="Last restart value acted on.")
     force_new_cluster_handled: str | None = Field(
         default=None, description="Last force-new-cluster value decided (acted on or refused).")
+    bootstrap: backup_spec.ClusterBootstrapStatus | None = None
+    backup: backup_spec.ClusterBackupStatus | None = None
     conditions: list[Condition] = Field(default_factory=list, json_schema_extra={
         "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
 

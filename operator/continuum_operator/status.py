@@ -12,11 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import manifests, planner
+from . import manifests, planner, volumes
 from . import spec as api
 
 CONDITIONS = ("Ready", "Quorum", "Progressing", "Degraded", "CertificatesReady", "Paused",
-              "ScaleBlocked")
+              "ScaleBlocked", "MembersSpread", volumes.CONDITION)
 # Phases in which the cluster once had a leader: losing it now is quorum loss, not bootstrap.
 _HAD_LEADER = {"Running", "Degraded", "Scaling", "Upgrading", "QuorumLost", "Paused"}
 # The status keys this module owns (others, e.g. kopf's, are left alone).
@@ -44,10 +44,14 @@ class Inputs:
     recovery_handled: str | None = None
     force_new_cluster_handled: str | None = None
     certificates: api.Certificates | None = None
+    volumes: volumes.Plan | None = None
+    bootstrap: Mapping[str, Any] | None = None   # status.bootstrap (a cluster from a backup)
+    backup: Mapping[str, Any] | None = None      # status.backup (the schedule)
 
 
 def members(i: Inputs) -> list[dict[str, Any]]:
     ready = {p.name: p.ready for p in i.pods}
+    hosts = {p.name: p.node for p in i.pods}
     out = []
     for m in (i.leader_status or {}).get("members", []):
         node = i.node_status.get(str(m.get("id")))
@@ -57,6 +61,7 @@ def members(i: Inputs) -> list[dict[str, Any]]:
             name=str(m.get("id")), role=str(role), voter=bool(m.get("voter")),
             healthy=bool(m.get("healthy")), ready=ready.get(str(m.get("id")), False),
             match_index=m.get("match_index"), version=node.get("version") if node else None,
+            node_name=hosts.get(str(m.get("id"))),
         ).model_dump(by_alias=True, exclude_none=True))
     return sorted(out, key=lambda m: (manifests.ordinal(i.name, m["name"]) or 0, m["name"]))
 
@@ -96,11 +101,48 @@ def _cert(i: Inputs) -> tuple[str, str, str]:
     return "True", "CertificateValid", valid
 
 
+def _spread(i: Inputs) -> tuple[str, str, str]:
+    """Whether one Kubernetes node's loss would cost more than one member, or the quorum."""
+    placed = [p for p in i.pods if p.node and not p.terminating]
+    voters = [m for m in (i.leader_status or {}).get("members", []) if m.get("voter")]
+    total = len(voters) or len([p for p in i.pods if not p.terminating])
+    if total <= 1:
+        return "True", "SingleMember", "one member: nothing to spread"
+    if not placed:
+        return "Unknown", "NotScheduled", "no member is scheduled yet"
+    by_host: dict[str, list[str]] = {}
+    for p in sorted(placed, key=lambda p: p.ordinal):
+        by_host.setdefault(str(p.node), []).append(p.name)
+    shared = {h: names for h, names in sorted(by_host.items()) if len(names) > 1}
+    if not shared:
+        return "True", "SpreadAcrossHosts", f"{len(placed)} members on {len(by_host)} hosts"
+    fatal = {h: names for h, names in shared.items()
+             if total - len(names) < manifests.quorum(total)}
+    worst = fatal or shared
+    detail = "; ".join(f"{h} runs {', '.join(n)}" for h, n in worst.items())
+    if fatal:
+        return ("False", "QuorumOnOneHost",
+                f"{detail}: losing that node loses the quorum of {manifests.quorum(total)}; "
+                "add nodes or check spec.scheduling")
+    return ("False", "MembersShareHost",
+            f"{detail} (the quorum survives the loss of one node)")
+
+
+def _storage(i: Inputs) -> tuple[str, str, str]:
+    if i.volumes is None:
+        return "Unknown", "NotChecked", "volumes not checked yet"
+    return i.volumes.condition
+
+
 def _phase(i: Inputs, quorum: str, degraded: bool) -> str:
     if i.invalid:
         return "Invalid"
     if i.paused:
         return "Paused"
+    if i.sts_replicas is None and (i.bootstrap or {}).get("phase") == "Restoring":
+        return "Restoring"
+    if i.sts_replicas is None and (i.bootstrap or {}).get("phase") == "Failed":
+        return "RestoreFailed"
     if i.sts_replicas is None or not i.pods:
         return "Pending"
     if quorum == "Unknown":
@@ -149,8 +191,10 @@ def conditions(i: Inputs) -> list[tuple[str, str, str, str]]:
 
     phase = _phase(i, q_status, bool(degraded))
     ready_ok = phase == "Running" and not i.invalid
+    why = i.invalid or (str((i.bootstrap or {}).get("message") or "")
+                        if phase in ("Restoring", "RestoreFailed") else "") or f"phase {phase}"
     ready = (("True", "Ready", "every member is ready and votes") if ready_ok else
-             ("False", "InvalidSpec" if i.invalid else phase, i.invalid or f"phase {phase}"))
+             ("False", "InvalidSpec" if i.invalid else phase, why))
     return [
         ("Ready", *ready),
         ("Quorum", q_status, q_reason, q_msg),
@@ -164,6 +208,8 @@ def conditions(i: Inputs) -> list[tuple[str, str, str, str]]:
          "spec.paused is set: children are not changed" if i.paused else "reconciling"),
         ("ScaleBlocked", "True" if blocked else "False",
          "QuorumWouldBeLost" if blocked else "NotBlocked", blocked or "no scale-down blocked"),
+        ("MembersSpread", *_spread(i)),
+        (volumes.CONDITION, *_storage(i)),
     ]
 
 
@@ -202,15 +248,23 @@ def compute(i: Inputs) -> dict[str, Any]:
         "certificates": (i.certificates.model_dump(by_alias=True, exclude_none=True)
                          if i.certificates else None),
         "currentVersion": version,
+        "storage": (api.StorageStatus(size=i.volumes.size, pending=i.volumes.pending)
+                    .model_dump(by_alias=True) if i.volumes else None),
         "blockedReason": i.step.reason if isinstance(i.step, planner.Blocked) else None,
         "recoveryHandled": i.recovery_handled,
         "forceNewClusterHandled": i.force_new_cluster_handled,
+        "bootstrap": _present(i.bootstrap),
+        "backup": _present(i.backup),
         "conditions": _merge_conditions(i, fresh),
     }
     if i.invalid:  # keep what was last observed; only say why nothing is reconciled
         keep = {"phase", "conditions", "observedGeneration"}
         status = {k: (v if k in keep else i.previous.get(k)) for k, v in status.items()}
     return status
+
+
+def _present(fields: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    return {k: v for k, v in fields.items() if v is not None} if fields else None
 
 
 def diff(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import waiting
 from continuum.federation.distributed import client, local
 
 T = TypeVar("T")
@@ -66,20 +66,11 @@ class Cluster:
 
     async def wait_for(self, predicate: Callable[[], Awaitable[T | None]], timeout: float,
                        what: str) -> T:
-        """Poll ``predicate`` until it returns a truthy value; fail with ``what`` on timeout."""
-        deadline = time.monotonic() + timeout
-        last: Any = None
-        while time.monotonic() < deadline:
-            try:
-                result = await predicate()
-            except Exception as exc:  # not there yet (a node still starting, a 404)
-                last = exc
-            else:
-                if result:
-                    return result
-                last = result
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+        """Poll ``predicate`` until it returns a truthy value; fail with ``what`` on timeout.
+        Errors count as "not yet" (a node still starting, a 404)."""
+        result: T = await waiting.until(predicate, timeout=timeout, what=what, interval=0.1,
+                                        errors=(Exception,))  # type: ignore[arg-type]
+        return result
 
     async def agreed_leader(self, ids: list[str] | None = None) -> str | None:
         """The leader every given node reports, if they all report the same one."""

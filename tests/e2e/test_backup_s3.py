@@ -13,13 +13,13 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import waiting
 from continuum.federation.distributed import cli, replication
 from continuum.federation.distributed.backup import archive, locations, s3
 from e2e.cluster import Cluster
@@ -39,15 +39,14 @@ def s3_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
                             stdout=log, stderr=subprocess.STDOUT)
     log.close()
     try:
-        deadline = time.monotonic() + 30
-        while True:  # bounded: until the server accepts connections
-            try:
-                socket.create_connection((HOST, port), timeout=1).close()
-                break
-            except OSError as exc:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto did not start: {exc}; see {log.name}") from None
-                time.sleep(0.05)
+        def accepts() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"moto exited with {proc.returncode}; see {log.name}")
+            socket.create_connection((HOST, port), timeout=1).close()
+            return True
+
+        waiting.until_sync(accepts, timeout=30, what=f"moto to accept connections ({log.name})",
+                           errors=(OSError,))
         url = f"http://{HOST}:{port}"
         for k, v in {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "test",
                      "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1"}.items():

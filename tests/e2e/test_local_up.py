@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+import waiting
 from continuum.federation.distributed import client
 
 CLI = Path(sys.executable).with_name("continuum-federation")
@@ -165,7 +166,10 @@ def test_nodes_are_stopped_even_when_stdout_is_gone(tmp_path: Path) -> None:
             if "cluster ready in" in line:
                 break
         proc.stdout.close()
-        assert all(_listening(f"127.0.113.{70 + i}", 8080) for i in (1, 2, 3))
+        # Each node answers as soon as it is up; "ready" may come first on a busy machine.
+        waiting.until_sync(lambda: {i: _listening(f"127.0.113.{70 + i}", 8080) for i in (1, 2, 3)},
+                           lambda up: all(up.values()), timeout=30,
+                           what="every node's health port (node: listening)")
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
     finally:
@@ -199,17 +203,8 @@ async def _statuses(d: Path) -> dict[str, dict[str, Any]]:
 
 
 async def _eventually(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            got = await check()
-            if got:
-                return got
-        except Exception as exc:
-            last = exc
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}: {last!r}")
+    return await waiting.until(check, timeout=timeout, what=what, interval=0.2,
+                               errors=(Exception,))
 
 
 async def test_a_second_run_with_more_nodes_grows_the_cluster(tmp_path: Path,

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import waiting
 from continuum.federation.distributed import discovery, pki
 from continuum.federation.distributed.transport import tls
 
@@ -33,16 +32,7 @@ def make_node(tmp: Path, ca: pki.KeyPair, node_id: str, config: discovery.Discov
 async def eventually(check: Callable[[], Any], *, timeout: float = 20.0,
                      interval: float = 0.1) -> Any:
     """Poll ``check`` (sync or async) until it returns something truthy, or fail."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if asyncio.iscoroutine(last):
-            last = await last
-        if last:
-            return last
-        await asyncio.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
+    return await waiting.until(check, timeout=timeout, what="the condition", interval=interval)
 
 
 async def verified_ids(node: discovery.NodeDiscovery) -> set[str]:

@@ -42,9 +42,9 @@ def _key(name: str) -> str:
 
 
 class DNSServer:
-    def __init__(self, host: str = "127.0.4.1", *, default_ttl: int = 30) -> None:
+    def __init__(self, host: str = "127.0.4.1", *, port: int = 0, default_ttl: int = 30) -> None:
         self.host = host
-        self.port = 0
+        self.port = port  # 0: any free port (53 is what a resolv.conf can name)
         self.default_ttl = default_ttl
         self.mode = "ok"  # "ok" | "servfail" | "drop"
         self.queries: Counter[str] = Counter()  # "udp"/"tcp" and "<qtype> <name>"
@@ -152,9 +152,9 @@ class DNSServer:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> DNSServer:
-        for _ in range(50):
+        for _ in range(50 if self.port == 0 else 1):
             udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            udp.bind((self.host, 0))
+            udp.bind((self.host, self.port))
             port = udp.getsockname()[1]
             tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -163,7 +163,7 @@ class DNSServer:
             except OSError as exc:  # someone holds that TCP port: try another
                 udp.close()
                 tcp.close()
-                if exc.errno != errno.EADDRINUSE:
+                if exc.errno != errno.EADDRINUSE or self.port != 0:
                     raise
                 continue
             tcp.listen(64)

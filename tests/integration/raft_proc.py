@@ -284,18 +284,27 @@ async def restart(p: RaftProc, procs: list[RaftProc], **opts: Any) -> None:
 
 
 async def find_leader(procs: list[RaftProc], timeout: float = 30.0) -> RaftProc:
-    deadline = time.monotonic() + timeout
-    while True:
+    """The live process that says it leads; ``TimeoutError`` (saying what each said)."""
+    import waiting  # the test process's helper; this file also runs as a node process
+
+    async def roles() -> dict[str, str]:
+        out = {}
         for p in procs:
             if not p.alive:
+                out[p.node_id] = "down"
                 continue
-            with contextlib.suppress(ConnectionError, RuntimeError, TimeoutError):
-                st = (await p.call("status", timeout=5))["stats"]
-                if st["role"] == "leader":
-                    return p
-        if time.monotonic() > deadline:
-            raise TimeoutError("no leader")
-        await asyncio.sleep(0.05)
+            try:
+                out[p.node_id] = (await p.call("status", timeout=5))["stats"]["role"]
+            except (ConnectionError, RuntimeError, TimeoutError) as exc:
+                out[p.node_id] = type(exc).__name__
+        return out
+
+    try:
+        said = await waiting.until(roles, lambda r: "leader" in r.values(), timeout=timeout,
+                                   what="a leader (each process's role)")
+    except AssertionError as exc:
+        raise TimeoutError(str(exc)) from None
+    return next(p for p in procs if said[p.node_id] == "leader")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

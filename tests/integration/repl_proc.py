@@ -118,7 +118,8 @@ async def child_main(args: argparse.Namespace) -> None:
                     wt.add_done_callback(pending.discard)
                     n += 1
                 # Sleep until the next write is due: fewer wakeups on a busy machine.
-                await asyncio.sleep(max(0.0, (n + 1) / rate - (time.monotonic() - start)))
+                due = (n + 1) / rate - (time.monotonic() - start)
+                await asyncio.sleep(max(0.0, due))  # paced: writes at a steady rate
             if pending:
                 await asyncio.gather(*pending)
             return {"written": n}

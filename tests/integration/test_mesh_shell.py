@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+import waiting
 from conftest import TestPKI
 from continuum.federation.distributed import mesh as mesh_mod
 from continuum.federation.distributed.mesh import GossipMesh, MeshConfig
@@ -18,12 +19,17 @@ from continuum.federation.distributed.transport import peer
 FAST = MeshConfig.local(seed=3)
 
 
-async def until(cond: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or cond}")
-        await asyncio.sleep(0.02)
+def view(meshes: tuple[GossipMesh, ...]) -> dict[str, dict[str, str]]:
+    """Who each mesh sees, and how: what a failed wait shows."""
+    return {m.node_id: {p["id"]: p["status"] for p in m.members()} for m in meshes}
+
+
+async def until(cond: Callable[[], Any], *meshes: GossipMesh, timeout: float = 20.0,
+                what: str = "") -> None:
+    """Wait for ``cond``; on timeout, show what ``meshes`` saw (or what ``cond`` gave)."""
+    await waiting.until(lambda: (cond(), view(meshes)) if meshes else cond(),
+                        lambda seen: seen[0] if meshes else seen, timeout=timeout,
+                        what=what or "the condition", interval=0.02)
 
 
 def tls_args(pki: TestPKI, node_id: str) -> dict[str, str]:
@@ -47,7 +53,8 @@ async def trio(cluster_pki: TestPKI, tmp_path: Path) -> AsyncIterator[list[Gossi
 
 
 async def test_join_disseminate_and_callbacks(trio: list[GossipMesh]) -> None:
-    await until(lambda: all(m.get_stats()["active_peers"] == 2 for m in trio), what="join")
+    await until(lambda: all(m.get_stats()["active_peers"] == 2 for m in trio), *trio,
+                what="join")
     seen: dict[str, list[tuple[Any, ...]]] = {m.node_id: [] for m in trio}
     for m in trio:
         async def on_update(key: str, value: Any, _n: str = m.node_id) -> None:
@@ -57,7 +64,8 @@ async def test_join_disseminate_and_callbacks(trio: list[GossipMesh]) -> None:
     trio[2].register_state_update_callback(lambda n, k, v: three_arg.append((n, k, v)))
 
     await trio[0].update_state("concepts_count", 1000)
-    await until(lambda: all(("concepts_count", 1000) in s for s in seen.values()), what="gossip")
+    await until(lambda: all(("concepts_count", 1000) in s for s in seen.values()), *trio,
+                what="gossip")
     for m in trio:
         assert (await m.get_state())["m0"] == {"concepts_count": 1000}
     assert three_arg == [("m0", "concepts_count", 1000)]
@@ -68,15 +76,32 @@ async def test_join_disseminate_and_callbacks(trio: list[GossipMesh]) -> None:
     assert all(s.count(("concepts_count", 1000)) == 1 for s in seen.values())
 
 
+async def test_probes_answered_one_way_still_measure_each_members_clock(
+        trio: list[GossipMesh]) -> None:
+    samples: dict[str, list[Any]] = {m.node_id: [] for m in trio}
+    for m in trio:
+        m.register_clock_sample_callback(
+            lambda node, sample, _me=m.node_id: samples[_me].append((node, sample)))
+    # Each member probes the others in turn; every ack carries the acker's wall clock.
+    await until(lambda: all({n for n, _ in got} == {"m0", "m1", "m2"} - {me}
+                            for me, got in samples.items()), *trio, timeout=30,
+                what="a clock sample of every other member")
+    for got in samples.values():
+        for _, sample in got:  # one clock on one machine: no offset beyond the round trip
+            assert abs(sample.offset) <= sample.error + 0.05 and sample.error < 1.0
+
+
 async def test_leave_is_seen_as_left_and_stop_as_dead(trio: list[GossipMesh]) -> None:
-    await until(lambda: all(m.get_stats()["active_peers"] == 2 for m in trio), what="join")
+    await until(lambda: all(m.get_stats()["active_peers"] == 2 for m in trio), *trio,
+                what="join")
     changes: list[tuple[str, str, str]] = []
     trio[0].register_membership_callback(lambda n, s, a: changes.append((n, s, a)))
     await trio[2].leave()
-    await until(lambda: ("m2", "left", trio[2].address) in changes, what="left")
-    await until(lambda: "m2" not in trio[1].alive_peers(), what="left at m1")
+    await until(lambda: ("m2", "left", trio[2].address) in changes, trio[0], what="left")
+    await until(lambda: "m2" not in trio[1].alive_peers(), trio[1], what="left at m1")
     await trio[1].stop()
-    await until(lambda: any(c[:2] == ("m1", "dead") for c in changes), timeout=30, what="dead")
+    await until(lambda: any(c[:2] == ("m1", "dead") for c in changes), trio[0], timeout=30,
+                what="dead")
     statuses = {m["id"]: m["status"] for m in trio[0].members()}
     assert statuses == {"m0": "alive", "m1": "dead", "m2": "left"}
 
@@ -110,7 +135,8 @@ async def test_transport_drain_waits_for_writes_and_keeps_its_deadline(
             a.send(b.address, "t.msg", {"i": i})
         assert await a.drain(10.0)
         assert a.stats["messages_sent"] == 50  # all written when drain returns
-        await until(lambda: got == list(range(50)), what="delivery")
+        await until(lambda: len(got) == 50 and got, what="delivery of 50 in order")
+        assert got == list(range(50))
         a.send(hole, "t.msg", {"i": -1})
         t0 = time.monotonic()
         assert not await a.drain(0.5)  # the handshake never completes: the deadline holds
@@ -123,7 +149,8 @@ async def test_transport_drain_waits_for_writes_and_keeps_its_deadline(
 
 async def test_leave_waits_for_its_announcement_up_to_the_deadline(
         trio: list[GossipMesh]) -> None:
-    await until(lambda: all(m.get_stats()["active_peers"] == 2 for m in trio), what="join")
+    await until(lambda: all(m.get_stats()["active_peers"] == 2 for m in trio), *trio,
+                what="join")
     leaver = trio[2]
     transport = leaver._transport
     assert transport is not None
@@ -145,7 +172,7 @@ async def test_leave_waits_for_its_announcement_up_to_the_deadline(
     assert transport.stats["messages_sent"] >= sent + 2
     for m in trio[:2]:
         await until(lambda m=m: m.get_stats()["members"]["left"] == 1,  # type: ignore[misc]
-                    what=f"left at {m.node_id}")
+                    *trio, what=f"left at {m.node_id}")
 
 
 async def test_restart_with_storage_raises_incarnation_and_rejoins(
@@ -159,17 +186,19 @@ async def test_restart_with_storage_raises_incarnation_and_rejoins(
     try:
         assert a.address is not None
         await b.add_peer("r0", a.address)
-        await until(lambda: "r1" in a.alive_peers(), what="join")
+        # Both ways: r1 must know r0 (and so have stored it) before it stops.
+        await until(lambda: "r1" in a.alive_peers() and "r0" in b.alive_peers(), a, b,
+                    what="join")
         first = b.incarnation
         await b.stop()
-        await until(lambda: "r1" not in a.alive_peers(), timeout=30, what="death")
+        await until(lambda: "r1" not in a.alive_peers(), a, timeout=30, what="death")
         # Restart from the same storage: a higher incarnation, and peers from disk.
         b2 = GossipMesh("r1", FAST, bind_address="127.0.0.1:0", storage_path=str(tmp_path / "r1"),
                         **tls_args(cluster_pki, "r1"))
         await b2.start()
         try:
             assert b2.incarnation > first
-            await until(lambda: "r1" in a.alive_peers(), what="rejoin from stored peers")
+            await until(lambda: "r1" in a.alive_peers(), a, b2, what="rejoin from stored peers")
             assert a.alive_peers()["r1"] == b2.address
         finally:
             await b2.stop()

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import waiting
 from conftest import TestPKI
 from integration.raft_proc import RaftProc, find_leader, restart, start_cluster
 
@@ -68,13 +68,11 @@ class Load:
                 self.next[w] += 1
             else:
                 self.leader = None
-                await asyncio.sleep(0.02)  # back off while the cluster elects
+                await asyncio.sleep(0.02)  # paced: a client backing off while the cluster elects
 
     async def until(self, count: int, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.acked) < count:
-            assert time.monotonic() < deadline, f"only {len(self.acked)} of {count} acked"
-            await asyncio.sleep(0.05)
+        await waiting.until(lambda: len(self.acked), lambda n: n >= count, timeout=timeout,
+                            what=f"{count} acknowledged commands (count)")
 
     async def stop(self) -> None:
         self.stopping = True
@@ -83,17 +81,18 @@ class Load:
 
 async def converged(procs: list[RaftProc], timeout: float = 60.0) -> list[str]:
     """Wait until every node applied the same sequence; return it."""
-    deadline = time.monotonic() + timeout
-    while True:
+    async def observe() -> tuple[set[int], list[list[str]]]:
         st = await asyncio.gather(*(p.call("status", seen=True) for p in procs))
-        seqs = [s["seen"] for s in st]
-        applied = {s["stats"]["last_applied"] for s in st}
-        if len(applied) == 1 and all(s == seqs[0] for s in seqs):
-            return list(seqs[0])
-        if time.monotonic() > deadline:
-            lens = [len(s) for s in seqs]
-            raise AssertionError(f"no convergence: applied {applied}, lengths {lens}")
-        await asyncio.sleep(0.1)
+        return {s["stats"]["last_applied"] for s in st}, [s["seen"] for s in st]
+
+    def same(got: tuple[set[int], list[list[str]]]) -> bool:
+        applied, seqs = got
+        return len(applied) == 1 and all(s == seqs[0] for s in seqs)
+
+    _, seqs = await waiting.until(observe, same, timeout=timeout, interval=0.1,
+                                  what="every node to apply the same sequence "
+                                       "(last applied indexes, sequences)")
+    return list(seqs[0])
 
 
 def check_history(seen: list[str], load: Load) -> None:

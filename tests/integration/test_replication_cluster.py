@@ -9,13 +9,13 @@ superseded by a write that saw it), so nothing acknowledged was lost.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import waiting
 from conftest import TestPKI
 from integration.repl_proc import NodeProc
 
@@ -49,16 +49,15 @@ async def connect(nodes: list[NodeProc], isolated: frozenset[str] = frozenset())
 
 
 async def wait_converged(nodes: list[NodeProc], timeout: float = 60.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        dumps = await asyncio.gather(*(n.call("dump") for n in nodes))
-        if len({d["root"] for d in dumps}) == 1:
-            first: dict[str, Any] = dumps[0]["keys"]
-            assert all(d["keys"] == first for d in dumps)  # same contexts, same values
-            return first
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no convergence: roots {[d['root'] for d in dumps]}")
-        await asyncio.sleep(0.1)
+    async def roots() -> list[dict[str, Any]]:
+        return list(await asyncio.gather(*(n.call("dump") for n in nodes)))
+
+    dumps = await waiting.until(
+        roots, lambda ds: len({d["root"] for d in ds}) == 1, timeout=timeout, interval=0.1,
+        what="one Merkle root everywhere")
+    first: dict[str, Any] = dumps[0]["keys"]
+    assert all(d["keys"] == first for d in dumps)  # same contexts, same values
+    return first
 
 
 def assert_nothing_lost(state: dict[str, Any], acks: list[list[Any]]) -> None:
@@ -121,10 +120,8 @@ async def test_killed_node_restarts_with_every_acknowledged_write(procs: Factory
     await connect(nodes)
     victim = nodes[0]
     await victim.call("stream", workers=8)
-    deadline = time.monotonic() + 60
-    while len(victim.acks) < 200:
-        assert time.monotonic() < deadline, "the victim never acknowledged 200 writes"
-        await asyncio.sleep(0.05)
+    await waiting.until(lambda: len(victim.acks), lambda n: n >= 200, timeout=60,
+                        what="200 writes acknowledged by the victim (count)")
     await victim.kill()  # SIGKILL mid-stream
     acks = list(victim.acks)
     await nodes[1].call("burst", writes=[["after-kill", {"v": 1}]])

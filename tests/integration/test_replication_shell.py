@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+import waiting
 from conftest import TestPKI
 from continuum.federation.distributed import replication
 from continuum.federation.distributed.core.crdt import clock, resolver, values
@@ -18,17 +19,25 @@ from continuum.federation.distributed.core.crdt import clock, resolver, values
 S = resolver.ConflictResolutionStrategy
 
 
-async def until(cond: Callable[[], bool | Awaitable[bool]], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
+def view(replicas: tuple[replication.MultiMasterReplicator, ...]) -> dict[str, Any]:
+    """What a failed wait shows: each replica's keys, Merkle root and unsent pushes."""
+    out = {}
+    for r in replicas:
+        st = r.get_stats()
+        out[r.node_id] = {k: st.get(k) for k in ("keys_stored", "tombstones", "merkle_root",
+                                                  "pending_pushes")}
+    return out
+
+
+async def until(cond: Callable[[], bool | Awaitable[bool]],
+                *replicas: replication.MultiMasterReplicator, timeout: float = 60.0) -> None:
+    async def observe() -> tuple[bool, dict[str, Any]]:
         out = cond()
-        if not isinstance(out, bool):
-            out = await out
-        if out:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.02)
+        done = out if isinstance(out, bool) else await out
+        return done, view(replicas)
+
+    await waiting.until(observe, lambda seen: seen[0], timeout=timeout, interval=0.02,
+                        what="the condition (each replica's state)")
 
 
 async def test_spec_snippet_in_process() -> None:
@@ -191,7 +200,8 @@ async def test_change_callbacks() -> None:
     r.register_change_callback(acb)
     await r.write("k", 1)
     await r.delete("k")
-    await until(lambda: len(seen) == 4)
+    await waiting.until(lambda: list(seen), lambda got: len(got) == 4, timeout=10,
+                        what="four change callbacks (those seen)")
     assert sorted(seen, key=str) == sorted([("k", 1), ("k", None), ("async:k", 1),
                                             ("async:k", None)], key=str)
 
@@ -241,14 +251,14 @@ async def test_pushes_and_anti_entropy_over_mtls(
         await a.write(f"early-{i}", i)
     await c.write("early-0", "c wins? only if later")
     connect(cluster)
-    await until(lambda: converged(cluster))
+    await until(lambda: converged(cluster), *cluster)
     assert await b.read("early-29") == 29
     # written before anyone knew a peer: no push carried them, anti-entropy did
     assert sum(r.get_stats()["anti_entropy_rounds"] for r in cluster) > 0
     # Live writes travel by push.
     await asyncio.gather(*(r.write(f"live-{r.node_id}-{i}", i) for r in cluster
                            for i in range(20)))
-    await until(lambda: converged(cluster))
+    await until(lambda: converged(cluster), *cluster)
     assert await c.read("live-shell-0-19") == 19
     assert sum(r.get_stats()["push_messages_received"] for r in cluster) > 0
     assert {await r.read("early-0") for r in cluster} == {await a.read("early-0")}
@@ -264,7 +274,7 @@ async def test_anti_entropy_ships_only_differences(make_node: Factory) -> None:
     assert a.merkle_root == b.merkle_root
     for i in range(5):
         await a.write(f"key-{i * 500:05d}", "changed")
-    await until(lambda: a.get_stats()["pending_pushes"] == 0)  # pushed to nobody
+    await until(lambda: a.get_stats()["pending_pushes"] == 0, a)  # pushed to nobody
     a.add_peer(b.node_id, b.address or "")
     out = await a.sync_with(b.node_id)
     assert out["differing_keys"] == 5 and out["repaired"] == 0
@@ -282,9 +292,9 @@ async def test_a_peer_met_later_gets_the_data_at_once(make_node: Factory) -> Non
     a, b = [await make_node(i, anti_entropy_interval=3600, storage_path=None) for i in (0, 1)]
     for i in range(200):
         await a.write(f"before-{i}", i)
-    await until(lambda: a.get_stats()["pending_pushes"] == 0)  # pushed to nobody
+    await until(lambda: a.get_stats()["pending_pushes"] == 0, a)  # pushed to nobody
     b.add_peer(a.node_id, a.address or "")  # only b meets a: the round is b's
-    await until(lambda: converged([a, b]), timeout=10)
+    await until(lambda: converged([a, b]), a, b, timeout=10)
     assert await b.read("before-199") == 199
     assert b.get_stats()["anti_entropy_rounds"] == 1 and a.get_stats()["anti_entropy_rounds"] == 0
     b.add_peer(a.node_id, a.address or "")  # met already: no second round
@@ -310,10 +320,10 @@ async def test_tombstones_collected_once_every_replica_has_them(make_node: Facto
     connect([a, b])
     await a.write("gone", {"v": 1})
     await a.write("kept", {"v": 2})
-    await until(lambda: converged([a, b]))
+    await until(lambda: converged([a, b]), a, b)
     assert await b.delete("gone")
-    await until(lambda: all(r.get_stats()["tombstones_collected"] >= 1 for r in (a, b)))
-    await until(lambda: converged([a, b]))
+    await until(lambda: all(r.get_stats()["tombstones_collected"] >= 1 for r in (a, b)), a, b)
+    await until(lambda: converged([a, b]), a, b)
     assert all(r.get_stats()["tombstones"] == 0 for r in (a, b))
     assert await a.read("gone") is None and await a.read("kept") == {"v": 2}
     assert a.keys() == ["kept"]
@@ -345,7 +355,8 @@ async def test_large_values_travel_in_messages_under_the_budget(make_node: Facto
     for i in range(8):  # ~2.7 budgets on each side, none of it pushed
         await a.write(f"a-{i}", big + str(i))
         await b.write(f"b-{i}", big + str(i))
-    await until(lambda: a.get_stats()["pending_pushes"] == 0 == b.get_stats()["pending_pushes"])
+    await until(lambda: a.get_stats()["pending_pushes"] == 0 == b.get_stats()["pending_pushes"],
+                a, b)
     a.add_peer(b.node_id, b.address or "")
     out = await a.sync_with(b.node_id)
     assert out["differing_keys"] == 16 and out["calls"] > 6  # split across several fetches

@@ -8,9 +8,9 @@ have: certificates (a throwaway CA), addresses (loopback instead of
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
+import waiting
 from conftest import TestPKI
 from continuum.federation.distributed import (
     ConflictResolutionStrategy,
@@ -78,24 +78,23 @@ async def test_raft_snippet_and_monitoring() -> None:
     try:
         command = {"type": "add_concept",
                    "concept": {"name": "AI Consciousness", "description": "..."}}
-        success = False
-        for _ in range(200):  # until an election has happened
+        async def committed_by_a_leader() -> tuple[str | None, bool]:
             leader = next((r for r in nodes if r.is_leader), None)
-            if leader is not None and (success := await leader.append_entry(command)):
-                break
-            await asyncio.sleep(0.05)
-        assert success
+            ok = leader is not None and await leader.append_entry(command)
+            return (leader.node_id if leader else None), ok
+
+        await waiting.until(committed_by_a_leader, lambda got: got[1], timeout=10,
+                            what="a leader to commit the command (leader, committed)")
+        leader = next(r for r in nodes if r.is_leader)
         follower = next(r for r in nodes if not r.is_leader)
         assert await follower.append_entry(command) is False  # leader only
-        stats = leader.get_stats() if leader else {}
+        stats = leader.get_stats()
         assert stats["role"] == "leader"
         assert stats["current_term"] >= 1
         assert stats["log_size"] >= 1
-        for _ in range(100):
-            if all(command in a for a in applied.values()):
-                break
-            await asyncio.sleep(0.05)
-        assert all(command in a for a in applied.values())
+        await waiting.until(lambda: {n: command in a for n, a in applied.items()},
+                            lambda got: all(got.values()), timeout=5,
+                            what="every node to apply the command (node: applied)")
     finally:
         for raft in nodes:
             await raft.stop()
@@ -177,11 +176,8 @@ async def test_mesh_snippet_and_monitoring(cluster_pki: TestPKI) -> None:
 
         meshes[2].register_state_update_callback(on_state_update)
         await mesh.update_state("concepts_count", 1000)
-        for _ in range(200):
-            if ("concepts_count", 1000) in got:
-                break
-            await asyncio.sleep(0.05)
-        assert ("concepts_count", 1000) in got
+        await waiting.until(lambda: list(got), lambda seen: ("concepts_count", 1000) in seen,
+                            timeout=10, what="the state update at node-3 (updates seen)")
         state = await mesh.get_state()
         assert state["node-1"]["concepts_count"] == 1000
         stats = mesh.get_stats()

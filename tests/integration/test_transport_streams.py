@@ -12,19 +12,18 @@ from typing import Any
 import aiohttp
 import pytest
 
+import waiting
 from conftest import TestPKI
 from continuum.federation.distributed.transport import peer, tls
 
 LIVELY = peer.TransportLimits(stream_heartbeat=0.5, stream_idle_timeout=1.5)
 
 
-async def wait_for(pred: Any, timeout: float = 10.0) -> None:
-    """Poll ``pred`` (a counter the transport bumps; no event exists) with a deadline."""
-    async with asyncio.timeout(timeout):
-        while True:
-            if pred():
-                return
-            await asyncio.sleep(0.02)
+async def wait_for(pred: Any, stats: dict[str, int], timeout: float = 10.0) -> None:
+    """Poll ``pred`` (a counter the transport bumps; no event exists) with a deadline; on
+    timeout, show the transport's counters."""
+    await waiting.until(lambda: (pred(), dict(stats)), lambda seen: seen[0], timeout=timeout,
+                        interval=0.02, what="the transport's counters to move")
 
 
 class FreezableProxy:
@@ -95,7 +94,8 @@ async def test_a_stream_into_a_dead_connection_is_noticed_and_replaced(
         proxy.freeze()
         # No pong comes back through the black hole: the client gives the stream up
         # (rather than writing into it forever) ...
-        await wait_for(lambda: client.stats["streams_lost"] == 1, 5 * LIVELY.stream_heartbeat)
+        await wait_for(lambda: client.stats["streams_lost"] == 1, client.stats,
+                       5 * LIVELY.stream_heartbeat)
         # ... and the next message goes over a new connection.
         assert client.send(proxy.address, "note", {"i": 2})
         assert await asyncio.wait_for(got.get(), 10) == 2
@@ -122,7 +122,8 @@ async def test_the_server_closes_silent_streams_but_not_heartbeating_ones(
     assert server.stats["streams_idle_closed"] == 1
     # Our client's stream was idle at least as long, but its pings kept it open.
     assert client.stats["streams_lost"] == 0
-    await wait_for(lambda: len(server._streams) == 1)  # once the closing handshake is done
+    await wait_for(lambda: len(server._streams) == 1,  # once the closing handshake is done
+                   server.stats)
     assert client.send(server.address or "", "note", {"i": 2})
     assert await asyncio.wait_for(got.get(), 10) == 2
     assert client.stats["streams_lost"] == 0
@@ -152,7 +153,7 @@ async def test_a_peer_that_accepts_but_never_answers_costs_a_timeout(
                 await client.request(address, "echo", {})
             assert loop.time() - start < 3 * limits.request_timeout
             assert client.send(address, "note", {"i": 1})
-            await wait_for(lambda: client.stats["send_failures"] == 1)
+            await wait_for(lambda: client.stats["send_failures"] == 1, client.stats)
             assert client.stats["messages_dropped"] == 1
         assert held  # it did accept: the timeouts, not a refusal, ended both
     finally:

@@ -10,7 +10,13 @@
   starts the fake node when its pod starts, and flips the pod's Ready condition from the
   node's /readyz rule (a member of a cluster with a leader). A running pod's TLS files change
   only when the test calls ``sync_mounts`` (the kubelet's sync lag, under the test's control).
+- ``MockJobController``: what the Job controller and the kubelet would do with a Job: a pod
+  per attempt (labelled ``job-name``), its container's exit code and termination message
+  from a function the test gives (the command as the Job states it), up to
+  ``backoffLimit`` retries, then the Job's ``Complete`` or ``Failed`` condition.
 - ``run_operator``: ``kopf.operator`` in-process with our handlers and test settings.
+- ``Emulator``: kmock's emulator plus two API server habits the operator must live with:
+  ``generateName``, and quantities stored in their canonical spelling (``canonical_quantity``).
 """
 
 from __future__ import annotations
@@ -18,9 +24,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import decimal
 import hashlib
 import itertools
 import json
+import re
 import socket
 import ssl
 import time
@@ -36,7 +44,7 @@ from aiohttp import web
 
 import continuum_operator  # noqa: F401  (registers the handlers)
 from continuum.federation.distributed.transport import tls
-from continuum_operator import manifests
+from continuum_operator import backup_spec, jobs, manifests
 from continuum_operator import spec as api
 from continuum_operator.settings import OperatorSettings
 
@@ -158,6 +166,12 @@ class FakeFederation:
         self.hold_commit: asyncio.Event | None = None
         self.membership_committed = True
         self.peer_domain = f"{name}-peers.{NS}.svc.cluster.local"
+        # member -> entries its match index trails the commit index by (a slow follower)
+        self.behind: dict[str, int] = {}
+        self.on_start: Callable[[str], None] | None = None  # called as each node starts
+        # A removed node that joins again on its own just before its pod goes (as a real
+        # node that finds itself removed does, when the pod outlives the removal long enough).
+        self.rejoin_before_stop = False
 
     def ip(self, pod: str) -> str:
         ordinal = manifests.ordinal(self.name, pod)
@@ -212,6 +226,8 @@ class FakeFederation:
         if not self.members:  # ordinal 0 of a fresh cluster bootstraps
             self.members[pod] = {"voter": True, "address": self._address(pod)}
             self.log.append(("bootstrap", pod))
+        if self.on_start is not None:
+            self.on_start(pod)
         self._elect()
 
     def _remember_files(self, pod: str) -> None:
@@ -233,6 +249,9 @@ class FakeFederation:
         return True
 
     async def stop_node(self, pod: str) -> None:
+        if self.rejoin_before_stop and pod in self.runners and pod not in self.members:
+            self.members[pod] = {"voter": True, "address": self._address(pod)}
+            self.log.append(("rejoin", pod))
         self.contexts.pop(pod, None)
         runner = self.runners.pop(pod, None)
         if runner is not None:
@@ -280,7 +299,8 @@ class FakeFederation:
             "commit_index": self.commit, "last_applied": self.commit,
             "ready": self.ready(pod), "version": "0.1.0",
             "members": [{"id": m, "address": v["address"], "voter": v["voter"],
-                         "healthy": self.alive(m), "match_index": self.commit}
+                         "healthy": self.alive(m),
+                         "match_index": self.commit - self.behind.get(m, 0)}
                         for m, v in self.members.items()],
             "membership_committed": self.membership_committed,
             "raft": {"last_log_term": self.term, "last_log_index": self.commit},
@@ -368,9 +388,12 @@ def revision(template: dict[str, Any]) -> str:
 
 
 class MockStatefulSetController:
-    def __init__(self, api_: Api, fed: FakeFederation) -> None:
+    """``hosts``: Kubernetes nodes the scheduler places pods on, round robin by ordinal."""
+
+    def __init__(self, api_: Api, fed: FakeFederation, hosts: int = 3) -> None:
         self.api = api_
         self.fed = fed
+        self.hosts = hosts
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -465,24 +488,206 @@ class MockStatefulSetController:
         claim = sts["spec"]["volumeClaimTemplates"][0]
         pvc = f"{claim['metadata']['name']}-{pod}"
         if await self.api.get(f"/api/v1/namespaces/{NS}/persistentvolumeclaims/{pvc}") is None:
+            # Provisioned and bound at once, with the size asked for.
             await self.api.call("POST", f"/api/v1/namespaces/{NS}/persistentvolumeclaims", {
                 "apiVersion": "v1", "kind": "PersistentVolumeClaim",
                 "metadata": {"name": pvc, "namespace": NS,
                              "labels": claim["metadata"].get("labels", {})},
-                "spec": claim["spec"]})
+                "spec": claim["spec"],
+                "status": {"phase": "Bound",
+                           "capacity": dict(claim["spec"]["resources"]["requests"])}})
+        host = f"node-{(manifests.ordinal(self.fed.name, pod) or 0) % self.hosts}"
         await self.api.call("POST", f"/api/v1/namespaces/{NS}/pods", {
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": pod, "namespace": NS, "labels": labels},
-            "spec": template["spec"],
+            "spec": {**template["spec"], "nodeName": host},
             "status": {"phase": "Running", "podIP": self.fed.ip(pod),
                        "conditions": [{"type": "Ready", "status": "False"}]},
         })
 
 
+# ---- the mock Job controller -----------------------------------------------------------------
+
+# What a Job's container did: (exit code, termination message).
+JobRun = Callable[[dict[str, Any]], Awaitable[tuple[int, str]]]
+
+
+def job_args(job: dict[str, Any]) -> list[str]:
+    """The CLI arguments a Job runs ``continuum-federation`` with."""
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    return list(container.get("args") or [])
+
+
+def arg(job: dict[str, Any], flag: str) -> str | None:
+    args = job_args(job)
+    return args[args.index(flag) + 1] if flag in args else None
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class MockJobController:
+    """Runs every Job in the namespace through ``run`` (the test's stand-in for the
+    container), one attempt after another, as the Job controller would."""
+
+    def __init__(self, api_: Api, run: JobRun) -> None:
+        self.api = api_
+        self.run = run
+        self.attempts: dict[str, int] = {}
+        self._pods = itertools.count(1)
+        self._busy: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._runs: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        for task in [self._task, *self._runs]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _loop(self) -> None:
+        while True:
+            for job in await self.api.items(f"/apis/batch/v1/namespaces/{NS}/jobs"):
+                name = job["metadata"]["name"]
+                done = any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+                           for c in (job.get("status") or {}).get("conditions") or [])
+                if not done and name not in self._busy:
+                    self._busy.add(name)
+                    task = asyncio.create_task(self._attempts(job))
+                    self._runs.add(task)
+                    task.add_done_callback(self._runs.discard)
+            await asyncio.sleep(0.1)
+
+    async def _attempts(self, job: dict[str, Any]) -> None:
+        name = job["metadata"]["name"]
+        path = f"/apis/batch/v1/namespaces/{NS}/jobs/{name}"
+        started = now_iso()
+        await self.api.call("PATCH", f"{path}/status", {"status": {"startTime": started,
+                                                                   "active": 1}})
+        limit = int(job["spec"].get("backoffLimit", 6))
+        try:
+            for attempt in range(limit + 1):
+                self.attempts[name] = attempt + 1
+                pod = f"{name}-{next(self._pods):05d}"
+                labels = {**job["spec"]["template"]["metadata"].get("labels", {}),
+                          "job-name": name, "batch.kubernetes.io/job-name": name}
+                owner = {"apiVersion": "batch/v1", "kind": "Job", "name": name,
+                         "uid": job["metadata"].get("uid", ""), "controller": True}
+                await self.api.call("POST", f"/api/v1/namespaces/{NS}/pods", {
+                    "apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": pod, "namespace": NS, "labels": labels,
+                                 "ownerReferences": [owner]},
+                    "spec": job["spec"]["template"]["spec"],
+                    "status": {"phase": "Running"}})
+                code, message = await self.run(job)
+                await self.api.call("PATCH", f"/api/v1/namespaces/{NS}/pods/{pod}/status", {
+                    "status": {"phase": "Succeeded" if code == 0 else "Failed",
+                               "containerStatuses": [{
+                                   "name": jobs.CONTAINER, "ready": False, "restartCount": 0,
+                                   "state": {"terminated": {
+                                       "exitCode": code, "message": message,
+                                       "finishedAt": now_iso()}}}]}})
+                if code == 0:
+                    await self._finish(path, "Complete", succeeded=1)
+                    return
+            await self._finish(path, "Failed", failed=limit + 1,
+                               reason="BackoffLimitExceeded",
+                               message="Job has reached the specified backoff limit")
+        finally:
+            self._busy.discard(name)
+
+    async def _finish(self, path: str, type_: str, reason: str = "", message: str = "",
+                      **counts: int) -> None:
+        now = now_iso()
+        status: dict[str, Any] = {"active": 0, **counts, "conditions": [{
+            "type": type_, "status": "True", "reason": reason, "message": message,
+            "lastTransitionTime": now}]}
+        if type_ == "Complete":
+            status["completionTime"] = now
+        if await self.api.get(path) is not None:
+            await self.api.call("PATCH", f"{path}/status", {"status": status})
+
+
 # ---- kmock setup and the operator -------------------------------------------------------------
 
+_BINARY = {"Ki": 1, "Mi": 2, "Gi": 3, "Ti": 4, "Pi": 5, "Ei": 6}
+_DECIMAL = {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
+_SUFFIX = {v: k for k, v in _DECIMAL.items()}
+
+
+def canonical_quantity(value: int | str) -> str:
+    """The spelling the API server stores a quantity in (apimachinery's Quantity.String():
+    the format of the suffix written, binary only for whole multiples of 1024, the mantissa
+    an integer and the exponent a multiple of three): 0.5 -> 500m, 0.5Gi -> 512Mi,
+    1000m -> 1, 1e3 -> 1e3, 1000 -> 1k, 0.1Gi -> 107374182400m."""
+    text = str(value)
+    m = re.fullmatch(r"([+-]?[0-9.]+)(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?[0-9]+)?", text)
+    if m is None:
+        raise ValueError(f"not a quantity: {value!r}")
+    number, suffix = decimal.Decimal(m.group(1)), m.group(2) or ""
+    if suffix in _BINARY:
+        amount, fmt = number * 1024 ** _BINARY[suffix], "binary"
+    elif suffix[:1] in ("e", "E"):
+        amount, fmt = number.scaleb(int(suffix[1:])), "exponent"
+    else:
+        amount, fmt = number.scaleb(_DECIMAL[suffix]), "decimal"
+    # Precision below 1n is rounded up.
+    amount = amount.quantize(decimal.Decimal("1e-9"), rounding=decimal.ROUND_CEILING)
+    if fmt == "binary":
+        if -1024 < amount < 1024 or amount != amount.to_integral_value():
+            fmt = "decimal"
+        else:
+            whole, exp = int(amount), 0
+            while whole % 1024 == 0 and exp < 6:
+                whole, exp = whole // 1024, exp + 1
+            return f"{whole}{next((k for k, v in _BINARY.items() if v == exp), '')}"
+    if amount == 0:
+        return "0"
+    sign, digits, exp = amount.normalize().as_tuple()
+    mantissa, exponent = int("".join(map(str, digits))), int(exp)
+    shift = exponent % 3  # lower the exponent to a multiple of three
+    mantissa, exponent = mantissa * 10 ** shift, exponent - shift
+    text = f"{'-' if sign else ''}{mantissa}"
+    if fmt == "exponent":
+        return text + (f"e{exponent}" if exponent else "")
+    return text + _SUFFIX[exponent]
+
+
+def canonicalize(obj: Any) -> None:
+    """Rewrite, in place, every quantity the API server would store canonically."""
+    if isinstance(obj, list):
+        for item in obj:
+            canonicalize(item)
+    if not isinstance(obj, dict):
+        return
+    for key, value in obj.items():
+        if key == "resources" and isinstance(value, dict):
+            for kind in ("requests", "limits"):
+                amounts = value.get(kind)
+                if isinstance(amounts, dict):
+                    for name, amount in amounts.items():
+                        if amount is not None:
+                            amounts[name] = canonical_quantity(amount)
+        elif key in ("sizeLimit", "divisor") and isinstance(value, int | str):
+            obj[key] = canonical_quantity(value)
+        elif key == "capacity" and isinstance(value, dict):
+            obj[key] = {k: canonical_quantity(v) for k, v in value.items()}
+        canonicalize(value)
+
+
+# Kinds whose quantities are typed fields (a custom resource keeps what it was sent).
+_TYPED = re.compile(r"^/(api/v1|apis/apps/v1)/namespaces/[^/]+/"
+                    r"(pods|persistentvolumeclaims|statefulsets)(/|$)")
+
+
 class Emulator(kmock.KubernetesEmulator):
-    """kmock's emulator plus ``metadata.generateName`` (kopf posts Events with it)."""
+    """kmock's emulator plus ``metadata.generateName`` (kopf posts Events with it), and
+    quantities stored canonically in the built-in kinds, as the API server does."""
 
     _generated = itertools.count(1)
 
@@ -491,6 +696,15 @@ class Emulator(kmock.KubernetesEmulator):
             meta = request.data.setdefault("metadata", {})
             if not meta.get("name") and meta.get("generateName"):
                 meta["name"] = f"{meta['generateName']}{next(self._generated):06d}"
+            # The API server gives every object a uid and a resourceVersion (kopf tells
+            # objects, and their watch events, apart by them).
+            meta.setdefault("uid", f"uid-{next(self._generated):06d}")
+            meta.setdefault("resourceVersion", "1")
+            meta.setdefault("creationTimestamp", time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                               time.gmtime()))
+        if (request.action in (kmock.action.CREATE, kmock.action.UPDATE)
+                and isinstance(request.data, dict) and _TYPED.match(request.url.path)):
+            canonicalize(request.data)
         return await super()._handle(request)
 
 
@@ -502,9 +716,20 @@ def declare_resources(kmock: Any) -> None:
         "kind": api.KIND, "singular": api.SINGULAR, "namespaced": True,
         "shortnames": list(api.SHORT_NAMES), "subresources": {"status", "scale"},
         "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]}
+    kmock.resources[f"{backup_spec.GROUP}/{backup_spec.VERSION}/{backup_spec.PLURAL}"] = {
+        "kind": backup_spec.KIND, "singular": backup_spec.SINGULAR, "namespaced": True,
+        "shortnames": list(backup_spec.SHORT_NAMES), "subresources": {"status"},
+        "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]}
     kmock.resources["cert-manager.io/v1/certificates"] = {
         "kind": "Certificate", "singular": "certificate", "namespaced": True,
         "subresources": {"status"},
+        "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]}
+    # kopf's peering between operator replicas (the chart's crds/kopf-peerings.yaml).
+    kmock.resources["kopf.dev/v1/clusterkopfpeerings"] = {
+        "kind": "ClusterKopfPeering", "singular": "clusterkopfpeering", "namespaced": False,
+        "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]}
+    kmock.resources["kopf.dev/v1/kopfpeerings"] = {
+        "kind": "KopfPeering", "singular": "kopfpeering", "namespaced": True,
         "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]}
     kmock.resources["cert-manager.io/v1/issuers"] = {
         "kind": "Issuer", "singular": "issuer", "namespaced": True,

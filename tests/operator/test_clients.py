@@ -94,7 +94,22 @@ def test_console_script_help(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         entry.main(["--help"])
     assert info.value.code == 0
-    assert "--namespace" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "--namespace" in out and "--peering" in out
+
+
+def test_earlier_replicas_rank_higher_and_never_tie() -> None:
+    """kopf pauses every replica that sees a higher priority, and all of them on a tie."""
+    import random
+
+    from continuum_operator import handlers
+
+    first = handlers.seniority(1_800_000_000.000, random.Random(1))
+    later = handlers.seniority(1_800_000_000.001, random.Random(2))
+    assert first > later > 0
+    same_ms = {handlers.seniority(1_800_000_000.0, random.Random(seed)) for seed in range(50)}
+    assert len(same_ms) > 40  # random thousandths of a millisecond apart
+    assert max(same_ms) < 2**53  # exact in JSON everywhere
 
 
 def test_importing_the_package_registers_the_handlers() -> None:
@@ -110,11 +125,9 @@ def test_importing_the_package_registers_the_handlers() -> None:
     assert {"validate", "delete"} <= changing
 
 
-def test_storage_drift_is_reported_not_patched() -> None:
-    from continuum_operator import manifests, reconciler
+def test_a_grown_storage_size_never_patches_the_statefulset() -> None:
+    """volumeClaimTemplates is immutable: a new size goes to the PVCs (volumes.py)."""
+    from continuum_operator import manifests
 
-    sts = manifests.statefulset(cluster())
-    assert reconciler._storage_drift(cluster(), sts) is None
     grown = cluster(storage={"size": "20Gi"})
-    assert "immutable" in (reconciler._storage_drift(grown, sts) or "")
     assert "volumeClaimTemplates" not in kube._owned_fields(manifests.statefulset(grown))["spec"]

@@ -12,13 +12,15 @@ from continuum_operator import crd, spec
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "crds" / crd.FILENAME
+BACKUP = ROOT / "crds" / crd.BACKUP_FILENAME
 K8S_VERSION = "1.31"
 
 
 def test_committed_crd_is_in_sync_with_the_model() -> None:
     assert COMMITTED.read_text() == crd.render(), (
-        "crds/ is stale: run PYTHONPATH=operator python -m continuum_operator.crd -o "
-        f"crds/{crd.FILENAME}")
+        "crds/ is stale: run PYTHONPATH=operator python -m continuum_operator.crd -o crds/")
+    assert BACKUP.read_text() == crd.render(crd.BACKUP_FILENAME), (
+        "crds/ is stale: run PYTHONPATH=operator python -m continuum_operator.crd -o crds/")
 
 
 def test_check_command_reports_a_stale_file(tmp_path: Path) -> None:
@@ -26,6 +28,22 @@ def test_check_command_reports_a_stale_file(tmp_path: Path) -> None:
     stale.write_text(crd.render().replace("shortNames", "shortNamez"))
     assert crd.main(["--check", str(stale)]) == 1
     assert crd.main(["--check", str(COMMITTED)]) == 0
+    assert crd.main(["--check", str(COMMITTED.parent)]) == 0  # every CRD in crds/
+    (tmp_path / crd.FILENAME).write_text(crd.render())
+    assert crd.main(["--check", str(tmp_path)]) == 1  # the backup CRD is missing there
+    assert crd.main(["-o", str(tmp_path)]) == 0 and crd.main(["--check", str(tmp_path)]) == 0
+
+
+def test_backup_crd_is_valid_structural_and_shows_its_outcome() -> None:
+    kubernetes_validate.validate(yaml.safe_load(BACKUP.read_text()), K8S_VERSION, strict=True)
+    version = crd.build_backup()["spec"]["versions"][0]
+    for path, node in _walk(version["schema"]["openAPIV3Schema"]):
+        assert "$ref" not in node and "title" not in node, path
+        assert node.get("x-kubernetes-int-or-string") or "type" in node, path
+    assert version["subresources"] == {"status": {}}
+    names = [c["name"] for c in version["additionalPrinterColumns"] if "priority" not in c]
+    assert names == ["Cluster", "Phase", "Size", "Raft Index", "Started", "Age"]
+    assert crd.build_backup()["spec"]["names"]["shortNames"] == ["fb"]
 
 
 def test_crd_is_valid_against_the_official_schema() -> None:

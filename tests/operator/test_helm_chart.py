@@ -35,6 +35,7 @@ CHART = ROOT / "helm" / "continuum-federation"
 HELM = ROOT / "bin" / "helm"
 CRDS = ROOT / "crds"
 CHART_CRDS = CHART / "files" / "crds"
+PEERING_CRDS = CHART / "crds" / "kopf-peerings.yaml"
 # A Kubernetes version kubernetes-validate ships schemas for (the chart needs >= 1.29).
 K8S_VERSION = "1.35.0"
 RELEASE, NAMESPACE = "cf", "ops"
@@ -62,15 +63,21 @@ VARIANTS: dict[str, dict[str, Any]] = {
                 {"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]}]}]}}},
         "priorityClassName": "system-cluster-critical",
         "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
-                    "podMonitor": {"enabled": True}},
+                    "podMonitor": {"enabled": True},
+                    "prometheusRule": {"enabled": True, "labels": {"release": "prom"},
+                                       "memberLagEntries": 500}},
         "grafanaDashboard": {"namespace": "monitoring"},
         "exampleCluster": {"enabled": True, "replicas": 5,
-                           "issuerRef": {"name": "cf-continuum-federation-ca"}},
+                           "issuerRef": {"name": "cf-continuum-federation-ca"},
+                           "backup": {"schedule": "0 2 * * *", "target": {"s3": {
+                               "bucket": "backups", "credentialsSecret": {"name": "s3"}}},
+                               "retention": {"keep": 7, "maxAge": "30d"}}},
         "certManager": {"createCAIssuer": True},
         "tests": {"clusterName": "demo"},
     },
     "namespaced": {"watchNamespace": "team-a", "exampleCluster": {"enabled": True}},
     "minimal": {
+        "operator": {"replicas": 1},
         "crds": {"install": False}, "rbac": {"create": False},
         "serviceAccount": {"create": False, "name": "existing"},
         "grafanaDashboard": {"enabled": False}, "tests": {"enabled": False},
@@ -154,7 +161,18 @@ DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 FOREIGN_KINDS = {
     ("cert-manager.io/v1", "Issuer"), ("cert-manager.io/v1", "Certificate"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PodMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
 }
+
+
+def peering_schemas() -> dict[str, dict[str, Any]]:
+    """The chart's own kopf peering CRDs (crds/), by kind."""
+    out = {}
+    for crd in yaml.safe_load_all(PEERING_CRDS.read_text()):
+        kubernetes_validate.validate(crd, K8S_VERSION, strict=True)
+        (version,) = crd["spec"]["versions"]
+        out[crd["spec"]["names"]["kind"]] = version["schema"]["openAPIV3Schema"]
+    return out
 
 
 def validate(obj: dict[str, Any]) -> None:
@@ -164,6 +182,9 @@ def validate(obj: dict[str, Any]) -> None:
         # A CRD schema is OpenAPI v3.0, i.e. JSON Schema draft 4 (boolean exclusiveMinimum).
         jsonschema.Draft4Validator(crd_schema()).validate(obj)
         fc_spec.parse_spec(obj["spec"])  # the operator's own model accepts it too
+    elif api_version == "kopf.dev/v1":
+        jsonschema.Draft4Validator(peering_schemas()[kind]).validate(obj)
+        assert DNS_LABEL.match(obj["metadata"]["name"]), obj["metadata"]["name"]
     elif (api_version, kind) in FOREIGN_KINDS:
         assert DNS_LABEL.match(obj["metadata"]["name"]), obj["metadata"]["name"]
         assert isinstance(obj.get("spec"), dict) and obj["spec"], f"{kind} without a spec"
@@ -197,10 +218,10 @@ def test_validation_is_not_vacuous() -> None:
 
 def test_optional_objects_follow_their_switches() -> None:
     kinds = lambda v: sorted({o["kind"] for o in render(v)})  # noqa: E731
-    assert kinds("default") == ["ClusterRole", "ClusterRoleBinding", "ConfigMap",
-                                "CustomResourceDefinition", "Deployment", "Pod", "Service",
-                                "ServiceAccount"]
-    assert {"Certificate", "Issuer", "ServiceMonitor", "PodMonitor",
+    assert kinds("default") == ["ClusterKopfPeering", "ClusterRole", "ClusterRoleBinding",
+                                "ConfigMap", "CustomResourceDefinition", "Deployment",
+                                "Pod", "PodDisruptionBudget", "Service", "ServiceAccount"]
+    assert {"Certificate", "Issuer", "ServiceMonitor", "PodMonitor", "PrometheusRule",
             "FederationCluster"} <= set(kinds("everything"))
     assert kinds("minimal") == ["Deployment", "Service"]
 
@@ -221,11 +242,14 @@ def test_standard_labels_on_every_release_object() -> None:
 
 # ---- the operator Deployment ------------------------------------------------------------
 
-def test_operator_deployment_single_replica_recreate_restricted() -> None:
-    dep = one(render("default"), "Deployment")
+def test_operator_deployment_runs_two_peered_replicas_restricted() -> None:
+    objs = render("default")
+    dep = one(objs, "Deployment")
     spec = dep["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}  # kopf peering is not leader election
+    assert spec["replicas"] == 2
+    # Peering makes an overlap harmless: the new replica stands by until the old one leaves.
+    assert spec["strategy"] == {"type": "RollingUpdate",
+                                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
     pod = spec["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -245,10 +269,30 @@ def test_operator_deployment_single_replica_recreate_restricted() -> None:
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert ports["health"] == 8080
     assert "--all-namespaces" in cmd
-    assert selector_matches(dep["spec"]["selector"]["matchLabels"],
-                            dep["spec"]["template"]["metadata"]["labels"])
-    svc = one(render("default"), "Service")
+    # Peering: the object the replicas share, each replica named by its pod.
+    peering = one(objs, "ClusterKopfPeering")
+    assert f"--peering={peering['metadata']['name']}" in cmd and "--standalone" not in cmd
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["CONTINUUM_OPERATOR_PEERING_LIFETIME"]["value"] == "30"
+    anti = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert anti[0]["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    pdb = one(objs, "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 1
+    for selector in (dep["spec"]["selector"]["matchLabels"], pdb["spec"]["selector"][
+            "matchLabels"], anti[0]["podAffinityTerm"]["labelSelector"]["matchLabels"]):
+        assert selector_matches(selector, dep["spec"]["template"]["metadata"]["labels"])
+    svc = one(objs, "Service")
     assert selector_matches(svc["spec"]["selector"], dep["spec"]["template"]["metadata"]["labels"])
+
+
+def test_a_single_replica_runs_standalone_with_recreate() -> None:
+    objs = render("minimal")
+    dep = one(objs, "Deployment")
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}
+    cmd = dep["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert "--standalone" in cmd and not any(a.startswith("--peering") for a in cmd)
+    assert not by_kind(objs, "ClusterKopfPeering") and not by_kind(objs, "PodDisruptionBudget")
 
 
 def pod_specs(objs: tuple[dict[str, Any], ...]) -> list[tuple[str, dict[str, Any]]]:
@@ -318,10 +362,15 @@ def test_namespaced_install_watches_only_that_namespace() -> None:
     assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "team-a"
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "cf-continuum-federation",
                                     "namespace": NAMESPACE}]
-    # Only the discovery grant stays cluster-wide, and it reads CRDs only.
+    # Only reads stay cluster-wide: CRDs (kopf's discovery) and StorageClasses.
     (cluster_role,) = by_kind(objs, "ClusterRole")
-    assert [r["resources"] for r in cluster_role["rules"]] == [["customresourcedefinitions"]]
-    assert set(cluster_role["rules"][0]["verbs"]) <= {"get", "list", "watch"}
+    assert [r["resources"] for r in cluster_role["rules"]] == [["customresourcedefinitions"],
+                                                               ["storageclasses"]]
+    assert all(set(r["verbs"]) <= {"get", "list", "watch"} for r in cluster_role["rules"])
+    # The replicas peer in the watched namespace, where the example cluster lives too.
+    peering = one(objs, "KopfPeering")
+    assert peering["metadata"]["namespace"] == "team-a"
+    assert one(objs, "FederationCluster")["metadata"]["namespace"] == "team-a"
 
 
 def test_image_digest_and_extra_settings_reach_the_pod() -> None:
@@ -354,9 +403,11 @@ def test_operator_settings_reach_the_operator_as_its_own_environment(
 def test_values_schema_offers_every_operator_setting() -> None:
     schema = json.loads((CHART / "values.schema.json").read_text())
     offered = set(schema["properties"]["operator"]["properties"]["settings"]["properties"])
-    # api_server is for tests (in-cluster config is the default); metrics_port has its own value.
+    # api_server is for tests; metrics_port and peering_lifetime have their own values; a
+    # fixed peering_priority would give every replica the same one (kopf pauses them all).
     expected = {re.sub(r"_(\w)", lambda m: m.group(1).upper(), f)
-                for f in OperatorSettings.model_fields} - {"apiServer", "metricsPort"}
+                for f in OperatorSettings.model_fields} - {
+        "apiServer", "metricsPort", "peeringLifetime", "peeringPriority"}
     assert offered == expected
 
 
@@ -373,21 +424,26 @@ def test_chart_crd_copy_equals_repository_crds() -> None:
 
 
 def test_rendered_crd_is_the_repository_crd_plus_keep_policy() -> None:
-    (crd,) = by_kind(render("default"), "CustomResourceDefinition")
-    source = yaml.safe_load((CRDS / "federationclusters.continuum.dev.yaml").read_text())
-    assert crd["spec"] == source["spec"]  # the YAML round trip inside the template is lossless
-    assert crd["metadata"]["name"] == source["metadata"]["name"]
-    assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
-    for key, value in source["metadata"].get("labels", {}).items():
-        assert crd["metadata"]["labels"][key] == value
+    crds = {c["metadata"]["name"]: c for c in by_kind(render("default"),
+                                                      "CustomResourceDefinition")}
+    assert sorted(crds) == ["federationbackups.continuum.dev",
+                            "federationclusters.continuum.dev"]
+    for name, crd in crds.items():
+        source = yaml.safe_load((CRDS / f"{name}.yaml").read_text())
+        assert crd["spec"] == source["spec"]  # the YAML round trip in the template is lossless
+        assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+        for key, value in source["metadata"].get("labels", {}).items():
+            assert crd["metadata"]["labels"][key] == value
 
 
 def test_crd_keep_policy_and_install_switches(tmp_path: Path) -> None:
     out = helm("template", RELEASE, str(CHART), "--set", "crds.keep=false",
                "--show-only", "templates/crds.yaml")
     assert out.returncode == 0, out.stderr
-    (crd,) = [d for d in yaml.safe_load_all(out.stdout) if d]
-    assert "helm.sh/resource-policy" not in crd["metadata"].get("annotations", {})
+    crds = [d for d in yaml.safe_load_all(out.stdout) if d]
+    assert len(crds) == 2
+    for crd in crds:
+        assert "helm.sh/resource-policy" not in crd["metadata"].get("annotations", {})
     assert not by_kind(render("minimal"), "CustomResourceDefinition")
 
 
@@ -434,6 +490,7 @@ def test_notes_tell_the_user_what_to_do_next() -> None:
     assert "kind: FederationCluster" in notes
     assert f"kubectl -n {NAMESPACE} get fc demo" in notes
     assert "scale fc/demo --replicas=5" in notes
+    assert "kubectl get fb" in notes and "FederationBackup CRDs are part of this release" in notes
     # The sample in the notes is a valid FederationCluster.
     sample = notes.split("<<'YAML'", 1)[1].split("\n     YAML\n", 1)[0]
     obj = yaml.safe_load("\n".join(line[5:] for line in sample.splitlines()[1:]))
@@ -529,3 +586,110 @@ def test_helm_test_round_trip_uses_the_operator_client_identity() -> None:
     docs = [d for d in yaml.load_all(out.stdout, Loader=StrictLoader) if d]
     pod = named(tuple(docs), "Pod", "cf-continuum-federation-test-cluster")
     assert pod["metadata"]["namespace"] == "team-a"  # next to the Secret it mounts
+
+
+# ---- watchNamespace: user-facing objects go where the operator looks -----------------------
+
+def test_example_cluster_issuer_and_notes_follow_the_watched_namespace(tmp_path: Path) -> None:
+    values = {"watchNamespace": "team-a", "certManager": {"createCAIssuer": True},
+              "exampleCluster": {"enabled": True, "issuerRef": {
+                  "name": "cf-continuum-federation-ca"}}}
+    out = helm("install", RELEASE, str(CHART), "-n", NAMESPACE, "--dry-run=client",
+               *values_args(tmp_path, values))
+    assert out.returncode == 0, out.stderr
+    manifest, notes = out.stdout.split("NOTES:", 1)
+    # Hooks (the example cluster) come first, then the release's manifest.
+    body = manifest.split("HOOKS:", 1)[1].replace("MANIFEST:", "---")
+    objs = [d for d in yaml.safe_load_all(body) if d]
+    issuers = [o for o in objs if o["kind"] == "Issuer"]
+    example = next(o for o in objs if o["kind"] == fc_spec.KIND)
+    assert issuers and {o["metadata"]["namespace"] for o in issuers} == {"team-a"}
+    assert example["metadata"]["namespace"] == "team-a"
+    # The example's issuerRef names an Issuer that exists in its namespace.
+    ref = example["spec"]["tls"]["issuerRef"]
+    assert (ref["kind"], ref["name"]) in {(o["kind"], o["metadata"]["name"]) for o in issuers}
+    assert "created in team-a" in notes and f"kubectl -n {NAMESPACE} get fc" not in notes
+
+
+def test_notes_point_new_clusters_at_the_watched_namespace() -> None:
+    out = helm("install", RELEASE, str(CHART), "-n", NAMESPACE, "--dry-run=client",
+               "--set", "watchNamespace=team-a", "--set", "certManager.createCAIssuer=true")
+    assert out.returncode == 0, out.stderr
+    notes = out.stdout.split("NOTES:", 1)[1]
+    assert "kubectl apply -n team-a" in notes and "cf-continuum-federation-ca" in notes
+
+
+# ---- alerts --------------------------------------------------------------------------------
+
+def exported_metric_names() -> set[str]:
+    """What is really exported: the node's fixed gauge names (string literals in its source
+    that docs/metrics.md documents too) and the operator's registry."""
+    import ast
+
+    from prometheus_client import REGISTRY
+
+    import continuum_operator.metrics  # noqa: F401  (registers the operator's metrics)
+
+    documented = set(re.findall(r"`(continuum_[a-z_]+)", (ROOT / "docs" / "metrics.md")
+                                .read_text()))
+    source = ROOT / "node_image" / "continuum" / "federation" / "distributed"
+    literals = {n.value for path in source.rglob("*.py")
+                for n in ast.walk(ast.parse(path.read_text()))
+                if isinstance(n, ast.Constant) and isinstance(n.value, str)
+                and re.fullmatch(r"continuum_[a-z_]+", n.value)}
+    names = documented & literals
+    assert "continuum_raft_is_leader" in names
+    for family in REGISTRY.collect():
+        if family.name.startswith("continuum_operator"):  # labelled ones may have no sample
+            names.add(family.name + ("_total" if family.type == "counter" else ""))
+    return names
+
+
+def test_alerts_cover_the_failures_and_use_metrics_that_exist() -> None:
+    rule = one(render("everything"), "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "prom"
+    rules = [r for g in rule["spec"]["groups"] for r in g["rules"]]
+    alerts = {r["alert"]: r for r in rules if "alert" in r}
+    assert {"ContinuumFederationNoLeader", "ContinuumFederationQuorumAtRisk",
+            "ContinuumFederationQuorumLost", "ContinuumFederationMemberLagging",
+            "ContinuumFederationCertificateExpiring", "ContinuumOperatorApplyErrors"} == set(alerts)
+    recorded = {r["record"] for r in rules if "record" in r}
+    exported = exported_metric_names()
+    functions = {"max", "min", "sum", "count", "by", "on", "and", "floor", "label_replace",
+                 "group_left", "group_right", "increase", "rate"}
+    for r in rules:
+        expr = r["expr"]
+        assert expr.count("(") == expr.count(")"), expr
+        for name in re.findall(r"\b[a-z_][a-z0-9_:]*\b(?=\s*[{(\[\s)]|$)", expr):
+            if name in functions or not name.startswith("continuum"):
+                continue
+            assert name in recorded or name in exported, f"{name} is not exported ({expr})"
+    for name, alert in alerts.items():
+        assert alert["labels"]["severity"] in ("warning", "critical"), name
+        assert alert["annotations"]["summary"] and alert["annotations"]["description"], name
+        assert re.fullmatch(r"[0-9]+[smh]", alert["for"]), name
+    assert "> 500" in alerts["ContinuumFederationMemberLagging"]["expr"]
+    assert "< 7 * 86400" in alerts["ContinuumFederationCertificateExpiring"]["expr"]
+
+
+def test_the_alert_check_catches_a_metric_nobody_exports() -> None:
+    assert "continuum_raft_leader_changes" not in exported_metric_names()
+    assert "continuum_operator_reconcile_errors_total" in exported_metric_names()
+
+
+# ---- chart metadata and README ----------------------------------------------------------------
+
+def test_chart_metadata_points_home_and_ships_its_icon() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["home"].startswith("https://") and chart["sources"]
+    assert chart["icon"].endswith("helm/continuum-federation/icon.svg")
+    assert (CHART / "icon.svg").read_text().startswith("<svg")
+
+
+def test_readme_documents_every_top_level_value() -> None:
+    readme = (CHART / "README.md").read_text()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    missing = [k for k in values if f"`{k}" not in readme]
+    assert not missing, f"README.md does not document: {missing}"
+    for topic in ("watchNamespace", "replicas", "prometheusRule", "--skip-crds"):
+        assert topic in readme, topic

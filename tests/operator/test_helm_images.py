@@ -110,7 +110,11 @@ def test_no_build_tools_or_installs_in_the_runtime_stages(name: str) -> None:
 
 def test_the_builder_builds_the_wheel_from_the_project() -> None:
     runs = re.sub(r"\s+", " ", " ".join(STAGES["builder"].all("RUN")))
-    assert 'pip wheel --wheel-dir /wheels ".[operator,backup]"' in runs
+    # Dependencies first (their own layer, keyed on pyproject.toml), with the extras the
+    # images need; then the project itself.
+    assert 'for e in ("operator", "backup")' in runs
+    assert "pip wheel --wheel-dir /wheels --requirement /requirements.txt" in runs
+    assert "pip wheel --wheel-dir /wheels --no-deps ." in runs
     for venv in FINAL:
         assert f"python -m venv --without-pip /opt/{venv}" in runs  # no pip in the image
         assert f"pip --python /opt/{venv}/bin/python install --no-index" in runs

@@ -26,7 +26,8 @@ pytestmark = pytest.mark.skipif(
     not HELM.exists(), reason=f"{HELM} missing: run scripts/install-helm.sh (CI does)")
 
 Grants = dict[tuple[str, str], set[str]]
-CLUSTER_SCOPED = {("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces")}
+CLUSTER_SCOPED = {("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces"),
+                  ("storage.k8s.io", "storageclasses"), ("kopf.dev", "clusterkopfpeerings")}
 
 
 def operator_needs() -> Grants:
@@ -104,9 +105,27 @@ def test_namespaced_install_uses_a_role_and_keeps_only_crd_reads_cluster_wide() 
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
                 role_grants[(group, resource)] |= set(rule["verbs"])
-    assert dict(role_grants) == namespaced
+    assert dict(role_grants) == namespaced  # its peering is a KopfPeering in team-a
     cluster = {k: v for k, v in grants.items() if k in CLUSTER_SCOPED}
-    assert cluster == {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
+    assert cluster == {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
+                       ("storage.k8s.io", "storageclasses"): {"get"}}
+
+
+def test_owner_references_with_block_owner_deletion_are_allowed() -> None:
+    """Children carry blockOwnerDeletion: where owner-reference permissions are enforced
+    (OpenShift), that needs `update` on the owner's finalizers subresource."""
+    from builders import cluster
+
+    from continuum_operator import manifests
+
+    c = cluster(tls={"mode": "CertManager", "issuerRef": {"name": "ca"}})
+    owners = {(ref["apiVersion"].split("/")[0], ref["kind"])
+              for obj in manifests.children(c, 3) for ref in obj["metadata"]["ownerReferences"]
+              if ref.get("blockOwnerDeletion")}
+    assert owners == {("continuum.dev", "FederationCluster")}
+    for args in ((), ("--set", "watchNamespace=team-a")):
+        grants, _ = rendered_rules(*args)
+        assert "update" in grants[("continuum.dev", "federationclusters/finalizers")], args
 
 
 def test_no_wildcards_and_no_escalation_verbs() -> None:

@@ -33,6 +33,13 @@ def _env(sts: dict[str, Any]) -> dict[str, Any]:
                           "effect": "NoSchedule"}],
          "nodeSelector": {"disk": "ssd"}, "priorityClassName": "high"}},
     {"replicas": 1, "disruption": {"maxUnavailable": 0}},
+    {"clusterDomain": "corp.internal", "scheduling": {"hostSpread": "Preferred"},
+     "resources": {"requests": {"cpu": "0.5", "memory": "0.5Gi"}, "limits": {"cpu": 1}},
+     "podTemplate": {"metadata": {"labels": {"team": "data"}},
+                     "imagePullSecrets": [{"name": "regcred"}],
+                     "env": [{"name": "A", "valueFrom": {"fieldRef": {
+                         "fieldPath": "status.podIP"}}}],
+                     "serviceAccountName": "node"}},
 ])
 def test_every_child_is_valid_kubernetes(raw: dict[str, Any]) -> None:
     c = cluster(**raw)
@@ -177,3 +184,88 @@ def test_schema_validation_can_fail() -> None:
     sts["spec"]["template"]["spec"]["containers"][0]["livenesProbe"] = {}
     with pytest.raises(Exception, match="livenesProbe"):
         validate(sts)
+
+
+# ---- placement ----------------------------------------------------------------------------
+
+def _pod(c: Any) -> dict[str, Any]:
+    pod: dict[str, Any] = manifests.statefulset(c)["spec"]["template"]["spec"]
+    return pod
+
+
+def test_members_spread_over_hosts_and_zones_by_default() -> None:
+    c = cluster()
+    by_key = {t["topologyKey"]: t for t in _pod(c)["topologySpreadConstraints"]}
+    host, zone = by_key["kubernetes.io/hostname"], by_key["topology.kubernetes.io/zone"]
+    assert (host["maxSkew"], host["whenUnsatisfiable"]) == (1, "DoNotSchedule")
+    assert zone["whenUnsatisfiable"] == "ScheduleAnyway"
+    for t in (host, zone):
+        assert t["labelSelector"] == {"matchLabels": manifests.selector_labels(c)}
+        assert t["nodeTaintsPolicy"] == "Honor"  # unusable nodes never block a spread
+    validate(manifests.statefulset(c))
+
+
+def test_spread_is_overridable() -> None:
+    soft = _pod(cluster(scheduling={"hostSpread": "Preferred", "zoneSpread": "Disabled"}))
+    (only,) = soft["topologySpreadConstraints"]
+    assert only["whenUnsatisfiable"] == "ScheduleAnyway"
+    assert "topologySpreadConstraints" not in _pod(cluster(scheduling={
+        "hostSpread": "Disabled", "zoneSpread": "Disabled"}))
+    mine = [{"maxSkew": 2, "topologyKey": "rack", "whenUnsatisfiable": "ScheduleAnyway"}]
+    assert _pod(cluster(scheduling={"topologySpreadConstraints": mine}))[
+        "topologySpreadConstraints"] == mine
+
+
+# ---- cluster domain -----------------------------------------------------------------------
+
+def test_cluster_domain_is_used_wherever_names_are_built() -> None:
+    c = cluster(clusterDomain="corp.internal")
+    env = _env(manifests.statefulset(c))
+    assert env["CONTINUUM_PEER_DOMAIN"] == "demo-peers.prod.svc.corp.internal"
+    assert env["CONTINUUM_ADVERTISE_ADDRESS"] == (
+        "$(POD_NAME).demo-peers.prod.svc.corp.internal:7000")
+    assert env["CONTINUUM_DISCOVERY_SRV"] == "_peer._tcp.demo-peers.prod.svc.corp.internal"
+    assert env["CONTINUUM_BOOTSTRAP"] == "demo-0.demo-peers.prod.svc.corp.internal:7000"
+    assert manifests.node_dns_names(c) == [
+        "*.demo-peers.prod.svc.corp.internal", "demo-peers.prod.svc.corp.internal",
+        "demo.prod.svc.corp.internal", "demo.prod.svc"]
+    rendered = yaml.safe_dump(manifests.children(c, 3)[:3])
+    assert "cluster.local" not in rendered
+    assert all("cluster.local" not in str(v) for v in env.values())
+
+
+# ---- pod template additions ---------------------------------------------------------------
+
+def test_pod_template_additions_reach_the_pods_and_are_valid_kubernetes() -> None:
+    c = cluster(podTemplate={
+        "metadata": {"labels": {"team": "data"}, "annotations": {"example.com/owner": "x"}},
+        "imagePullSecrets": [{"name": "regcred"}],
+        "env": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"},
+                {"name": "SELF", "value": "$(POD_NAME)"},
+                {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "t", "key": "k"}}},
+                {"name": "MEM", "valueFrom": {"resourceFieldRef": {
+                    "resource": "limits.memory", "containerName": "node", "divisor": "1Mi"}}}],
+        "serviceAccountName": "federation-node", "automountServiceAccountToken": True})
+    sts = manifests.statefulset(c)
+    validate(sts)
+    template = sts["spec"]["template"]
+    assert template["metadata"]["labels"]["team"] == "data"
+    assert template["metadata"]["labels"]["app.kubernetes.io/instance"] == "demo"
+    assert template["metadata"]["annotations"]["example.com/owner"] == "x"
+    assert manifests.CONFIG_HASH in template["metadata"]["annotations"]
+    pod = template["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["serviceAccountName"] == "federation-node"
+    assert pod["automountServiceAccountToken"] is True
+    names = [e["name"] for e in pod["containers"][0]["env"]]
+    # after the operator's variables, so $(POD_NAME) expands
+    assert names.index("SELF") > names.index("POD_NAME")
+    assert names[-4:] == ["HTTPS_PROXY", "SELF", "TOKEN", "MEM"]
+    env = _env(sts)
+    assert env["TOKEN"] == {"secretKeyRef": {"name": "t", "key": "k"}}
+
+
+def test_without_additions_the_pod_keeps_no_token_and_no_extras() -> None:
+    pod = _pod(cluster())
+    assert pod["automountServiceAccountToken"] is False
+    assert "serviceAccountName" not in pod and "imagePullSecrets" not in pod

@@ -313,3 +313,72 @@ def _recovered(stale: tuple[int, ...], op: dict[str, Any] | None = None) -> p.Ob
 ])
 def test_after_a_forced_new_cluster_members_are_added_back(o: p.Observed, step: p.Step) -> None:
     assert _step(o) == step
+
+
+# ---- restarts and removals wait for members to catch up --------------------------------------
+
+def lagging(o: p.Observed, behind: dict[int, int | None], commit: int = 1000,
+            max_lag: int = 100) -> p.Observed:
+    """``o`` where member i's match index trails the commit index by ``behind[i]``."""
+    members = tuple(replace(m, match_index=None if behind.get(i, 0) is None
+                            else commit - (behind.get(i) or 0))
+                    for i, m in enumerate(o.members or ()))
+    return replace(o, members=members, commit_index=commit, max_lag=max_lag)
+
+
+def test_the_next_restart_waits_until_the_restarted_member_caught_up() -> None:
+    outdated = {0: "rev-1", 1: "rev-1"}  # demo-2 was restarted already
+    o = obs(3, 3, revision=outdated)
+    assert _step(lagging(o, {2: 0})) == p.DeletePod("demo-1", "follower restart")
+    step = _step(lagging(o, {2: 900}))
+    assert isinstance(step, p.Wait) and "demo-2 to catch up" in step.reason
+    assert "match index 100, leader commit index 1000" in step.reason
+    # within the bound counts as caught up; an unknown match index does not
+    assert _step(lagging(o, {2: 100})) == p.DeletePod("demo-1", "follower restart")
+    assert isinstance(_step(lagging(o, {2: None})), p.Wait)
+
+
+def test_a_restart_is_done_only_once_the_member_caught_up() -> None:
+    op = {"type": "Update", "step": "DeletePod", "member": "demo-2"}
+    o = obs(3, 3, op=op, revision={0: "rev-1", 1: "rev-1"})
+    decision = p.plan(lagging(o, {2: 500}))
+    assert isinstance(decision.step, p.Wait) and decision.operation is not None
+    assert decision.operation.member == "demo-2"  # still recorded: the restart is not over
+    done = p.plan(lagging(o, {2: 0}))
+    assert done.step == p.DeletePod("demo-1", "follower restart")
+
+
+def test_a_removal_waits_for_the_remaining_voters_unless_forced() -> None:
+    o = obs(3, 4)
+    step = _step(lagging(o, {1: 700}))
+    assert isinstance(step, p.Wait) and "demo-1 to catch up" in step.reason
+    assert "before removing demo-3" in step.reason
+    assert _step(lagging(o, {3: 700})) == p.RemoveMember("demo-3")  # the victim may lag
+    assert _step(lagging(replace(o, force_scale_down=True), {1: 700})) == p.RemoveMember(
+        "demo-3")
+
+
+def test_a_scale_up_finishes_once_the_new_voter_caught_up() -> None:
+    op = {"type": "ScaleUp", "step": "AddMember", "member": "demo-3", "target": 4}
+    o = obs(5, 4, op=op)
+    assert isinstance(_step(lagging(o, {3: 400})), p.Wait)
+    assert _step(lagging(o, {3: 0})) == p.GrowStatefulSet(5)
+
+
+def test_a_leader_that_reports_no_commit_index_is_not_waited_for() -> None:
+    o = obs(3, 3, revision={0: "rev-1", 1: "rev-1"})
+    assert _step(o) == p.DeletePod("demo-1", "follower restart")
+
+
+def test_a_member_without_a_pod_is_removed() -> None:
+    """A removed node can join again on its own before its pod is gone: once the pod is
+    gone, the member it left behind is removed, as the scale-down meant."""
+    o = obs(3, 3, members=5, unhealthy=(3, 4))
+    decision = p.plan(o)
+    assert decision.step == p.RemoveMember("demo-4")
+    assert decision.operation is not None and decision.operation.type == "ScaleDown"
+    done = obs(3, 3, members=4, unhealthy=(3,),
+               op={"type": "ScaleDown", "step": "RemoveMember", "member": "demo-4",
+                   "target": 3})
+    assert _step(replace(done, pvcs=frozenset())) == p.RemoveMember("demo-3")
+    assert _step(obs(3, 3, members=3)) == p.Idle()

@@ -136,3 +136,32 @@ def test_a_ca_rotation_shows_in_certificates_ready() -> None:
     assert (c["status"], c["reason"]) == ("True", "CARotationInProgress")
     assert "PublishingBundle" in c["message"] and "demo-2" in c["message"]
     assert st["certificates"]["rotation"]["waitingFor"] == ["demo-2"]
+
+
+# ---- members spread over hosts ----------------------------------------------------------------
+
+def on_hosts(*hosts: str | None) -> tuple[planner.Pod, ...]:
+    return tuple(planner.Pod(f"demo-{i}", i, ready=True, node=h) for i, h in enumerate(hosts))
+
+
+@pytest.mark.parametrize(("hosts", "state", "reason", "fragment"), [
+    (("a", "b", "c"), "True", "SpreadAcrossHosts", "3 members on 3 hosts"),
+    (("a", "a", "c"), "False", "QuorumOnOneHost", "a runs demo-0, demo-1"),
+    (("a", "b", "c", "d", "a"), "False", "MembersShareHost", "quorum survives"),
+    (("a", "a", "a", "d", "e"), "False", "QuorumOnOneHost", "quorum of 3"),
+    ((None, None, None), "Unknown", "NotScheduled", ""),
+])
+def test_members_sharing_a_host_are_reported(hosts: tuple[str | None, ...], state: str,
+                                              reason: str, fragment: str) -> None:
+    n = len(hosts)
+    st = status.compute(inputs(n, pods=on_hosts(*hosts), leader_status=leader(n)))
+    c = cond(st, "MembersSpread")
+    assert (c["status"], c["reason"]) == (state, reason)
+    assert fragment in c["message"]
+    if hosts[0]:
+        assert st["members"][0]["nodeName"] == hosts[0]
+
+
+def test_a_single_member_has_nothing_to_spread() -> None:
+    st = status.compute(inputs(1, pods=on_hosts("a"), leader_status=leader(1)))
+    assert cond(st, "MembersSpread")["status"] == "True"

@@ -65,6 +65,12 @@ app.kubernetes.io/component: operator
 {{- printf "%s:%s" .Values.nodeImage.repository (default .Chart.AppVersion .Values.nodeImage.tag) -}}
 {{- end -}}
 
+{{/* Where user-facing objects of the release go (the example cluster, the CA Issuer): the
+watched namespace, else the release namespace. */}}
+{{- define "cf.clusterNamespace" -}}
+{{- default .Release.Namespace .Values.watchNamespace -}}
+{{- end -}}
+
 {{/* The namespace the operator watches ("" = all). */}}
 {{- define "cf.clusterWide" -}}
 {{- if eq .Values.watchNamespace "" -}}true{{- end -}}

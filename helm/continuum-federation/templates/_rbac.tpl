@@ -13,6 +13,28 @@ No `update` (the operator only patches), no `list`/`watch` where it reads by nam
 - apiGroups: ["continuum.dev"]
   resources: ["federationclusters/status"]
   verbs: ["get", "patch"]
+# Every child names its FederationCluster as owner with blockOwnerDeletion: true. Where the
+# OwnerReferencesPermissionEnforcement admission plugin runs (OpenShift), setting that needs
+# `update` on the owner's finalizers, or every create is refused with 403.
+- apiGroups: ["continuum.dev"]
+  resources: ["federationclusters/finalizers"]
+  verbs: ["update"]
+# FederationBackups: a daemon follows each one; the schedule creates them and retention
+# deletes them (after their data). Their Jobs name them as owner with blockOwnerDeletion.
+- apiGroups: ["continuum.dev"]
+  resources: ["federationbackups"]
+  verbs: ["get", "list", "watch", "patch", "create", "delete"]
+- apiGroups: ["continuum.dev"]
+  resources: ["federationbackups/status"]
+  verbs: ["get", "patch"]
+- apiGroups: ["continuum.dev"]
+  resources: ["federationbackups/finalizers"]
+  verbs: ["update"]
+# Jobs run `continuum-federation backup create|delete` and `restore` from the node image
+# (the target's credentials reach these pods only). Never patched: a Job is made once.
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "create", "delete"]
 # Owned children, reconciled: created, patched on drift, deleted when no longer wanted.
 - apiGroups: ["apps"]
   resources: ["statefulsets"]
@@ -28,15 +50,18 @@ No `update` (the operator only patches), no `list`/`watch` where it reads by nam
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "create", "patch", "delete"]
 # Pods are never created by the operator: it only deletes them, in the order it chooses,
-# for OnDelete rolling updates and quorum recovery.
+# for OnDelete rolling updates and quorum recovery, and lists a Job's pods for its outcome
+# (their termination messages).
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "delete"]
-# PVCs come from the StatefulSet; the operator deletes one only after its member's removal
-# from Raft is confirmed (the retention policy).
+# PVCs come from the StatefulSet, except the first member's of a cluster created from a
+# backup (made for the restore, then adopted); the operator grows them when
+# spec.storage.size grows (online expansion) and deletes one only after its member's
+# removal from Raft is confirmed (the retention policy).
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
-  verbs: ["list", "delete"]
+  verbs: ["get", "list", "create", "patch", "delete"]
 # Events for every action (kopf posts core/v1 Events).
 - apiGroups: [""]
   resources: ["events"]
@@ -46,4 +71,9 @@ No `update` (the operator only patches), no `list`/`watch` where it reads by nam
 - apiGroups: ["cert-manager.io"]
   resources: ["certificates"]
   verbs: ["get", "create", "patch", "delete"]
+# kopf's peering between the operator's replicas: each one keeps its record fresh in the
+# peering object's status, and watches the others'.
+- apiGroups: ["kopf.dev"]
+  resources: ["kopfpeerings"{{ if eq .Values.watchNamespace "" }}, "clusterkopfpeerings"{{ end }}]
+  verbs: ["list", "watch", "patch"]
 {{- end -}}

@@ -25,8 +25,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import msgpack
-from raft_linearizability import Op
 
+from checkers.linearizability import Op
 from continuum.federation.distributed import errors
 from continuum.federation.distributed.core.raft import config as rconfig
 from continuum.federation.distributed.core.raft import messages as m

@@ -13,8 +13,9 @@ from __future__ import annotations
 import os
 
 import pytest
-from raft_linearizability import check
 from raft_sim import Faults, Sim
+
+from checkers.linearizability import check
 
 SEEDS = ([int(os.environ["RAFT_SEED"])] if "RAFT_SEED" in os.environ
          else range(int(os.environ.get("RAFT_SEEDS", "150"))))

@@ -13,9 +13,9 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from raft_linearizability import check
 from raft_sim import Faults, SafetyViolation, Sim, SimDisk
 
+from checkers.linearizability import check
 from continuum.federation.distributed.core.raft import log as rlog
 from continuum.federation.distributed.core.raft import messages as m
 from continuum.federation.distributed.core.raft import raft_node as rnode

@@ -65,7 +65,7 @@ def _totals(sim: simnet.SimCluster, stat: str) -> int:
 # is the costliest simulation here (~70 s: every member handles ~100 suspicions a second).
 @pytest.mark.parametrize(("n", "loss", "slack"), [
     (1000, 0.0, 0.0), (1000, 0.05, 1.0),
-    pytest.param(1000, 0.20, 3.0, marks=pytest.mark.slow)])
+    pytest.param(1000, 0.20, 3.0, marks=pytest.mark.long)])
 def test_1000_nodes_dissemination_detection_and_false_positives(
         n: int, loss: float, slack: float) -> None:
     sim = simnet.SimCluster(n, CONF, seed=5, loss=loss)

@@ -168,3 +168,68 @@ async def test_the_cli_lists_verifies_and_restores_and_reports_incomplete_backup
     rc, _, err = await run("restore", "--from", f"{bk}/nightly-1", "--data-dir",
                            str(tmp_path / "other"), "--node-id", "node-1", "--address", "nope")
     assert rc == 1 and "error:" in err and not (tmp_path / "other").exists()
+
+
+async def test_a_volume_root_is_restored_in_place_and_an_interrupted_move_finishes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A PVC mounted at the data directory: nothing can be renamed over it and its parent
+    may be read-only, so the restore stages inside it; a fresh volume's lost+found is not
+    data. A restore stopped while moving its entries up finishes when run again."""
+    m = await archives.store(tmp_path / "bk", "b1", STRONG, MM)
+    volume = tmp_path / "pvc"
+    (volume / "lost+found").mkdir(parents=True)
+    parent_before = sorted(os.listdir(tmp_path))
+    r = await _restore(tmp_path / "bk", "b1", volume)
+    assert not r.already and r.contents.strong_concepts == len(STRONG)
+    assert sorted(os.listdir(tmp_path)) == parent_before  # nothing written beside it
+    assert sorted(os.listdir(volume)) == sorted(
+        ["lost+found", restore.MARKER, "raft", "replication"])
+    assert json.loads((volume / restore.MARKER).read_text())["backup_id"] == m.backup_id
+    assert (await _restore(tmp_path / "bk", "b1", volume)).already
+
+    # Stop a second in-place restore after its first entry moved up.
+    other = tmp_path / "pvc2"
+    other.mkdir()
+    real_replace = os.replace
+    moved: list[str] = []
+
+    def replace_once(src: Any, dst: Any) -> None:
+        if Path(src).parent.name.startswith(restore.STAGING_PREFIX) and moved:
+            raise OSError("the pod was killed")
+        moved.append(Path(src).name)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(restore.os, "replace", replace_once)
+    with pytest.raises(OSError, match="killed"):
+        await _restore(tmp_path / "bk", "b1", other)
+    monkeypatch.setattr(restore.os, "replace", real_replace)
+    # A complete staging folder is left, with the marker: the next run finishes the move.
+    (left,) = [p for p in os.listdir(other) if p.startswith(restore.STAGING_PREFIX)]
+    assert (other / left / restore.MARKER).exists() and len(moved) == 1
+    again = await _restore(tmp_path / "bk", "b1", other)
+    assert again.already
+    assert sorted(os.listdir(other)) == sorted([restore.MARKER, "raft", "replication"])
+
+
+async def test_an_incomplete_staging_folder_in_a_volume_is_discarded(tmp_path: Path) -> None:
+    await archives.store(tmp_path / "bk", "b1", STRONG, MM)
+    volume = tmp_path / "pvc"
+    (volume / f"{restore.STAGING_PREFIX}dead" / "raft").mkdir(parents=True)
+    r = await _restore(tmp_path / "bk", "b1", volume)
+    assert not r.already
+    assert sorted(os.listdir(volume)) == sorted([restore.MARKER, "raft", "replication"])
+
+
+async def test_the_cli_deletes_backups_manifest_first_and_tolerates_absent_ones(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bk = tmp_path / "bk"
+    await archives.store(bk, "old-1", STRONG, MM)
+    await archives.store(bk, "keep", STRONG, MM)
+    loop = asyncio.get_running_loop()
+    rc = await loop.run_in_executor(None, cli.main, [
+        "backup", "delete", f"{bk}/old-1", f"file://{bk}/never-was"])
+    out = capsys.readouterr().out
+    assert rc == 0 and f"{bk}/old-1: deleted" in out and "never-was: not there" in out
+    assert sorted(os.listdir(bk)) == ["keep"]
+    rc = await loop.run_in_executor(None, cli.main, ["backup", "delete", f"{bk}/Bad name"])
+    assert rc == 1 and "backup name" in capsys.readouterr().err

@@ -27,6 +27,18 @@ REFUSED = (errors.NotLeader.http_status, errors.Unavailable.http_status)
 UNKNOWN = errors.OutcomeUnknown.http_status
 
 
+def one_attempt(session: aiohttp.ClientSession) -> aiohttp.ClientSession:
+    """``session`` without aiohttp's silent second attempt of a GET, PUT or DELETE whose
+    connection broke: the first may have been applied (a multi-master PUT would then be
+    written twice, and a write reported as never sent). Retries are this module's, and
+    follow the API's statuses. There is no public switch; refuse to run without it."""
+    if not hasattr(session, "_retry_connection"):
+        raise RuntimeError(f"aiohttp {aiohttp.__version__} moved the switch of its silent "
+                           "retries; this client cannot promise one attempt per call")
+    session._retry_connection = False
+    return session
+
+
 class ApiError(RuntimeError):
     """An error answer; ``error`` is the package's error it stands for, when it is one."""
 
@@ -48,8 +60,8 @@ class ApiClient:
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> ApiClient:
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=self._ctx), timeout=self._timeout)
+        self._session = one_attempt(aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=self._ctx), timeout=self._timeout))
         return self
 
     async def __aexit__(self, *exc: object) -> None:

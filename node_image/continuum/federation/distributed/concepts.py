@@ -34,13 +34,19 @@ log = logging.getLogger(__name__)
 STRONG_TIMEOUT_SECONDS = 10.0  # a strong write's deadline before its outcome is unknown
 
 ObserveWrite = Callable[[str, float], None]  # (consistency, seconds)
+ClockUnfit = Callable[[], str | None]  # why this node's clock may not stamp writes now
+
+
+def _always_fit() -> str | None:
+    return None
 
 
 class ConceptService:
     def __init__(self, raft: consensus.RaftConsensus, strong: statemachine.StrongStore,
                  replicator: replication.MultiMasterReplicator, observe_write: ObserveWrite,
-                 ) -> None:
+                 clock_unfit: ClockUnfit = _always_fit) -> None:
         self._raft = raft
+        self._clock_unfit = clock_unfit
         self._strong = strong
         self._replicator = replicator
         self._observe = observe_write
@@ -65,6 +71,7 @@ class ConceptService:
     async def put_eventual(self, concept_id: str, value: Any) -> dict[str, Any]:
         if concept_id in self._strong:
             raise errors.WrongConsistency(concept_id, "strong")
+        self._check_clock()
         start = time.perf_counter()
         self.in_flight += 1
         try:
@@ -93,7 +100,16 @@ class ConceptService:
     async def delete_eventual(self, concept_id: str) -> bool:
         if concept_id in self._strong:
             raise errors.WrongConsistency(concept_id, "strong")
+        self._check_clock()
         return await self._replicator.delete(concept_id)
+
+    def _check_clock(self) -> None:
+        """Multi-master writes are ordered by this node's clock: refuse while it is unfit."""
+        why = self._clock_unfit()
+        if why is not None:
+            raise errors.Unavailable(f"multi-master writes refused here: {why}; write through "
+                                     "another node, or with ?consistency=strong",
+                                     code="clock_unfit")
 
     async def _commit(self, command: dict[str, Any], request_id: str) -> consensus.Applied:
         start = time.perf_counter()

@@ -79,6 +79,9 @@ class ReplicationSettings(BaseModel):
     conflict_strategy: ConflictStrategy = "last_write_wins"
     # A tombstone every replica holds is collected after this long.
     tombstone_grace_seconds: float = Field(60.0, ge=0)
+    # Wall clocks within this of each other keep last-write-wins in real-time order; a
+    # node that cannot vouch for its clock refuses multi-master writes (core/clocks.py).
+    max_clock_offset_ms: int = Field(500, ge=1, le=3_600_000)
 
 
 ENV_PREFIX = "CONTINUUM_"

@@ -8,7 +8,8 @@
 * certificates: rotated TLS files (cert-manager renews a Secret in place) are
   reloaded, and what is loaded is described for ``/v1/status``;
 * the load's loop lag is how late the Raft loop's own timer runs (``RaftLoop.loop_lag_ms``),
-  measured there rather than by a timer of its own.
+  measured there rather than by a timer of its own;
+* clocks: whether this node's wall clock is fit to stamp multi-master writes.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import concepts, consensus, coordinator, errors, mesh, statemachine
-from .core import load
+from . import concepts, consensus, coordinator, errors, mesh, replication, statemachine
+from .core import clocks, load
 from .transport import peer, tls
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,26 @@ class Certificates:
         while True:
             self.check()
             await asyncio.sleep(CERT_CHECK_SECONDS)
+
+
+class ClockWatch:
+    """May this node stamp multi-master writes? Its wall clock against the members'
+    (measured on the mesh's probes), its own jumps and its hybrid clock (core/clocks.py)."""
+
+    def __init__(self, gossip: mesh.GossipMesh, replicator: replication.MultiMasterReplicator,
+                 max_offset: float) -> None:
+        self._check = clocks.ClockCheck(max_offset)
+        self._replicator = replicator
+        self.refused = 0
+        gossip.register_clock_sample_callback(self._check.observe)
+
+    def unfit(self) -> str | None:
+        why = self._check.verdict(time.time(), time.monotonic(),
+                                  self._replicator.hybrid_clock_seconds(),
+                                  len(self._replicator.peers))
+        if why is not None:
+            self.refused += 1
+        return why
 
 
 class LoadReporter:

@@ -31,11 +31,13 @@ import inspect
 import logging
 import os
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from . import storage
+from .core import clocks
 from .core.swim import config as swim_config
 from .core.swim import membership, messages, swim_node
 from .core.swim.membership import Status
@@ -45,6 +47,9 @@ log = logging.getLogger(__name__)
 
 StateCallback = Callable[..., Awaitable[None] | None]
 MembershipCallback = Callable[[str, str, str], Awaitable[None] | None]
+ClockCallback = Callable[[str, clocks.Sample], None]
+WALL_KEY = "w"  # the answering member's wall clock on a probe's answer
+_PROBES_REMEMBERED = 64  # probes awaiting their ack, for the clock sample it brings
 
 # Probes of older versions: a call whose HTTP reply is the ack (still answered).
 PING_CALL = "swim.ping_call"
@@ -178,6 +183,8 @@ class GossipMesh:
         self._pending_peers: dict[str, str] = {}
         self._state_callbacks: list[tuple[StateCallback, int]] = []
         self._member_callbacks: list[MembershipCallback] = []
+        self._clock_callbacks: list[ClockCallback] = []
+        self._probes_sent: dict[int, tuple[str, float]] = {}  # seq -> (member, wall time)
         self._events: asyncio.Queue[swim_node.Event] | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._writes: set[asyncio.Task[None]] = set()
@@ -381,6 +388,10 @@ class GossipMesh:
                 self._rejected += 1
                 log.debug("rejected %s from %s: %s", kind, sender, exc)
                 return
+            if isinstance(msg, messages.Ack):
+                probe = self._probes_sent.pop(msg.seq, None)
+                if probe is not None and probe[0] == sender:  # not a relay's ack
+                    self._clock_sample(sender, probe[1], body.get(WALL_KEY))
             self._core.receive(asyncio.get_running_loop().time(), sender, msg)
             self._flush()
         return handle
@@ -410,7 +421,12 @@ class GossipMesh:
                 continue
             if self._transport is None or out.address == core.address:
                 continue
-            if self._transport.send(out.address, messages.kind(msg), messages.encode(msg)):
+            body = messages.encode(msg)
+            if isinstance(msg, messages.Ping) and out.node:
+                self._note_probe(out.node, msg.seq)
+            elif isinstance(msg, messages.Ack):
+                body[WALL_KEY] = time.time()  # the prober learns its clock's offset to ours
+            if self._transport.send(out.address, messages.kind(msg), body):
                 self._sent += 1
             else:
                 self._send_dropped += 1
@@ -448,7 +464,27 @@ class GossipMesh:
             raise ValueError("not a ping")
         self._core.receive(asyncio.get_running_loop().time(), sender, msg)
         ack = self._flush(reply_to=(msg.reply_to, msg.seq))
-        return messages.encode(ack) if ack is not None else {}
+        # Our wall clock rides on the answer: the prober learns its offset to us.
+        return {**messages.encode(ack), WALL_KEY: time.time()} if ack is not None else {}
+
+    def _note_probe(self, node_id: str, seq: int) -> None:
+        """When we pinged ``node_id``: its ack, carrying its wall clock, makes a sample."""
+        self._probes_sent[seq] = (node_id, time.time())
+        while len(self._probes_sent) > _PROBES_REMEMBERED:  # lost acks: forget the oldest
+            del self._probes_sent[next(iter(self._probes_sent))]
+
+    def _clock_sample(self, node_id: str, sent: float, remote: Any) -> None:
+        if not self._clock_callbacks or isinstance(remote, bool) \
+                or not isinstance(remote, int | float):
+            return
+        sample = clocks.offset_sample(sent, time.time(), float(remote), time.monotonic())
+        for cb in self._clock_callbacks:
+            cb(node_id, sample)
+
+    def register_clock_sample_callback(self, callback: ClockCallback) -> None:
+        """``callback(node_id, sample)``: our wall clock against a member's, measured on
+        each probe's round trip (``core.clocks.offset_sample``)."""
+        self._clock_callbacks.append(callback)
 
     def _schedule(self, deadline: float) -> None:
         if self._timer is not None:

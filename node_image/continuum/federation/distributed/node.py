@@ -88,7 +88,8 @@ class FederationNode:
             self.node_id, crdt_resolver.ConflictResolver(strategy),
             storage_path=self.data_dir / "replication", transport=self.transport,
             fsync=s.fsync, anti_entropy_interval=s.mesh.sync_interval_seconds,
-            tombstone_grace=s.replication.tombstone_grace_seconds)
+            tombstone_grace=s.replication.tombstone_grace_seconds,
+            max_clock_offset=s.replication.max_clock_offset_ms / 1000)
         self.mesh = mesh.GossipMesh(
             self.node_id,
             mesh.MeshConfig(fanout=s.mesh.fanout, gossip_interval_ms=s.mesh.gossip_interval_ms,
@@ -109,8 +110,10 @@ class FederationNode:
             self.coordinator, self.state, self._spawn)
         self.metrics = metrics.NodeMetrics(lambda: self.view.stats_sources(),
                                            lambda: self.view.named_metrics())
+        self.clock = duties.ClockWatch(self.mesh, self.replicator,
+                                       s.replication.max_clock_offset_ms / 1000)
         self.concepts = concepts.ConceptService(self.raft, self.state.concepts, self.replicator,
-                                                self.metrics.observe_write)
+                                                self.metrics.observe_write, self.clock.unfit)
         self.replicator.register_change_callback(self.concepts.on_replicated_change)
         self.certificates = duties.Certificates(tls_files, self.transport)
         self.load = duties.LoadReporter(self.mesh, self.coordinator, self.concepts,

@@ -426,6 +426,10 @@ class MultiMasterReplicator:
             merkle_root=f"{r.tree.root:016x}", known_replicas=sorted(r.known_replicas))
         return stats
 
+    def hybrid_clock_seconds(self) -> float:
+        """The wall part of this replica's hybrid logical clock, in seconds."""
+        return self._replica.hlc.last.wall / 1000
+
     @property
     def live_keys(self) -> int:
         """Keys a read would find (what ``get_stats()["keys_stored"]`` says, without the rest)."""

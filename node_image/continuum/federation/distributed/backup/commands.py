@@ -1,4 +1,4 @@
-"""``continuum-federation backup create|list|verify`` and ``restore``.
+"""``continuum-federation backup create|list|verify|delete`` and ``restore``.
 
 ``backup create`` asks a node for its archive (``POST /v1/backup``; by default a
 caught-up follower, so the leader keeps its time for writes) and streams it to the
@@ -55,6 +55,9 @@ def add_parsers(sub: Any) -> None:
     v = bs.add_parser("verify", help="read a backup whole and check every checksum")
     v.add_argument("backup", metavar="URL/NAME")
     v.add_argument("--json", action="store_true")
+    d = bs.add_parser("delete", help="delete backups (the manifest first, then the archive); "
+                      "one that is not there counts as deleted")
+    d.add_argument("backups", metavar="URL/NAME", nargs="+")
 
     r = sub.add_parser("restore", help="prepare a node's data directory from a backup: it "
                        "starts as a one-voter cluster that the other nodes join")
@@ -73,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
         return asyncio.run(_create(args))
     if args.backup_command == "list":
         return asyncio.run(_list(args))
+    if args.backup_command == "delete":
+        return asyncio.run(_delete(args))
     return asyncio.run(_verify(args))
 
 
@@ -239,6 +244,30 @@ async def _verify(args: argparse.Namespace) -> int:
         print(f"{url}/{name}: ok, every checksum matches ({_size(m.size)} in "
               f"{c.seconds:.2f} s): raft index {m.raft_index}, {c.strong_concepts} strong "
               f"concepts, {c.multimaster_keys} multi-master keys")
+    return 0
+
+
+async def delete(target: targets.Target, name: str) -> bool:
+    """Delete backup ``name``: its manifest first (from then on it is no backup: never
+    listed or restored), then its archive. False when nothing of it was there."""
+    archive.check_name(name)
+    found = False
+    for key in (targets.MANIFEST, targets.ARCHIVE):
+        if await target.exists(f"{name}/{key}"):
+            found = True
+            await target.delete(f"{name}/{key}")
+    return found
+
+
+async def _delete(args: argparse.Namespace) -> int:
+    for backup in args.backups:
+        url, name = locations.split_backup_url(backup)
+        target = locations.open_target(url)
+        try:
+            found = await delete(target, name)
+        finally:
+            await target.close()
+        print(f"{url}/{name}: {'deleted' if found else 'not there (nothing to delete)'}")
     return 0
 
 

@@ -17,6 +17,13 @@ must be empty (or absent); a directory that holds another cluster's node is refu
 that reason. A directory this very backup was already restored into (its
 ``restored-from.json`` names the backup) is left as it is, and the restore succeeds:
 an init container may run it again after a restart.
+
+A data directory that exists already may be a volume's root (a Kubernetes PVC mounted
+at the node's data directory), which nothing can be renamed over and whose parent may
+be read-only: it is restored in place. The staging directory is then inside it, and once
+complete (its marker written last) its entries are moved up, the marker last; a restore
+interrupted while moving finishes the move when run again. A fresh volume's
+``lost+found`` does not make a directory "not empty".
 """
 
 from __future__ import annotations
@@ -44,6 +51,9 @@ from ..core.raft import raft_node as rnode
 from . import archive, targets
 
 MARKER = "restored-from.json"
+# What a fresh volume's root may hold before anything is written to it.
+VOLUME_ENTRIES = frozenset({"lost+found"})
+STAGING_PREFIX = ".restoring-"
 MAX_MANIFEST = 1024 * 1024
 ROWS_PER_COMMIT = 5000
 
@@ -221,20 +231,44 @@ async def restore(target: targets.Target, name: str, data_dir: Path, node_id: st
             sink.close()
         await asyncio.to_thread(_publish, sink, data_dir, node_id, address)
     except BaseException:
-        await asyncio.to_thread(shutil.rmtree, staging, True)
+        # An in-place restore that started moving entries up keeps its staging folder
+        # (marker written): the next run finishes the move.
+        if staging.parent != data_dir or not (staging / MARKER).exists():
+            await asyncio.to_thread(shutil.rmtree, staging, True)
         raise
     contents = Contents(manifest, sink.strong_concepts, sink.keys, time.monotonic() - started)
     return Restored(contents, data_dir, node_id, already=False)
 
 
 def _prepare(data_dir: Path, manifest: archive.Manifest) -> Path | None:
-    """A new staging directory beside ``data_dir``; None when this backup is there."""
+    """A new staging directory: inside ``data_dir`` when it exists (in place), else beside
+    it. None when this backup is there."""
+    if data_dir.is_dir():
+        _finish_interrupted(data_dir, manifest)
     if _check_target_dir(data_dir, manifest):
         return None
-    data_dir.absolute().parent.mkdir(parents=True, exist_ok=True)
-    staging = data_dir.absolute().parent / f".{data_dir.name}.restoring-{uuid.uuid4().hex[:8]}"
+    if data_dir.is_dir():
+        staging = data_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex[:8]}"
+    else:
+        data_dir.absolute().parent.mkdir(parents=True, exist_ok=True)
+        staging = (data_dir.absolute().parent
+                   / f".{data_dir.name}{STAGING_PREFIX}{uuid.uuid4().hex[:8]}")
     staging.mkdir()
     return staging
+
+
+def _finish_interrupted(data_dir: Path, manifest: archive.Manifest) -> None:
+    """An in-place restore of this backup that stopped while moving its entries up is
+    finished; any other staging left inside ``data_dir`` is removed."""
+    for leftover in sorted(data_dir.glob(f"{STAGING_PREFIX}*")):
+        marker = leftover / MARKER
+        backup_id = None
+        with contextlib.suppress(ValueError, OSError):
+            backup_id = json.loads(marker.read_text()).get("backup_id")
+        if backup_id == manifest.backup_id:
+            _move_up(leftover, data_dir)
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _publish(sink: _Writer, data_dir: Path, node_id: str, address: str) -> None:
@@ -249,10 +283,25 @@ def _publish(sink: _Writer, data_dir: Path, node_id: str, address: str) -> None:
     (staging / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
     _fsync_tree(staging)
     _check_target_dir(data_dir, m)  # nothing appeared there meanwhile
+    if staging.parent == data_dir:
+        _move_up(staging, data_dir)
+        return
     if data_dir.exists():
         data_dir.rmdir()  # empty, as just checked
     os.replace(staging, data_dir)
     _fsync_dir(data_dir.absolute().parent)
+
+
+def _move_up(staging: Path, data_dir: Path) -> None:
+    """Move a complete staging directory's entries into ``data_dir`` (its parent), the
+    marker last, so the marker's presence says the move finished."""
+    for entry in sorted(staging.iterdir()):
+        if entry.name != MARKER:
+            os.replace(entry, data_dir / entry.name)
+    _fsync_dir(data_dir)
+    os.replace(staging / MARKER, data_dir / MARKER)
+    staging.rmdir()
+    _fsync_dir(data_dir)
 
 
 def _check_target_dir(data_dir: Path, manifest: archive.Manifest) -> bool:
@@ -262,7 +311,8 @@ def _check_target_dir(data_dir: Path, manifest: archive.Manifest) -> bool:
         return False
     if not data_dir.is_dir():
         raise archive.BackupError(f"{data_dir} is not a directory")
-    if not any(data_dir.iterdir()):
+    if not any(e.name not in VOLUME_ENTRIES and not e.name.startswith(STAGING_PREFIX)
+               for e in data_dir.iterdir()):
         return False
     marker = data_dir / MARKER
     if marker.is_file():

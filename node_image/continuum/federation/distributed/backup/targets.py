@@ -132,8 +132,12 @@ class DirectoryTarget:
                       if p.is_dir() and not p.name.startswith("."))
 
     async def delete(self, key: str) -> None:
+        path = self._path(key)
         with contextlib.suppress(FileNotFoundError):
-            self._path(key).unlink()
+            path.unlink()
+        if path.parent != self.root:  # a backup's folder goes with its last file
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()
 
     async def close(self) -> None:
         return None

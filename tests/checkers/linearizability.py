@@ -11,6 +11,14 @@ The search linearizes, one at a time, an operation that no other pending
 operation must precede (none returned before it was called), keeping the
 register's value; states (set of linearized ops, value) already explored are
 memoized. A history is linearizable iff every completed op can be placed.
+
+Puts of unknown outcome make the search branch at every step (each may or may
+not have happened yet), so two exact reductions come first. A put whose value
+no read returned is dropped: had it taken effect, no read saw it before the
+next put, so "never happened" explains the history as well. A put whose value
+was read, when no other put wrote that value, did happen, before the first of
+those reads returned: it gets that return as its own. Real histories (a paused
+leader leaves dozens of puts unanswered) stay cheap to check.
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ def check(history: Iterable[Op]) -> tuple[bool, str | None]:
 
 
 def check_register(ops: list[Op]) -> bool:
-    ops = sorted(ops, key=lambda o: o.call)
+    ops = sorted(_settle_unknown_puts(ops), key=lambda o: o.call)
     n = len(ops)
     ret = [math.inf if o.ret is None else o.ret for o in ops]
     required = 0
@@ -60,9 +68,10 @@ def check_register(ops: list[Op]) -> bool:
         if (done, value) in seen:
             continue
         seen.add((done, value))
+        first = (~done & (done + 1)).bit_length() - 1  # the lowest op not yet placed
         # The earliest return among pending ops bounds which op may go next.
-        horizon = min((ret[i] for i in range(n) if not done >> i & 1), default=math.inf)
-        for i in range(n):
+        horizon = min((ret[i] for i in range(first, n) if not done >> i & 1), default=math.inf)
+        for i in range(first, n):
             if done >> i & 1:
                 continue
             o = ops[i]
@@ -74,3 +83,24 @@ def check_register(ops: list[Op]) -> bool:
             else:
                 stack.append((done | 1 << i, o.value))
     return False
+
+
+def _settle_unknown_puts(ops: list[Op]) -> list[Op]:
+    """The reductions of the module's docstring: unread unknown puts go, read ones return."""
+    first_read: dict[str | None, int] = {}
+    for o in ops:
+        if o.kind == "get" and o.ret is not None:
+            first_read[o.value] = min(first_read.get(o.value, o.ret), o.ret)
+    writers: dict[str | None, int] = defaultdict(int)
+    for o in ops:
+        if o.kind == "put":
+            writers[o.value] += 1
+    out = []
+    for o in ops:
+        if o.kind == "put" and o.ret is None:
+            if o.value not in first_read:
+                continue
+            if writers[o.value] == 1:
+                o = Op(o.call, first_read[o.value], o.kind, o.key, o.value)
+        out.append(o)
+    return out

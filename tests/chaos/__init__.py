@@ -1,0 +1,1 @@
+"""Chaos runs: real node processes, real faults, every history checked (python -m chaos)."""
