@@ -177,10 +177,11 @@ class Consensus(_Model):
          "message": ELECTION_RULE},
     ]})
 
-    # The upper bounds are the operator's own sanity limits (the node has none).
-    election_timeout_min_ms: int = Field(default=150, ge=10, le=60000)
-    election_timeout_max_ms: int = Field(default=300, ge=11, le=120000)
-    heartbeat_interval_ms: int = Field(default=50, ge=1, le=30000)
+    # The node's defaults (etcd's: a 100 ms heartbeat, elections after 1-2 s of silence);
+    # the upper bounds are the operator's own sanity limits (the node has none).
+    election_timeout_min_ms: int = Field(default=1000, ge=10, le=60000)
+    election_timeout_max_ms: int = Field(default=2000, ge=11, le=120000)
+    heartbeat_interval_ms: int = Field(default=100, ge=1, le=30000)
 
     @model_validator(mode="after")
     def _ordered(self) -> Consensus:

@@ -76,6 +76,21 @@ async def test_join_disseminate_and_callbacks(trio: list[GossipMesh]) -> None:
     assert all(s.count(("concepts_count", 1000)) == 1 for s in seen.values())
 
 
+async def test_probes_answered_one_way_still_measure_each_members_clock(
+        trio: list[GossipMesh]) -> None:
+    samples: dict[str, list[Any]] = {m.node_id: [] for m in trio}
+    for m in trio:
+        m.register_clock_sample_callback(
+            lambda node, sample, _me=m.node_id: samples[_me].append((node, sample)))
+    # Each member probes the others in turn; every ack carries the acker's wall clock.
+    await until(lambda: all({n for n, _ in got} == {"m0", "m1", "m2"} - {me}
+                            for me, got in samples.items()), *trio, timeout=30,
+                what="a clock sample of every other member")
+    for got in samples.values():
+        for _, sample in got:  # one clock on one machine: no offset beyond the round trip
+            assert abs(sample.offset) <= sample.error + 0.05 and sample.error < 1.0
+
+
 async def test_leave_is_seen_as_left_and_stop_as_dead(trio: list[GossipMesh]) -> None:
     await until(lambda: all(m.get_stats()["active_peers"] == 2 for m in trio), *trio,
                 what="join")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -161,3 +162,41 @@ async def test_a_peer_that_accepts_but_never_answers_costs_a_timeout(
         srv.close()
         for w in held:
             w.close()
+
+
+_SENDER = """
+import asyncio, sys
+from continuum.federation.distributed.transport import peer, tls
+
+async def main() -> None:
+    t = peer.PeerTransport("n4", None, tls.TLSFiles(*sys.argv[1:4]))
+    await t.start()
+    t.send(sys.argv[4], "note", {})
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+async def test_a_peer_whose_process_dies_is_reported_lost_and_one_that_stops_is_not(
+        pair: tuple[peer.PeerTransport, peer.PeerTransport], cluster_pki: TestPKI) -> None:
+    server, client = pair
+    lost: list[str] = []
+    server.on_peer_lost(lost.append)
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    server.on("note", lambda sender, body: heard.put_nowait(sender))
+    assert client.send(server.address or "", "note", {})
+    assert await asyncio.wait_for(heard.get(), 10) == "n1"
+    await client.stop()  # a goodbye: its stream ends with a close frame
+    await wait_for(lambda: not server._streams)
+    files = cluster_pki.node("n4")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _SENDER, files.cert, files.key, files.ca, server.address or "")
+    try:
+        assert await asyncio.wait_for(heard.get(), 30) == "n4"
+        assert lost == []
+    finally:
+        proc.kill()
+        await proc.wait()
+    await wait_for(lambda: lost == ["n4"])  # no goodbye: the process died
+    assert server.stats["peers_lost"] == 1

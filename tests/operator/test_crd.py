@@ -106,7 +106,7 @@ def test_schema_defaults_match_the_model_defaults() -> None:
 @pytest.mark.parametrize(("raw", "fragment"), [
     ({"replicas": 0}, "spec.replicas"),
     ({"tls": {"mode": "CertManager"}}, "issuerRef is required"),
-    ({"consensus": {"heartbeatIntervalMs": 100}}, "at most half of electionTimeoutMinMs"),
+    ({"consensus": {"heartbeatIntervalMs": 600}}, "at most half of electionTimeoutMinMs"),
     ({"consensus": {"electionTimeoutMaxMs": 150}}, "electionTimeoutMinMs must be below"),
     ({"storage": {"size": "ten gigs"}}, "spec.storage.size"),
     ({"replicaz": 3}, "spec.replicaz"),

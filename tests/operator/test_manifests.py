@@ -162,7 +162,7 @@ def test_config_map_carries_node_settings() -> None:
                                       loadBalance={"algorithm": "latency"},
                                       replication={"conflictStrategy": "merge_union"}))
     settings = yaml.safe_load(cm["data"]["node.yaml"])
-    assert settings["raft"] == {"election_timeout_ms": [200, 400], "heartbeat_interval_ms": 50}
+    assert settings["raft"] == {"election_timeout_ms": [200, 400], "heartbeat_interval_ms": 100}
     assert settings["load_balance"]["algorithm"] == "latency"
     assert settings["replication"]["conflict_strategy"] == "merge_union"
     assert settings["mesh"]["fanout"] == 3

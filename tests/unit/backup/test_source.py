@@ -210,7 +210,7 @@ async def test_a_captured_snapshot_is_the_state_at_its_index_packed_as_compactio
         back = statemachine.FederationStateMachine(lambda c: None, dict, lambda s: None)
         back.restore(app)
         assert len(back.concepts) == 50 and "later" not in back.concepts
-        assert ["r49", plain.index] in requests
+        assert ["r49", plain.index] in requests.rows()
     finally:
         await raft.stop()
 

@@ -35,7 +35,7 @@ def test_environment_and_yaml_file(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         ({"node_id": "a b"}, "node_id"),
         ({"node_id": "n", "bind_address": "nohost"}, "host:port"),
         ({"node_id": "n", "raft": {"election_timeout_ms": (300, 150)}}, "election_timeout_ms"),
-        ({"node_id": "n", "raft": {"heartbeat_interval_ms": 200}}, "half the election timeout"),
+        ({"node_id": "n", "raft": {"heartbeat_interval_ms": 600}}, "half the election timeout"),
         ({"node_id": "n", "load_balance": {"algorithm": "fastest"}}, "algorithm"),
         ({"node_id": "n", "typo_field": 1}, "typo_field"),
         ({"node_id": "n", "replication": {"tombstone_grace_seconds": -1}},
@@ -89,3 +89,33 @@ def test_secure_defaults() -> None:
     assert s.liveness_leaderless_seconds > 0 and s.http_read_timeout_seconds > 0
     with pytest.raises(ValidationError):
         config.NodeSettings(node_id="n1\n")
+
+
+def test_the_environment_is_read_as_the_documented_rules_say(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CONTINUUM_CONFIG_FILE", raising=False)
+    monkeypatch.setenv("continuum_node_id", "n1")  # names match without regard to case
+    monkeypatch.setenv("CONTINUUM_RAFT", '{"heartbeat_interval_ms": 60}')
+    monkeypatch.setenv("CONTINUUM_RAFT__ELECTION_TIMEOUT_MS", "[400, 800]")
+    monkeypatch.setenv("CONTINUUM_LOAD_BALANCE__ALGORITHM", "latency")
+    monkeypatch.setenv("CONTINUUM_DNS_NAMESERVERS", "10.0.0.1:53,10.0.0.2:53")
+    monkeypatch.setenv("CONTINUUM_FSYNC", "false")
+    monkeypatch.setenv("CONTINUUM_LOG_LEVEL", "DEBUG")  # not a setting: left alone
+    s = config.NodeSettings()
+    assert s.node_id == "n1" and s.raft.heartbeat_interval_ms == 60
+    assert s.raft.election_timeout_ms == (400, 800)
+    assert s.load_balance.algorithm == "latency" and s.fsync is False
+    assert s.dns_nameservers == ["10.0.0.1:53", "10.0.0.2:53"]
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("CONTINUUM_INITIAL_MEMBERS", "{not json", "CONTINUUM_INITIAL_MEMBERS must be JSON"),
+    ("CONTINUUM_RAFT__BOGUS", "1", "bogus"),
+    ("CONTINUUM_MESH__FANOUT", "zero", "fanout"),
+])
+def test_a_bad_variable_is_named(name: str, value: str, message: str,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CONTINUUM_CONFIG_FILE", raising=False)
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=message):
+        config.NodeSettings(node_id="n")

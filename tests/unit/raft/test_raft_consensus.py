@@ -249,7 +249,9 @@ async def test_single_node_restarts_from_disk_and_replays(tmp_path: Path) -> Non
         await again.stop()
 
 
-async def test_snapshots_compact_the_log_and_restore_on_restart(tmp_path: Path) -> None:
+@pytest.mark.parametrize("packing", ["in the loop", "on a thread"])
+async def test_snapshots_compact_the_log_and_restore_on_restart(tmp_path: Path,
+                                                                packing: str) -> None:
     state: dict[str, int] = {}
 
     def apply(cmd: Any) -> None:
@@ -263,15 +265,19 @@ async def test_snapshots_compact_the_log_and_restore_on_restart(tmp_path: Path) 
         state.clear()
         state.update(msgpack.unpackb(data))
 
+    def freeze() -> Any:  # a copy now, packed later (on a thread)
+        copy = dict(state)
+        return lambda: msgpack.packb(copy)
+
     n = consensus.RaftConsensus("snap", ["snap"], storage_path=tmp_path, snapshot_threshold=10,
                                 **FAST)
     n.register_apply_callback(apply)
-    n.register_snapshot_callbacks(take, restore)
+    n.register_snapshot_callbacks(take, restore, freeze if packing == "on a thread" else None)
     await n.start()
     for k in range(35):
         assert await n.append_entry({"key": f"k{k % 7}", "v": k})
-    stats = n.get_stats()
-    assert stats["snapshots_taken"] >= 2 and stats["log_size"] < 20
+    await wait_for(lambda: n.get_stats()["snapshots_taken"] >= 2)
+    assert n.get_stats()["log_size"] < 20
     await n.stop()
     expected = dict(state)
     state.clear()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 
+import msgpack
 import pytest
 
 from continuum.federation.distributed import errors
@@ -400,6 +401,35 @@ def test_request_table_survives_snapshots() -> None:
     assert snap is not None
     restarted = rnode.RaftNode("a2", CFG, random.Random(1), snapshot=snap)
     assert "req-1" in restarted.requests
+
+
+def test_a_snapshot_captured_earlier_compacts_only_the_log_it_came_from() -> None:
+    net = Net("a", "b", "c")
+    net.elect("a")
+    net.propose("a", b"x", rid="req-1")
+    a = net.nodes["a"]
+    early = a.capture(b"state")  # packed elsewhere while the log moves on
+    assert early is not None
+    net.propose("a", b"y")
+    later = a.capture(b"state2")
+    assert later is not None and later.index > early.index
+    assert a.compact_to(later) and a.log.snapshot_index == later.index
+    assert not a.compact_to(early)  # older than what is in place: nothing changes
+    assert a.log.snapshot_index == later.index
+    stranger = m.Snapshot(later.index + 1, 99, later.config, later.data)
+    assert not a.compact_to(stranger)  # not of this log's applied prefix
+
+
+def test_the_request_table_travels_as_columns_and_old_snapshots_still_load() -> None:
+    table = rnode.unpack_snapshot(rnode.pack_snapshot(b"app", [["r1", 4], ["r2", 9]]))[1]
+    assert table.ids == ["r1", "r2"] and table.at == [4, 9]
+    old_layout = msgpack.packb({"app": b"app", "req": [["r1", 4]]}, use_bin_type=True)
+    app, table = rnode.unpack_snapshot(old_layout)
+    assert app == b"app" and table.rows() == [["r1", 4]]
+    for bad in ({"app": b"", "req_ids": ["r1"], "req_at": []}, {"app": b"", "req": [["r1"]]},
+                {"app": b""}):
+        with pytest.raises(ValueError, match="request table"):
+            rnode.unpack_snapshot(msgpack.packb(bad, use_bin_type=True))
 
 
 # -- pure pieces ------------------------------------------------------------------------------

@@ -176,6 +176,6 @@ def test_a_backup_snapshot_becomes_a_new_one_voter_cluster_that_forgets_the_old_
     assert r.hard_state == m.HardState(7, None, 41) and r.old_config == old
     node = rnode.RaftNode("z", CFG, random.Random(1), hard_state=r.hard_state,
                           snapshot=r.snapshot, entries=list(r.entries))
-    assert node.conf.voters == {"z"} and node.requests.dump() == [["r1", 12]]
+    assert node.conf.voters == {"z"} and node.requests.dump().rows() == [["r1", 12]]
     with pytest.raises(ValueError, match="no committed entry"):
         recovery.from_snapshot(m.Snapshot(0, 0, old, b""), "z")

@@ -23,7 +23,6 @@ import logging
 import math
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -31,7 +30,7 @@ from typing import Any, Protocol
 from aiohttp import web
 from multidict import MultiMapping
 
-from . import concepts, coordinator, errors, http_util, membership, pki, statemachine
+from . import concepts, coordinator, errors, http_util, membership, statemachine
 from .backup import source as backup_source
 from .transport import peer, tls
 
@@ -147,7 +146,7 @@ class _Routes:
     # -- cluster -----------------------------------------------------------------------------
 
     async def status(self, request: web.Request) -> web.Response:
-        return web.json_response(self.s.status())
+        return http_util.json_response(self.s.status())
 
     async def nodes(self, request: web.Request) -> web.Response:
         status = request.query.get("status")
@@ -155,7 +154,7 @@ class _Routes:
             found = await self.s.coordinator.get_all_nodes(status_filter=status)
         except ValueError as exc:
             raise errors.InvalidInput(str(exc)) from None
-        return web.json_response({"nodes": [_plain(n) for n in found],
+        return http_util.json_response({"nodes": [_plain(n) for n in found],
                                   "stats": self.s.coordinator.get_stats()})
 
     async def route(self, request: web.Request) -> web.Response:
@@ -166,7 +165,7 @@ class _Routes:
             raise errors.InvalidInput(str(exc)) from None
         if chosen is None:
             return http_util.error(503, "no_healthy_node", "no healthy node matches")
-        return web.json_response(_plain(chosen))
+        return http_util.json_response(_plain(chosen))
 
     async def add_member(self, request: web.Request) -> web.Response:
         body = await self._json(request)
@@ -182,16 +181,16 @@ class _Routes:
                                       f"(0, {MAX_ADD_MEMBER_TIMEOUT:g}]")
         member, address = check_member(body["id"], body["address"])
         await self.s.membership.add_member(member, address, timeout=float(timeout))
-        return web.json_response({"id": member, "voter": True})
+        return http_util.json_response({"id": member, "voter": True})
 
     async def remove_member(self, request: web.Request) -> web.Response:
         member = request.match_info["id"]
         revoked = await self.s.membership.remove_member(member)
-        return web.json_response({"id": member, "removed": True,
+        return http_util.json_response({"id": member, "removed": True,
                                   "revoked_certificates": revoked})
 
     async def revocations(self, request: web.Request) -> web.Response:
-        return web.json_response({"revoked": self.s.membership.revocations()})
+        return http_util.json_response({"revoked": self.s.membership.revocations()})
 
     async def revoke(self, request: web.Request) -> web.Response:
         """Admin: revoke a certificate (a leaked key, a client that left) cluster-wide."""
@@ -217,7 +216,7 @@ class _Routes:
         if not all(statemachine.FINGERPRINT.match(f) for f in fingerprints):
             raise errors.InvalidInput(f"not a certificate fingerprint: {usage}")
         newly = await self.s.membership.revoke(fingerprints, None, reason)
-        return web.json_response({"revoked": fingerprints, "newly_revoked": newly})
+        return http_util.json_response({"revoked": fingerprints, "newly_revoked": newly})
 
     async def transfer(self, request: web.Request) -> web.Response:
         body = await self._json(request) if request.can_read_body else {}
@@ -225,7 +224,7 @@ class _Routes:
         if target is not None and not isinstance(target, str):
             raise errors.InvalidInput("'to' must be a node id or null")
         leader = await self.s.membership.transfer_leadership(target)
-        return web.json_response({"leader_id": leader})
+        return http_util.json_response({"leader_id": leader})
 
     async def force_new_cluster(self, request: web.Request) -> web.Response:
         """Disaster recovery: quorum is lost for good; this node becomes the sole voter."""
@@ -236,7 +235,7 @@ class _Routes:
         if body["confirm"] != me:
             raise errors.InvalidInput(f"confirm must be this node's id {me!r}, "
                                       f"not {body['confirm']!r}")
-        return web.json_response(await self.s.membership.force_new_cluster())
+        return http_util.json_response(await self.s.membership.force_new_cluster())
 
     async def backup(self, request: web.Request) -> web.StreamResponse:
         """Admin: a consistent backup of this node, streamed (see backup/source.py)."""
@@ -250,29 +249,29 @@ class _Routes:
         if value is None:  # a stored null would read back as "no such concept"
             raise errors.InvalidInput("a concept cannot be null: DELETE removes a concept")
         if _strong(request):
-            key = request.headers.get("Idempotency-Key") or uuid.uuid4().hex
+            key = request.headers.get("Idempotency-Key", "")  # none: the service makes one
             result = await self.s.concepts.put_strong(concept_id, value, key)
         else:
             result = await self.s.concepts.put_eventual(concept_id, value)
-        return web.json_response(result)
+        return http_util.json_response(result)
 
     async def get_concept(self, request: web.Request) -> web.Response:
         concept_id = _concept_id(request)
         found = await self.s.concepts.get(concept_id, strong=_strong(request))
         if found is None:
             raise errors.NotFound(f"no concept {concept_id!r}")
-        return web.json_response(found)
+        return http_util.json_response(found)
 
     async def delete_concept(self, request: web.Request) -> web.Response:
         concept_id = _concept_id(request)
         if _strong(request):
-            key = request.headers.get("Idempotency-Key") or uuid.uuid4().hex
+            key = request.headers.get("Idempotency-Key", "")  # none: the service makes one
             existed = await self.s.concepts.delete_strong(concept_id, key)
         else:
             existed = await self.s.concepts.delete_eventual(concept_id)
         if not existed:
             raise errors.NotFound(f"no concept {concept_id!r}")
-        return web.json_response({"id": concept_id, "deleted": True})
+        return http_util.json_response({"id": concept_id, "deleted": True})
 
     async def list_concepts(self, request: web.Request) -> web.Response:
         after = request.query.get("after") or None
@@ -284,7 +283,7 @@ class _Routes:
             raise errors.InvalidInput(f"limit must be between 1 and {MAX_PAGE}")
         ids = self.s.concepts.list(after, limit)
         next_after = ids[-1] if len(ids) == limit else None
-        return web.json_response({"items": ids, "next": next_after})
+        return http_util.json_response({"items": ids, "next": next_after})
 
 
 _NUMBERS = ("max_load", "max_latency_ms")
@@ -338,7 +337,7 @@ def check_member(node_id: Any, address: Any) -> tuple[str, str]:
     changes: the id must be a DNS name (it is the member's certificate name), the
     address ``host:port`` with a port from 1 to 65535."""
     try:
-        pki.check_node_name(node_id)
+        tls.check_node_name(node_id)
         host, port = peer.split_address(address)
     except ValueError as exc:
         raise errors.InvalidInput(f"member: {exc}") from None
@@ -357,6 +356,12 @@ def _concept_id(request: web.Request) -> str:
 
 
 def _strong(request: web.Request) -> bool:
+    # The two queries clients send, without parsing them into a multidict on every write.
+    raw = request.query_string
+    if not raw:
+        return False
+    if raw == "consistency=strong":
+        return True
     consistency = request.query.get("consistency", "eventual")
     if consistency not in ("strong", "eventual"):
         raise errors.InvalidInput("consistency must be 'strong' or 'eventual'")

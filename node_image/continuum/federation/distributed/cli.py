@@ -17,14 +17,20 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from . import client, config, local, pki
+from . import config
 from .transport import tls
+
+if TYPE_CHECKING:
+    from . import local
+
+# A node (``node run``) imports only what it runs: the client, the local cluster and the
+# certificate tools (cryptography) are imported by the commands that use them.
 
 DEFAULT_LOCAL_DIR = ".data/local"
 
@@ -102,14 +108,14 @@ def _parser() -> argparse.ArgumentParser:
     certs_sub = certs.add_subparsers(dest="certs_command", required=True)
     init = certs_sub.add_parser("init", help="create a CA in DIR (ca.crt, ca.key)")
     init.add_argument("--dir", required=True)
-    init.add_argument("--days", type=int, default=pki.DEFAULT_CA_DAYS)
+    init.add_argument("--days", type=int, default=None, help="default: 10 years")
     init.add_argument("--name", default="continuum-federation-ca")
     nodec = certs_sub.add_parser("node", help="issue a node certificate into OUT")
     nodec.add_argument("--dir", required=True, help="the CA directory")
     nodec.add_argument("--id", required=True)
     nodec.add_argument("--dns", action="append", default=[])
     nodec.add_argument("--ip", action="append", default=[])
-    nodec.add_argument("--days", type=int, default=pki.DEFAULT_CERT_DAYS)
+    nodec.add_argument("--days", type=int, default=None, help="default: 1 year")
     nodec.add_argument("--out", required=True)
     cl = certs_sub.add_parser("client", help="issue a client certificate into OUT")
     cl.add_argument("--dir", required=True, help="the CA directory")
@@ -118,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="read: status and reads; write: also concept writes and deletes; "
                     "admin: also member changes, leadership transfer, force-new-cluster, "
                     "backups and revocations")
-    cl.add_argument("--days", type=int, default=pki.DEFAULT_CERT_DAYS)
+    cl.add_argument("--days", type=int, default=None, help="default: 1 year")
     cl.add_argument("--out", required=True)
     return p
 
@@ -173,8 +179,17 @@ def _node_run(args: argparse.Namespace) -> int:
         "tls_dir": args.tls_dir}.items() if v is not None}
     settings = config.NodeSettings(**overrides)
     os.umask(0o077)  # every file the node writes is its own alone (data, logs, backups)
-    asyncio.run(node_mod.FederationNode(settings).run_until_signal())
+    with asyncio.Runner(loop_factory=_loop_factory(settings.event_loop)) as runner:
+        runner.run(node_mod.FederationNode(settings).run_until_signal())
     return 0
+
+
+def _loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if kind == "uvloop":
+        import uvloop  # imported only by a node that runs on it
+
+        return uvloop.new_event_loop
+    return None
 
 
 def _node_recover(args: argparse.Namespace) -> int:
@@ -188,6 +203,8 @@ def _node_recover(args: argparse.Namespace) -> int:
 
 
 async def _recover(args: argparse.Namespace) -> int:
+    from . import client, local
+
     node_id, url = None, args.node
     if "://" not in args.node:  # a node id of the local cluster
         nodes, files = client.local_cluster(args.data_dir)
@@ -228,12 +245,16 @@ def _print_recovered(node_id: str, kept: int, discarded: int, former: list[str])
 
 
 def _local_up(args: argparse.Namespace) -> int:
+    from . import local
+
     data_dir = Path(args.data_dir).resolve()
     nodes = local.plan(args.nodes, args.first_ip, args.port, args.health_port)
     return asyncio.run(_local_up_async(args, local.LocalCluster(data_dir, nodes)))
 
 
 async def _local_up_async(args: argparse.Namespace, cluster: local.LocalCluster) -> int:
+    from . import local
+
     data_dir, nodes = cluster.data_dir, cluster.nodes
     # Installed before any node starts: Ctrl-C or SIGTERM stops the cluster at any point.
     stop = asyncio.Event()
@@ -282,6 +303,8 @@ def _client_hint(data_dir: Path, command: str, *args: str) -> str:
 
 
 async def _watch(cluster: local.LocalCluster, data_dir: Path, stop: asyncio.Event) -> int:
+    from . import local
+
     """The live status table, until a signal (0) or until every node has exited (1)."""
     interactive = sys.stdout.isatty()
     last = ""
@@ -304,15 +327,19 @@ async def _watch(cluster: local.LocalCluster, data_dir: Path, stop: asyncio.Even
 
 
 def _certs(args: argparse.Namespace) -> int:
+    from . import pki
+
     if args.certs_command == "init":
-        pki.init_ca(args.dir, args.name, args.days)
+        pki.init_ca(args.dir, args.name, args.days or pki.DEFAULT_CA_DAYS)
         print(f"CA in {args.dir} (ca.crt, ca.key: keep ca.key secret)")
         return 0
     ca = pki.load_ca(args.dir)
     if args.certs_command == "node":
-        pair = pki.issue_node(ca, args.id, dns_names=args.dns, ip_addresses=args.ip, days=args.days)
+        pair = pki.issue_node(ca, args.id, dns_names=args.dns, ip_addresses=args.ip,
+                              days=args.days or pki.DEFAULT_CERT_DAYS)
     else:
-        pair = pki.issue_client(ca, args.name, role=args.role, days=args.days)
+        pair = pki.issue_client(ca, args.name, role=args.role,
+                                days=args.days or pki.DEFAULT_CERT_DAYS)
     out = pki.write_secret_dir(args.out, pair, ca.cert_pem)
     until = pki.not_after(pair.cert_pem)
     print(f"wrote {out}/tls.crt, tls.key, ca.crt (valid until {until:%Y-%m-%d})")
@@ -320,6 +347,8 @@ def _certs(args: argparse.Namespace) -> int:
 
 
 async def _client_command(args: argparse.Namespace) -> int:
+    from . import client, local
+
     if args.tls_dir:
         files = tls.TLSFiles.from_dir(args.tls_dir)
         nodes = [{"id": "?", "api": args.api}] if args.api else []

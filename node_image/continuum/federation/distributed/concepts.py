@@ -19,6 +19,7 @@ not carried out (``errors.NotLeader``), or unknown (``errors.OutcomeUnknown``).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import uuid
@@ -51,6 +52,11 @@ class ConceptService:
         self._observe = observe_write
         self.in_flight = 0  # writes under way: part of this node's load report
         self.latency_ms: float | None = None  # moving average of write latency
+        # A write without a client key still gets a request id (a snapshot that replaces
+        # its entry tells by the id whether it was applied): unique per process, and a
+        # counter rather than a fresh random UUID per write.
+        self._own_ids = itertools.count()
+        self._id_prefix = f"~{uuid.uuid4().hex[:16]}-"
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -109,7 +115,8 @@ class ConceptService:
         start = time.perf_counter()
         self.in_flight += 1
         try:
-            return await self._raft.propose(command, request_id=request_id or uuid.uuid4().hex,
+            rid = request_id or f"{self._id_prefix}{next(self._own_ids):x}"
+            return await self._raft.propose(command, request_id=rid,
                                             timeout=STRONG_TIMEOUT_SECONDS)
         finally:
             self.in_flight -= 1
@@ -139,7 +146,7 @@ class ConceptService:
         return sorted(merged)[:limit]
 
     def count(self) -> int:
-        return len(self._strong) + int(self._replicator.get_stats().get("keys_stored", 0))
+        return len(self._strong) + self._replicator.live_keys
 
     # -- the two domains --------------------------------------------------------------------
 

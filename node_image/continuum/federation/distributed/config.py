@@ -5,22 +5,24 @@ environment variables (nested with ``__``, e.g. ``CONTINUUM_RAFT__HEARTBEAT_INTE
 the YAML file named by ``CONTINUUM_CONFIG_FILE`` (the operator mounts one from a
 ConfigMap), then the defaults below. Invalid settings fail at start with a
 message that names the field.
+
+The environment is read here, in a few lines, rather than by pydantic-settings,
+whose import alone (its AWS, Azure and GCP sources among it) costs a node's memory
+more than the rest of its configuration: names are matched without regard to case,
+values of mappings, lists and tuples are JSON (``bootstrap`` and ``dns_nameservers``
+are comma lists), and variables that name no setting are left alone.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import types
+import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic_settings import (
-    BaseSettings,
-    NoDecode,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-)
 
 from .core import formation
 from .core.raft import config as raft_config
@@ -33,8 +35,11 @@ ConflictStrategy = Literal["last_write_wins", "highest_node_wins", "merge_union"
 
 class RaftSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    election_timeout_ms: tuple[int, int] = (150, 300)  # randomized in [lo, hi)
-    heartbeat_interval_ms: int = Field(50, gt=0)
+    # etcd's defaults: rare false elections under load. A leader that dies is replaced
+    # sooner than the timeout says: its followers see its connections drop and campaign
+    # at once (pre-vote keeps a live leader safe), as they do on a fresh start.
+    election_timeout_ms: tuple[int, int] = (1000, 2000)  # randomized in [lo, hi)
+    heartbeat_interval_ms: int = Field(100, gt=0)
 
     @model_validator(mode="after")
     def _check(self) -> RaftSettings:
@@ -50,6 +55,16 @@ class MeshSettings(BaseModel):
     gossip_interval_ms: int = Field(200, gt=0)
     sync_interval_seconds: float = Field(30.0, gt=0)
     message_buffer_size: int = Field(1000, ge=16)
+    # memberlist's LAN profile (Serf, Consul): one probe a second. Raft's own heartbeats
+    # and the streams' end tell a dead leader sooner; the mesh tells liveness to the rest.
+    probe_interval_ms: int = Field(1000, gt=0)
+    probe_timeout_ms: int = Field(500, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> MeshSettings:
+        if self.probe_timeout_ms >= self.probe_interval_ms:
+            raise ValueError("probe_timeout_ms must be shorter than probe_interval_ms")
+        return self
 
 
 class LoadBalanceSettings(BaseModel):
@@ -69,9 +84,16 @@ class ReplicationSettings(BaseModel):
     max_clock_offset_ms: int = Field(500, ge=1, le=3_600_000)
 
 
-class NodeSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CONTINUUM_", env_nested_delimiter="__",
-                                      extra="forbid")
+ENV_PREFIX = "CONTINUUM_"
+CONFIG_FILE_VARIABLE = "CONTINUUM_CONFIG_FILE"
+_COMMA_LISTS = ("bootstrap", "dns_nameservers")
+
+
+class NodeSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    def __init__(self, **values: Any) -> None:
+        super().__init__(**_merged(_settings_file(), _environment(type(self)), values))
 
     node_id: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     cluster_name: str = "continuum"
@@ -94,8 +116,8 @@ class NodeSettings(BaseSettings):
     liveness_leaderless_seconds: float = Field(300.0, ge=0)
     initial_members: dict[str, str] = Field(default_factory=dict)  # id -> host:port, static
     discovery_srv: str | None = None  # DNS SRV name of the headless Service
-    dns_nameservers: Annotated[list[str], NoDecode] = Field(default_factory=list)  # host:port
-    bootstrap: Annotated[list[str], NoDecode] = Field(default_factory=list)  # host:port, comma list
+    dns_nameservers: list[str] = Field(default_factory=list)  # host:port, comma list
+    bootstrap: list[str] = Field(default_factory=list)  # host:port, comma list
     mdns: bool = False
     formation_stable_seconds: float = Field(3.0, ge=0)
     # Like Consul's bootstrap_expect: how many nodes start together to form a new cluster.
@@ -106,6 +128,9 @@ class NodeSettings(BaseSettings):
     bootstrap_expect: int | None = Field(None, ge=1)
     config_file: Path | None = None
     fsync: bool = True
+    # uvloop: its TLS and socket paths are compiled, which a node serving mutual TLS feels
+    # on every request (docs/performance.md); "asyncio" is the standard library's loop.
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     raft: RaftSettings = Field(default_factory=RaftSettings)
     mesh: MeshSettings = Field(default_factory=MeshSettings)
     load_balance: LoadBalanceSettings = Field(default_factory=LoadBalanceSettings)
@@ -149,34 +174,80 @@ class NodeSettings(BaseSettings):
     def peer_address(self) -> str:
         return self.advertise_address or self.bind_address
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _YamlSource(settings_cls))
 
 
-class _YamlSource(PydanticBaseSettingsSource):
-    """Reads the file named by ``CONTINUUM_CONFIG_FILE`` (absent: nothing)."""
+def _merged(*layers: dict[str, Any]) -> dict[str, Any]:
+    """Later layers win; mappings (the nested settings) are merged key by key."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = _merged(out[key], value)
+            else:
+                out[key] = value
+    return out
 
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False
 
-    def __call__(self) -> dict[str, Any]:
-        path = os.environ.get("CONTINUUM_CONFIG_FILE")
-        if not path:
-            return {}
-        try:
-            data = yaml.safe_load(Path(path).read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise ValueError(f"cannot read config file {path}: {exc}") from None
-        if data is None:
-            return {}
-        if not isinstance(data, dict):
-            raise ValueError(f"config file {path} must hold a mapping")
-        return data
+def _environment(model: type[BaseModel]) -> dict[str, Any]:
+    """``CONTINUUM_<FIELD>`` and ``CONTINUUM_<FIELD>__<SUBFIELD>`` variables as values."""
+    fields = model.model_fields
+    out: dict[str, Any] = {}
+    for name, raw in os.environ.items():
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        top, _, sub = name[len(ENV_PREFIX):].lower().partition("__")
+        field = fields.get(top)
+        if field is None:
+            continue  # not a setting (CONTINUUM_LOG_LEVEL and the like)
+        if not sub:
+            value = raw if top in _COMMA_LISTS else _decoded(name, raw, field.annotation)
+            if isinstance(value, dict) and isinstance(out.get(top), dict):
+                value = _merged(value, out[top])  # CONTINUUM_RAFT__X beats CONTINUUM_RAFT
+            out[top] = value
+            continue
+        nested = field.annotation
+        if not (isinstance(nested, type) and issubclass(nested, BaseModel)):
+            continue
+        sub_field = nested.model_fields.get(sub)
+        value = raw if sub_field is None else _decoded(name, raw, sub_field.annotation)
+        holder = out.setdefault(top, {})
+        if isinstance(holder, dict):
+            holder[sub] = value  # an unknown sub-setting is refused by the model, named
+    return out
+
+
+def _decoded(name: str, raw: str, annotation: Any) -> Any:
+    """A variable's value: JSON for mappings, lists, tuples and nested settings."""
+    if not _structured(annotation):
+        return raw
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be JSON ({exc}): {raw!r}") from None
+
+
+def _structured(annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_structured(a) for a in typing.get_args(annotation) if a is not type(None))
+    if origin in (dict, list, tuple, set, frozenset):
+        return True
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel | dict | list | tuple)
+
+
+def _settings_file() -> dict[str, Any]:
+    """The file named by ``CONTINUUM_CONFIG_FILE`` (absent: nothing)."""
+    path = os.environ.get(CONFIG_FILE_VARIABLE)
+    if not path:
+        return {}
+    import yaml  # only a node given a settings file reads YAML
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"cannot read config file {path}: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping")
+    return data

@@ -38,7 +38,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -164,11 +164,14 @@ class RaftConsensus(raft_loop.RaftLoop):
         start; the node hands it to the mesh and the replicator."""
         self._admission_cbs.append(callback)
 
-    def register_snapshot_callbacks(self, take: TakeSnapshot, restore: RestoreSnapshot) -> None:
+    def register_snapshot_callbacks(self, take: TakeSnapshot, restore: RestoreSnapshot,
+                                    freeze: raft_loop.FreezeSnapshot | None = None) -> None:
         """Let Raft compact its log: ``take()`` serializes the state machine as of the last
         applied command; ``restore(data)`` replaces it (on restart or when a leader sends a
-        snapshot). Without them the log is never compacted."""
-        self._take, self._restore = take, restore
+        snapshot). Without them the log is never compacted. With ``freeze`` (a cheap copy
+        of the state that returns the function packing it, safe to call on a thread),
+        compaction packs in the background instead of holding up the loop."""
+        self._take, self._restore, self._freeze = take, restore, freeze
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -188,7 +191,7 @@ class RaftConsensus(raft_loop.RaftLoop):
             joining = self.join if join is None else join
             _check_founders(self.node_id, founders, joining)
             self.cluster_nodes, self.join = founders, joining
-        self._failed, self._ticks, self._disk_last = None, 0, 0
+        self._failed, self._disk_last = None, 0
         self._last_pass = self._leaderless_since = time.monotonic()
         await self._link.start()
         self._self_address = self._advertise or self._link.address
@@ -210,9 +213,10 @@ class RaftConsensus(raft_loop.RaftLoop):
         if self._link.transport is None:
             raft_loop.in_process_members()[self.node_id] = self
         self._running = True
+        self._start_clock()
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._run(), name=f"raft:{self.node_id}"),
-                       loop.create_task(self._ticker(), name=f"raft-tick:{self.node_id}")]
+        self._tasks = [loop.create_task(self._run(), name=f"raft:{self.node_id}")]
+        self._wake.set()  # the first pass arms the clock
         if self._node.conf.voters == {self.node_id}:
             await self._call(lambda n: n.campaign())
             with contextlib.suppress(TimeoutError):
@@ -222,12 +226,14 @@ class RaftConsensus(raft_loop.RaftLoop):
         if not self._running and not self._tasks:
             return  # never started, or stopped already (a failed node still needs closing)
         self._running = False
-        for t in self._tasks:
+        tasks = [*self._tasks, *([self._compaction] if self._compaction else [])]
+        for t in tasks:
             t.cancel()
-        for t in self._tasks:
+        for t in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         self._tasks = []
+        self._stop_clock()
         hub = raft_loop.in_process_members()
         if hub.get(self.node_id) is self:
             del hub[self.node_id]
@@ -418,7 +424,7 @@ class RaftConsensus(raft_loop.RaftLoop):
 
     # -- backup hooks (used by backup.source) -----------------------------------------------
 
-    async def capture_snapshot(self, freeze: Callable[[], Callable[[], bytes]] | None = None
+    async def capture_snapshot(self, freeze: raft_loop.FreezeSnapshot | None = None
                                ) -> rmsg.Snapshot | None:
         """The state machine as of the last applied entry, packed as a Raft snapshot (what
         log compaction stores) without compacting; None before anything was applied.
@@ -432,17 +438,7 @@ class RaftConsensus(raft_loop.RaftLoop):
             raise RuntimeError("no snapshot callbacks are registered")
         if freeze is None:
             return await self._call(lambda n: n.capture(take()))
-        frozen = freeze
-
-        def at_applied(n: rnode.RaftNode) -> tuple[Any, Callable[[], bytes]] | None:
-            point = n.capture_point()
-            return None if point is None else (point, frozen())
-        got = await self._call(at_applied)
-        if got is None:
-            return None
-        (idx, term, conf, requests), pack = got
-        app = await asyncio.to_thread(pack)
-        return rmsg.Snapshot(idx, term, conf, rnode.pack_snapshot(app, requests))
+        return await self._capture(freeze)
 
     async def wait_applied(self, index: int, timeout: float) -> None:
         """Return once this node has applied ``index``; ``TimeoutError`` otherwise."""
@@ -552,6 +548,9 @@ class RaftConsensus(raft_loop.RaftLoop):
             "messages_refused": n.refused if n else 0,  # from senders that may not send them
             "term_exhausted": n.term_exhausted if n else False,
             "running": self._running,
+            # Lifeguard's local health: how far behind this node's own timers run.
+            "local_health": n.local_health if n else 0,
+            "loop_lag_ms": round(self.loop_lag_ms, 3),
         }
         base.update(self.stats)
         return base

@@ -37,11 +37,14 @@ from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import storage
 from .core import formation, peers
-from .transport import dns, link, mdns, peer, tls
+from .transport import link, mdns, peer, tls
+
+if TYPE_CHECKING:  # dnspython is imported by a node that looks peers up in DNS, and only then
+    from .transport import dns
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +115,8 @@ class DiscoveryConfig:
         if DiscoveryMethod.DNS in methods and not self.dns_domain:
             raise ValueError("DNS discovery needs dns_domain (the SRV name to query)")
         if self.dns_nameservers is not None:
+            from .transport import dns
+
             dns.parse_nameservers(self.dns_nameservers)
         for addr in self.bootstrap_nodes:
             peer.split_address(addr)
@@ -245,6 +250,8 @@ class NodeDiscovery:
         self._store: storage.DurableStore | None = None
         self._srv: dns.SrvResolver | None = None
         if DiscoveryMethod.DNS in self.config.enabled_methods:
+            from .transport import dns
+
             self._srv = dns.SrvResolver(self.config.dns_nameservers,
                                         timeout=self.config.dns_timeout_seconds)
         self._mdns: mdns.MdnsDiscovery | None = None
@@ -511,6 +518,8 @@ class NodeDiscovery:
                                 now, self_id=self.node_id)
 
     async def _query_dns(self, now: float) -> None:
+        from .transport import dns
+
         assert self._srv is not None and self.config.dns_domain
         floor = self.config.dns_min_ttl_seconds
         before = self._srv.queries

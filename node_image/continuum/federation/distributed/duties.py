@@ -7,7 +7,8 @@
   and commits the cluster's id once;
 * certificates: rotated TLS files (cert-manager renews a Secret in place) are
   reloaded, and what is loaded is described for ``/v1/status``;
-* loop lag: how late the event loop wakes us, the local-health part of the load;
+* the load's loop lag is how late the Raft loop's own timer runs (``RaftLoop.loop_lag_ms``),
+  measured there rather than by a timer of its own;
 * clocks: whether this node's wall clock is fit to stamp multi-master writes.
 """
 
@@ -18,20 +19,20 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import concepts, consensus, coordinator, errors, mesh, pki, replication, statemachine
+from . import concepts, consensus, coordinator, errors, mesh, replication, statemachine
 from .core import clocks, load
 from .transport import peer, tls
 
 log = logging.getLogger(__name__)
 
 LOAD_STATE_KEY = "load"
-LOAD_REPORT_SECONDS = 1.0
+LOAD_REPORT_SECONDS = 1.0  # looked at this often; gossiped only when worth it (core.load)
 LEADER_DUTY_SECONDS = 1.0
 CERT_CHECK_SECONDS = 10.0
-LAG_SAMPLE_SECONDS = 0.25
 
 
 class Certificates:
@@ -44,7 +45,7 @@ class Certificates:
         self._describe()
 
     def _describe(self) -> None:
-        self.not_after = pki.not_after(Path(self._files.cert).read_bytes())
+        self.not_after = tls.not_after(Path(self._files.cert).read_bytes())
         # For the operator's two-phase CA rotation: it re-issues leaves from a new CA only
         # once every node trusts it, and retires the old CA only once every node serves a
         # leaf of the new one.
@@ -93,29 +94,34 @@ class LoadReporter:
     """This node's load, gossiped; every node's load, heard as coordinator heartbeats."""
 
     def __init__(self, gossip: mesh.GossipMesh, registry: coordinator.FederationCoordinator,
-                 store: concepts.ConceptService) -> None:
+                 store: concepts.ConceptService, loop_lag_ms: Callable[[], float]) -> None:
         self._mesh = gossip
         self._coordinator = registry
         self._concepts = store
-        self.loop_lag_ms = 0.0
+        self._loop_lag_ms = loop_lag_ms
         self._beats: set[asyncio.Task[None]] = set()
+        self.reports_sent = 0
         gossip.register_state_update_callback(self._on_mesh_state)
+
+    @property
+    def loop_lag_ms(self) -> float:
+        return self._loop_lag_ms()
 
     def inputs(self) -> load.LoadInputs:
         c = self._concepts
         return load.LoadInputs(c.in_flight, self.loop_lag_ms, c.latency_ms or 0.0, c.count())
 
     async def report(self) -> None:
+        last: dict[str, object] | None = None
+        last_at = 0.0
         while True:
-            await self._mesh.update_state(LOAD_STATE_KEY, load.heartbeat(self.inputs()))
+            beat = load.heartbeat(self.inputs())
+            now = time.monotonic()
+            if load.worth_reporting(last, beat, now - last_at):
+                await self._mesh.update_state(LOAD_STATE_KEY, beat)
+                last, last_at = beat, now
+                self.reports_sent += 1
             await asyncio.sleep(LOAD_REPORT_SECONDS)
-
-    async def measure_lag(self) -> None:
-        while True:
-            start = time.monotonic()
-            await asyncio.sleep(LAG_SAMPLE_SECONDS)
-            lag = max(0.0, (time.monotonic() - start - LAG_SAMPLE_SECONDS) * 1000)
-            self.loop_lag_ms = load.ewma(self.loop_lag_ms, lag)
 
     def _on_mesh_state(self, node_id: str, key: str, value: Any) -> None:
         """A node's load arrived through the mesh (ours too): our coordinator's heartbeat."""

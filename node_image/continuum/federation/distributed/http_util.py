@@ -1,4 +1,4 @@
-"""Small helpers shared by the node's HTTP handlers: JSON errors and strict body parsing.
+"""Small helpers shared by the node's HTTP handlers: JSON bodies in and out, JSON errors.
 
 A body is read up to ``MAX_JSON_BYTES`` whatever its framing (a declared length or
 chunks), within ``read_timeout`` seconds, and parsed as standard JSON only: finite
@@ -6,6 +6,10 @@ numbers (no ``NaN``, ``Infinity`` or ``1e400``, which would be stored and read b
 as non-standard JSON), integers that fit 64 bits, at most ``MAX_DEPTH`` levels of
 nesting. Anything else is one of the package's errors (400, 408, 413) and nothing
 is stored.
+
+JSON goes through orjson (several times faster than the standard library, on every
+request); a body with an integer too long for it (orjson would read it as a float,
+silently) is read by the standard library instead, so it means what it says.
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from . import errors
@@ -23,10 +29,17 @@ MAX_JSON_BYTES = 4 * 1024 * 1024
 MAX_DEPTH = 64  # as the multi-master store's values (core.crdt.values.MAX_DEPTH)
 READ_TIMEOUT_SECONDS = 20.0
 _INT_BOUNDS = (-(2**63), 2**64 - 1)  # what msgpack, and so the log and the wire, carry
+JSON_TYPE = "application/json"
+_LONG_INTEGER = re.compile(rb"\d{19,}")  # past what orjson reads exactly (64 bits)
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS),
+                        status=status, content_type=JSON_TYPE)
 
 
 def error(status: int, code: str, message: str, **extra: Any) -> web.Response:
-    return web.json_response({"error": code, "message": message, **extra}, status=status)
+    return json_response({"error": code, "message": message, **extra}, status=status)
 
 
 async def read_body(request: web.BaseRequest, limit: int = MAX_JSON_BYTES,
@@ -59,11 +72,17 @@ async def read_json(request: web.BaseRequest,
 
 
 def parse_json(raw: bytes | str) -> Any:
+    data = raw.encode() if isinstance(raw, str) else raw
     try:
-        value = json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
+        if _LONG_INTEGER.search(data):
+            value = json.loads(data, parse_constant=_no_constant, parse_float=_finite)
+        else:
+            value = orjson.loads(data)  # refuses NaN, Infinity and 1e400 itself
     except RecursionError:
         raise _too_deep() from None
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, and ours below
+        if "depth limit" in str(exc):  # orjson stops at 1024 levels
+            raise _too_deep() from None
         raise errors.InvalidInput(f"body is not valid JSON: {exc}", code="invalid_json"
                                   ) from None
     check_value(value)
@@ -73,6 +92,9 @@ def parse_json(raw: bytes | str) -> Any:
 def check_value(value: Any) -> None:
     """``InvalidInput`` for a value nested deeper than ``MAX_DEPTH`` or holding an
     integer that does not fit 64 bits (walked without recursion)."""
+    if not isinstance(value, dict | list):
+        _check_scalar(value)
+        return
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         v, depth = stack.pop()
@@ -81,9 +103,14 @@ def check_value(value: Any) -> None:
                 raise _too_deep()
             children = v.values() if isinstance(v, dict) else v
             stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list | int))
-        elif isinstance(v, int) and not isinstance(v, bool) and not (
-                _INT_BOUNDS[0] <= v <= _INT_BOUNDS[1]):
-            raise errors.InvalidInput(f"integer {v} does not fit 64 bits", code="invalid_json")
+        else:
+            _check_scalar(v)
+
+
+def _check_scalar(v: Any) -> None:
+    if isinstance(v, int) and not isinstance(v, bool) and not (
+            _INT_BOUNDS[0] <= v <= _INT_BOUNDS[1]):
+        raise errors.InvalidInput(f"integer {v} does not fit 64 bits", code="invalid_json")
 
 
 def _too_deep() -> errors.InvalidInput:

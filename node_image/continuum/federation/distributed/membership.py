@@ -48,7 +48,7 @@ JOIN_KIND = "node.join"
 INFO_KIND = "node.info"
 FORMATION_POLL_SECONDS = 0.5
 REMOVED_CHECK_SECONDS = 2.0
-DEPARTED_CHECK_SECONDS = 1.0
+DEPARTED_CHECK_SECONDS = 5.0  # a departed member's replica is forgotten within this
 
 Spawn = Callable[[Callable[[], Awaitable[None]], str], None]
 

@@ -5,11 +5,13 @@ A thin asyncio shell around ``core.swim.swim_node.SwimNode``: one timer
 message kind, and a dispatcher task that hands state and membership changes
 to the application's callbacks in order. The protocol lives in the core.
 
-Message kinds: ``swim.ping_call`` (a call: the ack is its reply, one round trip
-per probe), and one-way ``swim.ack``, ``swim.ping_req``, ``swim.nack``,
-``swim.gossip``, ``swim.sync`` (a one-way ``swim.ping`` is accepted too). A
-newly seen member's connection is opened at once (``peer.ping``) so the first
-gossip to it does not wait for a TLS handshake.
+Message kinds, all one-way over the peer streams: ``swim.ping``, ``swim.ack``,
+``swim.ping_req``, ``swim.nack``, ``swim.gossip``, ``swim.sync``. (A probe was once
+a call, ``swim.ping_call``, whose HTTP reply was the ack; two messages on streams
+that are open anyway cost a fraction of an HTTP request, so probes go one-way, and
+the call is still answered for peers of that older version.) A newly seen member's
+connection is opened at once (``peer.ping``) so the first gossip to it does not
+wait for a TLS handshake.
 
 Three ways to run, as every component here (``transport.link``): a shared
 ``transport=``, its own with ``bind_address=``, or neither (in-process only, the
@@ -51,9 +53,9 @@ StateCallback = Callable[..., Awaitable[None] | None]
 MembershipCallback = Callable[[str, str, str], Awaitable[None] | None]
 ClockCallback = Callable[[str, clocks.Sample], None]
 WALL_KEY = "w"  # the answering member's wall clock on a probe's answer
+_PROBES_REMEMBERED = 64  # probes awaiting their ack, for the clock sample it brings
 
-# A ping travels as a call whose HTTP reply is the ack: one round trip instead of two
-# one-way posts, which halves what probing costs both ends.
+# Probes of older versions: a call whose HTTP reply is the ack (still answered).
 PING_CALL = "swim.ping_call"
 
 _NS = "mesh"
@@ -188,6 +190,7 @@ class GossipMesh:
         self._state_callbacks: list[tuple[StateCallback, int]] = []
         self._member_callbacks: list[MembershipCallback] = []
         self._clock_callbacks: list[ClockCallback] = []
+        self._probes_sent: dict[int, tuple[str, float]] = {}  # seq -> (member, wall time)
         self._events: asyncio.Queue[swim_node.Event] | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._writes: set[asyncio.Task[None]] = set()
@@ -401,6 +404,10 @@ class GossipMesh:
                 self._rejected += 1
                 log.debug("rejected %s from %s: %s", kind, sender, exc)
                 return
+            if isinstance(msg, messages.Ack):
+                probe = self._probes_sent.pop(msg.seq, None)
+                if probe is not None and probe[0] == sender:  # not a relay's ack
+                    self._clock_sample(sender, probe[1], body.get(WALL_KEY))
             self._core.receive(asyncio.get_running_loop().time(), sender, msg)
             self._flush()
         return handle
@@ -430,9 +437,12 @@ class GossipMesh:
                 continue
             if self._transport is None or out.address == core.address:
                 continue
-            if isinstance(msg, messages.Ping):
-                self._ping(out.node, out.address, msg)
-            elif self._transport.send(out.address, messages.kind(msg), messages.encode(msg)):
+            body = messages.encode(msg)
+            if isinstance(msg, messages.Ping) and out.node:
+                self._note_probe(out.node, msg.seq)
+            elif isinstance(msg, messages.Ack):
+                body[WALL_KEY] = time.time()  # the prober learns its clock's offset to ours
+            if self._transport.send(out.address, messages.kind(msg), body):
                 self._sent += 1
             else:
                 self._send_dropped += 1
@@ -462,32 +472,6 @@ class GossipMesh:
         self._calls.add(task)
         task.add_done_callback(self._calls.discard)
 
-    def _ping(self, node_id: str, address: str, msg: messages.Ping) -> None:
-        transport = self._transport
-        assert transport is not None
-        timeout = max(1.0, 2 * self.config.probe_interval_ms / 1000)
-
-        async def call() -> None:
-            try:
-                sent = time.time()
-                reply = await transport.request(address, PING_CALL, messages.encode(msg),
-                                                timeout=timeout)
-                self._clock_sample(node_id, sent, reply.get(WALL_KEY))
-                ack = messages.decode("swim.ack", reply)
-            except peer.PeerError:
-                return  # the core notices the missing ack by itself
-            except ValueError:
-                self._rejected += 1  # no ack (the ping was not for that node) or garbage
-                return
-            if self._running and self._core is not None:
-                self._core.receive(asyncio.get_running_loop().time(), node_id, ack)
-                self._flush()
-
-        self._sent += 1
-        task = asyncio.get_running_loop().create_task(call())
-        self._calls.add(task)
-        task.add_done_callback(self._calls.discard)
-
     def _on_ping_call(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
         if not self._running or self._core is None:
             return {}
@@ -500,6 +484,12 @@ class GossipMesh:
         ack = self._flush(reply_to=(msg.reply_to, msg.seq))
         # Our wall clock rides on the answer: the prober learns its offset to us.
         return {**messages.encode(ack), WALL_KEY: time.time()} if ack is not None else {}
+
+    def _note_probe(self, node_id: str, seq: int) -> None:
+        """When we pinged ``node_id``: its ack, carrying its wall clock, makes a sample."""
+        self._probes_sent[seq] = (node_id, time.time())
+        while len(self._probes_sent) > _PROBES_REMEMBERED:  # lost acks: forget the oldest
+            del self._probes_sent[next(iter(self._probes_sent))]
 
     def _clock_sample(self, node_id: str, sent: float, remote: Any) -> None:
         if not self._clock_callbacks or isinstance(remote, bool) \

@@ -12,7 +12,7 @@ serves ``/healthz``, ``/readyz`` and ``/metrics`` (``server.py``).
   ``FederationCoordinator``;
 * services: ``concepts.ConceptService`` (reads and writes, the strong/eventual
   rule), ``membership.Membership`` (formation, join, rejoin, member changes,
-  peers), ``duties`` (load reports, registry sync, certificate reload, loop lag),
+  peers), ``duties`` (load reports, registry sync, certificate reload),
   ``status.NodeView`` (what ``/v1/status`` and ``/metrics`` say);
 * ``server.NodeServer`` mounts ``api`` and ``probes`` over them.
 """
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -85,7 +86,8 @@ class FederationNode:
         self.state = statemachine.FederationStateMachine(
             self.coordinator.apply_command, self.coordinator.snapshot, self.coordinator.restore)
         self.raft.register_apply_callback(self.state.apply)
-        self.raft.register_snapshot_callbacks(self.state.snapshot, self.state.restore)
+        self.raft.register_snapshot_callbacks(self.state.snapshot, self.state.restore,
+                                              self.state.frozen)
         strategy = crdt_resolver.ConflictResolutionStrategy[
             s.replication.conflict_strategy.upper()]
         self.replicator = replication.MultiMasterReplicator(
@@ -98,7 +100,9 @@ class FederationNode:
             self.node_id,
             mesh.MeshConfig(fanout=s.mesh.fanout, gossip_interval_ms=s.mesh.gossip_interval_ms,
                             sync_interval_seconds=s.mesh.sync_interval_seconds,
-                            message_buffer_size=s.mesh.message_buffer_size),
+                            message_buffer_size=s.mesh.message_buffer_size,
+                            probe_interval_ms=s.mesh.probe_interval_ms,
+                            probe_timeout_ms=s.mesh.probe_timeout_ms),
             storage_path=self.data_dir / "mesh", transport=self.transport,
             advertise_address=s.peer_address)
         self.discovery = discovery.NodeDiscovery(
@@ -118,7 +122,8 @@ class FederationNode:
                                                 self.metrics.observe_write, self.clock.unfit)
         self.replicator.register_change_callback(self.concepts.on_replicated_change)
         self.certificates = duties.Certificates(tls_files, self.transport)
-        self.load = duties.LoadReporter(self.mesh, self.coordinator, self.concepts)
+        self.load = duties.LoadReporter(self.mesh, self.coordinator, self.concepts,
+                                        lambda: self.raft.loop_lag_ms)
         self.backup = backup_source.BackupSource(
             self.node_id, s.cluster_name, self.raft, self.state, self.replicator,
             self.membership, self.transport)
@@ -167,8 +172,7 @@ class FederationNode:
         await self.mesh.start()
         await self.discovery.start()
         await self.membership.start()
-        for duty, name in ((self.load.report, "load"), (self.load.measure_lag, "lag"),
-                           (self.certificates.watch, "certs"),
+        for duty, name in ((self.load.report, "load"), (self.certificates.watch, "certs"),
                            (lambda: duties.sync_registry_with_raft(self.raft, self.coordinator),
                             "leader"),
                            (lambda: duties.name_the_cluster(self.raft, self.state,
@@ -222,6 +226,10 @@ class FederationNode:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await self.start()
+        # What start-up built lives as long as the process: out of the collector's sight, so
+        # its full collections walk only what came since.
+        gc.collect()
+        gc.freeze()
         await stop.wait()
         log.info("node %s shutting down", self.node_id)
         await self.stop()

@@ -24,23 +24,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .transport import tls
+from .transport.tls import NODE_ID, check_node_name  # noqa: F401 (part of the CA's API)
 
 DEFAULT_CA_DAYS = 3650
 DEFAULT_CERT_DAYS = 365
 
-# A node id is a DNS label or name (it is the certificate's DNS SAN); \Z, not $: "$"
-# also matches before a final newline.
-NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9][A-Za-z0-9_-]*)*\Z")
 # A client's name goes into the common name only, for logs; never a URI, never a role.
 CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}\Z")
-
-
-def check_node_name(name: str, what: str = "node id") -> str:
-    """``name`` if it may be a node certificate's DNS SAN; ``ValueError`` saying why not."""
-    if len(name) > 253 or not NODE_ID.match(name):
-        raise ValueError(f"{what} {name!r} is not a DNS name (letters, digits, '-' and '.' "
-                         "between labels): it becomes the certificate's DNS SAN")
-    return name
 
 
 def check_client_name(name: str) -> str:

@@ -17,7 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST
+
+from . import metrics
 
 STALL_SECONDS = 30.0
 
@@ -41,7 +42,7 @@ def app(node_id: str, is_ready: Callable[[], bool], formation: Callable[[], str]
                                  status=200 if ready else 503)
 
     async def prometheus(request: web.Request) -> web.Response:
-        return web.Response(body=render_metrics(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=render_metrics(), headers={"Content-Type": metrics.CONTENT_TYPE})
 
     application.router.add_get("/healthz", healthz)
     application.router.add_get("/readyz", readyz)

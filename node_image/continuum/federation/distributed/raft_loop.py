@@ -31,6 +31,7 @@ import contextlib
 import functools
 import inspect
 import logging
+import math
 import time
 import weakref
 from collections import deque
@@ -41,6 +42,7 @@ from typing import Any, TypeVar
 import msgpack
 
 from . import errors, raft_storage, storage
+from .core import load
 from .core.raft import config as rconfig
 from .core.raft import messages as rmsg
 from .core.raft import raft_node as rnode
@@ -53,9 +55,16 @@ ApplyCallback = Callable[[Any], Awaitable[Any] | Any]
 AdmissionCallback = Callable[[frozenset[str]], None]
 TakeSnapshot = Callable[[], bytes]
 RestoreSnapshot = Callable[[bytes], Awaitable[None] | None]
+# A cheap copy of the state machine, and the function that packs it (on a thread).
+FreezeSnapshot = Callable[[], Callable[[], bytes]]
 
 _MAX_WRITES_IN_FLIGHT = 8
 _SWEEP_SECONDS = 0.05
+_TIMER_SLACK = 0.001  # past a tick's boundary, so the clock has reached it when we wake
+# Liveness messages go ahead of queued appends in a peer's outbox (Raft tolerates the
+# reordering): a busy link must not look like a dead leader or a lost quorum.
+_URGENT = (rmsg.Heartbeat, rmsg.HeartbeatResponse, rmsg.VoteRequest, rmsg.VoteResponse,
+           rmsg.TimeoutNow)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +100,11 @@ class _Persisted:
     term: int
 
 
+@dataclass(frozen=True, slots=True)
+class _PeerLost:
+    node_id: str
+
+
 @dataclass(slots=True)
 class _Admin:
     fn: Callable[[rnode.RaftNode], Any]
@@ -124,10 +138,20 @@ class RaftLoop:
         self._apply_cbs: list[ApplyCallback] = []
         self._take: TakeSnapshot | None = None
         self._restore: RestoreSnapshot | None = None
+        self._freeze: FreezeSnapshot | None = None
+        self._compaction: asyncio.Task[None] | None = None
         self._inbox: deque[tuple[str, str, dict[str, Any]] | _Proposal | _Admin | _Persisted
-                           ] = deque()
+                           | _PeerLost] = deque()
         self._writes: deque[asyncio.Task[None]] = deque()  # in flight, oldest first
-        self._ticks = 0
+        # The clock: ticks follow the monotonic clock from _clock_origin; one timer is armed
+        # for the next tick the core needs (none while it needs none), so an idle node
+        # sleeps between heartbeats instead of waking every tick.
+        self._clock_origin = 0.0
+        self._ticks_sent = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+        self._timer_late: float | None = None  # how late the last timer ran (seconds)
+        self.loop_lag_ms = 0.0  # moving average of that lateness: this node's local health
         self._logged_leader: str | None = None
         self._wake = asyncio.Event()
         self._waiters: dict[int, _Waiter] = {}  # by log index
@@ -150,6 +174,7 @@ class RaftLoop:
         if peer_link.transport is not None:
             for kind in rmsg.KINDS:
                 peer_link.transport.on(kind, functools.partial(self._receive, kind))
+            peer_link.transport.on_peer_lost(self._peer_lost)
 
     # -- addresses --------------------------------------------------------------------------
 
@@ -170,18 +195,48 @@ class RaftLoop:
 
     # -- the loop ---------------------------------------------------------------------------
 
-    async def _ticker(self) -> None:
-        # Ticks follow the monotonic clock, not the count of sleeps: a busy loop oversleeps,
-        # and counting sleeps would stretch every timeout by the same factor.
+    def _start_clock(self) -> None:
+        self._clock_origin = asyncio.get_running_loop().time()
+        self._ticks_sent = 0
+        self._stop_clock()
+
+    def _stop_clock(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_at, self._timer_late = None, math.inf, None
+
+    def _timer_fired(self) -> None:
+        late = max(0.0, asyncio.get_running_loop().time() - self._timer_at)
+        self._timer, self._timer_at = None, math.inf
+        self._timer_late = late if self._timer_late is None else max(self._timer_late, late)
+        self._wake.set()
+
+    def _deliver_ticks(self, node: rnode.RaftNode) -> None:
+        """The ticks the clock says have passed; first, how late our own timer ran.
+
+        Ticks follow the monotonic clock, not the count of wake-ups: a busy loop wakes
+        late, and counting wake-ups would stretch every timeout by the same factor. How
+        late it woke is what the core's local-health rule is fed."""
+        if self._timer_late is not None:
+            late, self._timer_late = self._timer_late, None
+            node.note_lag(int(late / self._tick_s))
+            self.loop_lag_ms = load.ewma(self.loop_lag_ms, late * 1000)
+        due = int((asyncio.get_running_loop().time() - self._clock_origin) / self._tick_s)
+        for _ in range(due - self._ticks_sent):
+            node.tick()
+        self._ticks_sent = max(self._ticks_sent, due)
+
+    def _arm_timer(self, node: rnode.RaftNode) -> None:
+        """Wake for the next tick the core needs, or sooner to sweep expired waiters."""
         loop = asyncio.get_running_loop()
-        start, sent = loop.time(), 0
-        while True:
-            await asyncio.sleep(self._tick_s)
-            due = int((loop.time() - start) / self._tick_s)
-            if due > sent:
-                self._ticks += due - sent
-                sent = due
-                self._wake.set()
+        at = self._clock_origin + (self._ticks_sent + node.ticks_until_due()) * self._tick_s
+        at += _TIMER_SLACK
+        if self._waiters:
+            at = min(at, loop.time() + _SWEEP_SECONDS)
+        if at < self._timer_at - _TIMER_SLACK:  # a later timer armed already is kept
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer, self._timer_at = loop.call_at(at, self._timer_fired), at
 
     async def _run(self) -> None:
         try:
@@ -216,14 +271,14 @@ class RaftLoop:
                 self._run_admin(node, item)
             elif isinstance(item, _Persisted):
                 node.persisted_to(item.index, item.term)
+            elif isinstance(item, _PeerLost):
+                node.peer_unreachable(item.node_id)
             else:
                 self._step(node, *item)
         # Ticks after the messages: when a busy loop wakes late, what arrived meanwhile
         # is evidence of a live leader (or quorum) that the overdue ticks must not outrun,
         # or a follower campaigns and a leader steps down with replies in its inbox.
-        for _ in range(self._ticks):
-            node.tick()
-        self._ticks = 0
+        self._deliver_ticks(node)
         if props:
             self._propose(node, props)
 
@@ -358,13 +413,18 @@ class RaftLoop:
                 if not fut.done():
                     fut.set_exception(err)
             self._reads.clear()
-        if (self._take is not None
-                and node.log.applied - node.log.snapshot_index >= self.snapshot_threshold
-                and node.compact(self._take()) is not None):
-            self.stats["snapshots_taken"] += 1
-            self._wake.set()
+        if (self._take is not None and self._compaction is None
+                and node.log.applied - node.log.snapshot_index >= self.snapshot_threshold):
+            if self._freeze is not None:
+                # Packing a large state takes long enough to starve heartbeats: only the
+                # copy is made here, the packing runs on a thread (see _compact).
+                self._compaction = asyncio.get_running_loop().create_task(self._compact())
+            elif node.compact(self._take()) is not None:
+                self.stats["snapshots_taken"] += 1
+                self._wake.set()
         self._sweep()
         self._notify()
+        self._arm_timer(node)
 
     def _note_admission(self, node: rnode.RaftNode) -> None:
         """Tell the other components when who may speak to us changed (see
@@ -390,6 +450,34 @@ class RaftLoop:
                 del self._waiters[idx]
                 if not w.fut.done():
                     w.fut.set_exception(errors.OutcomeUnknown())
+
+    async def _capture(self, freeze: FreezeSnapshot) -> rmsg.Snapshot | None:
+        """The state machine as of the last applied entry, as a Raft snapshot: a cheap copy
+        in the loop, between Readies (so it holds exactly the entries up to its index), and
+        the packing on a thread."""
+        def at_applied(n: rnode.RaftNode) -> tuple[Any, Callable[[], bytes]] | None:
+            point = n.capture_point()
+            return None if point is None else (point, freeze())
+        got = await self._call(at_applied)
+        if got is None:
+            return None
+        (idx, term, conf, requests), pack = got
+
+        def pack_all() -> bytes:
+            return rnode.pack_snapshot(pack(), requests)
+        return rmsg.Snapshot(idx, term, conf, await asyncio.to_thread(pack_all))
+
+    async def _compact(self) -> None:
+        """Log compaction in the background: capture, then drop the log up to it."""
+        assert self._freeze is not None
+        try:
+            snap = await self._capture(self._freeze)
+            if snap is not None and await self._call(lambda n: n.compact_to(snap)):
+                self.stats["snapshots_taken"] += 1
+        except errors.FederationError as exc:  # stopping, or overloaded: the next pass retries
+            log.debug("raft %s: compaction skipped: %s", self.node_id, exc)
+        finally:
+            self._compaction = None
 
     async def _apply(self, rd: rnode.Ready) -> None:
         for e in rd.committed:
@@ -468,6 +556,12 @@ class RaftLoop:
         self._inbox.append((kind, sender, body))
         self._wake.set()
 
+    def _peer_lost(self, node_id: str) -> None:
+        """The transport saw ``node_id``'s connection drop: the core decides what it means."""
+        if self._running:
+            self._inbox.append(_PeerLost(node_id))
+            self._wake.set()
+
     def _send(self, msg: rmsg.Message) -> None:
         self.stats["messages_sent"] += 1
         transport = self._link.transport
@@ -484,7 +578,7 @@ class RaftLoop:
         kind, body = rmsg.to_wire(msg)
         if self._self_address:
             body["a"] = self._self_address  # so a joining node can answer its first probe
-        transport.send(addr, kind, body)
+        transport.send(addr, kind, body, urgent=isinstance(msg, _URGENT))
 
     def _learn_address(self, sender: str, addr: Any) -> None:
         """Remember where an authenticated sender listens, if nothing else told us.
@@ -508,7 +602,8 @@ class RaftLoop:
         return self._failed
 
     def seconds_since_progress(self) -> float:
-        """How long ago the loop last ran (its ticker wakes it every tick while it lives)."""
+        """How long ago the loop last ran (its timer wakes it at least once per election
+        timeout, however widened, while it lives)."""
         return time.monotonic() - self._last_pass if self._running else 0.0
 
     def leaderless_seconds(self) -> float:
@@ -548,7 +643,8 @@ class RaftLoop:
         self._watchers = []
 
     async def _wait_until(self, pred: Callable[[], bool], timeout: float | None) -> None:
-        """Re-check ``pred`` after every loop pass (ticks guarantee passes) until true."""
+        """Re-check ``pred`` after every loop pass until true (every change of the core's
+        state happens in a pass)."""
         async with asyncio.timeout(timeout):
             while not pred():
                 if not self._running:

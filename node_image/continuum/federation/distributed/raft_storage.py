@@ -29,8 +29,10 @@ def ready_ops(rd: rnode.Ready, disk_last: int) -> tuple[list[storage.Op], int]:
     (``disk_last`` is the one before)."""
     ops: list[storage.Op] = []
     if rd.snapshot is not None:
-        ops.append(snapshot_row(rd.snapshot))
+        # The log rows first: SQLite deletes a range of rows ~50x slower (1.6 s of CPU for
+        # 20,000 rows) right after a multi-megabyte row was written into the same table.
         ops.append(storage.DeleteRange(NS_LOG, 0, rd.snapshot.index + 1))
+        ops.append(snapshot_row(rd.snapshot))
     if rd.truncate_after is not None:
         ops.append(storage.DeleteRange(NS_LOG, rd.truncate_after + 1, None))
         disk_last = rd.truncate_after

@@ -455,6 +455,11 @@ class MultiMasterReplicator:
         return self._replica.hlc.last.wall / 1000
 
     @property
+    def live_keys(self) -> int:
+        """Keys a read would find (what ``get_stats()["keys_stored"]`` says, without the rest)."""
+        return self._replica.live_keys
+
+    @property
     def merkle_root(self) -> int:
         return self._replica.tree.root
 

@@ -19,12 +19,13 @@ import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-from zeroconf import InterfaceChoice, IPVersion, ServiceStateChange, Zeroconf
-from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
+from typing import TYPE_CHECKING, Any
 
 from . import peer
+
+if TYPE_CHECKING:  # zeroconf is imported by a node that runs mDNS, and only then
+    from zeroconf import ServiceStateChange, Zeroconf
+    from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,9 @@ class MdnsDiscovery:
         return sorted(self._peers.values(), key=lambda p: p.instance)
 
     async def start(self) -> None:
+        from zeroconf import InterfaceChoice, IPVersion
+        from zeroconf.asyncio import AsyncServiceBrowser, AsyncZeroconf
+
         interfaces: Any = self.interfaces if self.interfaces else InterfaceChoice.All
         self._zc = AsyncZeroconf(interfaces=interfaces, ip_version=IPVersion.V4Only)
         if self.advertise_address is not None:
@@ -101,6 +105,8 @@ class MdnsDiscovery:
         self._peers.clear()
 
     def _service_info(self) -> AsyncServiceInfo:
+        from zeroconf.asyncio import AsyncServiceInfo
+
         assert self.advertise_address is not None
         host, port = peer.split_address(self.advertise_address)
         ips = [host] if _is_ipv4(host) and host != "0.0.0.0" else (self.interfaces or ["127.0.0.1"])
@@ -114,6 +120,8 @@ class MdnsDiscovery:
 
     def _on_service(self, zeroconf: Zeroconf, service_type: str, name: str,
                     state_change: ServiceStateChange) -> None:
+        from zeroconf import ServiceStateChange
+
         if state_change is ServiceStateChange.Removed:
             if self._peers.pop(name, None) is not None:
                 self._notify()
@@ -123,6 +131,9 @@ class MdnsDiscovery:
         task.add_done_callback(self._tasks.discard)
 
     async def _resolve(self, zeroconf: Zeroconf, service_type: str, name: str) -> None:
+        from zeroconf import IPVersion
+        from zeroconf.asyncio import AsyncServiceInfo
+
         info = AsyncServiceInfo(service_type, name)
         if not await info.async_request(zeroconf, INFO_TIMEOUT_MS):
             log.debug("mDNS: no answer for %s", name)

@@ -9,7 +9,8 @@ Two ways to talk to a peer:
   pipelined without waiting for a reply, and a slow or dead peer costs a
   bounded amount of memory (a full outbox drops the newest message and
   counts it; every protocol above tolerates loss). Messages to one address
-  are delivered in the order sent. The client pings every
+  are delivered in the order sent, except that ``urgent`` ones (liveness:
+  heartbeats, votes) go ahead of ordinary ones still queued. The client pings every
   ``stream_heartbeat`` seconds and drops a stream whose pong does not come
   within half that (a dead peer behind a live TCP connection is noticed, not
   written into forever); the server closes a stream on which nothing, not even
@@ -19,6 +20,8 @@ Two ways to talk to a peer:
 
 Handlers are registered per message kind with ``on(kind, handler)``; a
 handler gets ``(sender, body)`` and, for calls, returns the reply body.
+``on_peer_lost(callback)`` hears of a peer whose stream to us ended without a
+goodbye (reset, or closed without a close frame): usually a process that died.
 
 Every frame's sender must be a DNS name of the TLS client certificate, the
 certificate must carry the node role, and its fingerprint must not be revoked
@@ -76,6 +79,10 @@ class TransportLimits:
     outbox_size: int = 10_000  # queued one-way messages per peer address
     max_batch: int = 1024  # messages per frame
     connections_per_peer: int = 8
+    # Pooled call connections idle longer than this are closed: each holds TLS buffers of a
+    # few hundred KiB, and calls other than the coordinator's health checks (every few
+    # seconds) are rare enough to pay a handshake.
+    keepalive_seconds: float = 10.0
     stream_heartbeat: float = 5.0  # seconds between a stream client's pings
     stream_idle_timeout: float = 30.0  # server: close a stream silent this long
     # Server: the whole of a request's headers (and the next request's, on a kept-alive
@@ -87,7 +94,8 @@ class TransportLimits:
         if self.outbox_size < 1 or self.max_batch < 1 or self.connections_per_peer < 1:
             raise ValueError("outbox_size, max_batch and connections_per_peer must be positive")
         if min(self.connect_timeout, self.request_timeout, self.send_timeout,
-               self.stream_heartbeat, self.stream_idle_timeout, self.read_timeout) <= 0:
+               self.stream_heartbeat, self.stream_idle_timeout, self.read_timeout,
+               self.keepalive_seconds) <= 0:
             raise ValueError("timeouts must be positive")
         if self.stream_idle_timeout <= self.stream_heartbeat:
             # A live client's pings must reach the server before it gives up on the stream.
@@ -103,10 +111,11 @@ def split_address(address: str) -> tuple[str, int]:
 
 
 class _Outbox:
-    __slots__ = ("event", "idle", "queue", "task")
+    __slots__ = ("event", "idle", "queue", "task", "urgent")
 
     def __init__(self) -> None:
         self.queue: deque[wire.Message] = deque()
+        self.urgent: deque[wire.Message] = deque()  # sent before anything in queue
         self.event = asyncio.Event()
         self.idle = asyncio.Event()  # nothing queued and nothing being written
         self.idle.set()
@@ -141,6 +150,7 @@ class PeerTransport:
         self.limits = limits or TransportLimits()
         self.insecure = tls_files is None
         self._handlers: dict[str, Handler] = {"peer.ping": self._on_ping}
+        self._lost_callbacks: list[Callable[[str], None]] = []
         self._server_ctx: ssl.SSLContext | None = None
         self._client_ctx: ssl.SSLContext | None = None
         if tls_files is not None:
@@ -172,6 +182,7 @@ class PeerTransport:
             "streams_lost": 0,  # outbound streams that broke under us (no pong, closed)
             "streams_idle_closed": 0,  # inbound streams closed for silence
             "streams_reset": 0,  # inbound streams whose peer vanished mid-frame
+            "peers_lost": 0,  # inbound streams that ended without a goodbye, by sender
         }
 
     # -- configuration -------------------------------------------------------------------
@@ -181,6 +192,10 @@ class PeerTransport:
         if kind in self._handlers:
             raise ValueError(f"a handler for {kind!r} is already registered")
         self._handlers[kind] = handler
+
+    def on_peer_lost(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(node_id)`` when a peer's stream to us ends without a goodbye."""
+        self._lost_callbacks.append(callback)
 
     def mount(self, app: web.Application) -> None:
         """Serve the peer routes from an existing application (one port for API and peers)."""
@@ -231,7 +246,7 @@ class PeerTransport:
             limit_per_host=self.limits.connections_per_peer,
             # Below the servers' idle limit (read_timeout): we close an idle connection
             # before the server does, never write into one it is closing.
-            keepalive_timeout=self.limits.read_timeout / 2,
+            keepalive_timeout=min(self.limits.keepalive_seconds, self.limits.read_timeout / 2),
         )
         return aiohttp.ClientSession(
             connector=connector,
@@ -298,17 +313,19 @@ class PeerTransport:
 
     # -- sending -------------------------------------------------------------------------
 
-    def send(self, address: str, kind: str, body: dict[str, Any]) -> bool:
-        """Queue a one-way message; False if the peer's outbox is full (dropped)."""
+    def send(self, address: str, kind: str, body: dict[str, Any], *,
+             urgent: bool = False) -> bool:
+        """Queue a one-way message; False if the peer's outbox is full (dropped). An
+        ``urgent`` one goes ahead of the ordinary messages queued for that peer."""
         if self._closing:
             return False
         box = self._outboxes.get(address)
         if box is None:
             box = self._outboxes[address] = _Outbox()
-        if len(box.queue) >= self.limits.outbox_size:
+        if len(box.queue) + len(box.urgent) >= self.limits.outbox_size:
             self.stats["messages_dropped"] += 1
             return False
-        box.queue.append(wire.Message(kind, body))
+        (box.urgent if urgent else box.queue).append(wire.Message(kind, body))
         box.idle.clear()
         box.event.set()
         if box.task is None or box.task.done():
@@ -321,11 +338,14 @@ class PeerTransport:
         watcher: asyncio.Task[None] | None = None
         try:
             while not self._closing:
-                if not box.queue:
+                if not box.queue and not box.urgent:
                     box.idle.set()
                     box.event.clear()
                     await box.event.wait()
                     continue
+                if box.urgent:  # ahead of the rest: requeued in front like any overflow
+                    box.queue.extendleft(reversed(box.urgent))
+                    box.urgent.clear()
                 n = min(len(box.queue), self.limits.max_batch)
                 batch = tuple(box.queue.popleft() for _ in range(n))
                 data = wire.encode(wire.Frame(self.node_id, batch))
@@ -360,8 +380,9 @@ class PeerTransport:
                     self.stats["messages_dropped"] += n
                     log.debug("send to %s failed: %s", address, exc)
                     # Do not spin against a dead peer: drop what queued meanwhile too.
-                    self.stats["messages_dropped"] += len(box.queue)
+                    self.stats["messages_dropped"] += len(box.queue) + len(box.urgent)
                     box.queue.clear()
+                    box.urgent.clear()
                     await _hang_up(ws, watcher)
                     ws = watcher = None
         finally:
@@ -555,22 +576,39 @@ class PeerTransport:
         ws = web.WebSocketResponse(max_msg_size=self.limits.max_frame_bytes, autoping=True)
         await ws.prepare(request)
         self._streams[ws] = identity.fingerprint
+        senders: set[str] = set()
+        goodbye = False
         try:
-            await self._read_stream(ws, identity)
+            goodbye = await self._read_stream(ws, identity, senders)
         except ConnectionResetError:
             # The peer vanished mid-frame (killed, or its connection dropped while we
             # answered a ping): the stream is over, which is not a server error.
             self.stats["streams_reset"] += 1
         finally:
             self._streams.pop(ws, None)
+        if not goodbye and not self._closing:
+            for sender in senders:
+                self._peer_lost(sender)
         return ws
+
+    def _peer_lost(self, node_id: str) -> None:
+        self.stats["peers_lost"] += 1
+        for callback in self._lost_callbacks:
+            try:
+                callback(node_id)
+            except Exception:
+                log.exception("peer-lost callback failed")
 
     async def _close_streams(self, app: web.Application | None = None) -> None:
         """Close inbound streams so shutdown does not wait for peers to hang up."""
         for ws in list(self._streams):
             await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"shutting down")
 
-    async def _read_stream(self, ws: web.WebSocketResponse, identity: tls.Identity) -> None:
+    async def _read_stream(self, ws: web.WebSocketResponse, identity: tls.Identity,
+                           senders: set[str]) -> bool:
+        """Handle the stream's frames until it ends; True if it ended in good order (the
+        peer's close frame, ours, or a refusal), False if the peer vanished. ``senders``
+        collects who spoke on it."""
         while True:
             try:
                 # Pings reset this: only a client that went silent (dead, or not ours) hits it.
@@ -578,37 +616,40 @@ class PeerTransport:
             except TimeoutError:
                 self.stats["streams_idle_closed"] += 1
                 await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"idle")
-                break
-            if item.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
-                             aiohttp.WSMsgType.CLOSED):
-                break
+                return False
+            if item.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING):
+                return True
+            if item.type is aiohttp.WSMsgType.CLOSED:  # no close frame: the peer vanished
+                return False
             if item.type is aiohttp.WSMsgType.ERROR:  # closed already, with the reason
                 if isinstance(item.data, aiohttp.WebSocketError):  # e.g. over max_msg_size
                     self.stats["frames_rejected"] += 1
-                break
+                    return True  # we closed it
+                return False
             if item.type is not aiohttp.WSMsgType.BINARY:
                 self.stats["frames_rejected"] += 1
                 await ws.close(code=aiohttp.WSCloseCode.UNSUPPORTED_DATA,
                                message=b"malformed: binary frames only")
-                break
+                return True
             try:
                 frame = wire.decode(item.data, self.limits.max_frame_bytes)
             except wire.WireError as exc:
                 self.stats["frames_rejected"] += 1
                 await ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION,
                                message=exc.code.encode())
-                break
+                return True
             if not self.insecure:
                 if not self._speaks_for(identity, frame.sender):
                     self.stats["frames_rejected"] += 1
                     await ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION,
                                    message=b"forged_sender")
-                    break
+                    return True
                 if self.is_revoked(identity):  # revoked while this frame was on its way
                     self.stats["revoked_refused"] += 1
                     await ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION, message=b"revoked")
-                    break
+                    return True
                 self._saw(frame.sender, identity)
+            senders.add(frame.sender)
             self.stats["frames_received"] += 1
             self.stats["messages_received"] += len(frame.messages)
             for msg in frame.messages:

@@ -16,18 +16,22 @@ bound to the cluster, not to its sender (see docs/security.md).
 
 from __future__ import annotations
 
+import base64
+import binascii
+import datetime as dt
 import hashlib
 import ipaddress
 import os
+import re
 import ssl
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
+if TYPE_CHECKING:  # a node reads its certificates with the standard library alone
+    from cryptography import x509
 
 
 class TLSConfigError(ValueError):
@@ -131,18 +135,74 @@ def reload_contexts(files: TLSFiles, contexts: Iterable[ssl.SSLContext]) -> None
 
 def fingerprint(cert: x509.Certificate) -> str:
     """Hex SHA-256 of a certificate's DER encoding."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
     return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
 
 
-def pem_fingerprints(pem: bytes) -> list[str]:
-    """The fingerprint of each certificate in a PEM bundle, in file order."""
+_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----\s*(.+?)\s*-----END CERTIFICATE-----",
+                       re.DOTALL)
+
+
+def pem_certificates(pem: bytes) -> list[bytes]:
+    """The DER bytes of each certificate in a PEM bundle, in file order."""
     try:
-        certs = x509.load_pem_x509_certificates(pem)
-    except ValueError as exc:
+        ders = [base64.b64decode(b"".join(m.group(1).split()), validate=True)
+                for m in _PEM_CERT.finditer(pem)]
+    except binascii.Error as exc:
         raise TLSConfigError(f"not a PEM certificate bundle: {exc}") from None
-    if not certs:
+    if not ders:
         raise TLSConfigError("no certificate in the PEM data")
-    return [fingerprint(c) for c in certs]
+    return ders
+
+
+def pem_fingerprints(pem: bytes) -> list[str]:
+    """The fingerprint (hex SHA-256 of the DER encoding) of each certificate in a PEM
+    bundle, in file order."""
+    return [hashlib.sha256(der).hexdigest() for der in pem_certificates(pem)]
+
+
+def not_after(pem: bytes) -> dt.datetime:
+    """When the first certificate of ``pem`` expires (read from its DER encoding: a node
+    needs no X.509 library for it). ``TLSConfigError`` if that is not where it should be."""
+    der = pem_certificates(pem)[0]
+    try:
+        tbs, _ = _der_inside(der, 0)  # Certificate -> TBSCertificate
+        pos, _ = _der_inside(der, tbs)
+        if der[pos] == 0xA0:  # [0] version
+            pos = _der_skip(der, pos)
+        for _ in range(3):  # serialNumber, signature, issuer
+            pos = _der_skip(der, pos)
+        validity, _ = _der_inside(der, pos)
+        after = _der_skip(der, validity)  # past notBefore
+        tag = der[after]
+        start, stop = _der_inside(der, after)
+        text = der[start:stop].decode("ascii")
+    except (IndexError, UnicodeDecodeError) as exc:
+        raise TLSConfigError(f"malformed certificate: {exc}") from None
+    if tag == 0x17:  # UTCTime: YYMMDDHHMMSSZ, years 1950-2049 (RFC 5280)
+        year = int(text[:2])
+        text = f"{1900 + year if year >= 50 else 2000 + year}{text[2:]}"
+    elif tag != 0x18:  # GeneralizedTime: YYYYMMDDHHMMSSZ
+        raise TLSConfigError(f"malformed certificate: validity time of tag {tag:#x}")
+    return dt.datetime.strptime(text, "%Y%m%d%H%M%SZ").replace(tzinfo=dt.UTC)
+
+
+def _der_inside(der: bytes, pos: int) -> tuple[int, int]:
+    """Where the content of the DER element at ``pos`` starts and ends."""
+    length = der[pos + 1]
+    start = pos + 2
+    if length & 0x80:
+        n = length & 0x7F
+        length = int.from_bytes(der[start:start + n], "big")
+        start += n
+    if start + length > len(der):
+        raise IndexError("element runs past the end")
+    return start, start + length
+
+
+def _der_skip(der: bytes, pos: int) -> int:
+    return _der_inside(der, pos)[1]
 
 
 def file_fingerprints(path: str | os.PathLike[str]) -> list[str]:
@@ -290,3 +350,16 @@ def check_own_node_certificate(files: TLSFiles, node_id: str, peer_domain: str |
             f"the certificate {files.cert} does not name this node ({node_id}{domain} as a "
             f"DNS SAN; it names {identity.describe()}): {make}")
     return identity
+
+
+# A node id is a DNS label or name (it is the certificate's DNS SAN); \Z, not $: "$"
+# also matches before a final newline.
+NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9][A-Za-z0-9_-]*)*\Z")
+
+
+def check_node_name(name: str, what: str = "node id") -> str:
+    """``name`` if it may be a node certificate's DNS SAN; ``ValueError`` saying why not."""
+    if len(name) > 253 or not NODE_ID.match(name):
+        raise ValueError(f"{what} {name!r} is not a DNS name (letters, digits, '-' and '.' "
+                         "between labels): it becomes the certificate's DNS SAN")
+    return name

@@ -30,6 +30,13 @@ class RaftConfig:
     election_ticks_min: int = 15
     election_ticks_max: int = 30
     heartbeat_ticks: int = 5  # leader heartbeat period
+    # Campaign within [1, hurry_ticks] instead of the full timeout while the leader is
+    # known to be gone (its connection dropped) or none was seen since start; 0: never.
+    # Safe with pre-vote: voters that still hear from a live leader refuse.
+    hurry_ticks: int = 0
+    # Lifeguard's local health: a node whose own timers fire late (its loop or machine
+    # stalled) multiplies its election and quorum timeouts by up to 1 + this.
+    max_local_health: int = 3
     pre_vote: bool = True  # thesis 9.6: a partitioned node cannot raise terms
     check_quorum: bool = True  # leader steps down without a live quorum; votes respect leases
     max_inflight: int = 64  # append messages in flight per follower (flow control)
@@ -58,6 +65,9 @@ class RaftConfig:
             raise ValueError("byte limits must be positive")
         if self.request_window < 1 or self.max_election_gap < 1:
             raise ValueError("request_window and max_election_gap must be positive")
+        if not 0 <= self.hurry_ticks <= self.election_ticks_min or self.max_local_health < 0:
+            raise ValueError("need 0 <= hurry_ticks <= election_ticks_min and "
+                             "max_local_health >= 0")
 
 
 def ticks_for(election_timeout_ms: tuple[int, int], heartbeat_interval_ms: int
@@ -65,7 +75,8 @@ def ticks_for(election_timeout_ms: tuple[int, int], heartbeat_interval_ms: int
     """The tick length (seconds) and the core's config for millisecond settings.
 
     Ticks are at most 10 ms, and at least two per heartbeat, so timeouts keep
-    their resolution; ``ValueError`` when the settings break the timing rule."""
+    their resolution; a node in a hurry campaigns within a quarter of the shortest
+    election timeout. ``ValueError`` when the settings break the timing rule."""
     problem = timing_error(election_timeout_ms, heartbeat_interval_ms)
     if problem is not None:
         raise ValueError(problem)
@@ -75,5 +86,6 @@ def ticks_for(election_timeout_ms: tuple[int, int], heartbeat_interval_ms: int
         election_ticks_min=max(2, math.ceil(lo / tick_ms)),
         election_ticks_max=max(2, math.ceil(hi / tick_ms)),
         heartbeat_ticks=max(1, round(heartbeat_interval_ms / tick_ms)),
+        hurry_ticks=max(1, math.ceil(lo / tick_ms / 4)),
     )
     return tick_ms / 1000, config

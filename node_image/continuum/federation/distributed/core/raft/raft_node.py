@@ -112,22 +112,32 @@ class Ready:
                     or self.truncate_after is not None)
 
 
-def pack_snapshot(app_data: bytes, requests: list[list[str | int]]) -> bytes:
-    data: bytes = msgpack.packb({"app": app_data, "req": requests}, use_bin_type=True)
+def pack_snapshot(app_data: bytes, requests: reqmod.Table | list[list[str | int]]) -> bytes:
+    """A snapshot's data: the application's bytes and the request table, as columns."""
+    table = requests if isinstance(requests, reqmod.Table) else reqmod.Table.of_rows(requests)
+    data: bytes = msgpack.packb({"app": app_data, "req_ids": table.ids, "req_at": table.at},
+                                use_bin_type=True)
     return data
 
 
-def unpack_snapshot(data: bytes) -> tuple[bytes, list[list[str | int]]]:
-    """The application's bytes and the request table in a snapshot's data."""
+def unpack_snapshot(data: bytes) -> tuple[bytes, reqmod.Table]:
+    """The application's bytes and the request table in a snapshot's data (either layout:
+    columns, or the ``req`` rows of older snapshots)."""
     if not data:
-        return b"", []
+        return b"", reqmod.Table([], [])
     raw = msgpack.unpackb(data, raw=False)
     if not isinstance(raw, dict) or not isinstance(raw.get("app"), bytes):
         raise ValueError("malformed snapshot data")
-    req = raw.get("req")
-    if not isinstance(req, list):
+    if "req" in raw:
+        rows = raw["req"]
+        if not isinstance(rows, list) or not all(isinstance(r, list) and len(r) == 2
+                                                 for r in rows):
+            raise ValueError("malformed snapshot request table")
+        return raw["app"], reqmod.Table.of_rows(rows)
+    ids, at = raw.get("req_ids"), raw.get("req_at")
+    if not (isinstance(ids, list) and isinstance(at, list) and len(ids) == len(at)):
         raise ValueError("malformed snapshot request table")
-    return raw["app"], req
+    return raw["app"], reqmod.Table(ids, at)
 
 
 @dataclass(slots=True)
@@ -170,6 +180,11 @@ class RaftNode:
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self.randomized_timeout = 0
+        # Ticks left in which a campaign may start early (see RaftConfig.hurry_ticks): no
+        # leader has been seen since start.
+        self.hurry_left = config.election_ticks_max if config.hurry_ticks else 0
+        self.local_health = 0  # Lifeguard's local health multiplier (0 = healthy)
+        self._stalled_ticks = 0  # ticks of our own stall, not counted as the leader's silence
         self.pending_conf_index = 0
         self.lead_transferee: str | None = None
         self.transfer_sanctioned: str | None = None  # the transferee our leader announced
@@ -305,10 +320,47 @@ class RaftNode:
         return True
 
     def tick(self) -> None:
+        stalled = self._stalled_ticks > 0
+        if stalled:
+            self._stalled_ticks -= 1
         if self.role == LEADER:
-            self._tick_leader()
-        else:
+            self._tick_leader(stalled)
+        elif not stalled:
             self._tick_election()
+
+    def peer_unreachable(self, peer: str) -> None:
+        """The shell saw ``peer``'s connection drop (reset or closed without goodbye). If it
+        is our leader, it is probably gone: stop deferring to it and campaign soon. A
+        wrong guess costs nothing: the pre-vote fails while others still hear from it."""
+        if self.role != FOLLOWER or peer != self.leader_id or not self.cfg.hurry_ticks:
+            return
+        self.leader_id = None
+        self.hurry_left = self.cfg.election_ticks_max
+        self.election_elapsed = 0
+        self._reset_election_timer()
+
+    def note_lag(self, lag_ticks: int) -> None:
+        """The shell ran a timer ``lag_ticks`` late: how far behind this node itself is
+        (Lifeguard's local health). A stall of a heartbeat or more raises the health
+        multiplier and does not count against the leader (its messages may be waiting
+        unread in our socket); a timer on time lowers it."""
+        if lag_ticks >= self.cfg.heartbeat_ticks:
+            self.local_health = min(self.cfg.max_local_health, self.local_health + 1)
+            self._stalled_ticks = lag_ticks  # the next ticks delivered are the stall's
+        elif self.local_health:
+            self.local_health -= 1
+
+    def ticks_until_due(self) -> int:
+        """Ticks until the next tick-driven action (heartbeat, election, quorum check,
+        transfer timeout), at least 1: a shell may sleep that long when nothing arrives."""
+        if self.role == LEADER:
+            due = min(self.cfg.heartbeat_ticks - self.heartbeat_elapsed,
+                      self._quorum_timeout() - self.election_elapsed)
+            if self.lead_transferee is not None:
+                due = min(due, self.cfg.election_ticks_min - self._transfer_elapsed)
+        else:
+            due = self._election_timeout() - self.election_elapsed
+        return max(1, due)
 
     def campaign(self) -> None:
         """Start an election now (e.g. a sole voter at start-up)."""
@@ -407,7 +459,7 @@ class RaftNode:
         idx, term, conf, requests = point
         return m.Snapshot(idx, term, conf, pack_snapshot(app_data, requests))
 
-    def capture_point(self) -> tuple[int, int, m.ClusterConfig, list[list[str | int]]] | None:
+    def capture_point(self) -> tuple[int, int, m.ClusterConfig, reqmod.Table] | None:
         """What a snapshot at ``applied`` holds besides the application's state: index,
         term, configuration and request table (None before anything was applied)."""
         idx = self.log.applied
@@ -418,16 +470,25 @@ class RaftNode:
 
     def compact(self, app_data: bytes) -> m.Snapshot | None:
         """Snapshot the state at ``applied`` (``app_data``) and drop the log up to it."""
-        idx = self.log.applied
-        if idx <= self.log.snapshot_index:
+        if self.log.applied <= self.log.snapshot_index:
             return None
         snap = self.capture(app_data)
-        if snap is None:
+        if snap is None or not self.compact_to(snap):
             return None
+        return snap
+
+    def compact_to(self, snap: m.Snapshot) -> bool:
+        """Drop the log up to ``snap``, a ``capture`` taken earlier (its packing may have
+        run elsewhere meanwhile). False, changing nothing, when the log moved past it: a
+        newer snapshot is in place, or ``snap`` is not of this log's applied prefix."""
+        idx = snap.index
+        if idx <= self.log.snapshot_index or idx > self.log.applied \
+                or self.log.term(idx) != snap.term:
+            return False
         self.log.compact(snap)
         self._configs = [(idx, snap.config)] + [c for c in self._configs if c[0] > idx]
         self._snapshot_out, self._snapshot_received = snap, False
-        return snap
+        return True
 
     # -- ready / advance ---------------------------------------------------------------------
 
@@ -508,7 +569,10 @@ class RaftNode:
         return True
 
     def _in_lease(self) -> bool:
-        if self.role == LEADER:  # check_quorum deposes a leader that loses its quorum
+        # A leader is always in its own lease (as etcd's): with check_quorum it steps down
+        # by itself when it loses its quorum, and must not be deposed by a node that only
+        # stopped hearing it (a reset connection, a stalled loop).
+        if self.role == LEADER:
             return self.cfg.check_quorum
         # Shorter than the shortest election timeout by a heartbeat, so that followers
         # whose clocks lag the first candidate's a little do not ignore it.
@@ -535,8 +599,21 @@ class RaftNode:
         self._reset_election_timer()
 
     def _reset_election_timer(self) -> None:
-        self.randomized_timeout = self.rng.randint(self.cfg.election_ticks_min,
-                                                   self.cfg.election_ticks_max)
+        if self.hurry_left > 0:
+            self.randomized_timeout = self.rng.randint(1, self.cfg.hurry_ticks)
+        else:
+            self.randomized_timeout = self.rng.randint(self.cfg.election_ticks_min,
+                                                       self.cfg.election_ticks_max)
+
+    def _election_timeout(self) -> int:
+        """A follower's timeout: widened while this node's own health is poor (it may have
+        missed its leader's heartbeats itself), except when it knows the leader is gone."""
+        if self.hurry_left > 0:
+            return self.randomized_timeout
+        return self.randomized_timeout * (1 + self.local_health)
+
+    def _quorum_timeout(self) -> int:
+        return self.cfg.election_ticks_max * (1 + self.local_health)
 
     def _campaign(self, pre: bool, transfer: bool = False) -> None:
         if not self.promotable() or self.term_exhausted:
@@ -565,6 +642,7 @@ class RaftNode:
             self._become_leader()
 
     def _become_leader(self) -> None:
+        self.hurry_left = 0
         self.role, self.leader_id = LEADER, self.id
         self.heartbeat_elapsed = self.election_elapsed = 0
         nxt = self.log.last_index + 1
@@ -586,20 +664,23 @@ class RaftNode:
 
     def _tick_election(self) -> None:
         self.election_elapsed += 1
+        if self.hurry_left > 0:
+            self.hurry_left -= 1
         if not self.promotable():
             return
         sole = self.conf.voters == {self.id}
-        if sole or self.election_elapsed >= self.randomized_timeout:
+        if sole or self.election_elapsed >= self._election_timeout():
             self._campaign(pre=self.cfg.pre_vote)
 
-    def _tick_leader(self) -> None:
+    def _tick_leader(self, stalled: bool) -> None:
         self.heartbeat_elapsed += 1
-        self.election_elapsed += 1
+        if not stalled:  # a quorum check counts only time we could hear answers in
+            self.election_elapsed += 1
         if self.lead_transferee is not None:
             self._transfer_elapsed += 1
             if self._transfer_elapsed >= self.cfg.election_ticks_min:
                 self.lead_transferee = None  # the target did not take over in time
-        if self.election_elapsed >= self.cfg.election_ticks_max:
+        if self.election_elapsed >= self._quorum_timeout():
             self.election_elapsed = 0
             if self.cfg.check_quorum and not self._quorum_active():
                 self._become_follower(self.term, None)
@@ -653,6 +734,9 @@ class RaftNode:
             self._become_follower(self.term, leader)
         self.leader_id = leader
         self.election_elapsed = 0
+        if self.hurry_left:
+            self.hurry_left = 0
+            self._reset_election_timer()
 
     def _on_append(self, msg: m.AppendRequest) -> None:
         self._heard_from_leader(msg.frm)

@@ -5,11 +5,30 @@ recorded with the entry's index; a later entry with the same id (a retry whose
 first attempt had an unknown outcome) is reported as a duplicate and not
 applied again. Ids are forgotten ``window`` entries after they were applied;
 that depends only on the log, so every replica forgets the same ids.
+
+A snapshot carries the table as two columns (``Table``): copying them is two list
+copies, cheap enough to do between two Readies however full the window is.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import NamedTuple
+
+
+class Table(NamedTuple):
+    """The table's content: request ids and the indexes they were applied at, oldest first."""
+
+    ids: list[str]
+    at: list[int]
+
+    def rows(self) -> list[list[str | int]]:
+        return [[rid, at] for rid, at in zip(self.ids, self.at, strict=True)]
+
+    @classmethod
+    def of_rows(cls, rows: list[list[str | int]]) -> Table:
+        """The table of ``[[id, index], ...]`` rows (the layout of older snapshots)."""
+        return cls([str(r[0]) for r in rows], [int(r[1]) for r in rows])
 
 
 class RequestTable:
@@ -41,8 +60,10 @@ class RequestTable:
                 return
             del self._applied[rid]
 
-    def dump(self) -> list[list[str | int]]:
-        return [[rid, at] for rid, at in self._applied.items()]
+    def dump(self) -> Table:
+        return Table(list(self._applied), list(self._applied.values()))
 
-    def load(self, rows: list[list[str | int]]) -> None:
-        self._applied = OrderedDict((str(r[0]), int(r[1])) for r in rows)
+    def load(self, table: Table) -> None:
+        if len(table.ids) != len(table.at):
+            raise ValueError("request table columns differ in length")
+        self._applied = OrderedDict(zip(table.ids, table.at, strict=True))
