@@ -291,8 +291,23 @@ def identity_of(ssl_object: Any) -> Identity | None:
     return identity
 
 
+def identity_of_file(path: str | os.PathLike[str]) -> Identity:
+    """The identity the first certificate of a PEM file gives, read with the standard
+    library (the decoder behind ``getpeercert()``): a node needs no X.509 library to check
+    its own certificate before serving with it."""
+    try:
+        pem = Path(path).read_bytes()
+        der = pem_certificates(pem)[0]
+        decoded = ssl._ssl._test_decode_cert(os.fspath(path))  # type: ignore[attr-defined]
+    except (OSError, ValueError) as exc:  # TLSConfigError is a ValueError; ssl.SSLError an OSError
+        raise TLSConfigError(f"cannot read the certificate {path}: {exc}") from None
+    return identity_from_peercert(decoded, der)
+
+
 def identity_of_certificate(cert: x509.Certificate) -> Identity:
-    """The identity a certificate file gives (to check our own before serving with it)."""
+    """The identity a parsed certificate gives (for tools that hold the X.509 library)."""
+    from cryptography import x509
+
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -330,11 +345,7 @@ def check_own_node_certificate(files: TLSFiles, node_id: str, peer_domain: str |
     """Refuse to serve with a certificate peers would refuse: ``TLSConfigError`` saying
     what is missing and how to make a proper one."""
     files.check()
-    try:
-        cert = x509.load_pem_x509_certificate(Path(files.cert).read_bytes())
-    except (OSError, ValueError) as exc:
-        raise TLSConfigError(f"cannot read the node certificate {files.cert}: {exc}") from None
-    identity = identity_of_certificate(cert)
+    identity = identity_of_file(files.cert)
     make = (f"make one with `continuum-federation certs node --dir <CA dir> --id {node_id} "
             "--out <dir>` (or see docs/security.md for the node certificate profile)")
     if not is_node(identity):
