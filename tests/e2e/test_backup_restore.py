@@ -99,6 +99,10 @@ async def test_an_online_backup_restores_into_a_new_cluster_with_every_acknowled
     c = source
     loop = asyncio.get_running_loop()
     leader = await c.wait_for(lambda: c.agreed_leader(), 60, "one leader on every node")
+
+    async def named() -> str | None:  # the first leader names the cluster once
+        return (await c.call(leader, lambda cl: cl.status()))["cluster_id"]  # type: ignore[no-any-return]
+    await c.wait_for(named, 30, "the cluster's id committed")
     writers = Writers(c, leader)
     tasks = writers.start()
 

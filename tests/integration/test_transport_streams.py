@@ -188,7 +188,7 @@ async def test_a_peer_whose_process_dies_is_reported_lost_and_one_that_stops_is_
     assert client.send(server.address or "", "note", {})
     assert await asyncio.wait_for(heard.get(), 10) == "n1"
     await client.stop()  # a goodbye: its stream ends with a close frame
-    await wait_for(lambda: not server._streams)
+    await wait_for(lambda: not server._streams, server.stats)
     files = cluster_pki.node("n4")
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", _SENDER, files.cert, files.key, files.ca, server.address or "")
@@ -198,5 +198,5 @@ async def test_a_peer_whose_process_dies_is_reported_lost_and_one_that_stops_is_
     finally:
         proc.kill()
         await proc.wait()
-    await wait_for(lambda: lost == ["n4"])  # no goodbye: the process died
+    await wait_for(lambda: lost == ["n4"], server.stats)  # no goodbye: the process died
     assert server.stats["peers_lost"] == 1

@@ -33,6 +33,7 @@ LOAD_STATE_KEY = "load"
 LOAD_REPORT_SECONDS = 1.0  # looked at this often; gossiped only when worth it (core.load)
 LEADER_DUTY_SECONDS = 1.0
 CERT_CHECK_SECONDS = 10.0
+NAMING_POLL_SECONDS = 0.1
 
 
 class Certificates:
@@ -153,13 +154,15 @@ class LoadReporter:
 async def name_the_cluster(raft: consensus.RaftConsensus,
                            state: statemachine.FederationStateMachine, cluster_name: str) -> None:
     """On the leader, once: commit a cluster id, so a restore can tell clusters apart.
-    Retried each round until applied; should two land, the first applied wins."""
+    Retried until applied; should two land, the first applied wins. Looked at often (a
+    heartbeat's time) until then, so that a backup taken right after formation already
+    names its cluster; once named, never again."""
     while state.identity is None:
         if raft.is_leader:
             with contextlib.suppress(errors.FederationError):
                 await raft.propose(statemachine.identity_command(cluster_name, uuid.uuid4().hex),
                                    timeout=LEADER_DUTY_SECONDS)
-        await asyncio.sleep(LEADER_DUTY_SECONDS)
+        await asyncio.sleep(NAMING_POLL_SECONDS)
 
 
 async def sync_registry_with_raft(raft: consensus.RaftConsensus,
