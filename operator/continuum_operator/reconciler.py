@@ -7,6 +7,9 @@ one last written), puts owned objects into shape (unless ``spec.paused``),
 polls every pod's ``/v1/status`` over mTLS, writes the planner's operation
 record *before* executing its step, and finally patches the status with
 only what changed.
+
+Why one long file: the cycle's order (fresh read, children, poll, record, step,
+status) is the operator's main safety argument; it reads best in one place.
 """
 
 from __future__ import annotations

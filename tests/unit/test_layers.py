@@ -136,3 +136,16 @@ def test_each_module_imports_only_its_own_layer_or_below() -> None:
                 problems.append(f"{module} (layer {_layer(module)}) imports {dep} "
                                 f"(layer {_layer(dep)})")
     assert not problems, "\n".join(problems)
+
+
+def test_a_long_module_says_why_it_is_one_file() -> None:
+    """Over ~600 lines, a module's docstring must say why it stays one file."""
+    long_without_reason = []
+    operator = CORE.parents[4] / "operator/continuum_operator"
+    for f in sorted([*CORE.parent.rglob("*.py"), *operator.rglob("*.py")]):
+        text = f.read_text()
+        if text.count("\n") > 650:
+            doc = ast.get_docstring(ast.parse(text)) or ""
+            if "Why one long file" not in doc:
+                long_without_reason.append(f.name)
+    assert not long_without_reason, long_without_reason

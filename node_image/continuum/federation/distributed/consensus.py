@@ -27,6 +27,9 @@ A RaftConsensus is restartable in place: ``stop()``, then ``start()`` again, wit
 Durable layout in ``<storage_path>/raft.db``: namespace ``raft`` holds
 ``hard_state`` (term, vote and commit in one row, so one atomic write) and
 ``snapshot``; namespace ``raft.log`` holds one row per entry keyed by index.
+
+Why one long file: it is the spec's ``RaftConsensus``, one class whose public calls
+(lifecycle, proposals, reads, member changes, views) all turn on the same loop.
 """
 
 from __future__ import annotations

@@ -22,6 +22,10 @@ The inbox is bounded (``max_inbox``): when the loop falls that far behind (a
 slow disk or apply callback), peer messages are dropped (Raft tolerates loss;
 counted in ``messages_dropped``) and new work raises ``errors.Overloaded``
 (counted in ``proposals_refused``) instead of queueing.
+
+Why one long file: the inbox, the Ready cycle, the disk thread's hand-off, the
+timer and the waiters share one invariant (a reply leaves only once what it vouches
+for is durable and applied in order); split, each part would reach into the others.
 """
 
 from __future__ import annotations

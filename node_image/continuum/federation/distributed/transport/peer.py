@@ -31,6 +31,10 @@ is revoked later is closed. Whether a node that passes may speak a given
 protocol (is it a member?) is for the protocols' cores to decide. Malformed,
 truncated, oversized and wrong-version frames get a 4xx with a JSON error and
 change nothing; a body that does not arrive within ``read_timeout`` gets 408.
+
+Why one long file: both ends of one wire protocol (client pool and outboxes,
+server and its checks of identity, revocation and frames) share its limits,
+counters and error answers; apart, each half would restate the other's rules.
 """
 
 from __future__ import annotations
