@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+import waiting
 from continuum.federation.distributed import client, pki
 from continuum.federation.distributed.transport import tls
 from e2e.cluster import Cluster, NodeProcess
@@ -50,8 +51,11 @@ async def test_fresh_nodes_with_partial_bootstrap_hints_form_one_cluster(
             "CONTINUUM_BOOTSTRAP": ",".join(f"{IPS[h]}:7000" for h in HINTS[nid]),
             "CONTINUUM_BOOTSTRAP_EXPECT": str(expect),
             "CONTINUUM_FORMATION_STABLE_SECONDS": "1",
+            # A member that misses a leave announcement (fb may not yet know fa is back
+            # when it leaves) learns it at its next push-pull: every 30 s by default, as
+            # long as this test's bound; here every 2 s, so that path fits the bound too.
+            "CONTINUUM_MESH__SYNC_INTERVAL_SECONDS": "2",
         })
-    waiter = Cluster(tmp_path / "unused", 1, "127.0.12.200")
 
     async def statuses(ids: list[str]) -> list[dict[str, Any]]:
         return [await _status(admin, procs[i]) for i in ids]
@@ -61,57 +65,71 @@ async def test_fresh_nodes_with_partial_bootstrap_hints_form_one_cluster(
         random.Random(7).shuffle(islands)
         for nid in islands:  # all at once, in no particular order
             procs[nid].start()
+
+        # Each wait observes what it judges, so a timeout says what the nodes last said.
+        async def view(ids: list[str], *fields: str) -> dict[str, tuple[Any, ...]]:
+            st = await statuses(ids)
+            return {i: tuple(s[f] for f in fields) for i, s in zip(ids, st, strict=True)}
+
         if expect == 1:
             # The control: founding on the first verified peer splits the islands for good.
-            async def split() -> bool:
+            async def islands_view() -> dict[str, tuple[Any, ...]]:
                 st = await statuses(["fa", "fb"])
-                return all(s["role"] == "leader" and len(s["members"]) == 2 for s in st)
+                return {i: (s["role"], len(s["members"]))
+                        for i, s in zip(["fa", "fb"], st, strict=True)}
 
-            await waiter.wait_for(split, 60, "each island to found its own cluster")
+            await waiting.until(islands_view, lambda v: all(x == ("leader", 2) for x in v.values()),
+                                timeout=60, what="each island to found its own cluster "
+                                "(role, members)", interval=0.1, errors=(Exception,))
             return
 
-        async def counting() -> bool:
-            # Each island's founder has verified its island and waits only for the count.
-            st = await statuses(["fa", "fb"])
-            return all(s["formation"] == f"wait: 2 of {expect} nodes verified" for s in st)
-
-        await waiter.wait_for(counting, 60, "both island founders waiting for the count")
+        # Each island's founder has verified its island and waits only for the count.
+        await waiting.until(lambda: view(["fa", "fb"], "formation"),
+                            lambda v: all(x == (f"wait: 2 of {expect} nodes verified",)
+                                          for x in v.values()),
+                            timeout=60, what="both island founders waiting for the count",
+                            interval=0.1, errors=(Exception,))
         procs["fe"].start()
 
-        async def one_cluster() -> bool:
+        async def cluster_view() -> dict[str, tuple[Any, ...]]:
             st = await statuses(list(IPS))
-            leaders = {s["leader_id"] for s in st}
-            members = {tuple(sorted(m["id"] for m in s["members"] if m["voter"])) for s in st}
-            return (len(leaders) == 1 and None not in leaders
-                    and members == {tuple(sorted(IPS))} and all(s["ready"] for s in st))
+            return {i: (s["leader_id"], tuple(sorted(m["id"] for m in s["members"] if m["voter"])),
+                        s["ready"]) for i, s in zip(IPS, st, strict=True)}
 
-        await waiter.wait_for(one_cluster, 120, "one cluster of all five nodes")
+        everyone = tuple(sorted(IPS))
+        await waiting.until(cluster_view, lambda v: len({x[0] for x in v.values()}) == 1
+                            and all(x[0] is not None and x[1] == everyone and x[2]
+                                    for x in v.values()),
+                            timeout=120, what="one cluster of all five nodes (leader, voters, "
+                            "ready)", interval=0.1, errors=(Exception,))
         founders = [nid for nid in IPS
                     if "bootstrapping a new cluster" in (tmp_path / nid / "node.log").read_text()]
         assert founders == ["fa"], founders
 
-        # fa was told only of fd: the mesh taught it the others; discovery verified and
-        # cached them.
-        disc = (await _status(admin, procs["fa"]))["discovery"]
-        assert disc["verified_nodes"] == 4 and disc["nodes_by_source"].get("gossip", 0) >= 3
+        # fa was told only of fd: the mesh taught it the others; discovery verifies and
+        # caches them (in its own rounds, so not necessarily by the time the cluster formed).
+        async def discovery_of_fa() -> dict[str, Any]:
+            d = (await _status(admin, procs["fa"]))["discovery"]
+            return {k: d[k] for k in ("verified_nodes", "total_nodes", "nodes_by_source")}
+
+        await waiting.until(discovery_of_fa, lambda d: d["verified_nodes"] == 4
+                            and d["nodes_by_source"].get("gossip", 0) >= 3, timeout=30,
+                            what="fa's discovery to verify the 4 others, 3 learned by gossip",
+                            interval=0.1)
         procs["fa"].stop()
         procs["fa"].start()
 
-        async def resumed() -> dict[str, Any] | None:
-            st = await _status(admin, procs["fa"])
-            return st if st["ready"] else None
-
-        st = await waiter.wait_for(resumed, 60, "fa back in its cluster")
+        st = await waiting.until(lambda: _status(admin, procs["fa"]), lambda s: s["ready"],
+                                 timeout=60, what="fa back in its cluster (its status)",
+                                 interval=0.1, errors=(Exception,))
         assert st["discovery"]["cache_loaded"] == 4
 
         # fb leaves: fa forgets it (no other source would ever withdraw it).
         procs["fb"].stop()
 
-        async def forgotten() -> bool:
-            d = (await _status(admin, procs["fa"]))["discovery"]
-            return bool(d["verified_nodes"] == 3 and d["total_nodes"] == 3)
-
-        await waiter.wait_for(forgotten, 30, "fa's discovery to forget fb")
+        await waiting.until(discovery_of_fa, lambda d: d["verified_nodes"] == 3
+                            and d["total_nodes"] == 3, timeout=30,
+                            what="fa's discovery to forget fb", interval=0.1)
     finally:
         for p in procs.values():
             p.stop()
