@@ -67,10 +67,23 @@ class Cluster:
     async def wait_for(self, predicate: Callable[[], Awaitable[T | None]], timeout: float,
                        what: str) -> T:
         """Poll ``predicate`` until it returns a truthy value; fail with ``what`` on timeout.
-        Errors count as "not yet" (a node still starting, a 404)."""
-        result: T = await waiting.until(predicate, timeout=timeout, what=what, interval=0.1,
-                                        errors=(Exception,))  # type: ignore[arg-type]
+        Errors count as "not yet" (a node still starting, a 404). A predicate that answers
+        only yes or no says little when it times out, so the failure also shows what each
+        node said of itself then."""
+        try:
+            result: T = await waiting.until(predicate, timeout=timeout, what=what, interval=0.1,
+                                            errors=(Exception,))  # type: ignore[arg-type]
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the nodes then: {await self.summary()}") from None
         return result
+
+    async def summary(self) -> dict[str, Any]:
+        """Each node's role, leader and readiness, or why it did not answer."""
+        if self.files is None:
+            return {}
+        keys = ("role", "term", "leader_id", "commit_index", "ready")
+        return {nid: st.get("error") or {k: st.get(k) for k in keys if k in st}
+                for nid, st in (await self.statuses()).items()}
 
     async def agreed_leader(self, ids: list[str] | None = None) -> str | None:
         """The leader every given node reports, if they all report the same one."""
