@@ -35,6 +35,18 @@ def test_news_of_a_node_not_admitted_is_held_until_it_is() -> None:
     assert {s.address for s in syncs} == {"addr-j", "addr-k"}
 
 
+def test_a_sync_refused_before_admission_is_answered_once_admitted() -> None:
+    # While a cluster forms, the members' configurations grow at different moments: a sync
+    # from a node we do not admit yet is refused, and we sync with it as soon as we do.
+    a = make("a", peers=("b",))
+    a.admit(0.0, frozenset({"b"}))
+    a.ready()
+    a.receive(1.0, "j", messages.Sync((), (), "addr-j", False))
+    assert sent(a) == [] and "j" not in a.members and a.stats["refused"] == 1
+    a.admit(2.0, frozenset({"b", "j"}))
+    assert [s.address for s in of_type(sent(a), messages.Sync)] == ["addr-j"]
+
+
 def test_a_member_no_longer_admitted_is_dropped_as_if_it_left() -> None:
     a = make("a", peers=("b", "c"))
     a.admit(0.0, frozenset({"b", "c"}))

@@ -224,7 +224,12 @@ class SwimNode:
 
     def receive(self, now: float, sender: str, msg: messages.Message) -> None:
         if not self.admits(sender):
-            self.stats["refused"] += 1  # not a member: not a word of it is taken in
+            self.stats["refused"] += 1  # not a member: not a word of it is taken in,
+            if isinstance(msg, messages.Sync) and not msg.reply:
+                # but a node that asked to sync is held by its proven id: once admitted it
+                # is joined at once, not after its own join back-off (up to the push-pull
+                # interval), which left views incomplete for seconds after formation.
+                self._hold(sender, msg.reply_to)
             return
         self.stats["messages_received"] += 1
         if isinstance(msg, messages.Sync):
