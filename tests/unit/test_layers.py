@@ -6,13 +6,15 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import astparse
+
 CORE = Path(__file__).resolve().parents[2] / "node_image/continuum/federation/distributed/core"
 FORBIDDEN = {"asyncio", "socket", "ssl", "time", "datetime", "aiohttp", "sqlite3", "threading",
              "subprocess", "kopf", "kubernetes", "zeroconf", "dns", "os", "selectors"}
 
 
 def _imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(), str(path))
+    tree = astparse.parse(path.read_text(), str(path))
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -24,7 +26,7 @@ def _imports(path: Path) -> set[str]:
 
 def _global_random_calls(path: Path) -> list[int]:
     """Lines calling ``random.<fn>(...)`` on the module (a seeded ``random.Random`` is fine)."""
-    tree = ast.parse(path.read_text(), str(path))
+    tree = astparse.parse(path.read_text(), str(path))
     bad = []
     for node in ast.walk(tree):
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
@@ -74,7 +76,7 @@ def _package_imports(path: Path) -> set[str]:
     module = _module_of(path)
     package = module.split(".")[:-1]  # for core/raft/__init__.py too: core.raft
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(astparse.parse(path.read_text(), str(path))):
         if not isinstance(node, ast.ImportFrom) or node.level == 0:
             continue
         base = package[:len(package) - (node.level - 1)] if node.level > 1 else package
@@ -145,7 +147,7 @@ def test_a_long_module_says_why_it_is_one_file() -> None:
     for f in sorted([*CORE.parent.rglob("*.py"), *operator.rglob("*.py")]):
         text = f.read_text()
         if text.count("\n") > 650:
-            doc = ast.get_docstring(ast.parse(text)) or ""
+            doc = ast.get_docstring(astparse.parse(text)) or ""
             if "Why one long file" not in doc:
                 long_without_reason.append(f.name)
     assert not long_without_reason, long_without_reason

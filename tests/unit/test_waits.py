@@ -10,6 +10,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import astparse
+
 TESTS = Path(__file__).resolve().parents[1]
 WAITING = TESTS / "waiting.py"
 PROCESS_LEVEL = ("e2e", "integration", "image", "security")
@@ -44,7 +46,7 @@ def _problems() -> list[str]:
         lines = path.read_text().splitlines()
         rel = path.relative_to(TESTS)
         process_level = rel.parts[0] in PROCESS_LEVEL
-        for call, in_loop in _sleeps(ast.parse("\n".join(lines), str(path))):
+        for call, in_loop in _sleeps(astparse.parse("\n".join(lines), str(path))):
             if "# paced:" in lines[call.lineno - 1]:
                 continue
             if not in_loop:
@@ -68,5 +70,5 @@ def test_the_check_finds_a_fixed_sleep_and_a_silent_poll(tmp_path: Path) -> None
             "    while True:\n"
             "        await asyncio.sleep(0.1)\n"
             "    await asyncio.sleep(0)\n")
-    found = _sleeps(ast.parse(code))
+    found = _sleeps(astparse.parse(code))
     assert [(c.lineno, in_loop) for c, in_loop in found] == [(3, False), (5, True)]
