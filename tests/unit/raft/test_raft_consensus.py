@@ -31,7 +31,7 @@ class Cluster:
     def __init__(self, ids: list[str], tmp: Path | None = None, **kw: Any) -> None:
         self.applied: dict[str, list[Any]] = {i: [] for i in ids}
         self.nodes = {i: consensus.RaftConsensus(
-            i, ids, storage_path=(tmp / i) if tmp else None, **FAST, **kw) for i in ids}
+            i, ids, storage_path=(tmp / i) if tmp else None, **{**FAST, **kw}) for i in ids}
         for i, n in self.nodes.items():
             n.register_apply_callback(self.applied[i].append)
 
@@ -421,7 +421,11 @@ async def test_a_full_inbox_drops_peer_messages_and_refuses_proposals() -> None:
 async def test_membership_is_reported_uncommitted_until_the_change_commits(
         tmp_path: Path) -> None:
     ids = ["c-1", "c-2", "c-3"]
-    c = Cluster(ids, tmp_path)
+    # Once the removal is appended, the leader's quorum is {leader, needed} while ``needed``
+    # is down: it must come back within an election timeout, or the leader steps down.
+    # FAST's 60-120 ms was too short for a restart on a loaded machine.
+    steady: dict[str, Any] = {"election_timeout_ms": (500, 1000), "heartbeat_interval_ms": 50}
+    c = Cluster(ids, tmp_path, **steady)
     await c.start()
     try:
         leader = await c.leader()
@@ -435,13 +439,13 @@ async def test_membership_is_reported_uncommitted_until_the_change_commits(
         assert stats["membership_committed"] is False
         assert stats["config_index"] > stats["commit_index"]
         back = consensus.RaftConsensus(needed.node_id, ids, storage_path=tmp_path / needed.node_id,
-                                       **FAST)
+                                       **steady)
         c.nodes[needed.node_id] = back
         await back.start()
         await removal
         assert leader.membership_committed() is True
         await wait_for(back.membership_committed)  # once it hears of the new commit index
-        joiner = consensus.RaftConsensus("c-4", [], join=True, **FAST)
+        joiner = consensus.RaftConsensus("c-4", [], join=True, **steady)
         c.nodes["c-4"] = joiner
         await joiner.start()
         assert not joiner.membership_committed()  # no configuration yet
