@@ -14,12 +14,12 @@ Each run prints ops/s, p50/p99, the errors by kind, the elections during the run
 side spent per request (members summed, clients summed) and the load average. With
 ``--repeat N`` the two systems are measured N times, alternating which goes first,
 and the median and spread (min-max) of every ratio is printed. ``--profile DIR``
-records py-spy on every node during the strong run at the highest concurrency and
-prints each one's top entries. Never fails on a timing.
+records py-spy on every node during the first mode's run at the highest concurrency
+and prints each one's top entries. Never fails on a timing.
 
 Run: .venv/bin/python bench/api.py [--seconds 5] [--repeat N] [--concurrency 1,16,64]
          [--modes strong,default] [--default-to leader|all] [--client-procs 1] [--skip-etcd]
-         [--profile DIR] [--pipeline] [--logs DIR] [--node-env KEY=VALUE ...]
+         [--profile DIR [--profile-native]] [--pipeline] [--logs DIR] [--node-env KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -94,8 +94,13 @@ async def _client_run(job: dict[str, Any]) -> dict[str, Any]:
                 params = {"consistency": "strong"} if mode == "strong" else {}
                 # Each mode writes its own keys: a concept lives in one consistency domain.
                 base = spread[i % len(spread)] if spread else url
-                async with http.put(f"{base}/v1/concepts/bench-{mode}-{i % 10000}",
-                                    json=VALUE, params=params) as r:
+                # "read": a local read of a key the strong run wrote, the cost of a request
+                # through the API with no write behind it (the floor under every write).
+                request = (http.get(f"{base}/v1/concepts/bench-strong-{i % 10000}")
+                           if mode == "read" else
+                           http.put(f"{base}/v1/concepts/bench-{mode}-{i % 10000}",
+                                    json=VALUE, params=params))
+                async with request as r:
                     body = await r.read()
                     if r.status == 200:
                         return True
@@ -258,8 +263,9 @@ async def ours(args: argparse.Namespace, clients: Clients, profile: Path | None
             for c in args.concurrency:
                 term0, _, counters0 = await _status(work)
                 spies = []
-                if profile is not None and mode == "strong" and c == max(args.concurrency):
-                    spies = _start_py_spy(cluster, leader, profile, args.seconds + WARM_UP)
+                if profile is not None and mode == args.modes[0] and c == max(args.concurrency):
+                    spies = _start_py_spy(cluster, leader, profile, args.seconds + WARM_UP,
+                                          args.profile_native)
                 spread = ([n.api_url for n in nodes]
                           if mode == "default" and args.default_to == "all" else None)
                 r = await clients.run(url, tls_files, mode, c, args.seconds, pids, spread)
@@ -283,7 +289,7 @@ async def ours(args: argparse.Namespace, clients: Clients, profile: Path | None
 
 
 def _start_py_spy(cluster: local.LocalCluster, leader: str | None, out: Path,
-                  seconds: float) -> list[subprocess.Popen[bytes]]:
+                  seconds: float, native: bool) -> list[subprocess.Popen[bytes]]:
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     out.mkdir(parents=True, exist_ok=True)
     spies = []
@@ -291,7 +297,10 @@ def _start_py_spy(cluster: local.LocalCluster, leader: str | None, out: Path,
         role = "leader" if node_id == leader else "follower"
         spies.append(subprocess.Popen(
             [spy, "record", "--pid", str(proc.pid), "--duration", str(round(seconds)),
-             "--rate", "250", "--format", "raw", "--nonblocking", "--gil",
+             "--rate", "250", "--format", "raw", "--gil",
+             # --native walks C frames too (libc's write, getpid, the GC); it must pause
+             # the process to do so, so it costs the node more than the default.
+             *(["--native"] if native else ["--nonblocking"]),
              "--output", str(out / f"{node_id}-{role}.txt")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     return spies
@@ -458,15 +467,19 @@ def _parse() -> argparse.Namespace:
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--concurrency", default="1,16,64",
                     type=lambda s: [int(x) for x in s.split(",")])
-    ap.add_argument("--modes", default="strong,default", type=lambda s: s.split(","))
+    ap.add_argument("--modes", default="strong,default", type=lambda s: s.split(","),
+                    help="strong, default, read (a local GET of a key strong wrote: the "
+                         "floor of a request through the API with no write behind it)")
     ap.add_argument("--client-procs", type=int, default=1)
     ap.add_argument("--default-to", choices=("leader", "all"), default="leader",
                     help="where default (multi-master) writes go: the leader, as strong ones "
                          "do, or every node in turn (any node takes them)")
     ap.add_argument("--skip-etcd", action="store_true")
     ap.add_argument("--profile", type=Path, default=None,
-                    help="record py-spy on every node during the strong run at the highest "
-                         "concurrency (first run only) into this directory")
+                    help="record py-spy on every node during the first mode's run at the "
+                         "highest concurrency (first run only) into this directory")
+    ap.add_argument("--profile-native", action="store_true",
+                    help="with --profile: C frames as well (py-spy --native; slows the nodes)")
     ap.add_argument("--pipeline", action="store_true",
                     help="print how strong writes were batched: proposals per disk write and "
                          "frames per proposal on the leader, the followers' writes")
@@ -475,6 +488,8 @@ def _parse() -> argparse.Namespace:
                     help="KEY=VALUE for the nodes' environment, e.g. "
                          "CONTINUUM_RAFT__HEARTBEAT_INTERVAL_MS=50")
     args = ap.parse_args()
+    if not set(args.modes) <= {"strong", "default", "read"}:
+        ap.error("--modes takes strong, default and read")
     if args.repeat < 1 or args.client_procs < 1:
         ap.error("--repeat and --client-procs must be positive")
     return args
