@@ -4,6 +4,7 @@ ReadIndex, request ids). Deterministic: no clock, seeded randomness."""
 
 from __future__ import annotations
 
+import collections
 import random
 
 import msgpack
@@ -176,6 +177,39 @@ def test_flow_control_bounds_appends_in_flight() -> None:
         net.stabilize()
     appends = [x for x in net.sent if isinstance(x, m.AppendRequest) and x.to == "b"]
     assert len(appends) == 2
+
+
+WINDOW_OF_ONE = rconfig.RaftConfig(election_ticks_min=10, election_ticks_max=20,
+                                   heartbeat_ticks=2, max_inflight=1)
+
+
+def test_a_full_window_that_is_answered_is_not_resent_on_a_heartbeat() -> None:
+    net = Net("a", "b", "c", cfg=WINDOW_OF_ONE)
+    net.elect("a")
+    net.propose("a", b"first")  # answered: the window moves
+    a = net.nodes["a"]
+    index = a.propose([b"second"])
+    net.process("a")
+    held = [x for x in net.queue if isinstance(x, m.AppendRequest)]
+    net.queue = collections.deque(x for x in net.queue if x not in held)
+    net.tick("a", times=2)  # a heartbeat and its answers, with the append still out
+    net.queue.extend(held)
+    net.stabilize()
+    carrying = [x for x in net.sent if isinstance(x, m.AppendRequest) and x.to == "b"
+                and any(e.index == index for e in x.entries)]
+    assert len(carrying) == 1
+    assert net.nodes["b"].log.last_index == a.log.last_index
+
+
+def test_a_lost_append_is_resent_once_a_heartbeat_passes_without_answers() -> None:
+    net = Net("a", "b", "c", cfg=WINDOW_OF_ONE)
+    net.elect("a")
+    net.cut.add(("a", "b"))
+    index = net.propose("a", b"lost on the way to b")
+    net.heal()
+    assert net.nodes["b"].log.last_index < index
+    net.tick("a", times=4)  # the first heartbeat clears the mark, the second resends
+    assert net.nodes["b"].log.last_index == index
 
 
 def test_pipelined_appends_are_batched() -> None:

@@ -123,6 +123,10 @@ class RaftConsensus(raft_loop.RaftLoop):
         fsync: bool = True,
         snapshot_threshold: int = 20_000,
         max_inbox: int = 10_000,
+        # One append in flight per follower: the next carries every entry proposed
+        # during the round trip, so appends, fsyncs and answers are shared by more
+        # writes (docs/performance.md). Raise it for links with long round trips.
+        max_inflight_appends: int = 1,
         advertise_address: str | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -131,14 +135,15 @@ class RaftConsensus(raft_loop.RaftLoop):
         _check_founders(node_id, cluster_nodes, join)
         if snapshot_threshold < 1:
             raise ValueError("snapshot_threshold must be positive")
-        if max_inbox < 1:
-            raise ValueError("max_inbox must be positive")
+        if max_inbox < 1 or max_inflight_appends < 1:
+            raise ValueError("max_inbox and max_inflight_appends must be positive")
         super().__init__(
             node_id, election_timeout_ms, heartbeat_interval_ms,
             link.PeerLink.build(node_id, transport=transport, bind_address=bind_address,
                                 tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
                                 insecure=insecure),
-            peers=dict(peers or {}), max_inbox=max_inbox, snapshot_threshold=snapshot_threshold)
+            peers=dict(peers or {}), max_inbox=max_inbox, snapshot_threshold=snapshot_threshold,
+            max_inflight_appends=max_inflight_appends)
         self.cluster_nodes = list(cluster_nodes)
         self.election_timeout_ms = election_timeout_ms
         self.heartbeat_interval_ms = heartbeat_interval_ms

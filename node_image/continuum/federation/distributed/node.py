@@ -72,6 +72,7 @@ class FederationNode:
             self.node_id, sorted(s.initial_members), join=not s.initial_members,
             election_timeout_ms=s.raft.election_timeout_ms,
             heartbeat_interval_ms=s.raft.heartbeat_interval_ms,
+            max_inflight_appends=s.raft.max_inflight_appends,
             peers={k: v for k, v in s.initial_members.items() if k != self.node_id},
             storage_path=self.data_dir / "raft", transport=self.transport,
             fsync=s.fsync, advertise_address=s.peer_address)

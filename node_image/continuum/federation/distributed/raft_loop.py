@@ -129,10 +129,12 @@ class RaftLoop:
 
     def __init__(self, node_id: str, election_timeout_ms: tuple[int, int],
                  heartbeat_interval_ms: int, peer_link: link.PeerLink, *,
-                 peers: dict[str, str], max_inbox: int, snapshot_threshold: int) -> None:
+                 peers: dict[str, str], max_inbox: int, snapshot_threshold: int,
+                 max_inflight_appends: int) -> None:
         self.node_id = node_id
         self._tick_s, self._config = rconfig.ticks_for(election_timeout_ms,
-                                                       heartbeat_interval_ms)
+                                                       heartbeat_interval_ms,
+                                                       max_inflight_appends)
         self._link = peer_link
         self.peers = dict(peers)
         self.max_inbox = max_inbox

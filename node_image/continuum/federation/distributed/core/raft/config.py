@@ -70,8 +70,8 @@ class RaftConfig:
                              "max_local_health >= 0")
 
 
-def ticks_for(election_timeout_ms: tuple[int, int], heartbeat_interval_ms: int
-              ) -> tuple[float, RaftConfig]:
+def ticks_for(election_timeout_ms: tuple[int, int], heartbeat_interval_ms: int,
+              max_inflight: int = 64) -> tuple[float, RaftConfig]:
     """The tick length (seconds) and the core's config for millisecond settings.
 
     Ticks are at most 10 ms, and at least two per heartbeat, so timeouts keep
@@ -87,5 +87,6 @@ def ticks_for(election_timeout_ms: tuple[int, int], heartbeat_interval_ms: int
         election_ticks_max=max(2, math.ceil(hi / tick_ms)),
         heartbeat_ticks=max(1, round(heartbeat_interval_ms / tick_ms)),
         hurry_ticks=max(1, math.ceil(lo / tick_ms / 4)),
+        max_inflight=max_inflight,
     )
     return tick_ms / 1000, config

@@ -27,6 +27,9 @@ class Progress:
     snap_index: int = 0  # SNAPSHOT: the snapshot being sent
     snap_offset: int = 0  # SNAPSHOT: bytes acknowledged so far
     sent_commit: int = 0  # the commit index we last told this follower
+    # An append answer came since the last heartbeat answer: a full window is moving, not
+    # lost (with a window of one, it is full almost all the time under load).
+    answered: bool = False
 
     def paused(self, max_inflight: int) -> bool:
         if self.state == PROBE:

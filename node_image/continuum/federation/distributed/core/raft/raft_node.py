@@ -887,7 +887,7 @@ class RaftNode:
         pr = self.progress.get(msg.frm)
         if self.role != LEADER or pr is None:
             return
-        pr.recent_active = True
+        pr.recent_active = pr.answered = True
         if not msg.success:
             if pr.rejected(msg.index, self._next_hint(msg)):
                 self._send_append(msg.frm, allow_empty=True)
@@ -973,12 +973,14 @@ class RaftNode:
         if self.role != LEADER or pr is None:
             return
         pr.recent_active = True
+        answered, pr.answered = pr.answered, False
         if msg.ctx:
             self._ack_read(msg.frm, msg.ctx)
         if pr.state == pmod.SNAPSHOT:
             self._send_chunk(msg.frm, pr)  # a chunk or its answer may have been lost
         elif pr.match < self.log.last_index:
-            if pr.state == pmod.REPLICATE and pr.paused(self.cfg.max_inflight):
+            if (pr.state == pmod.REPLICATE and pr.paused(self.cfg.max_inflight)
+                    and not answered):
                 pr.become_probe()  # the window is full and nothing came back: resend
             elif pr.state == pmod.PROBE:
                 pr.probe_sent = False
