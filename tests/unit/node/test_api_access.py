@@ -10,6 +10,7 @@ import asyncio
 import json
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -134,9 +135,38 @@ class _StalledRequest:
 
     class content:
         @staticmethod
+        def is_eof() -> bool:
+            return False
+
+        @staticmethod
         async def read(n: int) -> bytes:
             await asyncio.Event().wait()
             return b""
+
+
+class _ArrivedRequest:
+    """A request whose whole body came in with its headers (chunked: no length declared)."""
+
+    content_length = None
+
+    def __init__(self, body: bytes) -> None:
+        self.content = aiohttp.StreamReader(_Protocol(), 2**16, loop=asyncio.get_running_loop())
+        self.content.feed_data(body)
+        self.content.feed_eof()
+
+
+class _Protocol:
+    _reading_paused = False
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self, resume_parser: bool = True) -> None: ...
+
+
+async def test_a_body_that_arrived_with_its_headers_is_read_and_held_to_the_limit() -> None:
+    assert await http_util.read_json(_ArrivedRequest(b'{"a": 1}')) == {"a": 1}
+    with pytest.raises(api.errors.TooLarge):
+        await http_util.read_body(_ArrivedRequest(b"x" * 101), limit=100)
 
 
 @pytest.mark.parametrize("body", [
