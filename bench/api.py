@@ -165,8 +165,10 @@ class Clients:
         await asyncio.sleep(max(0.0, start_at - time.time()))
         load = os.getloadavg()[0]
         cpu0 = {p: _cpu_seconds(p) for p in server_pids}
+        preempted0 = {p: _preemptions(p) for p in server_pids}
         outs = [await asyncio.to_thread(self.conns[k].recv) for k in range(n)]
         per_member = [_cpu_seconds(p) - cpu0[p] for p in server_pids]
+        preempted = [_preemptions(p) - preempted0[p] for p in server_pids]
         server_cpu = sum(per_member)
         latencies = sorted(x for o in outs for x in o["latencies"])
         elapsed = max(o["elapsed"] for o in outs)
@@ -179,6 +181,7 @@ class Clients:
                 "errors": dict(errors), "follows": sum(o["follows"] for o in outs),
                 "server_us": 1e6 * server_cpu / max(ok, 1),
                 "member_us": [1e6 * x / max(ok, 1) for x in per_member],
+                "preempted": [x / max(ok, 1) for x in preempted],
                 "client_us": 1e6 * sum(o["cpu"] for o in outs) / max(ok, 1),
                 "load": load, "url": url}
 
@@ -187,6 +190,18 @@ class Clients:
             c.send(None)
         for p in self.procs:
             p.join(timeout=5)
+
+
+def _preemptions(pid: int) -> int:
+    """Times the kernel took the CPU from the process while it could run (summed over
+    its threads): a sampling profiler counts that time to the line that was running."""
+    total = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        with contextlib.suppress(OSError):
+            for line in status.read_text().splitlines():
+                if line.startswith("nonvoluntary_ctxt_switches:"):
+                    total += int(line.split()[1])
+    return total
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -237,11 +252,13 @@ def _pipeline(before: dict[str, dict[str, float]], after: dict[str, dict[str, fl
     per_write = props / max(d[leader]["raft.writes"], 1)
     frames = d[leader]["transport.frames_sent"] / props
     cpu = ", ".join(f"{us:.0f}" for us in run["member_us"])
+    preempted = ", ".join(f"{x:.2f}" for x in run["preempted"])
     return (f"    pipeline: {props:.0f} proposals; leader {per_write:.1f} per disk write, "
             f"{frames:.2f} frames out per "
             f"proposal; followers' disk writes per proposal "
             + ", ".join(f"{w / props:.2f}" for w in follower_writes)
-            + f"; CPU us per request by node (leader {leader}): {cpu}")
+            + f"; CPU us per request by node (leader {leader}): {cpu}; preempted "
+            f"per request: {preempted}")
 
 
 async def ours(args: argparse.Namespace, clients: Clients, profile: Path | None
