@@ -282,7 +282,7 @@ class RaftConsensus(raft_loop.RaftLoop):
         if not self._running:
             raise errors.Unavailable(f"raft {self.node_id} is not running")
         self._check_room()
-        loop = asyncio.get_running_loop()
+        loop = self._running_loop()
         fut: asyncio.Future[Applied] = loop.create_future()
         # No timer per call (a timer heap entry each is measurable at thousands per
         # second): the loop sweeps expired waiters every few ticks instead.

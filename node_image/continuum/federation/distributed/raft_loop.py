@@ -153,6 +153,10 @@ class RaftLoop:
         # for the next tick the core needs (none while it needs none), so an idle node
         # sleeps between heartbeats instead of waking every tick.
         self._clock_origin = 0.0
+        # The loop we run on, from start: on 3.11 every asyncio.get_running_loop() is a
+        # getpid() system call, and the hot paths (proposals, ticks) ask thousands of
+        # times a second.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._ticks_sent = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
@@ -201,8 +205,14 @@ class RaftLoop:
 
     # -- the loop ---------------------------------------------------------------------------
 
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
     def _start_clock(self) -> None:
-        self._clock_origin = asyncio.get_running_loop().time()
+        self._loop = asyncio.get_running_loop()
+        self._clock_origin = self._loop.time()
         self._ticks_sent = 0
         self._stop_clock()
 
@@ -212,7 +222,7 @@ class RaftLoop:
         self._timer, self._timer_at, self._timer_late = None, math.inf, None
 
     def _timer_fired(self) -> None:
-        late = max(0.0, asyncio.get_running_loop().time() - self._timer_at)
+        late = max(0.0, self._running_loop().time() - self._timer_at)
         self._timer, self._timer_at = None, math.inf
         self._timer_late = late if self._timer_late is None else max(self._timer_late, late)
         self._wake.set()
@@ -227,14 +237,14 @@ class RaftLoop:
             late, self._timer_late = self._timer_late, None
             node.note_lag(int(late / self._tick_s))
             self.loop_lag_ms = load.ewma(self.loop_lag_ms, late * 1000)
-        due = int((asyncio.get_running_loop().time() - self._clock_origin) / self._tick_s)
+        due = int((self._running_loop().time() - self._clock_origin) / self._tick_s)
         for _ in range(due - self._ticks_sent):
             node.tick()
         self._ticks_sent = max(self._ticks_sent, due)
 
     def _arm_timer(self, node: rnode.RaftNode) -> None:
         """Wake for the next tick the core needs, or sooner to sweep expired waiters."""
-        loop = asyncio.get_running_loop()
+        loop = self._running_loop()
         at = self._clock_origin + (self._ticks_sent + node.ticks_until_due()) * self._tick_s
         at += _TIMER_SLACK
         if self._waiters:
@@ -360,7 +370,7 @@ class RaftLoop:
         if len(self._writes) >= _MAX_WRITES_IN_FLIGHT:
             await self._writes[0]
         ops, self._disk_last = raft_storage.ready_ops(rd, self._disk_last)
-        task = asyncio.get_running_loop().create_task(self._store.commit(ops))
+        task = self._running_loop().create_task(self._store.commit(ops))
         task.add_done_callback(functools.partial(self._written, rd))
         self._writes.append(task)
         self.stats["writes"] += 1
