@@ -5,9 +5,10 @@ settings) takes closed-loop ``PUT /v1/concepts/{id}?consistency=strong`` (throug
 Raft) and default (multi-master) writes of 100-byte JSON values at concurrency 1,
 16 and 64; where etcd is installed (``apt-get install -y etcd-server``), a 3-member
 etcd (its defaults: 100 ms heartbeat, 1,000 ms election) takes ``POST /v3/kv/put``
-to its leader the same way (plain HTTP, as the anchor was measured). Clients run on
-the same machine as the members, in ``--client-procs`` processes of their own, and
-follow a 421 to the leader as any client does.
+to its leader the same way (plain HTTP, as the anchor was measured; ``--etcd-tls``
+gives it mutual TLS 1.3 to clients and peers, as our nodes always have). Clients run
+on the same machine as the members, in ``--client-procs`` processes of their own (on
+uvloop, for both systems), and follow a 421 to the leader as any client does.
 
 Each run prints ops/s, p50/p99, the errors by kind, the elections during the run
 (the Raft term's increase, read from every member before and after), the CPU each
@@ -18,7 +19,8 @@ records py-spy on every node during the first mode's run at the highest concurre
 and prints each one's top entries. Never fails on a timing.
 
 Run: .venv/bin/python bench/api.py [--seconds 5] [--repeat N] [--concurrency 1,16,64]
-         [--modes strong,default] [--default-to leader|all] [--client-procs 1] [--skip-etcd]
+         [--modes strong,default] [--default-to leader|all] [--client-procs 1]
+         [--client-loop uvloop|asyncio] [--skip-etcd | --etcd-tls]
          [--profile DIR [--profile-native]] [--pipeline] [--logs DIR] [--node-env KEY=VALUE ...]
 """
 
@@ -50,7 +52,7 @@ sys.path.insert(0, str(ROOT / "node_image"))
 
 import aiohttp  # noqa: E402
 
-from continuum.federation.distributed import client, local  # noqa: E402
+from continuum.federation.distributed import client, local, pki  # noqa: E402
 from continuum.federation.distributed.transport import tls  # noqa: E402
 
 VALUE = {"v": "x" * 92}  # 100 bytes of JSON
@@ -62,10 +64,15 @@ Run = dict[str, Any]
 
 # -- the load generator (one process per --client-procs) ---------------------------------------
 
-def _client_process(conn: Connection) -> None:
+def _client_process(conn: Connection, loop: str) -> None:
     """Serve run requests from the parent until it sends None."""
+    factory = None
+    if loop == "uvloop":
+        import uvloop
+        factory = uvloop.new_event_loop
     while (job := conn.recv()) is not None:
-        conn.send(asyncio.run(_client_run(job)))
+        with asyncio.Runner(loop_factory=factory) as runner:
+            conn.send(runner.run(_client_run(job)))
 
 
 async def _client_run(job: dict[str, Any]) -> dict[str, Any]:
@@ -141,13 +148,13 @@ async def _client_run(job: dict[str, Any]) -> dict[str, Any]:
 class Clients:
     """The load-generator processes, kept for the whole benchmark."""
 
-    def __init__(self, procs: int) -> None:
+    def __init__(self, procs: int, loop: str) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.conns: list[Connection] = []
         self.procs = []
         for _ in range(procs):
             parent, child = ctx.Pipe()
-            p = ctx.Process(target=_client_process, args=(child,), daemon=True)
+            p = ctx.Process(target=_client_process, args=(child, loop), daemon=True)
             p.start()
             self.conns.append(parent)
             self.procs.append(p)
@@ -354,14 +361,31 @@ def _free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
-def _spawn_etcd(binary: str, i: int, work: Path, peer: str, client_url: str, initial: str
-                ) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [binary, "--name", f"e{i}", "--data-dir", str(work / f"e{i}"),
-         "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-         "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
-         "--initial-cluster", initial, "--initial-cluster-state", "new"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _spawn_etcd(binary: str, i: int, work: Path, peer: str, client_url: str, initial: str,
+                tls_dir: Path | None) -> subprocess.Popen[bytes]:
+    argv = [binary, "--name", f"e{i}", "--data-dir", str(work / f"e{i}"),
+            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+            "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
+            "--initial-cluster", initial, "--initial-cluster-state", "new"]
+    if tls_dir is not None:  # mutual TLS on both sides, as our nodes always have
+        cert, key, ca = (str(tls_dir / f"e{i}" / f) for f in ("tls.crt", "tls.key", "ca.crt"))
+        argv += ["--cert-file", cert, "--key-file", key, "--trusted-ca-file", ca,
+                 "--client-cert-auth",
+                 "--peer-cert-file", cert, "--peer-key-file", key,
+                 "--peer-trusted-ca-file", ca, "--peer-client-cert-auth"]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _etcd_certificates(work: Path, hosts: list[str]) -> tuple[str, str, str]:
+    """A CA, a certificate per member (its IP as the name) and a client certificate. etcd
+    checks a peer's certificate against the address it dials from: 127.0.0.1 here."""
+    ca = pki.create_ca("bench-etcd-ca")
+    for i, host in enumerate(hosts):
+        member = pki.issue(ca, f"e{i}", ip_addresses=[host, "127.0.0.1"])
+        pki.write_secret_dir(work / "tls" / f"e{i}", member, ca.cert_pem)
+    d = pki.write_secret_dir(work / "tls" / "client", pki.issue(ca, "bench", server=False),
+                             ca.cert_pem)
+    return str(d / "tls.crt"), str(d / "tls.key"), str(d / "ca.crt")
 
 
 async def _etcd_status(http: aiohttp.ClientSession, urls: list[str]
@@ -384,13 +408,17 @@ async def etcd(args: argparse.Namespace, clients: Clients) -> dict[int, Run] | N
         return None
     work = Path(tempfile.mkdtemp(prefix="bench-etcd-"))
     hosts = [f"127.0.10.{101 + i}" for i in range(3)]
-    peers = [f"http://{h}:{_free_port(h)}" for h in hosts]
-    urls = [f"http://{h}:{_free_port(h)}" for h in hosts]
+    scheme = "https" if args.etcd_tls else "http"
+    peers = [f"{scheme}://{h}:{_free_port(h)}" for h in hosts]
+    urls = [f"{scheme}://{h}:{_free_port(h)}" for h in hosts]
     initial = ",".join(f"e{i}={p}" for i, p in enumerate(peers))
-    procs = [_spawn_etcd(binary, i, work, peers[i], urls[i], initial) for i in range(3)]
+    tls_files = _etcd_certificates(work, hosts) if args.etcd_tls else None
+    tls_dir = work / "tls" if args.etcd_tls else None
+    procs = [_spawn_etcd(binary, i, work, peers[i], urls[i], initial, tls_dir) for i in range(3)]
     results: dict[int, Run] = {}
+    ctx = tls.client_context(tls.TLSFiles(*tls_files)) if tls_files else False
     try:
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, ssl=ctx)) as http:
             deadline = time.monotonic() + 30
             leader = None
             while leader is None:
@@ -400,7 +428,7 @@ async def etcd(args: argparse.Namespace, clients: Clients) -> dict[int, Run] | N
                 await asyncio.sleep(0.1)
             for c in args.concurrency:
                 term0, _ = await _etcd_status(http, urls)
-                r = await clients.run(leader, None, "etcd", c, args.seconds,
+                r = await clients.run(leader, tls_files, "etcd", c, args.seconds,
                                       [p.pid for p in procs])
                 term1, leader = await _etcd_status(http, urls)
                 r["elections"] = term1 - term0
@@ -442,8 +470,8 @@ def _spread(values: list[float]) -> str:
 async def main(args: argparse.Namespace) -> None:
     print("3-node local cluster (node defaults), HTTP API over mutual TLS, fsync on, "
           f"100-byte values; {args.client_procs} client process(es) on the same "
-          f"{os.cpu_count()} cores")
-    clients = Clients(args.client_procs)
+          f"{os.cpu_count()} cores, on {args.client_loop}")
+    clients = Clients(args.client_procs, args.client_loop)
     ratios: dict[str, list[float]] = collections.defaultdict(list)
     elections: dict[str, list[int]] = collections.defaultdict(list)
     try:
@@ -474,8 +502,9 @@ async def main(args: argparse.Namespace) -> None:
         print(f"  {name:<22} {counts}")
     print("etcd anchors on this machine (issue figures): "
           + ", ".join(f"c={c} {a[0]}/s p99 {a[1]} ms" for c, a in ANCHOR.items()))
-    print("like for like: both fsync every commit; ours adds mutual TLS, etcd's gateway is "
-          "plain HTTP")
+    print("like for like: both fsync every commit; " + (
+        "both speak mutual TLS 1.3 to clients and peers" if args.etcd_tls else
+        "ours adds mutual TLS, etcd's gateway is plain HTTP (--etcd-tls: mutual TLS for both)"))
 
 
 def _parse() -> argparse.Namespace:
@@ -488,10 +517,16 @@ def _parse() -> argparse.Namespace:
                     help="strong, default, read (a local GET of a key strong wrote: the "
                          "floor of a request through the API with no write behind it)")
     ap.add_argument("--client-procs", type=int, default=1)
+    ap.add_argument("--client-loop", choices=("uvloop", "asyncio"), default="uvloop",
+                    help="the load generator's event loop, the same for both systems: on the "
+                         "same cores as the members, a cheaper client leaves them more CPU")
     ap.add_argument("--default-to", choices=("leader", "all"), default="leader",
                     help="where default (multi-master) writes go: the leader, as strong ones "
                          "do, or every node in turn (any node takes them)")
     ap.add_argument("--skip-etcd", action="store_true")
+    ap.add_argument("--etcd-tls", action="store_true",
+                    help="etcd with mutual TLS for clients and peers (TLS 1.3), like our nodes; "
+                         "by default its gateway is plain HTTP, as the issue's anchor was measured")
     ap.add_argument("--profile", type=Path, default=None,
                     help="record py-spy on every node during the first mode's run at the "
                          "highest concurrency (first run only) into this directory")
