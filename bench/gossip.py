@@ -1,7 +1,8 @@
 """Gossip mesh benchmark: real GossipMesh processes against real Serf agents, same run.
 
     .venv/bin/python bench/gossip.py [--sizes 10,30] [--repeats 5] [--profile serf-lan|daemon]
-                                     [--config JSON] [--no-serf] [--no-sim]
+                                     [--config JSON] [--event-loop uvloop|asyncio]
+                                     [--no-serf] [--no-sim]
 
 For each N: N members on 127.0.2.x (GossipMesh, mutual TLS) and, where the
 ``serf`` binary is installed, N Serf agents on 127.0.3.x (``-profile=lan``),
@@ -383,14 +384,17 @@ async def main() -> None:
                     help="JSON MeshConfig overrides for our side, on top of --profile")
     ap.add_argument("--settle", type=float, default=5.0,
                     help="seconds between the join and the dissemination runs")
+    ap.add_argument("--event-loop", choices=["uvloop", "asyncio"], default="uvloop",
+                    help="our members' event loop; uvloop is the node daemon's default")
     ap.add_argument("--no-serf", action="store_true")
     ap.add_argument("--no-sim", action="store_true")
     args = ap.parse_args()
+    os.environ["MESH_PROC_LOOP"] = args.event_loop  # the member processes inherit it
     base = dict(SERF_LAN) if args.profile == "serf-lan" else daemon_profile()
     config = {**base, **json.loads(args.config)}
     have_serf = shutil.which("serf") is not None and not args.no_serf
     print(f"GossipMesh ({args.profile} profile{' + --config' if args.config != '{}' else ''}), "
-          f"mutual TLS on 127.0.2.x: {describe(config)}")
+          f"mutual TLS on 127.0.2.x, {args.event_loop}: {describe(config)}")
     print(f"Serf (-profile=lan), on 127.0.3.x: "
           f"{SERF_LAN_TEXT if have_serf else 'not installed, not run'}")
     root = Path(tempfile.mkdtemp(prefix="gossip-bench-"))

@@ -103,8 +103,12 @@ def child_entry() -> None:
     p.add_argument("--config", default="{}", help="JSON MeshConfig overrides")
     args = p.parse_args()
     _debug_log(args.storage)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(child_main(args))
+    factory = None
+    if os.environ.get("MESH_PROC_LOOP") == "uvloop":  # what a node daemon runs on by default
+        import uvloop
+        factory = uvloop.new_event_loop
+    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(child_main(args))
 
 
 # -- parent ------------------------------------------------------------------------------------
