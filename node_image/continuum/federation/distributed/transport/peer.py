@@ -87,8 +87,12 @@ class TransportLimits:
     # few hundred KiB, and calls other than the coordinator's health checks (every few
     # seconds) are rare enough to pay a handshake.
     keepalive_seconds: float = 10.0
-    stream_heartbeat: float = 5.0  # seconds between a stream client's pings
-    stream_idle_timeout: float = 30.0  # server: close a stream silent this long
+    # Seconds between a stream client's pings. A node in a mesh of N holds up to 2(N-1)
+    # streams, and each ping wakes both ends twice: at 5 s they were two thirds of an idle
+    # N=30 member's CPU (bench/gossip.py). A process that dies resets its streams at once;
+    # the ping is for a host that vanished, and SWIM and Raft notice that on their own.
+    stream_heartbeat: float = 15.0
+    stream_idle_timeout: float = 45.0  # server: close a stream silent this long
     # Server: the whole of a request's headers (and the next request's, on a kept-alive
     # connection) must arrive within this many seconds, and its body too: a client that
     # trickles bytes (slowloris) loses its connection instead of holding it forever.
