@@ -346,11 +346,11 @@ def _print_profiles(out: Path, top: int = 15) -> None:
             for f in set(frames):
                 incl[f] += int(n)
         print(f"\nprofile {path.name} ({total} samples): own time")
-        for f, n in own.most_common(top):
-            print(f"  {100 * n / total:5.1f}% {f}")
+        for f, samples in own.most_common(top):
+            print(f"  {100 * samples / total:5.1f}% {f}")
         print("  inclusive")
-        for f, n in incl.most_common(top + 12)[12:]:  # past the loop's own frames
-            print(f"  {100 * n / total:5.1f}% {f}")
+        for f, samples in incl.most_common(top + 12)[12:]:  # past the loop's own frames
+            print(f"  {100 * samples / total:5.1f}% {f}")
 
 
 # -- etcd --------------------------------------------------------------------------------------
