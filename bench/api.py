@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT / "node_image"))
 
 import aiohttp  # noqa: E402
 
-from continuum.federation.distributed import client, local, pki  # noqa: E402
+from continuum.federation.distributed import cli, client, local, pki  # noqa: E402
 from continuum.federation.distributed.transport import tls  # noqa: E402
 
 VALUE = {"v": "x" * 92}  # 100 bytes of JSON
@@ -66,10 +66,7 @@ Run = dict[str, Any]
 
 def _client_process(conn: Connection, loop: str) -> None:
     """Serve run requests from the parent until it sends None."""
-    factory = None
-    if loop == "uvloop":
-        import uvloop
-        factory = uvloop.new_event_loop
+    factory = cli.loop_factory(loop)
     while (job := conn.recv()) is not None:
         with asyncio.Runner(loop_factory=factory) as runner:
             conn.send(runner.run(_client_run(job)))

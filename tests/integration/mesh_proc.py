@@ -103,10 +103,10 @@ def child_entry() -> None:
     p.add_argument("--config", default="{}", help="JSON MeshConfig overrides")
     args = p.parse_args()
     _debug_log(args.storage)
-    factory = None
-    if os.environ.get("MESH_PROC_LOOP") == "uvloop":  # what a node daemon runs on by default
-        import uvloop
-        factory = uvloop.new_event_loop
+    from continuum.federation.distributed import cli
+
+    # MESH_PROC_LOOP=uvloop: the loop a node daemon runs on by default (bench/gossip.py).
+    factory = cli.loop_factory(os.environ.get("MESH_PROC_LOOP", "asyncio"))
     with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=factory) as runner:
         runner.run(child_main(args))
 

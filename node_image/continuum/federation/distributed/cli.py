@@ -179,12 +179,13 @@ def _node_run(args: argparse.Namespace) -> int:
         "tls_dir": args.tls_dir}.items() if v is not None}
     settings = config.NodeSettings(**overrides)
     os.umask(0o077)  # every file the node writes is its own alone (data, logs, backups)
-    with asyncio.Runner(loop_factory=_loop_factory(settings.event_loop)) as runner:
+    with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
         runner.run(node_mod.FederationNode(settings).run_until_signal())
     return 0
 
 
-def _loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+def loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """For ``asyncio.Runner``: ``"uvloop"`` (the node's default) or ``"asyncio"`` (None)."""
     if kind == "uvloop":
         import uvloop  # imported only by a node that runs on it
 
