@@ -100,7 +100,14 @@ class VectorClock:
         return vc
 
     def to_dict(self) -> dict[str, int]:
-        return dict(sorted(self._c.items()))
+        return dict(self.sorted_items())
+
+    def sorted_items(self) -> list[tuple[str, int]]:
+        """(node id, counter) in node id order: the order every hash over a clock uses."""
+        items = list(self._c.items())
+        if len(items) > 1:
+            items.sort()
+        return items
 
     @classmethod
     def from_dict(cls, data: Mapping[str, int]) -> VectorClock:
@@ -142,10 +149,12 @@ class HLCTimestamp(NamedTuple):
     def parse(cls, raw: object) -> HLCTimestamp:
         # An HLCTimestamp is a tuple too, and is checked like one: nothing stops a caller
         # from building HLCTimestamp(-5, 0).
-        if (isinstance(raw, list | tuple) and len(raw) == 2
-                and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in raw)
-                and raw[0] <= MAX_WALL_MS and raw[1] <= MAX_LOGICAL):
-            return raw if type(raw) is HLCTimestamp else cls(raw[0], raw[1])
+        if isinstance(raw, list | tuple) and len(raw) == 2:
+            wall, logical = raw
+            if (isinstance(wall, int) and not isinstance(wall, bool) and 0 <= wall <= MAX_WALL_MS
+                    and isinstance(logical, int) and not isinstance(logical, bool)
+                    and 0 <= logical <= MAX_LOGICAL):
+                return raw if type(raw) is HLCTimestamp else cls(wall, logical)
         raise ValueError(f"an HLC timestamp is [wall_ms, logical], non-negative ints of at "
                          f"most {MAX_WALL_MS} and {MAX_LOGICAL}; got {raw!r}")
 

@@ -56,16 +56,17 @@ class KeyState:
 
     def __post_init__(self) -> None:
         if not self.digest:
-            h = hashlib.sha256()
-            for node, n in self.context.to_dict().items():
-                h.update(b"%d:%s%d;" % (len(node), node.encode("utf-8"), n))
-            for s in self.siblings:
-                h.update(b"|" + s.checksum.encode("ascii"))
-            object.__setattr__(self, "digest", h.digest())
+            parts = [b"%d:%s%d;" % (len(node), node.encode("utf-8"), n)
+                     for node, n in self.context.sorted_items()]
+            parts.extend(b"|" + s.checksum.encode("ascii") for s in self.siblings)
+            object.__setattr__(self, "digest", hashlib.sha256(b"".join(parts)).digest())
 
     @classmethod
     def of(cls, context: clock.VectorClock, siblings: Iterable[values.ReplicatedValue]) -> KeyState:
-        return cls(context, tuple(sorted(siblings, key=lambda s: s.dot)))
+        ordered = tuple(siblings)
+        if len(ordered) > 1:
+            ordered = tuple(sorted(ordered, key=lambda s: s.dot))
+        return cls(context, ordered)
 
     @property
     def is_tombstone(self) -> bool:

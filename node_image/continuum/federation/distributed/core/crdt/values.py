@@ -99,61 +99,66 @@ def decode(data: bytes) -> Any:
     return value
 
 
-def _count(data: bytes, pos: int) -> tuple[int, int]:
-    end = data.index(b":", pos, pos + 21)
-    digits = data[pos:end]
-    if not digits.isdigit():
-        raise EncodingError("bad length prefix")
-    return int(digits), end + 1
+# Tags as the ints that indexing bytes gives: no one-byte slice per tag.
+_NONE, _TRUE, _FALSE, _FLOAT = b"NTFf"
+_STR, _INT, _BYTES, _LIST, _TUPLE, _SET, _DICT = b"sibltSd"
+_SCALARS = frozenset((_STR, _INT, _BYTES))
+_SIZED = frozenset((_STR, _INT, _BYTES, _LIST, _TUPLE, _SET, _DICT))  # a length prefix follows
+_unpack_double = struct.Struct(">d").unpack_from
 
 
 def _dec(data: bytes, pos: int, depth: int, hashable: bool) -> tuple[Any, int]:
     if depth > MAX_DEPTH:
         raise EncodingError(f"value nested deeper than {MAX_DEPTH}")
-    tag = data[pos:pos + 1]
+    tag = data[pos]  # an int; IndexError past the end, which decode() reports
     pos += 1
-    if tag == b"N":
-        return None, pos
-    if tag == b"T":
-        return True, pos
-    if tag == b"F":
-        return False, pos
-    if tag == b"f":
-        (x,) = struct.unpack(">d", data[pos:pos + 8])
-        return x, pos + 8
-    if tag in (b"i", b"s", b"b"):
-        n, pos = _count(data, pos)
-        raw = data[pos:pos + n]
-        if len(raw) != n:
+    if tag not in _SIZED:
+        if tag == _NONE:
+            return None, pos
+        if tag == _TRUE:
+            return True, pos
+        if tag == _FALSE:
+            return False, pos
+        if tag == _FLOAT:
+            return _unpack_double(data, pos)[0], pos + 8
+        raise EncodingError(f"unknown tag {bytes([tag])!r}")
+    end = data.index(b":", pos, pos + 21)
+    digits = data[pos:end]
+    if not digits.isdigit():
+        raise EncodingError("bad length prefix")
+    n = int(digits)
+    pos = end + 1
+    if tag in _SCALARS:
+        stop = pos + n
+        if stop > len(data):
             raise EncodingError("truncated value")
-        if tag == b"i":
-            return int(raw), pos + n
-        return (raw.decode("utf-8") if tag == b"s" else bytes(raw)), pos + n
-    if tag in (b"l", b"t", b"S"):
-        n, pos = _count(data, pos)
-        items = []
-        # Set members must be hashable; tuples pass the need down; lists never are.
-        inner = True if tag == b"S" else (hashable if tag == b"t" else False)
-        for _ in range(n):
-            item, pos = _dec(data, pos, depth + 1, inner)
-            items.append(item)
-        if tag == b"S":
-            return (frozenset(items) if hashable else set(items)), pos
-        if tag == b"t":
-            return tuple(items), pos
-        if hashable:
-            raise EncodingError("a list cannot be a set member or dict key")
-        return items, pos
-    if tag == b"d":
+        if tag == _STR:
+            return data[pos:stop].decode("utf-8"), stop
+        if tag == _INT:
+            return int(data[pos:stop]), stop
+        return bytes(data[pos:stop]), stop
+    depth += 1
+    if tag == _DICT:
         if hashable:
             raise EncodingError("a dict cannot be a set member or dict key")
-        n, pos = _count(data, pos)
         d: dict[Any, Any] = {}
         for _ in range(n):
-            k, pos = _dec(data, pos, depth + 1, True)
-            d[k], pos = _dec(data, pos, depth + 1, False)
+            k, pos = _dec(data, pos, depth, True)
+            d[k], pos = _dec(data, pos, depth, False)
         return d, pos
-    raise EncodingError(f"unknown tag {tag!r}")
+    # Set members must be hashable; tuples pass the need down; lists never are.
+    inner = True if tag == _SET else (hashable if tag == _TUPLE else False)
+    items = []
+    for _ in range(n):
+        item, pos = _dec(data, pos, depth, inner)
+        items.append(item)
+    if tag == _SET:
+        return (frozenset(items) if hashable else set(items)), pos
+    if tag == _TUPLE:
+        return tuple(items), pos
+    if hashable:
+        raise EncodingError("a list cannot be a set member or dict key")
+    return items, pos
 
 
 def digest(data: bytes) -> str:
@@ -180,13 +185,20 @@ def checksum_of_encoded(data: bytes, timestamp: clock.HLCTimestamp, node_id: str
 
 def meta_bytes(timestamp: clock.HLCTimestamp, node_id: str, version: clock.VectorClock,
                deleted: bool) -> bytes:
-    """Length-prefixed metadata: unambiguous, and cheaper than the generic encoder."""
-    parts = [b"%d.%d" % (timestamp[0], timestamp[1]), node_id.encode("utf-8"),
-             b"D" if deleted else b"L"]
-    for node, n in version.to_dict().items():
-        parts.append(node.encode("utf-8"))
-        parts.append(b"%d" % n)
-    return b"".join(b"%d:%s" % (len(p), p) for p in parts) + b"|"
+    """Length-prefixed metadata: unambiguous, and cheaper than the generic encoder.
+
+    Each part is ``len:bytes``: the timestamp ``wall.logical``, the writer, ``D`` or
+    ``L``, then each version entry's node and counter in node order; ``|`` ends it.
+    """
+    stamp = b"%d.%d" % (timestamp[0], timestamp[1])
+    writer = node_id.encode("utf-8")
+    out = [b"%d:%s%d:%s1:%s" % (len(stamp), stamp, len(writer), writer,
+                                 b"D" if deleted else b"L")]
+    for node, n in version.sorted_items():
+        name, count = node.encode("utf-8"), b"%d" % n
+        out.append(b"%d:%s%d:%s" % (len(name), name, len(count), count))
+    out.append(b"|")
+    return b"".join(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,7 +287,7 @@ class ReplicatedValue:
             node_id = d["node_id"]
             checksum = d["checksum"]
             deleted = d.get("deleted", False)
-            ts = clock.HLCTimestamp.parse(d["timestamp"])
+            ts = d["timestamp"]
             version = clock.VectorClock.from_dict(d["version"])
         except KeyError as exc:
             raise ValueError(f"replicated value lacks {exc.args[0]!r}") from None
@@ -295,23 +307,22 @@ class ReplicatedValue:
         if not isinstance(rv.version, clock.VectorClock):
             raise ValueError(f"version must be a VectorClock, got {type(rv.version).__name__}")
         data = encode(rv.value)
-        ts = clock.HLCTimestamp.parse(rv.timestamp)
-        return cls._checked(decode(data), data, ts, rv.node_id, rv.version.copy(), rv.checksum,
-                            rv.deleted, True)
+        return cls._checked(decode(data), data, rv.timestamp, rv.node_id, rv.version.copy(),
+                            rv.checksum, rv.deleted, True)
 
     @classmethod
-    def _checked(cls, value: Any, data: bytes, ts: clock.HLCTimestamp, node_id: object,
+    def _checked(cls, value: Any, data: bytes, ts: object, node_id: object,
                  version: clock.VectorClock, checksum: object, deleted: object,
                  verify: bool) -> ReplicatedValue:
         """The checks every way into a replica shares (parsing, or a value object)."""
         _check_size(data)
-        writer, tombstone = _check_metadata(ts, node_id, version, deleted)
+        stamp, writer, tombstone = _check_metadata(ts, node_id, version, deleted)
         if not isinstance(checksum, str):
             raise ValueError("checksum must be a string")
-        rv = cls(value, ts, writer, version, checksum, tombstone, data)
-        if verify and checksum_of_encoded(data, ts, writer, version, tombstone) != checksum:
+        rv = cls(value, stamp, writer, version, checksum, tombstone, data)
+        if verify and checksum_of_encoded(data, stamp, writer, version, tombstone) != checksum:
             raise ChecksumError(
-                f"checksum mismatch for a value written by {writer!r} at {list(ts)}: "
+                f"checksum mismatch for a value written by {writer!r} at {list(stamp)}: "
                 "content corrupted or forged")
         return rv
 
@@ -322,9 +333,9 @@ def _check_size(data: bytes) -> None:
 
 
 def _check_metadata(ts: object, node_id: object, version: clock.VectorClock,
-                    deleted: object) -> tuple[str, bool]:
+                    deleted: object) -> tuple[clock.HLCTimestamp, str, bool]:
     """A replica stores nothing it would refuse to read back (or that peers would refuse)."""
-    clock.HLCTimestamp.parse(ts)
+    stamp = clock.HLCTimestamp.parse(ts)
     if not isinstance(node_id, str) or not node_id:
         raise ValueError("replicated value needs a non-empty node_id")
     if not isinstance(deleted, bool):
@@ -332,4 +343,4 @@ def _check_metadata(ts: object, node_id: object, version: clock.VectorClock,
     if version.get(node_id) < 1:
         # The write's own event (its dot) is what lets later writes supersede it.
         raise ValueError(f"version {version!r} lacks the writer's own entry {node_id!r}")
-    return node_id, deleted
+    return stamp, node_id, deleted
