@@ -169,9 +169,11 @@ class Clients:
         await asyncio.sleep(max(0.0, start_at - time.time()))
         load = os.getloadavg()[0]
         cpu0 = {p: _cpu_seconds(p) for p in server_pids}
+        sys0 = {p: _cpu_seconds(p, user=False) for p in server_pids}
         preempted0 = {p: _preemptions(p) for p in server_pids}
         outs = [await asyncio.to_thread(self.conns[k].recv) for k in range(n)]
         per_member = [_cpu_seconds(p) - cpu0[p] for p in server_pids]
+        per_member_sys = [_cpu_seconds(p, user=False) - sys0[p] for p in server_pids]
         preempted = [_preemptions(p) - preempted0[p] for p in server_pids]
         server_cpu = sum(per_member)
         latencies = sorted(x for o in outs for x in o["latencies"])
@@ -185,6 +187,7 @@ class Clients:
                 "errors": dict(errors), "follows": sum(o["follows"] for o in outs),
                 "server_us": 1e6 * server_cpu / max(ok, 1),
                 "member_us": [1e6 * x / max(ok, 1) for x in per_member],
+                "member_sys_us": [1e6 * x / max(ok, 1) for x in per_member_sys],
                 "preempted": [x / max(ok, 1) for x in preempted],
                 "client_us": 1e6 * sum(o["cpu"] for o in outs) / max(ok, 1),
                 "load": load, "url": url}
@@ -208,12 +211,14 @@ def _preemptions(pid: int) -> int:
     return total
 
 
-def _cpu_seconds(pid: int) -> float:
+def _cpu_seconds(pid: int, *, user: bool = True) -> float:
+    """The process's CPU time: user and system, or (``user=False``) system time alone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = int(fields[12]) + (int(fields[11]) if user else 0)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _line(who: str, c: int, r: Run) -> str:
@@ -255,7 +260,7 @@ def _pipeline(before: dict[str, dict[str, float]], after: dict[str, dict[str, fl
     follower_writes = [v["raft.writes"] for n, v in d.items() if n != leader]
     per_write = props / max(d[leader]["raft.writes"], 1)
     frames = d[leader]["transport.frames_sent"] / props
-    cpu = ", ".join(f"{us:.0f}" for us in run["member_us"])
+    cpu = _node_cpu(run)
     preempted = ", ".join(f"{x:.2f}" for x in run["preempted"])
     return (f"    pipeline: {props:.0f} proposals; leader {per_write:.1f} per disk write, "
             f"{frames:.2f} frames out per "
@@ -263,6 +268,20 @@ def _pipeline(before: dict[str, dict[str, float]], after: dict[str, dict[str, fl
             + ", ".join(f"{w / props:.2f}" for w in follower_writes)
             + f"; CPU us per request by node (leader {leader}): {cpu}; preempted "
             f"per request: {preempted}")
+
+
+def _node_cpu(run: Run) -> str:
+    """Each node's CPU per request, with the kernel's part of it: '280 (sys 60)'."""
+    return ", ".join(f"{us:.0f} (sys {sys_us:.0f})"
+                     for us, sys_us in zip(run["member_us"], run["member_sys_us"], strict=True))
+
+
+def _cpu_by_node(leader: str | None, run: Run) -> str:
+    """Where a mode's CPU went: each node's share per request (node order, leader named)."""
+    cpu = _node_cpu(run)
+    preempted = ", ".join(f"{x:.2f}" for x in run["preempted"])
+    return (f"    CPU us per request by node (leader {leader}): {cpu}; preempted per request: "
+            f"{preempted}")
 
 
 async def ours(args: argparse.Namespace, clients: Clients, profile: Path | None
@@ -299,6 +318,8 @@ async def ours(args: argparse.Namespace, clients: Clients, profile: Path | None
                 print(_line(f"ours {mode}", c, r), flush=True)
                 if mode == "strong" and args.pipeline:
                     print(_pipeline(counters0, counters1, leader, r), flush=True)
+                elif args.pipeline:
+                    print(_cpu_by_node(leader, r), flush=True)
         if profile is not None:
             _print_profiles(profile)
     finally:
