@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,39 @@ async def test_group_commit_shares_fsyncs(tmp_path: Path) -> None:
         assert store.count("log") == 500
         assert store.batches == 500
         assert store.commits < 500  # many writes, fewer transactions
+    finally:
+        store.close()
+
+
+def test_commits_from_two_event_loops_are_each_answered_on_their_own(tmp_path: Path) -> None:
+    store = storage.DurableStore(tmp_path / "s.db")
+
+    async def writes(prefix: str) -> None:
+        await asyncio.gather(*(store.commit([storage.Put("log", f"{prefix}{i}", b"x")])
+                               for i in range(200)))
+
+    try:
+        threads = [threading.Thread(target=asyncio.run, args=(writes(p),)) for p in "ab"]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert store.count("log") == 400
+    finally:
+        store.close()
+
+
+async def test_a_waiter_on_a_closed_event_loop_does_not_stop_the_writer(tmp_path: Path) -> None:
+    # A commit whose event loop closed before the write landed (a test, a shutdown): the
+    # writer thread must go on serving the others.
+    store = storage.DurableStore(tmp_path / "s.db")
+    try:
+        gone = asyncio.new_event_loop()
+        orphan: asyncio.Future[None] = gone.create_future()
+        gone.close()
+        store._queue.put(([storage.Put("a", 1, b"x")], orphan, gone))
+        await asyncio.wait_for(store.commit([storage.Put("a", 2, b"y")]), 10)
+        assert [k for k, _ in store.scan("a")] == [1, 2]
     finally:
         store.close()
 

@@ -139,8 +139,14 @@ class DurableStore:
                 self._apply_many([ops for ops, _, _ in group])
             except BaseException as exc:
                 error = exc
+            # One wake-up per event loop for the whole group, not one per commit: each
+            # call_soon_threadsafe is a write to the loop's wake-up pipe.
+            by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
             for _, fut, loop in group:
-                loop.call_soon_threadsafe(_settle, fut, error)
+                by_loop.setdefault(loop, []).append(fut)
+            for loop, futs in by_loop.items():
+                with contextlib.suppress(RuntimeError):  # that loop is closed: none waits
+                    loop.call_soon_threadsafe(_settle, futs, error)
 
     def _apply_many(self, batches: Iterable[Sequence[Op]]) -> None:
         db = self._writer_db
@@ -225,10 +231,11 @@ class ConsistentReader:
         self._db.close()
 
 
-def _settle(fut: asyncio.Future[None], error: BaseException | None) -> None:
-    if fut.done():
-        return
-    if error is None:
-        fut.set_result(None)
-    else:
-        fut.set_exception(StorageError(f"write failed: {error}"))
+def _settle(futs: list[asyncio.Future[None]], error: BaseException | None) -> None:
+    for fut in futs:
+        if fut.done():  # its waiter was cancelled
+            continue
+        if error is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(StorageError(f"write failed: {error}"))
