@@ -560,6 +560,9 @@ def _parse() -> argparse.Namespace:
     args = ap.parse_args()
     if not set(args.modes) <= {"strong", "default", "read"}:
         ap.error("--modes takes strong, default and read")
+    if "read" in args.modes and ("strong" not in args.modes
+                                 or args.modes.index("read") < args.modes.index("strong")):
+        ap.error("--modes: read reads the keys the strong run wrote: put strong before it")
     if args.repeat < 1 or args.client_procs < 1:
         ap.error("--repeat and --client-procs must be positive")
     return args
