@@ -71,6 +71,22 @@ async def test_ops_and_ordering(tmp_path: Path) -> None:
         store.close()
 
 
+async def test_later_ops_win_within_a_group_commit(tmp_path: Path) -> None:
+    # Puts travel in multi-row statements: a later put of a key must still replace an
+    # earlier one, and a delete must fall between the puts around it.
+    store = storage.DurableStore(tmp_path / "s.db")
+    try:
+        ops: list[storage.Op] = [storage.Put("a", i % 7, b"%d" % i) for i in range(300)]
+        ops += [storage.Delete("a", 3), storage.Put("a", 3, b"back"), storage.Delete("a", 4)]
+        await asyncio.gather(store.commit(ops),
+                             store.commit([storage.Put("a", 5, b"second commit")]))
+        assert dict(store.scan("a")) == {0: b"294", 1: b"295", 2: b"296", 3: b"back",
+                                         5: b"second commit", 6: b"293"}
+        assert store.commits <= 2
+    finally:
+        store.close()
+
+
 async def test_failed_batch_changes_nothing(tmp_path: Path) -> None:
     store = storage.DurableStore(tmp_path / "s.db")
     try:
