@@ -26,15 +26,17 @@ def test_commits_from_two_event_loops_are_each_answered_on_their_own(tmp_path: P
     store = storage.DurableStore(tmp_path / "s.db")
 
     async def writes(prefix: str) -> None:
-        await asyncio.gather(*(store.commit([storage.Put("log", f"{prefix}{i}", b"x")])
-                               for i in range(200)))
+        # Bounded: a commit answered on the wrong loop would otherwise hang the thread.
+        await asyncio.wait_for(asyncio.gather(
+            *(store.commit([storage.Put("log", f"{prefix}{i}", b"x")]) for i in range(200))), 30)
 
     try:
         threads = [threading.Thread(target=asyncio.run, args=(writes(p),)) for p in "ab"]
         for t in threads:
             t.start()
         for t in threads:
-            t.join()
+            t.join(60)
+        assert not any(t.is_alive() for t in threads)
         assert store.count("log") == 400
     finally:
         store.close()
@@ -72,7 +74,7 @@ async def test_ops_and_ordering(tmp_path: Path) -> None:
 
 
 async def test_later_ops_win_within_a_group_commit(tmp_path: Path) -> None:
-    # Puts travel in multi-row statements: a later put of a key must still replace an
+    # One transaction carries many commits: a later put of a key must still replace an
     # earlier one, and a delete must fall between the puts around it.
     store = storage.DurableStore(tmp_path / "s.db")
     try:
