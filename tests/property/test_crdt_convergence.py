@@ -203,6 +203,9 @@ def test_merge_laws_on_states(schedule: list[tuple[Any, ...]], final_order: list
         assert replica.join(a, a).digest == a.digest
         for b in states:
             assert replica.join(a, b).digest == replica.join(b, a).digest
+            # The shortcut for a state that supersedes the other joins as the general case.
+            joined, general = replica.join(a, b), replica._join_siblings(a, b)
+            assert (joined.digest, joined.siblings) == (general.digest, general.siblings)
             for c in states[:4]:
                 left = replica.join(replica.join(a, b), c)
                 right = replica.join(a, replica.join(b, c))

@@ -52,6 +52,18 @@ def test_old_value_arriving_late_changes_nothing() -> None:
     assert b.merge("k", s2, 2.0).changed is False  # duplicate
 
 
+def test_join_of_a_superseding_state_is_that_state() -> None:
+    a, b = pair()
+    _, old = a.write("k", 1, 1.0)
+    _, new = a.write("k", 2, 1.0)
+    assert replica.join(old, new) is new and replica.join(new, old) is new
+    _, theirs = b.write("k", 3, 2.0)  # concurrent with both: no shortcut, two siblings
+    both = replica.join(new, theirs)
+    assert {s.value for s in both.siblings} == {2, 3}
+    assert both.digest == replica._join_siblings(new, theirs).digest
+    assert replica.join(both, both).digest == both.digest
+
+
 def test_delete_is_a_tombstone_and_wins_over_what_it_saw() -> None:
     a, b = pair()
     a.write("k", 1, 1.0)

@@ -112,6 +112,25 @@ def normalize(sibs: Iterable[values.ReplicatedValue]) -> list[values.ReplicatedV
 
 def join(a: KeyState, b: KeyState) -> KeyState:
     """The least upper bound of two states of one key."""
+    # The usual push: one side has seen all of the other and holds only writes the
+    # other has not seen. The join is then that side itself, not a state built anew.
+    if _supersedes(b, a):
+        return b
+    if _supersedes(a, b):
+        return a
+    return _join_siblings(a, b)
+
+
+def _supersedes(new: KeyState, old: KeyState) -> bool:
+    """True if the join of the two is ``new``: its context covers ``old``'s (and so every
+    sibling of ``old``, which its context covers), and ``old`` has seen none of ``new``'s
+    siblings (so none of them is one that ``old`` already superseded)."""
+    return (new.context.dominates(old.context)
+            and not any(old.context.covers(*s.dot) for s in new.siblings))
+
+
+def _join_siblings(a: KeyState, b: KeyState) -> KeyState:
+    """The join, sibling by sibling: the general case."""
     a_dots = {s.dot for s in a.siblings}
     b_dots = {s.dot for s in b.siblings}
     keep: dict[Dot, values.ReplicatedValue] = {}
