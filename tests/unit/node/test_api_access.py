@@ -11,10 +11,11 @@ import json
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from aiohttp import web
 
-from continuum.federation.distributed import api, http_util
+from continuum.federation.distributed import api, errors, http_util
 from continuum.federation.distributed.transport import tls
 from unit.node.test_api_errors import serving
 
@@ -104,6 +105,16 @@ async def test_the_deepest_allowed_body_and_big_finite_numbers_pass() -> None:
         resp = await client.put("/v1/concepts/c1", data=raw)
         assert resp.status == 200
         assert len(fake.calls) == 1
+
+
+def test_brackets_in_strings_and_18_digit_integers_pass() -> None:
+    """The walk over a parsed body is skipped when it cannot find anything; it still runs
+    (and passes) when strings hold more brackets than MAX_DEPTH."""
+    bracketed = {"text": "[{" * http_util.MAX_DEPTH, "n": -999_999_999_999_999_999}
+    assert http_util.parse_json(orjson.dumps(bracketed)) == bracketed
+    assert http_util.parse_json(b"[999999999999999999]") == [999_999_999_999_999_999]
+    with pytest.raises(errors.InvalidInput):
+        http_util.parse_json(b"[" * (http_util.MAX_DEPTH + 1) + b"]" * (http_util.MAX_DEPTH + 1))
 
 
 async def test_every_oversized_body_is_413_declared_or_chunked() -> None:
