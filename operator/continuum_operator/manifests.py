@@ -176,6 +176,7 @@ def node_settings(c: Cluster) -> dict[str, Any]:
             "election_timeout_ms": [s.consensus.election_timeout_min_ms,
                                     s.consensus.election_timeout_max_ms],
             "heartbeat_interval_ms": s.consensus.heartbeat_interval_ms,
+            "max_inflight_appends": s.consensus.max_inflight_appends,
         },
         "mesh": {
             "fanout": s.mesh.fanout,

@@ -182,6 +182,11 @@ class Consensus(_Model):
     election_timeout_min_ms: int = Field(default=1000, ge=10, le=60000)
     election_timeout_max_ms: int = Field(default=2000, ge=11, le=120000)
     heartbeat_interval_ms: int = Field(default=100, ge=1, le=30000)
+    max_inflight_appends: int = Field(
+        default=1, ge=1, le=64,
+        description="Append messages in flight per follower. One batches every write "
+                    "proposed during a round trip into the next append (fewer frames and "
+                    "fsyncs per write); raise it where round trips are long.")
 
     @model_validator(mode="after")
     def _ordered(self) -> Consensus:

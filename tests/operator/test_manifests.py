@@ -158,11 +158,13 @@ def test_tunable_change_is_a_new_pod_template() -> None:
 
 def test_config_map_carries_node_settings() -> None:
     cm = manifests.config_map(cluster(consensus={"electionTimeoutMinMs": 200,
-                                                 "electionTimeoutMaxMs": 400},
+                                                 "electionTimeoutMaxMs": 400,
+                                                 "maxInflightAppends": 4},
                                       loadBalance={"algorithm": "latency"},
                                       replication={"conflictStrategy": "merge_union"}))
     settings = yaml.safe_load(cm["data"]["node.yaml"])
-    assert settings["raft"] == {"election_timeout_ms": [200, 400], "heartbeat_interval_ms": 100}
+    assert settings["raft"] == {"election_timeout_ms": [200, 400], "heartbeat_interval_ms": 100,
+                                "max_inflight_appends": 4}
     assert settings["load_balance"]["algorithm"] == "latency"
     assert settings["replication"]["conflict_strategy"] == "merge_union"
     assert settings["mesh"]["fanout"] == 3

@@ -48,6 +48,8 @@ ACCEPTED: list[tuple[str, dict[str, Any]]] = [
     ("consensus", {"electionTimeoutMinMs": 100, "electionTimeoutMaxMs": 101,
                    "heartbeatIntervalMs": 50}),
     ("consensus", {"heartbeatIntervalMs": 1}),
+    ("consensus", {"maxInflightAppends": 1}),
+    ("consensus", {"maxInflightAppends": 64}),
     # the largest timings
     ("consensus", {"electionTimeoutMinMs": 60000, "electionTimeoutMaxMs": 120000,
                    "heartbeatIntervalMs": 30000}),
@@ -69,6 +71,7 @@ REJECTED: list[tuple[str, dict[str, Any], str]] = [
     ("consensus", {"electionTimeoutMinMs": 10, "electionTimeoutMaxMs": 10,
                    "heartbeatIntervalMs": 5}, NODE),
     ("consensus", {"heartbeatIntervalMs": 0}, NODE),
+    ("consensus", {"maxInflightAppends": 0}, NODE),
     ("consensus", {"electionTimeoutMinMs": 60000, "electionTimeoutMaxMs": 120000,
                    "heartbeatIntervalMs": 30001}, NODE),
     ("mesh", {"fanout": 0}, NODE),
@@ -92,6 +95,8 @@ REJECTED: list[tuple[str, dict[str, Any], str]] = [
     ("loadBalance", {"healthCheckIntervalSeconds": 3601},
      "operator limit: health checks over an hour apart"),
     ("loadBalance", {"unhealthyThreshold": 101}, "operator limit: threshold above 100"),
+    ("consensus", {"maxInflightAppends": 65},
+     "operator limit: more than 64 appends in flight (the Raft core's own default window)"),
 ]
 
 
