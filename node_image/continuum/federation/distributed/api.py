@@ -6,7 +6,7 @@ Every route needs a role, carried by the client certificate as a URI SAN
 writes and deletes), ``admin`` (also member changes, leadership transfer,
 force-new-cluster, backups, revocations); a revoked certificate holds none.
 Every refusal is one of the package's ``errors``, mapped to its status and JSON
-body in one place (``_answer``): 400 invalid input, 403 the role does not allow
+body in one place (``error_parts``): 400 invalid input, 403 the role does not allow
 the call (the body names the role needed), 404 not found, 408 a body that did
 not arrive in time, 409 a conflict or a refused membership change, 413 a body
 over the limit, 421 not the leader (not carried out; the body says where the
@@ -89,15 +89,75 @@ def mount(app: web.Application, services: Services) -> None:
     add.add_delete("/v1/concepts/{id}", routes.timed("delete", routes.delete_concept, WRITE))
 
 
+def authorize(services: Services, identity: tls.Identity | None, role: str) -> None:
+    """``errors.Forbidden`` unless ``identity`` (the client certificate's) holds ``role``
+    (or more) and is not revoked."""
+    revoked = identity is not None and services.is_revoked(identity)
+    held = identity.api_role if identity is not None and not revoked else None
+    if held is not None and tls.API_ROLES.index(held) >= tls.API_ROLES.index(role):
+        return
+    if revoked:
+        why = "this certificate is revoked"
+    elif held is not None:
+        why = f"the client certificate holds the {held} role"
+    else:
+        why = "the client certificate holds no API role"
+    raise errors.Forbidden(
+        f"this call needs the {role} role ({tls.role_uri(role)} as a URI SAN) and {why}; "
+        f"`continuum-federation certs client --role {role}` makes such a certificate",
+        role_needed=role, role_held=held)
+
+
+def error_parts(exc: errors.FederationError) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """The answer to ``exc``: its status, JSON body and extra headers."""
+    return (exc.http_status, {"error": exc.code, "message": str(exc), **exc.details()},
+            exc.headers())
+
+
 def _answer(exc: errors.FederationError) -> web.Response:
-    response = http_util.error(exc.http_status, exc.code, str(exc), **exc.details())
-    response.headers.update(exc.headers())
+    status, body, headers = error_parts(exc)
+    response = http_util.json_response(body, status)
+    response.headers.update(headers)
     return response
+
+
+class ConceptCalls:
+    """The concept routes' work once HTTP is parsed: shared by the aiohttp routes below and
+    the API port's own serving of their plain form (``api_connection``). Each returns the
+    answer's JSON body or raises one of the package's ``errors``."""
+
+    def __init__(self, service: concepts.ConceptService) -> None:
+        self._service = service
+
+    async def put(self, concept_id: str, value: Any, strong: bool,
+                  idempotency_key: str) -> dict[str, Any]:
+        if value is None:  # a stored null would read back as "no such concept"
+            raise errors.InvalidInput("a concept cannot be null: DELETE removes a concept")
+        if strong:  # no key: the service makes one
+            return await self._service.put_strong(concept_id, value, idempotency_key)
+        return await self._service.put_eventual(concept_id, value)
+
+    async def get(self, concept_id: str, strong: bool) -> dict[str, Any]:
+        found = await self._service.get(concept_id, strong=strong)
+        if found is None:
+            raise errors.NotFound(f"no concept {concept_id!r}")
+        return found
+
+    async def delete(self, concept_id: str, strong: bool,
+                     idempotency_key: str) -> dict[str, Any]:
+        if strong:
+            existed = await self._service.delete_strong(concept_id, idempotency_key)
+        else:
+            existed = await self._service.delete_eventual(concept_id)
+        if not existed:
+            raise errors.NotFound(f"no concept {concept_id!r}")
+        return {"id": concept_id, "deleted": True}
 
 
 class _Routes:
     def __init__(self, services: Services) -> None:
         self.s = services
+        self.concepts = ConceptCalls(services.concepts)
 
     def timed(self, name: str, handler: Handler, role: str) -> Handler:
         """``handler`` behind the role check, with errors mapped and latency observed."""
@@ -126,22 +186,7 @@ class _Routes:
         return await http_util.read_json(request, self.s.read_timeout)
 
     def _authorize(self, request: web.Request, role: str) -> None:
-        """``errors.Forbidden`` unless the client certificate holds ``role`` (or more)."""
-        identity = self.s.identity_of(request)
-        revoked = identity is not None and self.s.is_revoked(identity)
-        held = identity.api_role if identity is not None and not revoked else None
-        if held is not None and tls.API_ROLES.index(held) >= tls.API_ROLES.index(role):
-            return
-        if revoked:
-            why = "this certificate is revoked"
-        elif held is not None:
-            why = f"the client certificate holds the {held} role"
-        else:
-            why = "the client certificate holds no API role"
-        raise errors.Forbidden(
-            f"this call needs the {role} role ({tls.role_uri(role)} as a URI SAN) and {why}; "
-            f"`continuum-federation certs client --role {role}` makes such a certificate",
-            role_needed=role, role_held=held)
+        authorize(self.s, self.s.identity_of(request), role)
 
     # -- cluster -----------------------------------------------------------------------------
 
@@ -246,32 +291,19 @@ class _Routes:
     async def put_concept(self, request: web.Request) -> web.Response:
         concept_id = _concept_id(request)
         value = await self._json(request)
-        if value is None:  # a stored null would read back as "no such concept"
-            raise errors.InvalidInput("a concept cannot be null: DELETE removes a concept")
-        if _strong(request):
-            key = request.headers.get("Idempotency-Key", "")  # none: the service makes one
-            result = await self.s.concepts.put_strong(concept_id, value, key)
-        else:
-            result = await self.s.concepts.put_eventual(concept_id, value)
-        return http_util.json_response(result)
+        key = request.headers.get("Idempotency-Key", "")
+        return http_util.json_response(
+            await self.concepts.put(concept_id, value, _strong(request), key))
 
     async def get_concept(self, request: web.Request) -> web.Response:
-        concept_id = _concept_id(request)
-        found = await self.s.concepts.get(concept_id, strong=_strong(request))
-        if found is None:
-            raise errors.NotFound(f"no concept {concept_id!r}")
-        return http_util.json_response(found)
+        return http_util.json_response(
+            await self.concepts.get(_concept_id(request), _strong(request)))
 
     async def delete_concept(self, request: web.Request) -> web.Response:
         concept_id = _concept_id(request)
-        if _strong(request):
-            key = request.headers.get("Idempotency-Key", "")  # none: the service makes one
-            existed = await self.s.concepts.delete_strong(concept_id, key)
-        else:
-            existed = await self.s.concepts.delete_eventual(concept_id)
-        if not existed:
-            raise errors.NotFound(f"no concept {concept_id!r}")
-        return http_util.json_response({"id": concept_id, "deleted": True})
+        key = request.headers.get("Idempotency-Key", "")
+        return http_util.json_response(
+            await self.concepts.delete(concept_id, _strong(request), key))
 
     async def list_concepts(self, request: web.Request) -> web.Response:
         after = request.query.get("after") or None
