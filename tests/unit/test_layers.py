@@ -59,7 +59,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("statemachine", "raft_loop", "consensus", "coordinator", "discovery", "mesh",
      "replication", "backup.restore"),
     ("concepts", "membership", "duties", "status", "backup.source"),
-    ("api", "probes", "server"),
+    ("api", "api_connection", "probes", "server"),
     ("node",),
     ("local", "cli", "__init__", "backup.commands"),
 )

@@ -134,6 +134,10 @@ class NodeSettings(BaseModel):
     # uvloop: its TLS and socket paths are compiled, which a node serving mutual TLS feels
     # on every request (docs/performance.md); "asyncio" is the standard library's loop.
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    # The API port serves plain concept requests itself, without aiohttp's per-request
+    # cost (api_connection.py); false: aiohttp serves every request (to compare, or to
+    # rule the fast path out).
+    api_fast_path: bool = True
     raft: RaftSettings = Field(default_factory=RaftSettings)
     mesh: MeshSettings = Field(default_factory=MeshSettings)
     load_balance: LoadBalanceSettings = Field(default_factory=LoadBalanceSettings)

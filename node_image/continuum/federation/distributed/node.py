@@ -139,7 +139,8 @@ class FederationNode:
                          read_timeout=s.http_read_timeout_seconds),
             probes.app(self.node_id, self.membership.is_ready,
                        lambda: self.membership.formation_state, self.metrics.render,
-                       self._not_live))
+                       self._not_live),
+            fast_path=s.api_fast_path)
 
     def _not_live(self) -> str | None:
         """Why this node fails its liveness check, if it does (see ``probes``)."""
