@@ -166,6 +166,8 @@ CASES: list[tuple[str, str, bytes | None, tuple[str, ...]]] = [
     ("PUT", "/v1/concepts/c1?consistency=strong", b'{"a": [1, 2.5, "x"]}',
      ("Idempotency-Key: k-17",)),
     ("PUT", "/v1/concepts/c1?consistency=eventual", b'"text"', ()),
+    ("PUT", "/v1/concepts/c1?consistency=strong", b"{}",
+     ("Idempotency-Key:  k-2 \t", "Idempotency-Key: second", "X-Other: 1")),
     ("PUT", "/v1/concepts/a.b:c_d-9", b"{}", ()),
     ("PUT", "/v1/concepts/c1", b"null", ()),
     ("PUT", "/v1/concepts/c1", b"", ()),

@@ -97,8 +97,8 @@ class Plain:
         elif lower == b"idempotency-key":
             if lower not in self._seen:  # the first, as aiohttp's headers.get
                 self._seen.add(lower)
-                if value.isascii():
-                    self.idempotency_key = value.decode("ascii")
+                if value.isascii():  # llhttp keeps trailing whitespace; aiohttp drops it
+                    self.idempotency_key = value.decode("ascii").rstrip(" \t")
                 else:
                     self.plain = False
         elif lower in _NOT_PLAIN:
