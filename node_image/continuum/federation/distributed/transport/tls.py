@@ -227,6 +227,9 @@ def role_uri(role: str) -> str:
     return f"{ROLE_URI_PREFIX}{role}"
 
 
+_ROLE_URIS_HIGHEST_FIRST = tuple((r, role_uri(r)) for r in reversed(API_ROLES))
+
+
 @dataclass(frozen=True, slots=True)
 class Identity:
     """What a verified certificate speaks for: its subjectAltName entries, nothing else."""
@@ -239,8 +242,10 @@ class Identity:
     @property
     def api_role(self) -> str | None:
         """The highest API role the certificate holds (None: it may not call the API)."""
-        held = [r for r in API_ROLES if role_uri(r) in self.uris]
-        return held[-1] if held else None
+        for role, uri in _ROLE_URIS_HIGHEST_FIRST:  # asked on every API request
+            if uri in self.uris:
+                return role
+        return None
 
     def describe(self) -> str:
         """A short description for errors and logs (names only, never key material)."""
