@@ -73,8 +73,13 @@ def _names(samples: Samples, prefix: str) -> set[str]:
     return {name for name, _ in samples if name.startswith(prefix)}
 
 
-async def test_metrics_cover_every_component_and_move_with_writes(make_cluster: Any) -> None:
-    c: Cluster = make_cluster("127.0.116.11")
+@pytest.mark.parametrize(("fast_path", "first_ip"), [("true", "127.0.116.11"),
+                                                    ("false", "127.0.116.51")])
+async def test_metrics_cover_every_component_and_move_with_writes(
+        make_cluster: Any, fast_path: str, first_ip: str) -> None:
+    """With the API port's own serving of concept requests and without it (aiohttp
+    serving them), the same writes move the same figures."""
+    c: Cluster = make_cluster(first_ip, {"CONTINUUM_API_FAST_PATH": fast_path})
     c.start()
     leader = await c.wait_for(lambda: c.agreed_leader(), 60, "a leader")
     before = await _scrape(c, leader)
