@@ -1,13 +1,15 @@
 """Fixtures shared by every test kind: a throwaway cluster CA and node certificates, and the
-node and operator images built from these sources."""
+node and operator images built from these sources; the event loops async tests run on."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
+import uvloop
 
 from continuum.federation.distributed import pki
 from continuum.federation.distributed.transport import tls
@@ -17,6 +19,16 @@ from image.containers import ImageBuildError, Images, build_images
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--long", action="store_true",
                      help="also run the long tests (scripts/test --long)")
+
+
+def pytest_asyncio_loop_factories(
+        config: pytest.Config, item: pytest.Item,
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Async tests run on the standard loop; those marked ``uvloop_too`` on uvloop as well,
+    the loop a node runs (its TLS transport is uvloop's own)."""
+    if item.get_closest_marker("uvloop_too") is None:
+        return {"asyncio": asyncio.new_event_loop}
+    return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

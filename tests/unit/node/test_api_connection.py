@@ -28,6 +28,10 @@ from continuum.federation.distributed import api, api_connection, errors, http_u
 from continuum.federation.distributed.transport import tls
 from unit.node.test_api_errors import _Metrics, _Services
 
+# Every test here runs on the standard loop and on uvloop, whose TLS transport the node
+# runs (tests/conftest.py's pytest_asyncio_loop_factories).
+pytestmark = pytest.mark.uvloop_too
+
 
 class _Echo(_Services):
     """Stand-ins that answer with what they were asked (or raise ``error``)."""
