@@ -373,7 +373,8 @@ async def test_shutdown_lets_a_request_under_way_answer_and_closes_idle_connecti
             return {"done": True}
         port.fake.put_strong = slow  # type: ignore[method-assign]
         busy, idle = await port.connect(), await port.connect()
-        busy.send(request("PUT", "/v1/concepts/c1?consistency=strong", b"{}"))
+        busy.send(request("PUT", "/v1/concepts/c1?consistency=strong", b"{}")
+                  + request("GET", "/v1/revocations"))  # pipelined: not started
         await started.wait()
         stopping = asyncio.create_task(port.concepts.shutdown(5.0))
         assert await idle.closed()
@@ -382,6 +383,8 @@ async def test_shutdown_lets_a_request_under_way_answer_and_closes_idle_connecti
         assert answer.json() == {"done": True}
         await stopping
         assert await busy.closed()
+        assert port.fake.calls == []  # nothing else reached a service (slow is not _fail)
+        assert port.concepts.served == 1
 
 
 async def test_shutdown_cancels_what_outlives_its_grace(cluster_pki: TestPKI) -> None:

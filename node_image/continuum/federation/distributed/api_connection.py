@@ -150,8 +150,8 @@ class ConceptServer:
         return self._date[1]
 
     async def shutdown(self, grace: float) -> None:
-        """Close idle connections now and busy ones after their answer; after ``grace``
-        seconds cancel what is still running."""
+        """Close idle connections now and busy ones after their answer (a request pipelined
+        behind it is not started); after ``grace`` seconds cancel what is still running."""
         self.closing = True
         busy = []
         for conn in list(self.connections):
@@ -238,10 +238,11 @@ class ApiConnection(asyncio.Protocol):
         transport = self._transport
         if transport is None or self._writing_paused or self._close_after:
             return
+        if self._server.closing:  # shutting down: no new request, here or in aiohttp
+            transport.close()
+            return
         buf = self._buffer
         if not buf:
-            if self._server.closing:
-                transport.close()
             return
         end = buf.find(b"\r\n\r\n")
         if end < 0:
